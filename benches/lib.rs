@@ -1,0 +1,1 @@
+//! Benchmarks live in `pipeline.rs`; results in `README.md`.

@@ -1,0 +1,414 @@
+//! Veil's dataset catalog: registration of a holder's data, and the only code that reads it back.
+//!
+//! Registration ([`load_file`] → [`store_parquet`] → [`insert`]):
+//! 1. the file (CSV with or without a header, Parquet, Arrow IPC) is read completely through
+//!    DataFusion/arrow, so a malformed file fails before anything is written;
+//! 2. the rows are written as Parquet under `<data dir>/datasets/<sha256>.parquet` — the file's
+//!    name is the SHA-256 of its bytes (content addressing), written to a temporary name first and
+//!    renamed into place so a crash never leaves a half-written dataset under a real name;
+//! 3. schema, row count, owner and privacy unit are recorded in SQLite by the caller's transaction.
+//!
+//! The catalog never prints rows; [`DatasetRecord`] holds only metadata.
+#![forbid(unsafe_code)]
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext, ident};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Errors of the catalog.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    /// The input file cannot be used; the message says why.
+    #[error("{0}")]
+    BadInput(String),
+    #[error("a dataset named `{0}` already exists")]
+    Duplicate(String),
+    #[error("no dataset named `{0}`")]
+    NotFound(String),
+    #[error("reading data: {0}")]
+    Read(String),
+    #[error("catalog store: {0}")]
+    Store(#[from] rusqlite::Error),
+    #[error("data directory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<datafusion::error::DataFusionError> for CatalogError {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        CatalogError::Read(e.to_string())
+    }
+}
+
+pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
+
+/// Formats the catalog accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Parquet,
+    ArrowIpc,
+}
+
+/// How to read a file.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Column names for a CSV file without a header row.
+    pub columns: Option<Vec<String>>,
+    /// Force a format instead of detecting it from the file's first bytes.
+    pub format: Option<Format>,
+}
+
+/// A file read into memory.
+#[derive(Debug)]
+pub struct LoadedTable {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub rows: u64,
+}
+
+/// One column as the catalog records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnInfo {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: String,
+    pub nullable: bool,
+}
+
+/// A registered dataset's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetRecord {
+    pub name: String,
+    pub owner: String,
+    /// SHA-256 of the stored Parquet file.
+    pub content_hash: String,
+    pub columns: Vec<ColumnInfo>,
+    /// SHA-256 of the JSON of `columns`.
+    pub schema_hash: String,
+    pub rows: u64,
+    pub privacy_unit: Option<String>,
+    pub created_at: String,
+}
+
+fn detect(path: &Path) -> Result<Format> {
+    let mut head = [0u8; 8];
+    let n = {
+        use std::io::Read;
+        let mut f = fs::File::open(path).map_err(|e| CatalogError::BadInput(format!("cannot open {}: {e}", path.display())))?;
+        f.read(&mut head)?
+    };
+    Ok(if n >= 4 && &head[..4] == b"PAR1" {
+        Format::Parquet
+    } else if n >= 6 && &head[..6] == b"ARROW1" {
+        Format::ArrowIpc
+    } else {
+        Format::Csv
+    })
+}
+
+/// Reads a whole file, failing on the first malformed record.
+pub async fn load_file(path: &Path, opts: &LoadOptions) -> Result<LoadedTable> {
+    let meta = fs::metadata(path).map_err(|e| CatalogError::BadInput(format!("cannot open {}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(CatalogError::BadInput(format!("{} is not a file", path.display())));
+    }
+    if meta.len() == 0 {
+        return Err(CatalogError::BadInput(format!("{} is empty", path.display())));
+    }
+    let format = match opts.format {
+        Some(f) => f,
+        None => detect(path)?,
+    };
+    if opts.columns.is_some() && format != Format::Csv {
+        return Err(CatalogError::BadInput("--columns only applies to CSV files without a header".into()));
+    }
+    let ctx = SessionContext::new();
+    let path_str = path.to_str().ok_or_else(|| CatalogError::BadInput("path is not UTF-8".into()))?;
+    let ext = path.extension().and_then(|e| e.to_str()).map(|e| format!(".{e}")).unwrap_or_default();
+    let bad = |e: datafusion::error::DataFusionError| CatalogError::BadInput(format!("{} is malformed: {}", path.display(), first_line(&e.to_string())));
+    let batches = match format {
+        Format::Csv => {
+            let options = CsvReadOptions::new()
+                .has_header(opts.columns.is_none())
+                .file_extension(&ext)
+                .schema_infer_max_records(10_000);
+            let mut df = ctx.read_csv(path_str, options).await.map_err(bad)?;
+            if let Some(names) = &opts.columns {
+                let found = df.schema().fields().len();
+                if names.len() != found {
+                    return Err(CatalogError::BadInput(format!(
+                        "--columns names {} columns but the file has {found}",
+                        names.len()
+                    )));
+                }
+                let exprs: Vec<_> = df
+                    .schema()
+                    .fields()
+                    .iter()
+                    .zip(names)
+                    .map(|(f, n)| ident(f.name()).alias(n.as_str()))
+                    .collect();
+                df = df.select(exprs).map_err(bad)?;
+            }
+            df.collect().await.map_err(bad)?
+        }
+        Format::Parquet => {
+            let df = ctx.read_parquet(path_str, ParquetReadOptions::default().file_extension(&ext)).await.map_err(bad)?;
+            df.collect().await.map_err(bad)?
+        }
+        Format::ArrowIpc => {
+            let file = fs::File::open(path)?;
+            let reader = datafusion::arrow::ipc::reader::FileReader::try_new(file, None)
+                .map_err(|e| CatalogError::BadInput(format!("{} is not a valid Arrow IPC file: {e}", path.display())))?;
+            reader
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| CatalogError::BadInput(format!("{} is malformed: {e}", path.display())))?
+        }
+    };
+    let schema = match batches.first() {
+        Some(b) => b.schema(),
+        None => return Err(CatalogError::BadInput(format!("{} has no rows", path.display()))),
+    };
+    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+    if rows == 0 {
+        return Err(CatalogError::BadInput(format!("{} has no rows", path.display())));
+    }
+    if schema.fields().is_empty() {
+        return Err(CatalogError::BadInput(format!("{} has no columns", path.display())));
+    }
+    for (i, f) in schema.fields().iter().enumerate() {
+        if f.name().trim().is_empty() {
+            return Err(CatalogError::BadInput(format!("column {} has an empty name", i + 1)));
+        }
+        if schema.fields().iter().take(i).any(|g| g.name() == f.name()) {
+            return Err(CatalogError::BadInput(format!("column name `{}` appears twice", f.name())));
+        }
+    }
+    // Strip DataFusion's metadata so the stored schema is just names and types.
+    let fields: Vec<Field> = schema.fields().iter().map(|f| Field::new(f.name(), f.data_type().clone(), f.is_nullable())).collect();
+    let schema = Arc::new(Schema::new(fields));
+    let batches = batches
+        .into_iter()
+        .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CatalogError::Read(e.to_string()))?;
+    Ok(LoadedTable { schema, batches, rows })
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+/// Describes a schema as catalog columns.
+pub fn columns_of(schema: &Schema) -> Vec<ColumnInfo> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| ColumnInfo { name: f.name().clone(), data_type: f.data_type().to_string(), nullable: f.is_nullable() })
+        .collect()
+}
+
+/// Hash identifying a schema.
+pub fn schema_hash(columns: &[ColumnInfo]) -> String {
+    hex::encode(Sha256::digest(serde_json::to_vec(columns).expect("columns serialize")))
+}
+
+/// Where a dataset's Parquet file lives.
+pub fn dataset_path(data_dir: &Path, content_hash: &str) -> PathBuf {
+    data_dir.join("datasets").join(format!("{content_hash}.parquet"))
+}
+
+/// A Parquet file written into the data directory.
+#[derive(Debug)]
+pub struct StoredFile {
+    pub content_hash: String,
+    pub path: PathBuf,
+    /// False when identical content was already stored (another name for the same bytes).
+    pub created: bool,
+}
+
+impl StoredFile {
+    /// Removes the file again if this registration created it (used when the catalog insert fails).
+    pub fn discard(self) {
+        if self.created {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Writes the table as Parquet, named by the SHA-256 of the bytes.
+pub fn store_parquet(data_dir: &Path, table: &LoadedTable) -> Result<StoredFile> {
+    let dir = data_dir.join("datasets");
+    fs::create_dir_all(&dir)?;
+    let mut bytes = Vec::new();
+    {
+        let mut writer = ArrowWriter::try_new(&mut bytes, table.schema.clone(), None)
+            .map_err(|e| CatalogError::Read(e.to_string()))?;
+        for b in &table.batches {
+            writer.write(b).map_err(|e| CatalogError::Read(e.to_string()))?;
+        }
+        writer.close().map_err(|e| CatalogError::Read(e.to_string()))?;
+    }
+    let content_hash = hex::encode(Sha256::digest(&bytes));
+    let path = dataset_path(data_dir, &content_hash);
+    if path.exists() {
+        return Ok(StoredFile { content_hash, path, created: false });
+    }
+    let tmp = dir.join(format!(".{content_hash}.{}.tmp", std::process::id()));
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, &path)?;
+    Ok(StoredFile { content_hash, path, created: true })
+}
+
+/// Creates the catalog's table.
+pub fn migrate(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS datasets (
+             name         TEXT PRIMARY KEY,
+             owner        TEXT NOT NULL,
+             content_hash TEXT NOT NULL,
+             columns      TEXT NOT NULL,
+             schema_hash  TEXT NOT NULL,
+             rows         INTEGER NOT NULL,
+             privacy_unit TEXT,
+             created_at   TEXT NOT NULL
+         );",
+    )?;
+    Ok(())
+}
+
+/// Records a dataset. Fails with [`CatalogError::Duplicate`] if the name is taken.
+pub fn insert(conn: &Connection, r: &DatasetRecord) -> Result<()> {
+    if get(conn, &r.name)?.is_some() {
+        return Err(CatalogError::Duplicate(r.name.clone()));
+    }
+    conn.execute(
+        "INSERT INTO datasets (name, owner, content_hash, columns, schema_hash, rows, privacy_unit, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            r.name,
+            r.owner,
+            r.content_hash,
+            serde_json::to_string(&r.columns).expect("columns serialize"),
+            r.schema_hash,
+            r.rows,
+            r.privacy_unit,
+            r.created_at
+        ],
+    )?;
+    Ok(())
+}
+
+fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
+    let columns: String = row.get(3)?;
+    Ok(DatasetRecord {
+        name: row.get(0)?,
+        owner: row.get(1)?,
+        content_hash: row.get(2)?,
+        columns: serde_json::from_str(&columns).unwrap_or_default(),
+        schema_hash: row.get(4)?,
+        rows: row.get(5)?,
+        privacy_unit: row.get(6)?,
+        created_at: row.get(7)?,
+    })
+}
+
+const SELECT: &str = "SELECT name, owner, content_hash, columns, schema_hash, rows, privacy_unit, created_at FROM datasets";
+
+pub fn get(conn: &Connection, name: &str) -> Result<Option<DatasetRecord>> {
+    Ok(conn.query_row(&format!("{SELECT} WHERE name = ?1"), [name], from_row).optional()?)
+}
+
+pub fn list(conn: &Connection) -> Result<Vec<DatasetRecord>> {
+    let mut stmt = conn.prepare(&format!("{SELECT} ORDER BY name"))?;
+    let rows = stmt.query_map([], from_row)?.collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Reads the stored dataset's `columns` (and nothing else), checking its content hash first so a
+/// job never runs on bytes other than the registered ones.
+pub async fn read_columns(data_dir: &Path, record: &DatasetRecord, columns: &[String]) -> Result<Vec<RecordBatch>> {
+    let path = dataset_path(data_dir, &record.content_hash);
+    let bytes = fs::read(&path)?;
+    if hex::encode(Sha256::digest(&bytes)) != record.content_hash {
+        return Err(CatalogError::Read(format!("stored file for `{}` does not match its content hash", record.name)));
+    }
+    let ctx = SessionContext::new();
+    let df = ctx
+        .read_parquet(path.to_str().expect("data dir paths are UTF-8"), ParquetReadOptions::default())
+        .await?;
+    let df = df.select(columns.iter().map(ident).collect::<Vec<_>>())?;
+    Ok(df.collect().await?)
+}
+
+/// The Arrow schema of a registered dataset, rebuilt from the stored Parquet footer.
+pub fn schema_of(data_dir: &Path, record: &DatasetRecord) -> Result<SchemaRef> {
+    let file = fs::File::open(dataset_path(data_dir, &record.content_hash))?;
+    let builder = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| CatalogError::Read(e.to_string()))?;
+    Ok(builder.schema().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().build().unwrap()
+    }
+
+    #[test]
+    fn csv_with_and_without_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = dir.path().join("a.csv");
+        fs::write(&with, "id,age,name\n1,30,x\n2,41,y\n").unwrap();
+        let t = rt().block_on(load_file(&with, &LoadOptions::default())).unwrap();
+        assert_eq!(t.rows, 2);
+        assert_eq!(t.schema.field(1).name(), "age");
+        let without = dir.path().join("b.csv");
+        fs::write(&without, "1,30,x\n2,41,y\n").unwrap();
+        let opts = LoadOptions { columns: Some(vec!["id".into(), "age".into(), "name".into()]), format: None };
+        let t2 = rt().block_on(load_file(&without, &opts)).unwrap();
+        assert_eq!(t2.rows, 2);
+        assert_eq!(t2.schema.field(2).name(), "name");
+        let stored = store_parquet(dir.path(), &t).unwrap();
+        assert!(stored.created && stored.path.exists());
+        // Same content → same address, nothing new written.
+        let again = store_parquet(dir.path(), &t).unwrap();
+        assert!(!again.created);
+        assert_eq!(again.content_hash, stored.content_hash);
+        // And it reads back as Parquet.
+        let back = rt().block_on(load_file(&stored.path, &LoadOptions::default())).unwrap();
+        assert_eq!(back.rows, 2);
+    }
+
+    #[test]
+    fn malformed_inputs_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("e.csv");
+        fs::write(&empty, "").unwrap();
+        assert!(matches!(rt().block_on(load_file(&empty, &LoadOptions::default())), Err(CatalogError::BadInput(_))));
+        let header_only = dir.path().join("h.csv");
+        fs::write(&header_only, "a,b\n").unwrap();
+        let e = rt().block_on(load_file(&header_only, &LoadOptions::default())).unwrap_err();
+        assert!(e.to_string().contains("no rows"), "{e}");
+        let ragged = dir.path().join("r.csv");
+        fs::write(&ragged, "a,b\n1,2\n3,4,5\n").unwrap();
+        let e = rt().block_on(load_file(&ragged, &LoadOptions::default())).unwrap_err();
+        assert!(e.to_string().contains("malformed"), "{e}");
+    }
+}

@@ -1,0 +1,343 @@
+//! `veil`: the command line for data holders, consumers and reviewers (local mode), and the demo.
+//!
+//! Exit codes: 0 success; 1 error (including a failed audit verification); 2 usage error;
+//! 3 job refused by policy or budget (recorded in the audit log).
+#![forbid(unsafe_code)]
+
+mod demo;
+mod output;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use veil_engine::{EngineConfig, EngineError, Veil};
+
+#[derive(Parser)]
+#[command(name = "veil", version, about = "Veil: data usable, but not visible.")]
+struct Cli {
+    /// Data directory holding the embedded store, datasets and keys.
+    #[arg(long, global = true, env = "VEIL_DATA_DIR", default_value = "./veil-data")]
+    data_dir: PathBuf,
+    /// Principal to act as (holder, consumer or reviewer) in local mode.
+    #[arg(long = "as", global = true, value_name = "PRINCIPAL")]
+    as_principal: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the data directory, store and signing key (also done on first use).
+    Init,
+    /// Run the end-to-end demo on a synthetic census.
+    Demo {
+        /// People in the synthetic census.
+        #[arg(long, default_value_t = 100_000)]
+        people: usize,
+    },
+    /// Register and list datasets.
+    #[command(subcommand)]
+    Dataset(DatasetCmd),
+    /// Set and show release policies.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Submit, approve and inspect jobs.
+    #[command(subcommand)]
+    Job(JobCmd),
+    /// Show the privacy budget spent and left (`--as CONSUMER`).
+    Budget {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Export, verify and read the audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// The domain's signing key.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+}
+
+#[derive(Subcommand)]
+enum DatasetCmd {
+    /// Register a CSV, Parquet or Arrow IPC file.
+    Add {
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        owner: String,
+        /// Column identifying the person (privacy unit); without it each row is a unit.
+        #[arg(long)]
+        privacy_unit: Option<String>,
+        /// Column names for a CSV file without a header row (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        columns: Option<Vec<String>>,
+    },
+    /// List registered datasets (metadata only).
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Set a new policy version on a dataset (`--as` its owner).
+    Set { dataset: String, file: PathBuf },
+    /// Show a dataset's current policy.
+    Show { dataset: String },
+}
+
+#[derive(Subcommand)]
+enum JobCmd {
+    /// Submit a job manifest (`--as CONSUMER`); prints the job id.
+    Submit { manifest: PathBuf },
+    /// Approve a job waiting for you (`--as HOLDER`) and run it.
+    Approve { job: String },
+    /// Reject a job waiting for you (`--as HOLDER`).
+    Reject {
+        job: String,
+        #[arg(long, default_value = "rejected by the data holder")]
+        reason: String,
+    },
+    /// A job's state and reason code.
+    Status { job: String },
+    /// A job's details for its holder: module hash, manifest, requested ε.
+    Show { job: String },
+    /// Jobs you submitted or that run on your datasets.
+    List,
+    /// Holder-only log of a job (module log, traps, bounding statistics).
+    Logs { job: String },
+    /// A released result (`--as CONSUMER`).
+    Result {
+        job: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Write the log as JSON lines with a signed checkpoint.
+    Export {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Verify an exported log offline (`--log FILE --public-key KEY`), or this store's own log.
+    Verify {
+        #[arg(long, requires = "public_key")]
+        log: Option<PathBuf>,
+        /// The public key (as printed by `veil keys public`) or a file containing it.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Print the log.
+    Log {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Print the public key that verifies this domain's audit log.
+    Public,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            match e.downcast_ref::<EngineError>() {
+                Some(EngineError::Refused { .. }) => ExitCode::from(3),
+                _ => ExitCode::from(1),
+            }
+        }
+    }
+}
+
+fn principal(cli_as: &Option<String>, role: &str) -> Result<String> {
+    match cli_as {
+        Some(p) => Ok(p.clone()),
+        None => bail!("this command needs --as {role}"),
+    }
+}
+
+fn open(dir: &Path) -> Result<Veil> {
+    Veil::open(dir, EngineConfig::default()).with_context(|| format!("opening data directory {}", dir.display()))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let dir = cli.data_dir.clone();
+    match cli.command {
+        Command::Init => {
+            let veil = open(&dir)?;
+            println!("initialised {}", veil.data_dir().display());
+            println!("audit public key: {}", veil.public_key());
+        }
+        Command::Demo { people } => demo::run(&dir, people)?,
+        Command::Dataset(DatasetCmd::Add { file, name, owner, privacy_unit, columns }) => {
+            let mut veil = open(&dir)?;
+            let r = veil.register_dataset(&file, &name, &owner, privacy_unit.as_deref(), columns)?;
+            println!("registered dataset `{}`: {} rows, {} columns, content sha256 {}", r.name, r.rows, r.columns.len(), r.content_hash);
+        }
+        Command::Dataset(DatasetCmd::List { format }) => {
+            let veil = open(&dir)?;
+            output::datasets(&veil.datasets()?, format == Format::Json);
+        }
+        Command::Policy(PolicyCmd::Set { dataset, file }) => {
+            let holder = principal(&cli.as_principal, "HOLDER")?;
+            let mut veil = open(&dir)?;
+            let p = veil.set_policy(&dataset, &file, &holder)?;
+            println!("policy version {} set on `{dataset}` (sha256 {})", p.version, p.hash);
+        }
+        Command::Policy(PolicyCmd::Show { dataset }) => {
+            let veil = open(&dir)?;
+            match veil.policy(&dataset)? {
+                Some(p) => {
+                    println!("# policy version {} of `{dataset}`, set by {} (sha256 {})", p.version, p.holder, p.hash);
+                    print!("{}", p.text);
+                }
+                None => bail!("dataset `{dataset}` has no policy yet"),
+            }
+        }
+        Command::Job(cmd) => return job(cmd, &dir, &cli.as_principal),
+        Command::Budget { format } => {
+            let consumer = principal(&cli.as_principal, "CONSUMER")?;
+            let veil = open(&dir)?;
+            output::budget(&consumer, &veil.budget(&consumer)?, format == Format::Json);
+        }
+        Command::Audit(AuditCmd::Export { out }) => {
+            let veil = open(&dir)?;
+            let text = veil.export_audit()?;
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+                    println!("exported {} entries to {}", text.lines().count() - 1, path.display());
+                }
+                None => print!("{text}"),
+            }
+        }
+        Command::Audit(AuditCmd::Verify { log, public_key }) => {
+            let result = match log {
+                Some(path) => {
+                    let key_text = public_key.expect("clap requires it");
+                    let key_text = if Path::new(&key_text).is_file() { std::fs::read_to_string(&key_text)? } else { key_text };
+                    let key = veil_audit::VerifierKey::parse(&key_text)?;
+                    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                    veil_audit::verify_export(&text, &key)
+                }
+                None => {
+                    let veil = open(&dir)?;
+                    match veil.verify_audit() {
+                        Ok(v) => Ok(v),
+                        Err(EngineError::Audit(e)) => Err(e),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            };
+            match result {
+                Ok(v) => println!("audit log intact: {} entries, root {}", v.entries, hex_root(&v.root)),
+                Err(e) => {
+                    println!("audit log NOT intact: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+        Command::Audit(AuditCmd::Log { format }) => {
+            let veil = open(&dir)?;
+            output::audit_log(&veil.audit_entries()?, format == Format::Json);
+        }
+        Command::Keys(KeysCmd::Public) => {
+            let veil = open(&dir)?;
+            println!("{}", veil.public_key());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hex_root(root: &[u8; 32]) -> String {
+    root.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn job(cmd: JobCmd, dir: &Path, who: &Option<String>) -> Result<ExitCode> {
+    match cmd {
+        JobCmd::Submit { manifest } => {
+            let consumer = principal(who, "CONSUMER")?;
+            let mut veil = open(dir)?;
+            let outcome = veil.submit_job(&manifest, &consumer)?;
+            println!("{}", outcome.job);
+            eprintln!("job {} is {}", outcome.job, outcome.state);
+        }
+        JobCmd::Approve { job } => {
+            let holder = principal(who, "HOLDER")?;
+            let mut veil = open(dir)?;
+            let state = veil.approve_job(&job, &holder)?;
+            println!("job {job} approved; it is now {state}");
+        }
+        JobCmd::Reject { job, reason } => {
+            let holder = principal(who, "HOLDER")?;
+            let mut veil = open(dir)?;
+            veil.reject_job(&job, &holder, &reason)?;
+            println!("job {job} rejected");
+        }
+        JobCmd::Status { job } => {
+            let p = principal(who, "PRINCIPAL")?;
+            let veil = open(dir)?;
+            let info = visible_job(&veil, &job, &p)?;
+            match &info.code {
+                Some(code) => println!("{} {} ({code})", info.id, info.state),
+                None => println!("{} {}", info.id, info.state),
+            }
+        }
+        JobCmd::Show { job } => {
+            let p = principal(who, "PRINCIPAL")?;
+            let veil = open(dir)?;
+            let info = visible_job(&veil, &job, &p)?;
+            output::job_details(&info);
+        }
+        JobCmd::List => {
+            let p = principal(who, "PRINCIPAL")?;
+            let veil = open(dir)?;
+            output::job_list(&veil.jobs_for(&p)?);
+        }
+        JobCmd::Logs { job } => {
+            let holder = principal(who, "HOLDER")?;
+            let veil = open(dir)?;
+            for line in veil.job_logs(&job, &holder)? {
+                println!("{line}");
+            }
+        }
+        JobCmd::Result { job, format } => {
+            let consumer = principal(who, "CONSUMER")?;
+            let veil = open(dir)?;
+            let release = veil.job_result(&job, &consumer)?;
+            match format {
+                Format::Table => output::release_table(&release),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&release)?),
+                Format::Csv => output::release_csv(&release),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A job is visible to its consumer and to the owner of its dataset.
+fn visible_job(veil: &Veil, job: &str, principal: &str) -> Result<veil_engine::JobInfo> {
+    let visible = veil.jobs_for(principal)?;
+    match visible.into_iter().find(|j| j.id == job) {
+        Some(j) => Ok(j),
+        None => bail!("no job `{job}` visible to `{principal}`"),
+    }
+}

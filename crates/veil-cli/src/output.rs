@@ -1,0 +1,172 @@
+//! Rendering for people (tables) and machines (JSON, CSV).
+use veil_engine::{AuditEntry, BudgetLine, DatasetRecord, JobInfo, Release};
+
+pub fn datasets(list: &[DatasetRecord], json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(list).expect("serializes"));
+        return;
+    }
+    if list.is_empty() {
+        println!("no datasets registered");
+    }
+    for d in list {
+        println!("{}  owner={}  rows={}  privacy_unit={}", d.name, d.owner, d.rows, d.privacy_unit.as_deref().unwrap_or("(row)"));
+        println!("  content sha256 {}", d.content_hash);
+        let cols: Vec<String> = d.columns.iter().map(|c| format!("{}: {}", c.name, c.data_type)).collect();
+        println!("  schema  {}", cols.join(", "));
+    }
+}
+
+pub fn budget(consumer: &str, lines: &[BudgetLine], json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(lines).expect("serializes"));
+        return;
+    }
+    if lines.is_empty() {
+        println!("`{consumer}` may use no dataset");
+    }
+    println!("{:<20} {:>10} {:>10} {:>10} {:>10}", "dataset", "spent ε", "left ε", "total ε", "per job");
+    for l in lines {
+        println!("{:<20} {:>10} {:>10} {:>10} {:>10}", l.dataset, l.spent, l.remaining, l.total, l.per_job_cap);
+    }
+}
+
+fn event_summary(e: &AuditEntry) -> (String, String) {
+    let value = serde_json::to_value(&e.event).expect("serializes");
+    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("?").to_owned();
+    let mut parts = Vec::new();
+    if let Some(map) = value.as_object() {
+        for (k, v) in map {
+            if k == "kind" {
+                continue;
+            }
+            let text = match v {
+                serde_json::Value::String(s) if s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit()) => format!("{}…", &s[..12]),
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            parts.push(format!("{k}={text}"));
+        }
+    }
+    (kind, parts.join(" "))
+}
+
+pub fn audit_log(entries: &[AuditEntry], json: bool) {
+    for e in entries {
+        if json {
+            println!("{}", e.to_line());
+        } else {
+            let (kind, detail) = event_summary(e);
+            println!("{:>5}  {}  {:<20} {}", e.index, e.time, kind, detail);
+        }
+    }
+}
+
+pub fn job_details(j: &JobInfo) {
+    println!("job            {}", j.id);
+    println!("state          {}{}", j.state, j.code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default());
+    println!("consumer       {}", j.consumer);
+    println!("dataset        {}", j.dataset);
+    println!("module sha256  {}", j.module_hash);
+    println!("manifest sha256 {}", j.manifest_hash);
+    println!("requested ε    {}", j.epsilon);
+    if let Some(h) = &j.result_hash {
+        println!("result sha256  {h}");
+    }
+    println!("manifest:");
+    for line in j.manifest.lines() {
+        println!("  {line}");
+    }
+}
+
+pub fn job_list(jobs: &[JobInfo]) {
+    if jobs.is_empty() {
+        println!("no jobs");
+    }
+    for j in jobs {
+        println!(
+            "{}  {:<18} consumer={} dataset={} ε={} module={}…",
+            j.id,
+            format!("{}{}", j.state, j.code.as_ref().map(|c| format!("({c})")).unwrap_or_default()),
+            j.consumer,
+            j.dataset,
+            j.epsilon,
+            &j.module_hash[..12]
+        );
+    }
+}
+
+fn fmt_num(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 { format!("{x:.0}") } else { format!("{x:.2}") }
+}
+
+pub fn release_table(r: &Release) {
+    let mut header: Vec<String> = r.key_names.clone();
+    header.push("units (95% CI)".into());
+    let names: Vec<String> = r.rows.first().map(|row| row.values.iter().map(|v| v.name.clone()).collect()).unwrap_or_default();
+    let has_mean: Vec<bool> = r.rows.first().map(|row| row.values.iter().map(|v| v.mean.is_some()).collect()).unwrap_or_default();
+    for (n, m) in names.iter().zip(&has_mean) {
+        if *m {
+            header.push(format!("{n} mean"));
+        }
+        header.push(format!("{n} sum (95% CI)"));
+    }
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for row in &r.rows {
+        let mut cells = row.key.clone();
+        cells.push(format!("{} [{}, {}]", fmt_num(row.units.value), fmt_num(row.units.ci95[0]), fmt_num(row.units.ci95[1])));
+        for v in &row.values {
+            if let Some(m) = v.mean {
+                cells.push(format!("{m:.2}"));
+            }
+            cells.push(format!("{} [{}, {}]", fmt_num(v.sum.value), fmt_num(v.sum.ci95[0]), fmt_num(v.sum.ci95[1])));
+        }
+        rows.push(cells);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).chain([header[i].chars().count()]).max().unwrap_or(0))
+        .collect();
+    let line = |cells: &[String]| {
+        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ")
+    };
+    println!("{}", line(&header));
+    println!("{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+    for row in &rows {
+        println!("{}", line(row));
+    }
+    if let Some(first) = r.rows.first() {
+        let scales: Vec<String> = std::iter::once(format!("units ±{}", fmt_num(first.units.noise_scale)))
+            .chain(first.values.iter().map(|v| format!("{} sum ±{}", v.name, fmt_num(v.sum.noise_scale))))
+            .collect();
+        println!("noise: {}, scale per cell: {}", r.mechanism, scales.join(", "));
+    } else {
+        println!("no group passed the release threshold");
+    }
+    println!("ε = {}; {}", r.epsilon, r.suppression_rule);
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
+}
+
+pub fn release_csv(r: &Release) {
+    let mut header: Vec<String> = r.key_names.clone();
+    header.extend(["units", "units_ci95_low", "units_ci95_high", "units_noise_scale"].map(String::from));
+    if let Some(row) = r.rows.first() {
+        for v in &row.values {
+            for suffix in ["sum", "sum_ci95_low", "sum_ci95_high", "sum_noise_scale", "mean"] {
+                header.push(format!("{}_{suffix}", v.name));
+            }
+        }
+    }
+    println!("{}", header.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(","));
+    for row in &r.rows {
+        let mut cells: Vec<String> = row.key.iter().map(|k| csv_field(k)).collect();
+        cells.extend([row.units.value, row.units.ci95[0], row.units.ci95[1], row.units.noise_scale].map(|x| x.to_string()));
+        for v in &row.values {
+            cells.extend([v.sum.value, v.sum.ci95[0], v.sum.ci95[1], v.sum.noise_scale].map(|x| x.to_string()));
+            cells.push(v.mean.map(|m| m.to_string()).unwrap_or_default());
+        }
+        println!("{}", cells.join(","));
+    }
+}

@@ -1,0 +1,142 @@
+//! Registering datasets and setting their policies.
+use std::path::Path;
+
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use veil_audit::{AuditEvent, AuditLog};
+use veil_catalog::{DatasetRecord, LoadOptions};
+use veil_policy::{Policy, document_hash, model::valid_principal};
+
+use crate::error::bad;
+use crate::store::now;
+use crate::{EngineError, Result, Veil};
+
+/// A policy as stored: its version, hash and text.
+#[derive(Debug, Clone)]
+pub struct StoredPolicy {
+    pub version: u64,
+    pub hash: String,
+    pub text: String,
+    pub policy: Policy,
+    pub holder: String,
+}
+
+impl Veil {
+    /// Registers a file as dataset `name` owned by `owner`. On any error nothing is left behind:
+    /// no catalog row, no audit entry, no stored file.
+    pub fn register_dataset(
+        &mut self,
+        file: &Path,
+        name: &str,
+        owner: &str,
+        privacy_unit: Option<&str>,
+        columns: Option<Vec<String>>,
+    ) -> Result<DatasetRecord> {
+        if !valid_principal(name) {
+            return Err(bad(format!("`{name}` is not a valid dataset name (letters, digits, '-', '_', '.')")));
+        }
+        if !valid_principal(owner) {
+            return Err(bad(format!("`{owner}` is not a valid principal name")));
+        }
+        if veil_catalog::get(&self.conn, name)?.is_some() {
+            return Err(EngineError::Catalog(veil_catalog::CatalogError::Duplicate(name.into())));
+        }
+        let table = self.runtime.block_on(veil_catalog::load_file(file, &LoadOptions { columns, format: None }))?;
+        if let Some(unit) = privacy_unit
+            && table.schema.field_with_name(unit).is_err()
+        {
+            return Err(bad(format!("privacy unit `{unit}` is not a column of {}", file.display())));
+        }
+        let stored = veil_catalog::store_parquet(&self.data_dir, &table)?;
+        let columns = veil_catalog::columns_of(&table.schema);
+        let record = DatasetRecord {
+            name: name.into(),
+            owner: owner.into(),
+            content_hash: stored.content_hash.clone(),
+            schema_hash: veil_catalog::schema_hash(&columns),
+            columns,
+            rows: table.rows,
+            privacy_unit: privacy_unit.map(str::to_owned),
+            created_at: now(),
+        };
+        let result = (|| -> Result<()> {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            veil_catalog::insert(&tx, &record)?;
+            AuditLog::append(
+                &tx,
+                &self.key,
+                AuditEvent::DatasetRegistered {
+                    dataset: record.name.clone(),
+                    owner: record.owner.clone(),
+                    content_hash: record.content_hash.clone(),
+                    schema_hash: record.schema_hash.clone(),
+                    rows: record.rows,
+                    privacy_unit: record.privacy_unit.clone(),
+                },
+            )?;
+            tx.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok(record),
+            Err(e) => {
+                stored.discard();
+                Err(e)
+            }
+        }
+    }
+
+    pub fn datasets(&self) -> Result<Vec<DatasetRecord>> {
+        Ok(veil_catalog::list(&self.conn)?)
+    }
+
+    pub(crate) fn dataset(&self, name: &str) -> Result<DatasetRecord> {
+        veil_catalog::get(&self.conn, name)?.ok_or_else(|| bad(format!("no dataset named `{name}`")))
+    }
+
+    /// Sets a new version of the policy on `dataset`, as its owner.
+    pub fn set_policy(&mut self, dataset: &str, file: &Path, holder: &str) -> Result<StoredPolicy> {
+        let record = self.dataset(dataset)?;
+        if record.owner != holder {
+            return Err(EngineError::Forbidden(format!("only the owner of `{dataset}` may set its policy")));
+        }
+        let text = std::fs::read_to_string(file).map_err(|e| bad(format!("cannot read {}: {e}", file.display())))?;
+        let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
+        let policy = Policy::from_toml(&text)?.validate_against(&schema, record.privacy_unit.as_deref())?;
+        let hash = document_hash(&text);
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: u64 = tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM policies WHERE dataset = ?1",
+            [dataset],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO policies (dataset, version, hash, toml, parsed, holder, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![dataset, version, hash, text, serde_json::to_string(&policy).expect("policy serializes"), holder, now()],
+        )?;
+        AuditLog::append(
+            &tx,
+            &self.key,
+            AuditEvent::PolicySet { dataset: dataset.into(), holder: holder.into(), version, policy_hash: hash.clone() },
+        )?;
+        tx.commit()?;
+        Ok(StoredPolicy { version, hash, text, policy, holder: holder.into() })
+    }
+
+    /// The current policy of a dataset, if one has been set.
+    pub fn policy(&self, dataset: &str) -> Result<Option<StoredPolicy>> {
+        self.dataset(dataset)?;
+        let row = self
+            .conn
+            .query_row(
+                "SELECT version, hash, toml, parsed, holder FROM policies WHERE dataset = ?1 ORDER BY version DESC LIMIT 1",
+                [dataset],
+                |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?)),
+            )
+            .optional()?;
+        row.map(|(version, hash, text, parsed, holder)| {
+            let policy = serde_json::from_str(&parsed).map_err(|e| EngineError::Internal(format!("stored policy: {e}")))?;
+            Ok(StoredPolicy { version, hash, text, policy, holder })
+        })
+        .transpose()
+    }
+}

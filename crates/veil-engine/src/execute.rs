@@ -1,0 +1,323 @@
+//! The sandbox stage and the gate: raw rows in, a noisy release (or a coded failure) out.
+//!
+//! Trusted code here reads only the columns the plan allows, groups rows by privacy unit, clamps
+//! numeric inputs to the policy's bounds, and runs the module once per unit in a fresh instance on
+//! several threads. Each thread owns a [`Bounder`], so the gate's bounding happens as units finish;
+//! DataFusion then aggregates the workers' batches together.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::compute::kernels::cmp::neq;
+use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, is_not_null, sort_to_indices, take_record_batch};
+use datafusion::arrow::datatypes::DataType;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use veil_abi::{ColumnType, UnitEncoder};
+use veil_catalog::DatasetRecord;
+use veil_policy::gate::{self, Bounder};
+use veil_policy::{DeliveredType, JobPlan, Release};
+use veil_sandbox::CompiledModule;
+
+use crate::Veil;
+
+pub(crate) struct RunRequest<'a> {
+    pub plan: JobPlan,
+    pub record: &'a DatasetRecord,
+    pub wasm: &'a [u8],
+}
+
+pub(crate) struct RunOutput {
+    pub release: Release,
+    pub units: u64,
+    pub unit_faults: u64,
+    pub holder_log: Vec<String>,
+}
+
+/// A run that released nothing. `code` and `public_reason` say nothing about the data.
+pub(crate) struct ExecutionFailure {
+    pub code: &'static str,
+    pub public_reason: String,
+    pub holder_log: Vec<String>,
+    pub units: u64,
+    pub unit_faults: u64,
+}
+
+fn failure(code: &'static str, public_reason: &str, holder_log: Vec<String>) -> ExecutionFailure {
+    ExecutionFailure { code, public_reason: public_reason.into(), holder_log, units: 0, unit_faults: 0 }
+}
+
+/// Log lines kept per worker, so a hostile module cannot fill the store through faults.
+const MAX_LOG_LINES_PER_WORKER: usize = 50;
+/// Units handed to a worker at a time.
+const CHUNK: usize = 256;
+
+/// A delivered column, cast once to the type the module receives, with the policy's clamp.
+enum Column {
+    Int(Int64Array, Option<(i64, i64)>),
+    Float(Float64Array, Option<(f64, f64)>),
+    Text(StringArray),
+    Bool(BooleanArray),
+}
+
+impl Column {
+    fn is_null(&self, row: usize) -> bool {
+        match self {
+            Column::Int(a, _) => a.is_null(row),
+            Column::Float(a, _) => a.is_null(row),
+            Column::Text(a) => a.is_null(row),
+            Column::Bool(a) => a.is_null(row),
+        }
+    }
+
+    fn encode(&self, row: usize, enc: &mut UnitEncoder) {
+        if self.is_null(row) {
+            enc.push_null();
+            return;
+        }
+        match self {
+            Column::Int(a, clamp) => {
+                let v = a.value(row);
+                enc.push_int(clamp.map_or(v, |(lo, hi)| v.clamp(lo, hi)));
+            }
+            Column::Float(a, clamp) => {
+                let v = a.value(row);
+                // NaN in the raw data becomes null rather than passing through the clamp unchanged.
+                if v.is_nan() {
+                    enc.push_null();
+                } else {
+                    enc.push_float(clamp.map_or(v, |(lo, hi)| v.clamp(lo, hi)));
+                }
+            }
+            Column::Text(a) => enc.push_text(a.value(row)),
+            Column::Bool(a) => enc.push_bool(a.value(row)),
+        }
+    }
+}
+
+fn prepare_column(array: &ArrayRef, ty: DeliveredType, clamp: Option<(f64, f64)>) -> Result<Column, String> {
+    let err = |e: datafusion::arrow::error::ArrowError| e.to_string();
+    Ok(match ty {
+        DeliveredType::Int => {
+            let a = cast(array, &DataType::Int64).map_err(err)?;
+            let clamp = clamp.map(|(lo, hi)| (lo.ceil() as i64, hi.floor() as i64));
+            Column::Int(a.as_any().downcast_ref::<Int64Array>().expect("cast to Int64").clone(), clamp)
+        }
+        DeliveredType::Float => {
+            let a = cast(array, &DataType::Float64).map_err(err)?;
+            Column::Float(a.as_any().downcast_ref::<Float64Array>().expect("cast to Float64").clone(), clamp)
+        }
+        DeliveredType::Text => {
+            let a = cast(array, &DataType::Utf8).map_err(err)?;
+            Column::Text(a.as_any().downcast_ref::<StringArray>().expect("cast to Utf8").clone())
+        }
+        DeliveredType::Bool => {
+            let a = cast(array, &DataType::Boolean).map_err(err)?;
+            Column::Bool(a.as_any().downcast_ref::<BooleanArray>().expect("cast to Boolean").clone())
+        }
+    })
+}
+
+fn abi_type(t: DeliveredType) -> ColumnType {
+    match t {
+        DeliveredType::Int => ColumnType::Int,
+        DeliveredType::Float => ColumnType::Float,
+        DeliveredType::Text => ColumnType::Text,
+        DeliveredType::Bool => ColumnType::Bool,
+    }
+}
+
+/// Reads the allowed columns and returns them sorted by privacy unit, with the `[start, end)` row
+/// range of each unit. Rows with a null unit are dropped (they belong to nobody we can bound).
+fn units_of(batch: RecordBatch, has_unit: bool) -> Result<(RecordBatch, Vec<(usize, usize)>, usize), String> {
+    let err = |e: datafusion::arrow::error::ArrowError| e.to_string();
+    if !has_unit {
+        let n = batch.num_rows();
+        return Ok((batch, (0..n).map(|i| (i, i + 1)).collect(), 0));
+    }
+    let before = batch.num_rows();
+    let mask = is_not_null(batch.column(0)).map_err(err)?;
+    let batch = filter_record_batch(&batch, &mask).map_err(err)?;
+    let dropped = before - batch.num_rows();
+    let order = sort_to_indices(batch.column(0), None, None).map_err(err)?;
+    let batch = take_record_batch(&batch, &order).map_err(err)?;
+    let n = batch.num_rows();
+    let mut ranges = Vec::new();
+    if n > 0 {
+        let unit = batch.column(0);
+        let changed = neq(&unit.slice(1, n - 1), &unit.slice(0, n - 1)).map_err(err)?;
+        let mut start = 0;
+        for i in 0..n - 1 {
+            if changed.value(i) {
+                ranges.push((start, i + 1));
+                start = i + 1;
+            }
+        }
+        ranges.push((start, n));
+    }
+    Ok((batch, ranges, dropped))
+}
+
+impl Veil {
+    pub(crate) fn execute(&mut self, req: RunRequest<'_>) -> Result<RunOutput, ExecutionFailure> {
+        let workers = self.config.workers;
+        let deadline = self.config.job_deadline;
+        let max_faults = self.config.max_unit_faults;
+        let module = match self.sandbox() {
+            Ok(s) => s.compile(req.wasm).map_err(|e| failure("module_rejected", "the module was rejected", vec![e.to_string()]))?,
+            Err(e) => return Err(failure("internal", "the sandbox could not start", vec![e.to_string()])),
+        };
+        let plan = Arc::new(req.plan);
+        let mut names: Vec<String> = plan.privacy_unit.iter().cloned().collect();
+        names.extend(plan.columns.iter().map(|c| c.name.clone()));
+        let internal = |m: String| failure("internal", "the data could not be prepared", vec![m]);
+        let batches = self
+            .runtime
+            .block_on(veil_catalog::read_columns(&self.data_dir, req.record, &names))
+            .map_err(|e| internal(e.to_string()))?;
+        let Some(first) = batches.first() else {
+            return Err(internal("dataset has no batches".into()));
+        };
+        let batch = concat_batches(&first.schema(), &batches).map_err(|e| internal(e.to_string()))?;
+        let has_unit = plan.privacy_unit.is_some();
+        let (batch, ranges, null_units) = units_of(batch, has_unit).map_err(internal)?;
+        let offset = usize::from(has_unit);
+        let columns: Vec<Column> = plan
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| prepare_column(batch.column(i + offset), c.ty, c.clamp))
+            .collect::<Result<_, _>>()
+            .map_err(internal)?;
+        let abi_columns: Vec<(&str, ColumnType)> = plan.columns.iter().map(|c| (c.name.as_str(), abi_type(c.ty))).collect();
+
+        let started = Instant::now();
+        let next = AtomicUsize::new(0);
+        let faults = AtomicU64::new(0);
+        let abort = AtomicBool::new(false);
+        let abort_code: Mutex<Option<&'static str>> = Mutex::new(None);
+        let stop = |code: &'static str| {
+            let mut slot = abort_code.lock().expect("abort lock");
+            slot.get_or_insert(code);
+            abort.store(true, Ordering::Relaxed);
+        };
+        let results: Vec<(Bounder, Vec<String>, BTreeMap<&'static str, u64>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    let (plan, module, columns, ranges) = (plan.clone(), &module, &columns, &ranges);
+                    let (next, faults, abort, abort_columns, stop) = (&next, &faults, &abort, &abi_columns, &stop);
+                    scope.spawn(move || {
+                        run_worker(WorkerCtx { plan, module, columns, ranges, next, faults, abort, max_faults, deadline, started, stop }, abort_columns)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("worker panicked")).collect()
+        });
+
+        let mut holder_log = Vec::new();
+        let mut by_code: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut bounders = Vec::new();
+        for (b, log, codes) in results {
+            bounders.push(b);
+            holder_log.extend(log);
+            for (k, v) in codes {
+                *by_code.entry(k).or_default() += v;
+            }
+        }
+        let unit_faults = faults.load(Ordering::Relaxed);
+        let units = ranges.len() as u64;
+        if null_units > 0 {
+            holder_log.push(format!("{null_units} rows with a null privacy unit were not used"));
+        }
+        if !by_code.is_empty() {
+            holder_log.push(format!("unit faults by kind: {by_code:?}"));
+        }
+        if let Some(code) = *abort_code.lock().expect("abort lock") {
+            let reason = match code {
+                "deadline" => "the job exceeded its time limit",
+                _ => "the module failed on too many units",
+            };
+            return Err(ExecutionFailure { code, public_reason: reason.into(), holder_log, units, unit_faults });
+        }
+        let mut rng = ChaCha20Rng::from_os_rng();
+        let (release, stats) = self
+            .runtime
+            .block_on(gate::release(&plan, bounders, &mut rng))
+            .map_err(|e| ExecutionFailure { code: "internal", public_reason: "aggregation failed".into(), holder_log: vec![e.to_string()], units, unit_faults })?;
+        holder_log.push(format!(
+            "gate: {} units, {} contributions, {} malformed dropped, {} over the group limit dropped, {} values clamped",
+            stats.units, stats.contributions, stats.malformed_dropped, stats.over_group_limit_dropped, stats.values_clamped
+        ));
+        Ok(RunOutput { release, units, unit_faults, holder_log })
+    }
+}
+
+struct WorkerCtx<'a, F: Fn(&'static str)> {
+    plan: Arc<JobPlan>,
+    module: &'a CompiledModule,
+    columns: &'a [Column],
+    ranges: &'a [(usize, usize)],
+    next: &'a AtomicUsize,
+    faults: &'a AtomicU64,
+    abort: &'a AtomicBool,
+    max_faults: u64,
+    deadline: std::time::Duration,
+    started: Instant,
+    stop: &'a F,
+}
+
+fn run_worker<F: Fn(&'static str)>(
+    ctx: WorkerCtx<'_, F>,
+    abi_columns: &[(&str, ColumnType)],
+) -> (Bounder, Vec<String>, BTreeMap<&'static str, u64>) {
+    let mut bounder = Bounder::new(ctx.plan.clone());
+    let mut enc = UnitEncoder::new(abi_columns);
+    let mut log = Vec::new();
+    let mut codes: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let note = |line: String, log: &mut Vec<String>| {
+        if log.len() < MAX_LOG_LINES_PER_WORKER {
+            log.push(line);
+        }
+    };
+    loop {
+        let chunk = ctx.next.fetch_add(1, Ordering::Relaxed);
+        let start = chunk * CHUNK;
+        if start >= ctx.ranges.len() || ctx.abort.load(Ordering::Relaxed) {
+            break;
+        }
+        if ctx.started.elapsed() > ctx.deadline {
+            (ctx.stop)("deadline");
+            break;
+        }
+        for (unit_id, &(lo, hi)) in ctx.ranges.iter().enumerate().skip(start).take(CHUNK) {
+            enc.reset();
+            for row in lo..hi {
+                enc.begin_row();
+                for c in ctx.columns {
+                    c.encode(row, &mut enc);
+                }
+            }
+            let outcome = ctx.module.run_unit(enc.finish());
+            if !outcome.log.is_empty() {
+                note(format!("unit {unit_id}: module log: {}", outcome.log.trim_end()), &mut log);
+            }
+            match outcome.result {
+                Ok(contributions) => bounder.add_unit(unit_id as u64, contributions),
+                Err(fault) => {
+                    // The unit contributes nothing (the default output); the holder sees why.
+                    bounder.add_unit(unit_id as u64, Vec::new());
+                    *codes.entry(fault.code()).or_default() += 1;
+                    note(format!("unit {unit_id}: {}: {}", fault.code(), fault.detail()), &mut log);
+                    if ctx.faults.fetch_add(1, Ordering::Relaxed) + 1 > ctx.max_faults {
+                        (ctx.stop)("module_faults");
+                        return (bounder, log, codes);
+                    }
+                }
+            }
+        }
+    }
+    (bounder, log, codes)
+}

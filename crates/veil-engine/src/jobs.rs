@@ -1,0 +1,464 @@
+//! Jobs: submission, pre-check, approval, budget debit, run, release — each state change committed
+//! together with its audit entry.
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+use veil_audit::{AuditEvent, AuditLog};
+use veil_policy::{Approval, Epsilon, JobManifest, PolicyError, Release, document_hash, model::valid_principal, precheck};
+
+use crate::error::bad;
+use crate::execute::RunRequest;
+use crate::store::now;
+use crate::{EngineError, Result, Veil};
+
+/// Where a job is. Consumers see only this and a generic code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    AwaitingApproval,
+    Running,
+    Released,
+    Refused,
+    Rejected,
+    Failed,
+}
+
+impl JobState {
+    fn as_str(self) -> &'static str {
+        match self {
+            JobState::AwaitingApproval => "awaiting_approval",
+            JobState::Running => "running",
+            JobState::Released => "released",
+            JobState::Refused => "refused",
+            JobState::Rejected => "rejected",
+            JobState::Failed => "failed",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "awaiting_approval" => JobState::AwaitingApproval,
+            "running" => JobState::Running,
+            "released" => JobState::Released,
+            "refused" => JobState::Refused,
+            "rejected" => JobState::Rejected,
+            "failed" => JobState::Failed,
+            other => return Err(EngineError::Internal(format!("unknown job state {other}"))),
+        })
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A job's metadata (never its result or logs).
+#[derive(Debug, Clone, Serialize)]
+pub struct JobInfo {
+    pub id: String,
+    pub consumer: String,
+    pub dataset: String,
+    pub state: JobState,
+    /// Generic reason code for refused/failed jobs.
+    pub code: Option<String>,
+    pub module_hash: String,
+    pub manifest_hash: String,
+    pub manifest: String,
+    pub epsilon: String,
+    pub policy_version: Option<u64>,
+    pub result_hash: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// What `submit_job` did.
+#[derive(Debug, Clone)]
+pub struct SubmitOutcome {
+    pub job: String,
+    pub state: JobState,
+}
+
+/// One line of `veil budget`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetLine {
+    pub dataset: String,
+    pub spent: String,
+    pub remaining: String,
+    pub total: String,
+    pub per_job_cap: String,
+}
+
+const JOB_COLUMNS: &str = "id, consumer, dataset, state, code, module_hash, manifest_hash, manifest, epsilon_micro, policy_version, result_hash, created_at, updated_at";
+
+fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(JobInfo, String)> {
+    let state: String = r.get(3)?;
+    Ok((
+        JobInfo {
+            id: r.get(0)?,
+            consumer: r.get(1)?,
+            dataset: r.get(2)?,
+            state: JobState::AwaitingApproval,
+            code: r.get(4)?,
+            module_hash: r.get(5)?,
+            manifest_hash: r.get(6)?,
+            manifest: r.get(7)?,
+            epsilon: Epsilon(r.get(8)?).to_string(),
+            policy_version: r.get(9)?,
+            result_hash: r.get(10)?,
+            created_at: r.get(11)?,
+            updated_at: r.get(12)?,
+        },
+        state,
+    ))
+}
+
+fn load_job(conn: &Connection, id: &str) -> Result<JobInfo> {
+    let row = conn
+        .query_row(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), [id], job_from_row)
+        .optional()?;
+    let (mut job, state) = row.ok_or_else(|| bad(format!("no job `{id}`")))?;
+    job.state = JobState::parse(&state)?;
+    Ok(job)
+}
+
+fn spent(conn: &Connection, consumer: &str, dataset: &str) -> Result<Epsilon> {
+    let micro: Option<u64> = conn
+        .query_row("SELECT spent_micro FROM budget WHERE consumer = ?1 AND dataset = ?2", [consumer, dataset], |r| r.get(0))
+        .optional()?;
+    Ok(Epsilon(micro.unwrap_or(0)))
+}
+
+fn set_state(conn: &Connection, job: &str, state: JobState, code: Option<&str>) -> Result<()> {
+    conn.execute(
+        "UPDATE jobs SET state = ?2, code = ?3, updated_at = ?4 WHERE id = ?1",
+        params![job, state.as_str(), code, now()],
+    )?;
+    Ok(())
+}
+
+impl Veil {
+    /// Submits the job described by the manifest at `manifest_path` as `consumer`.
+    ///
+    /// Malformed manifests, unreadable or invalid modules and unknown datasets are errors that change
+    /// nothing. A job the policy or the budget refuses is recorded (with its audit entries) and
+    /// returned as [`EngineError::Refused`]. Otherwise the job waits for approval or runs at once.
+    pub fn submit_job(&mut self, manifest_path: &Path, consumer: &str) -> Result<SubmitOutcome> {
+        if !valid_principal(consumer) {
+            return Err(bad(format!("`{consumer}` is not a valid principal name")));
+        }
+        let text = std::fs::read_to_string(manifest_path)
+            .map_err(|e| bad(format!("cannot read manifest {}: {e}", manifest_path.display())))?;
+        let manifest = JobManifest::from_toml(&text)?;
+        let module_path = manifest_path.parent().unwrap_or(Path::new(".")).join(&manifest.module);
+        let wasm = std::fs::read(&module_path)
+            .map_err(|e| bad(format!("cannot read module {}: {e}", module_path.display())))?;
+        let record = self.dataset(&manifest.dataset)?;
+        let stored = self
+            .policy(&manifest.dataset)?
+            .ok_or_else(|| bad(format!("dataset `{}` has no release policy yet", manifest.dataset)))?;
+        // Validate and compile before recording anything: a bad module is bad input.
+        let module_hash = self.sandbox()?.compile(&wasm)?.hash().to_owned();
+        let manifest_hash = document_hash(&text);
+        let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
+
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let seq: u64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs", [], |r| r.get(0))?;
+        let job = format!("job-{seq:06}");
+        tx.execute("INSERT OR IGNORE INTO modules (hash, bytes) VALUES (?1, ?2)", params![module_hash, wasm])?;
+        let ts = now();
+        tx.execute(
+            "INSERT INTO jobs (id, seq, consumer, dataset, manifest, manifest_hash, module_hash, epsilon_micro, policy_version, state, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+            params![job, seq, consumer, manifest.dataset, text, manifest_hash, module_hash, manifest.epsilon.micro(), stored.version, JobState::AwaitingApproval.as_str(), ts],
+        )?;
+        AuditLog::append(
+            &tx,
+            &self.key,
+            AuditEvent::JobSubmitted {
+                job: job.clone(),
+                consumer: consumer.into(),
+                dataset: manifest.dataset.clone(),
+                module_hash,
+                manifest_hash,
+                epsilon_micro: manifest.epsilon.micro(),
+                purpose: manifest.purpose.clone(),
+            },
+        )?;
+        let refusal = match precheck(&stored.policy, &manifest, &schema, consumer) {
+            Err(PolicyError::Refused(reason)) => Some(("policy", reason)),
+            Err(other) => return Err(other.into()),
+            Ok(_) => {
+                let used = spent(&tx, consumer, &manifest.dataset)?;
+                let remaining = stored.policy.epsilon_total.saturating_sub(used);
+                (manifest.epsilon > remaining).then(|| {
+                    ("budget", format!(
+                        "the job needs ε = {} but only ε = {remaining} of {} remains for `{consumer}` on `{}`",
+                        manifest.epsilon, stored.policy.epsilon_total, manifest.dataset
+                    ))
+                })
+            }
+        };
+        if let Some((code, reason)) = refusal {
+            set_state(&tx, &job, JobState::Refused, Some(code))?;
+            AuditLog::append(&tx, &self.key, AuditEvent::JobRefused { job: job.clone(), code: code.into(), reason: reason.clone() })?;
+            tx.commit()?;
+            return Err(EngineError::Refused { job, code: if code == "budget" { "budget" } else { "policy" }, reason });
+        }
+        tx.commit()?;
+        match stored.policy.approval {
+            Approval::Manual => Ok(SubmitOutcome { job, state: JobState::AwaitingApproval }),
+            Approval::Auto => {
+                let state = self.run_job(&job)?;
+                Ok(SubmitOutcome { job, state })
+            }
+        }
+    }
+
+    /// Approves a job waiting for `holder` (the dataset's owner) and runs it.
+    pub fn approve_job(&mut self, job: &str, holder: &str) -> Result<JobState> {
+        self.decide(job, holder, None)?;
+        self.run_job(job)
+    }
+
+    /// Rejects a job waiting for `holder`. Nothing is charged.
+    pub fn reject_job(&mut self, job: &str, holder: &str, reason: &str) -> Result<()> {
+        self.decide(job, holder, Some(reason))
+    }
+
+    fn decide(&mut self, job_id: &str, holder: &str, reject: Option<&str>) -> Result<()> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let job = load_job(&tx, job_id)?;
+        let owner = veil_catalog::get(&tx, &job.dataset)?.map(|d| d.owner).unwrap_or_default();
+        if owner != holder {
+            return Err(EngineError::Forbidden(format!("only the owner of `{}` may decide on its jobs", job.dataset)));
+        }
+        if job.state != JobState::AwaitingApproval {
+            return Err(bad(format!("job {job_id} is {}, not awaiting approval", job.state)));
+        }
+        match reject {
+            Some(reason) => {
+                set_state(&tx, job_id, JobState::Rejected, Some("rejected_by_holder"))?;
+                AuditLog::append(&tx, &self.key, AuditEvent::JobRejected { job: job_id.into(), holder: holder.into(), reason: reason.into() })?;
+            }
+            None => {
+                AuditLog::append(&tx, &self.key, AuditEvent::JobApproved { job: job_id.into(), holder: holder.into() })?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Charges the budget (committed with `job_started`), runs the module, passes the output through
+    /// the gate, and commits the release with its audit record.
+    fn run_job(&mut self, job_id: &str) -> Result<JobState> {
+        // 1. Debit and start, in one transaction, before anything runs.
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let job = load_job(&tx, job_id)?;
+        let record = veil_catalog::get(&tx, &job.dataset)?.ok_or_else(|| bad("dataset vanished"))?;
+        drop(tx);
+        let stored = self.policy(&job.dataset)?.ok_or_else(|| bad("policy vanished"))?;
+        let manifest = JobManifest::from_toml(&job.manifest)?;
+        let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
+        let plan = precheck(&stored.policy, &manifest, &schema, &job.consumer);
+
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Re-read under the write lock: another process may have run or charged meanwhile.
+        let job = load_job(&tx, job_id)?;
+        if job.state != JobState::AwaitingApproval {
+            return Err(bad(format!("job {job_id} is {}, it cannot start", job.state)));
+        }
+        let used = spent(&tx, &job.consumer, &job.dataset)?;
+        let remaining = stored.policy.epsilon_total.saturating_sub(used);
+        let refusal = match &plan {
+            Err(PolicyError::Refused(reason)) => Some(("policy", reason.clone())),
+            Err(e) => return Err(EngineError::Internal(e.to_string())),
+            Ok(_) if manifest.epsilon > remaining => Some((
+                "budget",
+                format!(
+                    "the job needs ε = {} but only ε = {remaining} of {} remains for `{}` on `{}`",
+                    manifest.epsilon, stored.policy.epsilon_total, job.consumer, job.dataset
+                ),
+            )),
+            Ok(_) => None,
+        };
+        if let Some((code, reason)) = refusal {
+            set_state(&tx, job_id, JobState::Refused, Some(code))?;
+            AuditLog::append(&tx, &self.key, AuditEvent::JobRefused { job: job_id.into(), code: code.into(), reason: reason.clone() })?;
+            tx.commit()?;
+            return Err(EngineError::Refused { job: job_id.into(), code: if code == "budget" { "budget" } else { "policy" }, reason });
+        }
+        let plan = plan.expect("refusals handled above");
+        let after = Epsilon(used.micro() + manifest.epsilon.micro());
+        tx.execute(
+            "INSERT INTO budget (consumer, dataset, spent_micro) VALUES (?1, ?2, ?3)
+             ON CONFLICT(consumer, dataset) DO UPDATE SET spent_micro = excluded.spent_micro",
+            params![job.consumer, job.dataset, after.micro()],
+        )?;
+        tx.execute(
+            "UPDATE jobs SET state = ?2, policy_version = ?3, runner_pid = ?4, updated_at = ?5 WHERE id = ?1",
+            params![job_id, JobState::Running.as_str(), stored.version, std::process::id(), now()],
+        )?;
+        AuditLog::append(
+            &tx,
+            &self.key,
+            AuditEvent::JobStarted {
+                job: job_id.into(),
+                consumer: job.consumer.clone(),
+                dataset: job.dataset.clone(),
+                dataset_hash: record.content_hash.clone(),
+                policy_version: stored.version,
+                policy_hash: stored.hash.clone(),
+                module_hash: job.module_hash.clone(),
+                epsilon_micro: manifest.epsilon.micro(),
+                spent_micro_after: after.micro(),
+                total_micro: stored.policy.epsilon_total.micro(),
+            },
+        )?;
+        tx.commit()?;
+
+        // 2. Run. Whatever happens from here on, the budget stays spent.
+        let wasm: Vec<u8> = self.conn.query_row("SELECT bytes FROM modules WHERE hash = ?1", [&job.module_hash], |r| r.get(0))?;
+        let request = RunRequest { plan, record: &record, wasm: &wasm };
+        let outcome = self.execute(request);
+
+        // 3. Close the job: release or denial, with its audit record, in one transaction.
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let state = match outcome {
+            Ok(run) => {
+                write_logs(&tx, job_id, &run.holder_log)?;
+                let result = serde_json::to_string(&run.release).map_err(|e| EngineError::Internal(e.to_string()))?;
+                let result_hash = veil_audit::sha256_hex(result.as_bytes());
+                AuditLog::append(
+                    &tx,
+                    &self.key,
+                    AuditEvent::JobFinished { job: job_id.into(), status: "completed".into(), units: run.units, unit_faults: run.unit_faults },
+                )?;
+                AuditLog::append(
+                    &tx,
+                    &self.key,
+                    AuditEvent::ReleaseCreated { job: job_id.into(), result_hash: result_hash.clone(), groups: run.release.rows.len() as u64 },
+                )?;
+                tx.execute(
+                    "UPDATE jobs SET state = ?2, result = ?3, result_hash = ?4, updated_at = ?5 WHERE id = ?1",
+                    params![job_id, JobState::Released.as_str(), result, result_hash, now()],
+                )?;
+                JobState::Released
+            }
+            Err(failure) => {
+                write_logs(&tx, job_id, &failure.holder_log)?;
+                set_state(&tx, job_id, JobState::Failed, Some(failure.code))?;
+                AuditLog::append(
+                    &tx,
+                    &self.key,
+                    AuditEvent::JobFinished { job: job_id.into(), status: format!("failed:{}", failure.code), units: failure.units, unit_faults: failure.unit_faults },
+                )?;
+                AuditLog::append(
+                    &tx,
+                    &self.key,
+                    AuditEvent::ReleaseDenied { job: job_id.into(), code: failure.code.into(), reason: failure.public_reason.clone() },
+                )?;
+                JobState::Failed
+            }
+        };
+        tx.commit()?;
+        Ok(state)
+    }
+
+    /// Closes jobs left `running` by a process that no longer exists (a crash): failed, budget kept
+    /// spent, recorded in the log.
+    pub(crate) fn recover_interrupted_jobs(&mut self) -> Result<()> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let running: Vec<(String, Option<u32>)> = {
+            let mut stmt = tx.prepare("SELECT id, runner_pid FROM jobs WHERE state = 'running'")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
+        };
+        for (job, pid) in running {
+            let alive = pid.is_some_and(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists());
+            if alive {
+                continue;
+            }
+            set_state(&tx, &job, JobState::Failed, Some("interrupted"))?;
+            AuditLog::append(&tx, &self.key, AuditEvent::JobFinished { job: job.clone(), status: "failed:interrupted".into(), units: 0, unit_faults: 0 })?;
+            AuditLog::append(
+                &tx,
+                &self.key,
+                AuditEvent::ReleaseDenied { job, code: "interrupted".into(), reason: "the run was interrupted; its budget stays spent".into() },
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A job's metadata, for its consumer, the dataset's owner, or a reviewer.
+    pub fn job(&self, id: &str) -> Result<JobInfo> {
+        load_job(&self.conn, id)
+    }
+
+    /// Jobs visible to `principal`: their own, and those on datasets they own.
+    pub fn jobs_for(&self, principal: &str) -> Result<Vec<JobInfo>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE consumer = ?1 OR dataset IN (SELECT name FROM datasets WHERE owner = ?1) ORDER BY seq"
+        ))?;
+        let rows = stmt.query_map([principal], job_from_row)?.collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(mut j, s)| {
+                j.state = JobState::parse(&s)?;
+                Ok(j)
+            })
+            .collect()
+    }
+
+    /// The released result of a job, for its consumer only.
+    pub fn job_result(&self, id: &str, consumer: &str) -> Result<Release> {
+        let job = load_job(&self.conn, id)?;
+        if job.consumer != consumer {
+            return Err(EngineError::Forbidden(format!("job {id} belongs to another consumer")));
+        }
+        if job.state != JobState::Released {
+            return Err(bad(format!("job {id} has no result: it is {}", job.state)));
+        }
+        let text: String = self.conn.query_row("SELECT result FROM jobs WHERE id = ?1", [id], |r| r.get(0))?;
+        serde_json::from_str(&text).map_err(|e| EngineError::Internal(e.to_string()))
+    }
+
+    /// The holder-only log of a job (module log text, trap messages, bounding statistics).
+    pub fn job_logs(&self, id: &str, holder: &str) -> Result<Vec<String>> {
+        let job = load_job(&self.conn, id)?;
+        let owner = self.dataset(&job.dataset)?.owner;
+        if owner != holder {
+            return Err(EngineError::Forbidden(format!("job logs of `{}` are for its owner", job.dataset)));
+        }
+        let mut stmt = self.conn.prepare("SELECT line FROM job_logs WHERE job = ?1 ORDER BY seq")?;
+        let lines = stmt.query_map([id], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+        Ok(lines)
+    }
+
+    /// Budget of `consumer` on every dataset whose policy lets them in.
+    pub fn budget(&self, consumer: &str) -> Result<Vec<BudgetLine>> {
+        let mut out = Vec::new();
+        for d in self.datasets()? {
+            let Some(p) = self.policy(&d.name)? else { continue };
+            let used = spent(&self.conn, consumer, &d.name)?;
+            if !p.policy.allows_consumer(consumer) && used.micro() == 0 {
+                continue;
+            }
+            out.push(BudgetLine {
+                dataset: d.name,
+                spent: used.to_string(),
+                remaining: p.policy.epsilon_total.saturating_sub(used).to_string(),
+                total: p.policy.epsilon_total.to_string(),
+                per_job_cap: p.policy.epsilon_per_job.to_string(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn write_logs(conn: &Connection, job: &str, lines: &[String]) -> Result<()> {
+    for (i, line) in lines.iter().enumerate() {
+        conn.execute("INSERT INTO job_logs (job, seq, line) VALUES (?1, ?2, ?3)", params![job, i as u64, line])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! The Veil engine: one data directory, one embedded store, and the whole pipeline.
+//!
+//! ```text
+//! register dataset ─▶ set policy ─▶ submit job ─▶ pre-check / approval ─▶ sandbox run ─▶ gate ─▶ audit ─▶ release
+//!   (veil-catalog)    (veil-policy)   (jobs.rs)      (veil-policy, here)   (veil-sandbox)  (veil-policy) (veil-audit)
+//! ```
+//!
+//! [`Veil::open`] opens (or creates) a data directory: `veil.db` (SQLite, WAL, `synchronous=FULL`)
+//! holds the catalog, policies, jobs, modules, the budget ledger, holder-only job logs and the audit
+//! log; `datasets/` holds content-addressed Parquet files; `keys/` the domain's Ed25519 key.
+//!
+//! Ordering guarantees (DEVELOPERS.md invariant 2):
+//! - a job's ε is debited in the same transaction that records `job_started`, committed before the
+//!   module runs — whatever happens afterwards, the budget is spent;
+//! - a result becomes readable only in the transaction that records `release_created` with its hash;
+//! - a job found `running` whose process is gone (a crash) is closed as failed, with an audit entry,
+//!   the next time the store is opened.
+//!
+//! ```no_run
+//! use veil_engine::{EngineConfig, Veil};
+//! # fn main() -> veil_engine::Result<()> {
+//! let mut veil = Veil::open("./veil-data".as_ref(), EngineConfig::default())?;
+//! veil.register_dataset("people.csv".as_ref(), "people", "hospital", Some("patient_id"), None)?;
+//! veil.set_policy("people", "policy.toml".as_ref(), "hospital")?;
+//! let outcome = veil.submit_job("job.toml".as_ref(), "researcher")?;
+//! println!("{}", outcome.job);
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+mod datasets;
+mod error;
+mod execute;
+mod jobs;
+mod store;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use veil_audit::{AuditEvent, AuditLog, DomainKey, VerifierKey};
+use veil_sandbox::{Sandbox, SandboxConfig};
+
+pub use error::{EngineError, Result};
+pub use jobs::{BudgetLine, JobInfo, JobState, SubmitOutcome};
+pub use veil_audit::Entry as AuditEntry;
+pub use veil_catalog::DatasetRecord;
+pub use veil_policy::{Epsilon, Release};
+
+/// Operator settings for an engine. Build with [`EngineConfig::builder`] or use the defaults.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    sandbox: SandboxConfig,
+    workers: usize,
+    job_deadline: Duration,
+    max_unit_faults: u64,
+    domain: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        EngineConfig {
+            sandbox: SandboxConfig::builder().max_concurrent_instances(workers as u32 * 2 + 2).build(),
+            workers,
+            job_deadline: Duration::from_secs(600),
+            max_unit_faults: 100,
+            domain: "veil.local/audit".into(),
+        }
+    }
+}
+
+impl EngineConfig {
+    pub fn builder() -> EngineConfigBuilder {
+        EngineConfigBuilder(EngineConfig::default())
+    }
+}
+
+/// Typed builder for [`EngineConfig`].
+#[derive(Debug, Clone)]
+pub struct EngineConfigBuilder(EngineConfig);
+
+impl EngineConfigBuilder {
+    /// Sandbox limits (fuel, memory, deadlines) for each privacy unit.
+    pub fn sandbox(mut self, sandbox: SandboxConfig) -> Self {
+        self.0.sandbox = sandbox;
+        self
+    }
+    /// Threads that run units in parallel.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.0.workers = n.max(1);
+        self
+    }
+    /// Wall-clock limit for the sandbox stage of one job.
+    pub fn job_deadline(mut self, d: Duration) -> Self {
+        self.0.job_deadline = d;
+        self
+    }
+    /// Units that may fault (trap, run out of fuel, ...) before the job is stopped.
+    pub fn max_unit_faults(mut self, n: u64) -> Self {
+        self.0.max_unit_faults = n;
+        self
+    }
+    /// Name of the audit log's origin and signing key (C2SP note name).
+    pub fn domain(mut self, name: &str) -> Self {
+        self.0.domain = name.into();
+        self
+    }
+    pub fn build(self) -> EngineConfig {
+        self.0
+    }
+}
+
+/// An open data directory.
+pub struct Veil {
+    data_dir: PathBuf,
+    conn: Connection,
+    key: DomainKey,
+    config: EngineConfig,
+    sandbox: Option<Sandbox>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Veil {
+    /// Opens or initialises a data directory, creating the signing key on first use and closing
+    /// jobs left running by a crashed process.
+    pub fn open(data_dir: &Path, config: EngineConfig) -> Result<Veil> {
+        std::fs::create_dir_all(data_dir)?;
+        let conn = store::open(&data_dir.join("veil.db"))?;
+        let (key, _created) = DomainKey::load_or_create(&data_dir.join("keys").join("audit-signing.key"), &config.domain)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.workers)
+            .enable_all()
+            .build()?;
+        let mut veil = Veil { data_dir: data_dir.to_owned(), conn, key, config, sandbox: None, runtime };
+        let empty: bool = veil.conn.query_row("SELECT COUNT(*) = 0 FROM audit_log", [], |r| r.get(0))?;
+        if empty {
+            let tx = veil.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let still_empty: bool = tx.query_row("SELECT COUNT(*) = 0 FROM audit_log", [], |r| r.get(0))?;
+            if still_empty {
+                AuditLog::append(&tx, &veil.key, AuditEvent::LogCreated { public_key: veil.key.verifier().to_string() })?;
+            }
+            tx.commit()?;
+        }
+        veil.recover_interrupted_jobs()?;
+        Ok(veil)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The public key that verifies this domain's audit log, in C2SP note-key form.
+    pub fn public_key(&self) -> VerifierKey {
+        self.key.verifier()
+    }
+
+    fn sandbox(&mut self) -> Result<&Sandbox> {
+        if self.sandbox.is_none() {
+            self.sandbox = Some(Sandbox::new(self.config.sandbox.clone())?);
+        }
+        Ok(self.sandbox.as_ref().expect("just set"))
+    }
+
+    /// Exports the audit log (JSON lines plus a fresh signed checkpoint).
+    pub fn export_audit(&self) -> Result<String> {
+        Ok(veil_audit::export_lines(&self.conn, &self.key)?)
+    }
+
+    /// Verifies the store's own log, as an offline reviewer would.
+    pub fn verify_audit(&self) -> Result<veil_audit::VerifiedLog> {
+        let text = self.export_audit()?;
+        Ok(veil_audit::verify_export(&text, &self.key.verifier())?)
+    }
+
+    /// All audit entries, for display.
+    pub fn audit_entries(&self) -> Result<Vec<AuditEntry>> {
+        Ok(AuditLog::entries(&self.conn)?)
+    }
+}

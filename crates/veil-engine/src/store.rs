@@ -1,0 +1,73 @@
+//! The embedded store: one SQLite file, opened for durability, with every table Veil needs.
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::Result;
+
+/// Opens the store: WAL journal, `synchronous=FULL` (a committed debit or audit entry survives
+/// power loss), foreign keys on, and a busy timeout so concurrent CLI processes queue rather than fail.
+pub(crate) fn open(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    let tx = conn.unchecked_transaction()?;
+    veil_catalog::migrate(&tx)?;
+    veil_audit::AuditLog::migrate(&tx)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS policies (
+             dataset    TEXT NOT NULL REFERENCES datasets(name),
+             version    INTEGER NOT NULL,
+             hash       TEXT NOT NULL,
+             toml       TEXT NOT NULL,
+             parsed     TEXT NOT NULL,
+             holder     TEXT NOT NULL,
+             created_at TEXT NOT NULL,
+             PRIMARY KEY (dataset, version)
+         );
+         CREATE TABLE IF NOT EXISTS modules (
+             hash  TEXT PRIMARY KEY,
+             bytes BLOB NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS jobs (
+             id             TEXT PRIMARY KEY,
+             seq            INTEGER NOT NULL UNIQUE,
+             consumer       TEXT NOT NULL,
+             dataset        TEXT NOT NULL REFERENCES datasets(name),
+             manifest       TEXT NOT NULL,
+             manifest_hash  TEXT NOT NULL,
+             module_hash    TEXT NOT NULL REFERENCES modules(hash),
+             epsilon_micro  INTEGER NOT NULL,
+             policy_version INTEGER,
+             state          TEXT NOT NULL,
+             code           TEXT,
+             runner_pid     INTEGER,
+             result         TEXT,
+             result_hash    TEXT,
+             created_at     TEXT NOT NULL,
+             updated_at     TEXT NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS budget (
+             consumer    TEXT NOT NULL,
+             dataset     TEXT NOT NULL,
+             spent_micro INTEGER NOT NULL,
+             PRIMARY KEY (consumer, dataset)
+         );
+         CREATE TABLE IF NOT EXISTS job_logs (
+             job  TEXT NOT NULL REFERENCES jobs(id),
+             seq  INTEGER NOT NULL,
+             line TEXT NOT NULL,
+             PRIMARY KEY (job, seq)
+         );",
+    )?;
+    tx.commit()?;
+    Ok(conn)
+}
+
+pub(crate) fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("UTC time formats")
+}

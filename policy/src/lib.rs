@@ -1,0 +1,27 @@
+//! Veil's policy crate: what a data holder allows, and the trusted code that enforces it on output.
+//!
+//! The flow through this crate, for one job:
+//! 1. [`Policy::from_toml`] parses the holder's release policy and
+//!    [`Policy::validate_against`] checks it against the dataset's schema.
+//! 2. [`JobManifest::from_toml`] parses the consumer's manifest; [`precheck`] decides whether the
+//!    consumer may run it (access, forbidden columns, per-job ε cap) and produces a [`JobPlan`].
+//! 3. After the sandbox has run the module once per privacy unit, each unit's contributions go
+//!    through a [`gate::Bounder`] (tagging, group limit, clamping) and [`gate::release`] aggregates
+//!    them with DataFusion, adds exact discrete Laplace noise ([`mechanisms`]) and withholds small
+//!    groups.
+//!
+//! Budget accounting and the audit record live in `veil-engine`, which calls the gate only after it
+//! has committed the debit.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod fixed;
+pub mod gate;
+pub mod manifest;
+pub mod mechanisms;
+pub mod model;
+
+pub use error::{PolicyError, Result};
+pub use gate::{Bounder, BoundingStats, GateContribution, Release};
+pub use manifest::{Aggregate, DeliveredColumn, DeliveredType, JobManifest, JobPlan, precheck};
+pub use model::{Approval, ColumnClass, ColumnRule, Epsilon, Policy, document_hash};

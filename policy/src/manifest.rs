@@ -1,0 +1,336 @@
+//! The job manifest a consumer submits (`docs/jobs.md`) and the pre-check that turns a manifest plus
+//! a policy into a [`JobPlan`] — or a refusal — before anything runs.
+use datafusion::arrow::datatypes::{DataType, Schema};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::error::{Location, PolicyError, Result, line_of};
+use crate::fixed;
+use crate::model::{ColumnClass, Epsilon, MAX_EPSILON, Policy, check_bounds, is_numeric};
+
+/// Most key parts and values a job may declare; keeps the gate's work and the output shape bounded.
+pub const MAX_KEY_PARTS: usize = 8;
+pub const MAX_VALUES: usize = 16;
+
+/// How a released value column is presented. Both release a noisy sum; `mean` adds the ratio of the
+/// noisy sum to the noisy count (post-processing, no extra privacy cost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregate {
+    Sum,
+    Mean,
+}
+
+/// One numeric output of the module, with the range the gate clamps it to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValueSpec {
+    pub name: String,
+    pub bounds: (f64, f64),
+    pub aggregate: Aggregate,
+}
+
+/// A validated job manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobManifest {
+    pub dataset: String,
+    /// Path of the `.wasm` module, relative to the manifest file.
+    pub module: String,
+    pub purpose: String,
+    pub columns: Vec<String>,
+    pub epsilon: Epsilon,
+    pub keys: Vec<String>,
+    pub values: Vec<ValueSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    dataset: String,
+    module: String,
+    purpose: Option<String>,
+    columns: Spanned<Vec<String>>,
+    epsilon: Spanned<f64>,
+    output: RawOutput,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    keys: Spanned<Vec<String>>,
+    values: Spanned<Vec<Spanned<RawValue>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawValue {
+    name: String,
+    bounds: [f64; 2],
+    aggregate: Option<String>,
+}
+
+const WHAT: &str = "manifest";
+
+fn invalid<T>(text: &str, span: std::ops::Range<usize>, field: &str, msg: impl Into<String>) -> Result<T> {
+    Err(PolicyError::Invalid {
+        what: WHAT,
+        location: Location { line: Some(line_of(text, span.start)), field: field.into() },
+        message: msg.into(),
+    })
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl JobManifest {
+    /// Parses and validates a manifest on its own (no policy yet).
+    pub fn from_toml(text: &str) -> Result<JobManifest> {
+        let raw: RawManifest = toml::from_str(text)
+            .map_err(|e| PolicyError::Syntax { what: WHAT, message: e.to_string() })?;
+        let columns_span = raw.columns.span();
+        let columns = raw.columns.into_inner();
+        if columns.is_empty() {
+            return invalid(text, columns_span, "columns", "request at least one column");
+        }
+        for (i, c) in columns.iter().enumerate() {
+            if columns[..i].contains(c) {
+                return invalid(text, columns_span.clone(), "columns", format!("`{c}` is listed twice"));
+            }
+        }
+        let epsilon = match Epsilon::from_f64(*raw.epsilon.get_ref()) {
+            Some(e) => e,
+            None => {
+                return invalid(
+                    text,
+                    raw.epsilon.span(),
+                    "epsilon",
+                    format!("must be a number in (0, {MAX_EPSILON}]"),
+                );
+            }
+        };
+        let keys_span = raw.output.keys.span();
+        let keys = raw.output.keys.into_inner();
+        if keys.len() > MAX_KEY_PARTS {
+            return invalid(text, keys_span, "output.keys", format!("at most {MAX_KEY_PARTS} key parts"));
+        }
+        if let Some(bad) = keys.iter().find(|k| !valid_name(k)) {
+            return invalid(text, keys_span, "output.keys", format!("`{bad}` is not a valid name"));
+        }
+        let values_span = raw.output.values.span();
+        let raw_values = raw.output.values.into_inner();
+        if raw_values.is_empty() || raw_values.len() > MAX_VALUES {
+            return invalid(text, values_span, "output.values", format!("declare 1 to {MAX_VALUES} values"));
+        }
+        let mut values = Vec::new();
+        for (i, v) in raw_values.into_iter().enumerate() {
+            let span = v.span();
+            let v = v.into_inner();
+            let field = format!("output.values[{i}]");
+            if !valid_name(&v.name) || keys.contains(&v.name) || values.iter().any(|x: &ValueSpec| x.name == v.name) {
+                return invalid(text, span, &format!("{field}.name"), format!("`{}` is not a valid, unique name", v.name));
+            }
+            let [lo, hi] = v.bounds;
+            if let Err(m) = check_bounds(lo, hi) {
+                return invalid(text, span, &format!("{field}.bounds"), m);
+            }
+            let aggregate = match v.aggregate.as_deref() {
+                None | Some("sum") => Aggregate::Sum,
+                Some("mean") => Aggregate::Mean,
+                Some(other) => {
+                    return invalid(
+                        text,
+                        span,
+                        &format!("{field}.aggregate"),
+                        format!("`{other}` is not one of \"sum\", \"mean\""),
+                    );
+                }
+            };
+            values.push(ValueSpec { name: v.name, bounds: (lo, hi), aggregate });
+        }
+        Ok(JobManifest {
+            dataset: raw.dataset,
+            module: raw.module,
+            purpose: raw.purpose.unwrap_or_default(),
+            columns,
+            epsilon,
+            keys,
+            values,
+        })
+    }
+}
+
+/// The type a column is delivered to the module as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveredType {
+    Int,
+    Float,
+    Text,
+    Bool,
+}
+
+/// One column the sandbox will deliver, with the clamp the policy puts on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveredColumn {
+    pub name: String,
+    pub ty: DeliveredType,
+    pub clamp: Option<(f64, f64)>,
+}
+
+/// Fixed-point form of a [`ValueSpec`] used by the gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateValue {
+    pub name: String,
+    pub aggregate: Aggregate,
+    pub lo: i64,
+    pub hi: i64,
+}
+
+/// Everything trusted code needs to run and release a job, derived from policy + manifest alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobPlan {
+    pub privacy_unit: Option<String>,
+    pub columns: Vec<DeliveredColumn>,
+    pub keys: Vec<String>,
+    pub values: Vec<GateValue>,
+    pub epsilon: Epsilon,
+    pub max_groups_per_unit: u32,
+    pub min_units_per_group: u64,
+}
+
+/// The pre-check: may `consumer` run `manifest` under `policy` on a dataset with `schema`?
+/// Refusals carry messages that are safe for the consumer (they depend on the policy and schema,
+/// never on data). Budget is checked separately by the ledger.
+pub fn precheck(policy: &Policy, manifest: &JobManifest, schema: &Schema, consumer: &str) -> Result<JobPlan> {
+    if !policy.allows_consumer(consumer) {
+        return Err(PolicyError::Refused(format!(
+            "consumer `{consumer}` is not allowed to use dataset `{}`",
+            manifest.dataset
+        )));
+    }
+    if manifest.epsilon > policy.epsilon_per_job {
+        return Err(PolicyError::Refused(format!(
+            "the job asks for ε = {} but the policy caps each job at ε = {}",
+            manifest.epsilon, policy.epsilon_per_job
+        )));
+    }
+    let mut columns = Vec::new();
+    for name in &manifest.columns {
+        if policy.privacy_unit.as_deref() == Some(name.as_str()) {
+            return Err(PolicyError::Refused(format!(
+                "column `{name}` is the privacy unit; modules never see unit identifiers"
+            )));
+        }
+        let Ok(field) = schema.field_with_name(name) else {
+            return Err(PolicyError::Refused(format!("the dataset has no column `{name}`")));
+        };
+        let rule = policy.column_rule(name);
+        if rule.class == ColumnClass::Forbidden {
+            return Err(PolicyError::Refused(format!("column `{name}` is forbidden by the policy")));
+        }
+        let ty = match field.data_type() {
+            DataType::Boolean => DeliveredType::Bool,
+            DataType::Float16 | DataType::Float32 | DataType::Float64 => DeliveredType::Float,
+            DataType::Decimal128(_, _) | DataType::Decimal256(_, _) => DeliveredType::Float,
+            t if is_numeric(t) => DeliveredType::Int,
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DeliveredType::Text,
+            other => {
+                return Err(PolicyError::Refused(format!(
+                    "column `{name}` has type {other}, which modules cannot receive yet"
+                )));
+            }
+        };
+        columns.push(DeliveredColumn { name: name.clone(), ty, clamp: rule.bounds });
+    }
+    let values = manifest
+        .values
+        .iter()
+        .map(|v| {
+            let (lo, hi) = fixed::bounds_to_fixed(v.bounds.0, v.bounds.1);
+            GateValue { name: v.name.clone(), aggregate: v.aggregate, lo, hi }
+        })
+        .collect();
+    Ok(JobPlan {
+        privacy_unit: policy.privacy_unit.clone(),
+        columns,
+        keys: manifest.keys.clone(),
+        values,
+        epsilon: manifest.epsilon,
+        max_groups_per_unit: policy.max_groups_per_unit,
+        min_units_per_group: policy.min_units_per_group,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::Field;
+
+    const MANIFEST: &str = r#"
+dataset = "census"
+module = "m.wasm"
+purpose = "wages"
+columns = ["educ", "income"]
+epsilon = 0.5
+
+[output]
+keys = ["education"]
+values = [{ name = "income", bounds = [0, 3000], aggregate = "mean" }]
+"#;
+
+    const POLICY: &str = r#"
+privacy_unit = "person_id"
+consumers = ["acme"]
+approval = "auto"
+min_units_per_group = 10
+max_groups_per_unit = 1
+[dp]
+epsilon_per_job = 1.0
+epsilon_total = 3.0
+[columns]
+educ = { class = "public" }
+income = { class = "sensitive", bounds = [0, 5000] }
+ssn = { class = "forbidden" }
+"#;
+
+    fn schema() -> Schema {
+        Schema::new(vec![
+            Field::new("person_id", DataType::Int64, false),
+            Field::new("educ", DataType::Int64, true),
+            Field::new("income", DataType::Float64, true),
+            Field::new("ssn", DataType::Utf8, true),
+        ])
+    }
+
+    #[test]
+    fn plan_for_allowed_job() {
+        let m = JobManifest::from_toml(MANIFEST).unwrap();
+        let p = Policy::from_toml(POLICY).unwrap();
+        let plan = precheck(&p, &m, &schema(), "acme").unwrap();
+        assert_eq!(plan.columns.len(), 2);
+        assert_eq!(plan.columns[1].clamp, Some((0.0, 5000.0)));
+        assert_eq!(plan.values[0].hi, 3000 * fixed::SCALE);
+    }
+
+    #[test]
+    fn refusals() {
+        let p = Policy::from_toml(POLICY).unwrap();
+        let m = JobManifest::from_toml(MANIFEST).unwrap();
+        assert!(precheck(&p, &m, &schema(), "eve").unwrap_err().to_string().contains("not allowed"));
+        let forbidden = JobManifest::from_toml(&MANIFEST.replace("\"income\"]", "\"ssn\"]")).unwrap();
+        assert!(precheck(&p, &forbidden, &schema(), "acme").unwrap_err().to_string().contains("forbidden"));
+        let unit = JobManifest::from_toml(&MANIFEST.replace("\"income\"]", "\"person_id\"]")).unwrap();
+        assert!(precheck(&p, &unit, &schema(), "acme").unwrap_err().to_string().contains("privacy unit"));
+        let greedy = JobManifest::from_toml(&MANIFEST.replace("epsilon = 0.5", "epsilon = 2")).unwrap();
+        assert!(precheck(&p, &greedy, &schema(), "acme").unwrap_err().to_string().contains("caps each job"));
+    }
+
+    #[test]
+    fn manifest_errors_name_the_field() {
+        let e = JobManifest::from_toml(&MANIFEST.replace("epsilon = 0.5", "epsilon = 0")).unwrap_err();
+        assert!(e.to_string().contains("line 6") && e.to_string().contains("epsilon"), "{e}");
+        let e = JobManifest::from_toml(&MANIFEST.replace("\"mean\"", "\"median\"")).unwrap_err();
+        assert!(e.to_string().contains("output.values[0].aggregate"), "{e}");
+        let e = JobManifest::from_toml("dataset = 3").unwrap_err();
+        assert!(matches!(e, PolicyError::Syntax { .. }), "{e}");
+    }
+}

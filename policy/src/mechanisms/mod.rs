@@ -1,0 +1,5 @@
+//! Differential-privacy mechanisms. Each file documents its guarantee, its sensitivity argument
+//! and its sources next to the code, and tests its sampler statistically.
+mod discrete_laplace;
+
+pub use discrete_laplace::DiscreteLaplace;

@@ -1,0 +1,445 @@
+//! The release policy a data holder sets on a dataset (TOML; every field in `docs/policy.md`).
+//!
+//! Parsing is strict: unknown fields are errors, every semantic problem names its field and line, and
+//! columns the policy does not mention are treated as `forbidden` (default deny).
+use std::collections::BTreeMap;
+use std::fmt;
+
+use datafusion::arrow::datatypes::{DataType, Schema};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use crate::error::{Location, PolicyError, Result, line_of};
+
+/// Largest ε the model accepts anywhere; beyond it "differential privacy" means nothing.
+pub const MAX_EPSILON: f64 = 100.0;
+
+/// A privacy-loss parameter in millionths, so budgets add up exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+pub struct Epsilon(pub u64);
+
+impl Epsilon {
+    pub const MICRO: u64 = 1_000_000;
+
+    /// Converts a decimal ε, rounding to the nearest millionth; rejects non-finite, non-positive or
+    /// absurdly large values.
+    pub fn from_f64(value: f64) -> Option<Self> {
+        if !value.is_finite() || value <= 0.0 || value > MAX_EPSILON {
+            return None;
+        }
+        let micro = (value * Self::MICRO as f64).round() as u64;
+        (micro > 0).then_some(Epsilon(micro))
+    }
+    pub fn micro(self) -> u64 {
+        self.0
+    }
+    pub fn as_f64(self) -> f64 {
+        self.0 as f64 / Self::MICRO as f64
+    }
+    pub fn saturating_sub(self, other: Epsilon) -> Epsilon {
+        Epsilon(self.0.saturating_sub(other.0))
+    }
+}
+
+impl fmt::Display for Epsilon {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let whole = self.0 / Self::MICRO;
+        let frac = self.0 % Self::MICRO;
+        if frac == 0 {
+            write!(f, "{whole}")
+        } else {
+            let digits = format!("{frac:06}");
+            write!(f, "{whole}.{}", digits.trim_end_matches('0'))
+        }
+    }
+}
+
+/// How sensitive a column is; decides whether it may enter the sandbox at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnClass {
+    /// Not personal; any allowed consumer may use it.
+    Public,
+    /// Identifies people in combination with other columns (age, region, ...).
+    Quasi,
+    /// Personal and sensitive (income, diagnosis, ...): numeric ones must carry bounds.
+    Sensitive,
+    /// Never enters the sandbox, whatever a job asks.
+    Forbidden,
+}
+
+impl ColumnClass {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "public" => Self::Public,
+            "quasi" => Self::Quasi,
+            "sensitive" => Self::Sensitive,
+            "forbidden" => Self::Forbidden,
+            _ => return None,
+        })
+    }
+}
+
+/// Whether a job runs as soon as it passes the checks or waits for the holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Approval {
+    Auto,
+    Manual,
+}
+
+/// What the policy says about one column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnRule {
+    pub class: ColumnClass,
+    /// Inclusive range numeric values are clamped into before a module sees them.
+    pub bounds: Option<(f64, f64)>,
+}
+
+/// A validated release policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Policy {
+    /// Column whose distinct values are the privacy units (people); `None`: each row is a unit.
+    pub privacy_unit: Option<String>,
+    /// Consumers allowed to submit jobs on the dataset.
+    pub consumers: Vec<String>,
+    pub approval: Approval,
+    /// A released group needs at least this many distinct units (after noise).
+    pub min_units_per_group: u64,
+    /// Contributions of one unit beyond this many groups are dropped by the gate.
+    pub max_groups_per_unit: u32,
+    pub epsilon_per_job: Epsilon,
+    pub epsilon_total: Epsilon,
+    pub columns: BTreeMap<String, ColumnRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    privacy_unit: Option<Spanned<String>>,
+    consumers: Spanned<Vec<String>>,
+    approval: Spanned<String>,
+    min_units_per_group: Spanned<i64>,
+    max_groups_per_unit: Spanned<i64>,
+    dp: RawDp,
+    columns: BTreeMap<Spanned<String>, Spanned<RawColumn>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDp {
+    epsilon_per_job: Spanned<f64>,
+    epsilon_total: Spanned<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawColumn {
+    class: String,
+    bounds: Option<[f64; 2]>,
+}
+
+const WHAT: &str = "policy";
+
+struct Src<'a>(&'a str);
+
+impl Src<'_> {
+    fn err<T>(&self, span: std::ops::Range<usize>, field: &str, msg: impl Into<String>) -> Result<T> {
+        Err(PolicyError::Invalid {
+            what: WHAT,
+            location: Location { line: Some(line_of(self.0, span.start)), field: field.into() },
+            message: msg.into(),
+        })
+    }
+}
+
+/// Upper limit on a bound's magnitude, so fixed-point sums cannot overflow (see `fixed`).
+pub const MAX_BOUND: f64 = 1e9;
+
+pub(crate) fn check_bounds(lo: f64, hi: f64) -> std::result::Result<(), String> {
+    if !lo.is_finite() || !hi.is_finite() {
+        return Err("bounds must be finite numbers".into());
+    }
+    if lo > hi {
+        return Err(format!("lower bound {lo} is above upper bound {hi}"));
+    }
+    if lo.abs() > MAX_BOUND || hi.abs() > MAX_BOUND {
+        return Err(format!("bounds must lie within ±{MAX_BOUND}"));
+    }
+    Ok(())
+}
+
+impl Policy {
+    /// Parses and validates a policy document on its own (no dataset yet).
+    pub fn from_toml(text: &str) -> Result<Policy> {
+        let raw: RawPolicy = toml::from_str(text)
+            .map_err(|e| PolicyError::Syntax { what: WHAT, message: e.to_string() })?;
+        let src = Src(text);
+
+        let privacy_unit = match raw.privacy_unit {
+            Some(u) if u.get_ref().trim().is_empty() => {
+                return src.err(u.span(), "privacy_unit", "must name a column");
+            }
+            Some(u) => Some(u.into_inner()),
+            None => None,
+        };
+        let consumers_span = raw.consumers.span();
+        let consumers = raw.consumers.into_inner();
+        if consumers.is_empty() {
+            return src.err(consumers_span, "consumers", "list at least one consumer");
+        }
+        if let Some(bad) = consumers.iter().find(|c| !valid_principal(c)) {
+            return src.err(
+                consumers_span,
+                "consumers",
+                format!("`{bad}` is not a principal name (letters, digits, '-', '_', '.')"),
+            );
+        }
+        let approval = match raw.approval.get_ref().as_str() {
+            "auto" => Approval::Auto,
+            "manual" => Approval::Manual,
+            other => {
+                return src.err(
+                    raw.approval.span(),
+                    "approval",
+                    format!("`{other}` is not one of \"auto\", \"manual\""),
+                );
+            }
+        };
+        let min_units = *raw.min_units_per_group.get_ref();
+        if !(1..=1_000_000).contains(&min_units) {
+            return src.err(
+                raw.min_units_per_group.span(),
+                "min_units_per_group",
+                "must be between 1 and 1000000",
+            );
+        }
+        let max_groups = *raw.max_groups_per_unit.get_ref();
+        if !(1..=10_000).contains(&max_groups) {
+            return src.err(
+                raw.max_groups_per_unit.span(),
+                "max_groups_per_unit",
+                "must be between 1 and 10000",
+            );
+        }
+        let eps = |s: &Spanned<f64>, field: &str| -> Result<Epsilon> {
+            match Epsilon::from_f64(*s.get_ref()) {
+                Some(e) => Ok(e),
+                None => src.err(s.span(), field, format!("must be a number in (0, {MAX_EPSILON}]")),
+            }
+        };
+        let epsilon_per_job = eps(&raw.dp.epsilon_per_job, "dp.epsilon_per_job")?;
+        let epsilon_total = eps(&raw.dp.epsilon_total, "dp.epsilon_total")?;
+        if epsilon_per_job > epsilon_total {
+            return src.err(
+                raw.dp.epsilon_per_job.span(),
+                "dp.epsilon_per_job",
+                format!("{epsilon_per_job} exceeds dp.epsilon_total ({epsilon_total})"),
+            );
+        }
+
+        let mut columns = BTreeMap::new();
+        for (name, rule) in raw.columns {
+            let field = format!("columns.{}", name.get_ref());
+            let class = match ColumnClass::parse(&rule.get_ref().class) {
+                Some(c) => c,
+                None => {
+                    return src.err(
+                        rule.span(),
+                        &format!("{field}.class"),
+                        format!(
+                            "`{}` is not one of \"public\", \"quasi\", \"sensitive\", \"forbidden\"",
+                            rule.get_ref().class
+                        ),
+                    );
+                }
+            };
+            let bounds = match rule.get_ref().bounds {
+                Some([lo, hi]) => {
+                    if let Err(m) = check_bounds(lo, hi) {
+                        return src.err(rule.span(), &format!("{field}.bounds"), m);
+                    }
+                    Some((lo, hi))
+                }
+                None => None,
+            };
+            columns.insert(name.into_inner(), ColumnRule { class, bounds });
+        }
+        if columns.is_empty() {
+            return Err(PolicyError::Invalid {
+                what: WHAT,
+                location: Location { line: None, field: "columns".into() },
+                message: "classify at least one column".into(),
+            });
+        }
+
+        Ok(Policy {
+            privacy_unit,
+            consumers,
+            approval,
+            min_units_per_group: min_units as u64,
+            max_groups_per_unit: max_groups as u32,
+            epsilon_per_job,
+            epsilon_total,
+            columns,
+        })
+    }
+
+    /// Checks the policy against the dataset it is set on: every column it names exists, bounds sit
+    /// on numeric columns, sensitive numeric columns have bounds, and the privacy unit agrees with
+    /// the one the dataset was registered with. Returns the policy with the privacy unit filled in.
+    pub fn validate_against(mut self, schema: &Schema, registered_unit: Option<&str>) -> Result<Policy> {
+        let invalid = |field: String, message: String| PolicyError::Invalid {
+            what: WHAT,
+            location: Location { line: None, field },
+            message,
+        };
+        for (name, rule) in &self.columns {
+            let Ok(field) = schema.field_with_name(name) else {
+                return Err(invalid(
+                    format!("columns.{name}"),
+                    format!("the dataset has no column `{name}`"),
+                ));
+            };
+            let numeric = is_numeric(field.data_type());
+            if rule.bounds.is_some() && !numeric {
+                return Err(invalid(
+                    format!("columns.{name}.bounds"),
+                    format!("bounds only apply to numeric columns; `{name}` is {}", field.data_type()),
+                ));
+            }
+            if rule.class == ColumnClass::Sensitive && numeric && rule.bounds.is_none() {
+                return Err(invalid(
+                    format!("columns.{name}.bounds"),
+                    "a sensitive numeric column needs bounds".into(),
+                ));
+            }
+        }
+        match (&self.privacy_unit, registered_unit) {
+            (Some(p), Some(r)) if p != r => {
+                return Err(invalid(
+                    "privacy_unit".into(),
+                    format!("`{p}` differs from the dataset's registered privacy unit `{r}`"),
+                ));
+            }
+            (None, Some(r)) => self.privacy_unit = Some(r.to_owned()),
+            _ => {}
+        }
+        if let Some(unit) = &self.privacy_unit
+            && schema.field_with_name(unit).is_err()
+        {
+            return Err(invalid("privacy_unit".into(), format!("the dataset has no column `{unit}`")));
+        }
+        Ok(self)
+    }
+
+    /// The rule for a column; columns the policy does not mention are forbidden.
+    pub fn column_rule(&self, name: &str) -> ColumnRule {
+        self.columns
+            .get(name)
+            .cloned()
+            .unwrap_or(ColumnRule { class: ColumnClass::Forbidden, bounds: None })
+    }
+
+    pub fn allows_consumer(&self, consumer: &str) -> bool {
+        self.consumers.iter().any(|c| c == consumer)
+    }
+}
+
+/// SHA-256 of a document's exact bytes, hex: how policies and manifests are identified.
+pub fn document_hash(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Principal names: short, printable, no spaces.
+pub fn valid_principal(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+pub(crate) fn is_numeric(t: &DataType) -> bool {
+    t.is_numeric() || matches!(t, DataType::Boolean)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::Field;
+
+    pub(crate) const EXAMPLE: &str = r#"
+privacy_unit = "person_id"
+consumers = ["acme"]
+approval = "auto"
+min_units_per_group = 10
+max_groups_per_unit = 1
+
+[dp]
+epsilon_per_job = 1.0
+epsilon_total = 3.0
+
+[columns]
+educ = { class = "public" }
+income = { class = "sensitive", bounds = [0, 5000] }
+ssn = { class = "forbidden" }
+"#;
+
+    fn schema() -> Schema {
+        Schema::new(vec![
+            Field::new("person_id", DataType::Int64, false),
+            Field::new("educ", DataType::Int64, true),
+            Field::new("income", DataType::Float64, true),
+            Field::new("ssn", DataType::Utf8, true),
+            Field::new("notes", DataType::Utf8, true),
+        ])
+    }
+
+    #[test]
+    fn parses_and_defaults_to_forbidden() {
+        let p = Policy::from_toml(EXAMPLE).unwrap().validate_against(&schema(), None).unwrap();
+        assert_eq!(p.epsilon_total, Epsilon(3_000_000));
+        assert_eq!(p.column_rule("income").bounds, Some((0.0, 5000.0)));
+        assert_eq!(p.column_rule("notes").class, ColumnClass::Forbidden);
+        assert!(p.allows_consumer("acme") && !p.allows_consumer("eve"));
+    }
+
+    #[test]
+    fn errors_name_line_and_field() {
+        let bad = EXAMPLE.replace("approval = \"auto\"", "approval = \"sometimes\"");
+        let e = Policy::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("line 4") && e.contains("approval"), "{e}");
+        let bad = EXAMPLE.replace("epsilon_per_job = 1.0", "epsilon_per_job = -1.0");
+        let e = Policy::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("line 9") && e.contains("dp.epsilon_per_job"), "{e}");
+        let bad = EXAMPLE.replace("bounds = [0, 5000]", "bounds = [5000, 0]");
+        let e = Policy::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("line 14") && e.contains("columns.income.bounds"), "{e}");
+        let bad = EXAMPLE.replace("min_units_per_group", "min_unit_per_group");
+        let e = Policy::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("min_unit_per_group"), "{e}");
+        let bad = EXAMPLE.replace("[0, 5000] ", "");
+        let e = Policy::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn checks_against_schema() {
+        let unknown = EXAMPLE.replace("educ =", "education =");
+        let e = Policy::from_toml(&unknown).unwrap().validate_against(&schema(), None).unwrap_err();
+        assert!(e.to_string().contains("columns.education"), "{e}");
+        let unbounded = EXAMPLE.replace(", bounds = [0, 5000]", "");
+        let e = Policy::from_toml(&unbounded).unwrap().validate_against(&schema(), None).unwrap_err();
+        assert!(e.to_string().contains("needs bounds"), "{e}");
+        let e = Policy::from_toml(EXAMPLE).unwrap().validate_against(&schema(), Some("ssn")).unwrap_err();
+        assert!(e.to_string().contains("privacy unit"), "{e}");
+    }
+
+    #[test]
+    fn epsilon_display_is_exact() {
+        assert_eq!(Epsilon::from_f64(0.25).unwrap().to_string(), "0.25");
+        assert_eq!(Epsilon::from_f64(3.0).unwrap().to_string(), "3");
+        assert!(Epsilon::from_f64(f64::NAN).is_none());
+        assert!(Epsilon::from_f64(0.0).is_none());
+    }
+}

@@ -1,0 +1,534 @@
+//! The Veil sandbox: runs an untrusted map module once per privacy unit, each time in a fresh
+//! wasmtime instance, and hands back only decoded, size-checked contributions.
+//!
+//! ```no_run
+//! use veil_sandbox::{Sandbox, SandboxConfig};
+//!
+//! # fn main() -> Result<(), veil_sandbox::SandboxError> {
+//! let sandbox = Sandbox::new(SandboxConfig::builder().fuel_per_unit(5_000_000).build())?;
+//! let wasm = std::fs::read("income_by_education.wasm").unwrap();
+//! let module = sandbox.compile(&wasm)?; // validates imports/exports and limits, before any run
+//! let input: &[u8] = &[]; // one unit's rows, encoded with `veil_abi::UnitEncoder`
+//! let outcome = module.run_unit(input);
+//! match outcome.result {
+//!     Ok(contributions) => println!("{} contributions", contributions.len()),
+//!     // Fault details and `outcome.log` are for the data holder only.
+//!     Err(fault) => println!("unit failed: {}", fault.code()),
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Security model
+//! The module is hostile. What stops it:
+//! - **Imports.** Instantiation goes through a [`wasmtime::Linker`] that defines only
+//!   `veil_abi_v1.log`; [`Sandbox::compile`] rejects any other import, and any module without the
+//!   version-1 exports, before it runs. There is no WASI: no files, sockets, environment, clocks or
+//!   randomness exist for the guest.
+//! - **CPU.** Fuel bounds the instructions per unit (deterministic); an epoch deadline, advanced
+//!   by a ticker thread, bounds wall-clock time per unit, including a start function.
+//! - **Memory.** A [`wasmtime::StoreLimits`] caps linear memory and tables per instance, a pooling
+//!   allocator caps them per engine, the wasm stack is capped, and module size is capped before
+//!   compilation.
+//! - **State.** Every unit gets a new `Store` and instance from a pre-linked
+//!   [`wasmtime::InstancePre`]; nothing survives from one person to the next.
+//! - **Output.** The returned pointer/length are bounds-checked against the guest's memory and
+//!   decoded by `veil_abi::decode_contributions` under [`SandboxConfig`] limits. NaN is
+//!   canonicalised by Cranelift; the gate clamps every value anyway.
+//! - **Side paths.** Trap messages and `log` text land in [`UnitOutcome`] for the holder log; the
+//!   consumer only ever sees [`UnitFault::code`] summaries decided by the engine.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use veil_abi::{
+    Contribution, DecodeLimits, EXPORT_ALLOC, EXPORT_MAP, EXPORT_PREFIX, IMPORT_LOG, IMPORT_MODULE,
+    decode_contributions,
+};
+use wasmtime::{
+    Caller, Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    ModuleExport, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap, ValType,
+};
+
+const WASM_PAGE: u64 = 65_536;
+
+/// Errors of the sandbox crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SandboxError {
+    /// The module is not acceptable; the message is meant for the module's submitter.
+    #[error("module rejected: {0}")]
+    ModuleRejected(String),
+    /// wasmtime could not be configured (a deployment problem, not the module's fault).
+    #[error("sandbox configuration error: {0}")]
+    Config(String),
+}
+
+/// Limits and knobs for running modules. Build with [`SandboxConfig::builder`].
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    fuel_per_unit: u64,
+    unit_deadline: Duration,
+    memory_per_instance: usize,
+    max_module_bytes: usize,
+    max_output_bytes: u32,
+    decode_limits: DecodeLimits,
+    max_log_bytes_per_unit: usize,
+    max_concurrent_instances: u32,
+    max_wasm_stack: usize,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            fuel_per_unit: 20_000_000,
+            unit_deadline: Duration::from_secs(1),
+            memory_per_instance: 32 << 20,
+            max_module_bytes: 8 << 20,
+            max_output_bytes: 1 << 20,
+            decode_limits: DecodeLimits {
+                max_contributions: 1024,
+                max_key_parts: 8,
+                max_key_part_bytes: 256,
+                max_values: 16,
+            },
+            max_log_bytes_per_unit: 4096,
+            max_concurrent_instances: 64,
+            max_wasm_stack: 512 << 10,
+        }
+    }
+}
+
+impl SandboxConfig {
+    pub fn builder() -> SandboxConfigBuilder {
+        SandboxConfigBuilder(SandboxConfig::default())
+    }
+    pub fn fuel_per_unit(&self) -> u64 {
+        self.fuel_per_unit
+    }
+    pub fn memory_per_instance(&self) -> usize {
+        self.memory_per_instance
+    }
+    pub fn max_concurrent_instances(&self) -> u32 {
+        self.max_concurrent_instances
+    }
+}
+
+/// Typed builder for [`SandboxConfig`].
+#[derive(Debug, Clone)]
+pub struct SandboxConfigBuilder(SandboxConfig);
+
+impl SandboxConfigBuilder {
+    /// Instructions (fuel units) one privacy unit may use.
+    pub fn fuel_per_unit(mut self, fuel: u64) -> Self {
+        self.0.fuel_per_unit = fuel;
+        self
+    }
+    /// Wall-clock time one privacy unit may use (enforced by epoch interruption, 10 ms ticks).
+    pub fn unit_deadline(mut self, d: Duration) -> Self {
+        self.0.unit_deadline = d;
+        self
+    }
+    /// Linear memory one instance may grow to, in bytes.
+    pub fn memory_per_instance(mut self, bytes: usize) -> Self {
+        self.0.memory_per_instance = bytes;
+        self
+    }
+    /// Largest module accepted for compilation, in bytes.
+    pub fn max_module_bytes(mut self, bytes: usize) -> Self {
+        self.0.max_module_bytes = bytes;
+        self
+    }
+    /// Largest encoded output one unit may return, in bytes.
+    pub fn max_output_bytes(mut self, bytes: u32) -> Self {
+        self.0.max_output_bytes = bytes;
+        self
+    }
+    /// Bounds for decoding a unit's contributions.
+    pub fn decode_limits(mut self, limits: DecodeLimits) -> Self {
+        self.0.decode_limits = limits;
+        self
+    }
+    /// Holder-log bytes kept per unit; the rest is truncated.
+    pub fn max_log_bytes_per_unit(mut self, bytes: usize) -> Self {
+        self.0.max_log_bytes_per_unit = bytes;
+        self
+    }
+    /// Instances that may be alive at once (size of the pooling allocator).
+    pub fn max_concurrent_instances(mut self, n: u32) -> Self {
+        self.0.max_concurrent_instances = n.max(1);
+        self
+    }
+    pub fn build(self) -> SandboxConfig {
+        self.0
+    }
+}
+
+/// Why one unit produced no contributions. [`UnitFault::code`] is the only part that may leave the
+/// holder's side, and the engine decides whether even that does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnitFault {
+    OutOfFuel,
+    Deadline,
+    /// Memory or table growth beyond the cap, or a stack overflow.
+    ResourceLimit(String),
+    /// Any other trap (the message can contain data: holder-only).
+    Trap(String),
+    /// The module returned something that is not a valid, in-bounds encoding.
+    BadOutput(String),
+}
+
+impl UnitFault {
+    /// A stable code without any data in it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            UnitFault::OutOfFuel => "out_of_fuel",
+            UnitFault::Deadline => "deadline",
+            UnitFault::ResourceLimit(_) => "resource_limit",
+            UnitFault::Trap(_) => "trap",
+            UnitFault::BadOutput(_) => "bad_output",
+        }
+    }
+    /// Full detail, for the holder log.
+    pub fn detail(&self) -> String {
+        match self {
+            UnitFault::OutOfFuel => "fuel exhausted".into(),
+            UnitFault::Deadline => "wall-clock deadline reached".into(),
+            UnitFault::ResourceLimit(m) | UnitFault::Trap(m) | UnitFault::BadOutput(m) => m.clone(),
+        }
+    }
+}
+
+/// What running one unit produced.
+#[derive(Debug)]
+pub struct UnitOutcome {
+    pub result: Result<Vec<Contribution>, UnitFault>,
+    /// Text the module wrote through `log`, truncated: holder-only.
+    pub log: String,
+}
+
+struct UnitState {
+    limits: StoreLimits,
+    log: Vec<u8>,
+    log_cap: usize,
+    log_truncated: bool,
+}
+
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Epoch tick length: unit deadlines are rounded up to whole ticks.
+const TICK: Duration = Duration::from_millis(10);
+
+/// A configured wasmtime engine plus the ticker that drives epoch deadlines.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<UnitState>,
+    config: SandboxConfig,
+    _ticker: EpochTicker,
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        let mut cfg = Config::new();
+        cfg.consume_fuel(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(config.max_wasm_stack)
+            .cranelift_nan_canonicalization(true)
+            .wasm_relaxed_simd(false);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_core_instances(config.max_concurrent_instances)
+            .total_memories(config.max_concurrent_instances)
+            .total_tables(config.max_concurrent_instances)
+            .max_memories_per_module(1)
+            .max_tables_per_module(1)
+            .table_elements(10_000)
+            .max_memory_size(config.memory_per_instance)
+            // Reset by zeroing in place rather than unmapping: the per-unit reset is the hot path.
+            .linear_memory_keep_resident(2 << 20)
+            .table_keep_resident(64 << 10);
+        cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&cfg).map_err(|e| SandboxError::Config(e.to_string()))?;
+
+        let mut linker = Linker::new(&engine);
+        linker
+            .func_wrap(IMPORT_MODULE, IMPORT_LOG, host_log)
+            .map_err(|e| SandboxError::Config(e.to_string()))?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.clone();
+        let ticker_stop = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("veil-epoch".into())
+            .spawn(move || {
+                while !ticker_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })
+            .map_err(|e| SandboxError::Config(e.to_string()))?;
+        Ok(Sandbox { engine, linker, config, _ticker: EpochTicker { stop, handle: Some(handle) } })
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Validates and compiles a module: size, imports (only `veil_abi_v1.log`), exports (the
+    /// version-1 ABI), initial memory within the cap. Nothing of the module runs here.
+    pub fn compile(&self, wasm: &[u8]) -> Result<CompiledModule, SandboxError> {
+        let reject = |m: String| Err(SandboxError::ModuleRejected(m));
+        if wasm.len() > self.config.max_module_bytes {
+            return reject(format!(
+                "module is {} bytes; the limit is {} bytes",
+                wasm.len(),
+                self.config.max_module_bytes
+            ));
+        }
+        if !wasm.starts_with(b"\0asm") {
+            return reject("not a WebAssembly binary module".into());
+        }
+        let module = Module::from_binary(&self.engine, wasm)
+            .map_err(|e| SandboxError::ModuleRejected(format!("invalid module: {e:#}")))?;
+
+        for import in module.imports() {
+            let ok_name = import.module() == IMPORT_MODULE && import.name() == IMPORT_LOG;
+            let ok_type = match import.ty() {
+                ExternType::Func(f) => {
+                    f.params().map(|p| matches!(p, ValType::I32)).collect::<Vec<_>>() == [true, true]
+                        && f.results().len() == 0
+                }
+                _ => false,
+            };
+            if !ok_name {
+                return reject(format!(
+                    "module imports `{}.{}`; Veil modules may import only `{IMPORT_MODULE}.{IMPORT_LOG}` \
+                     (no WASI: files, sockets, clocks, randomness and environment do not exist here)",
+                    import.module(),
+                    import.name()
+                ));
+            }
+            if !ok_type {
+                return reject(format!(
+                    "module imports `{IMPORT_MODULE}.{IMPORT_LOG}` with the wrong type; it must be (i32, i32) -> ()"
+                ));
+            }
+        }
+
+        let mut other_versions = Vec::new();
+        for export in module.exports() {
+            if let Some(rest) = export.name().strip_prefix(EXPORT_PREFIX)
+                && !rest.starts_with("1_")
+            {
+                other_versions.push(export.name().to_owned());
+            }
+        }
+        let find_func = |name: &str, params: &[ValType], results: &[ValType]| {
+            let Some(ExternType::Func(f)) = module.get_export(name) else {
+                return Err(SandboxError::ModuleRejected(if other_versions.is_empty() {
+                    format!("module does not export `{name}`; build it with the Veil guest SDK (ABI version 1)")
+                } else {
+                    format!(
+                        "module exports {other_versions:?}: it was built for another Veil ABI version; \
+                         this host speaks version 1"
+                    )
+                }));
+            };
+            let same = |a: &mut dyn ExactSizeIterator<Item = ValType>, b: &[ValType]| {
+                a.len() == b.len() && a.zip(b).all(|(x, y)| ValType::eq(&x, y))
+            };
+            if !same(&mut f.params(), params) || !same(&mut f.results(), results) {
+                return Err(SandboxError::ModuleRejected(format!(
+                    "export `{name}` has type {f}; ABI version 1 needs params {params:?} and results {results:?}"
+                )));
+            }
+            Ok(module.get_export_index(name).expect("export exists"))
+        };
+        let alloc = find_func(EXPORT_ALLOC, &[ValType::I32], &[ValType::I32])?;
+        let map = find_func(EXPORT_MAP, &[ValType::I32, ValType::I32], &[ValType::I64])?;
+        let memory = match module.get_export("memory") {
+            Some(ExternType::Memory(m)) => {
+                if m.is_64() || m.is_shared() {
+                    return reject("`memory` must be a non-shared 32-bit memory".into());
+                }
+                module.get_export_index("memory").expect("export exists")
+            }
+            _ => return reject("module does not export its linear memory as `memory`".into()),
+        };
+        let resources = module.resources_required();
+        if let Some(pages) = resources.max_initial_memory_size
+            && pages.saturating_mul(WASM_PAGE) > self.config.memory_per_instance as u64
+        {
+            return reject(format!(
+                "module declares {pages} initial memory pages ({} MiB); the limit is {} MiB",
+                pages * WASM_PAGE >> 20,
+                self.config.memory_per_instance >> 20
+            ));
+        }
+        if resources.num_memories > 1 || resources.num_tables > 1 {
+            return reject("module declares more than one memory or table".into());
+        }
+        if let Some(elements) = resources.max_initial_table_size
+            && elements > 10_000
+        {
+            return reject(format!("module declares a table of {elements} elements; the limit is 10000"));
+        }
+
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| SandboxError::ModuleRejected(format!("cannot link module: {e:#}")))?;
+        Ok(CompiledModule {
+            engine: self.engine.clone(),
+            pre,
+            alloc,
+            map,
+            memory,
+            config: self.config.clone(),
+            hash: module_hash(wasm),
+        })
+    }
+}
+
+/// SHA-256 of a module's bytes, hex: the module's identity in manifests, approvals and the log.
+pub fn module_hash(wasm: &[u8]) -> String {
+    hex::encode(Sha256::digest(wasm))
+}
+
+fn host_log(mut caller: Caller<'_, UnitState>, ptr: i32, len: i32) {
+    let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else { return };
+    let (data, state) = memory.data_and_store_mut(&mut caller);
+    let room = state.log_cap.saturating_sub(state.log.len());
+    let (start, len) = (ptr as u32 as usize, len as u32 as usize);
+    let take = len.min(room);
+    if take < len {
+        state.log_truncated = true;
+    }
+    if let Some(bytes) = start.checked_add(take).and_then(|end| data.get(start..end)) {
+        state.log.extend_from_slice(bytes);
+        state.log.push(b'\n');
+    }
+}
+
+/// A module that passed validation, linked and ready to instantiate once per unit.
+pub struct CompiledModule {
+    engine: Engine,
+    pre: InstancePre<UnitState>,
+    alloc: ModuleExport,
+    map: ModuleExport,
+    memory: ModuleExport,
+    config: SandboxConfig,
+    hash: String,
+}
+
+impl CompiledModule {
+    /// SHA-256 of the module bytes.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// Runs the module on one privacy unit in a fresh instance.
+    pub fn run_unit(&self, input: &[u8]) -> UnitOutcome {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.config.memory_per_instance)
+            .table_elements(10_000)
+            .instances(1)
+            .tables(1)
+            .memories(1)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            UnitState {
+                limits,
+                log: Vec::new(),
+                log_cap: self.config.max_log_bytes_per_unit,
+                log_truncated: false,
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        let result = self.run_in(&mut store, input);
+        let state = store.into_data();
+        let mut log = String::from_utf8_lossy(&state.log).into_owned();
+        if state.log_truncated {
+            log.push_str("[log truncated]\n");
+        }
+        UnitOutcome { result, log }
+    }
+
+    fn run_in(&self, store: &mut Store<UnitState>, input: &[u8]) -> Result<Vec<Contribution>, UnitFault> {
+        let ticks = self.config.unit_deadline.as_millis().div_ceil(TICK.as_millis()).max(1) as u64;
+        store.set_fuel(self.config.fuel_per_unit).map_err(classify)?;
+        store.set_epoch_deadline(ticks);
+        // A start function runs inside `instantiate`, under the fuel and deadline just set.
+        let instance = self.pre.instantiate(&mut *store).map_err(classify)?;
+        let memory = instance
+            .get_module_export(&mut *store, &self.memory)
+            .and_then(|e| e.into_memory())
+            .ok_or_else(|| UnitFault::BadOutput("memory export missing".into()))?;
+        let func = |export: &ModuleExport, store: &mut Store<UnitState>| {
+            instance
+                .get_module_export(&mut *store, export)
+                .and_then(|e| e.into_func())
+                .ok_or_else(|| UnitFault::BadOutput("function export missing".into()))
+        };
+        let alloc = func(&self.alloc, store)?.typed::<i32, i32>(&*store).map_err(classify)?;
+        let map = func(&self.map, store)?.typed::<(i32, i32), i64>(&*store).map_err(classify)?;
+
+        let len = i32::try_from(input.len()).map_err(|_| UnitFault::ResourceLimit("unit input too large".into()))?;
+        let ptr = alloc.call(&mut *store, len).map_err(classify)?;
+        memory
+            .write(&mut *store, ptr as u32 as usize, input)
+            .map_err(|_| UnitFault::BadOutput(format!("alloc returned {ptr}, outside memory")))?;
+        let packed = map.call(&mut *store, (ptr, len)).map_err(classify)?;
+        if packed < 0 {
+            return Err(UnitFault::Trap(format!("module reported error {packed}")));
+        }
+        let (out_ptr, out_len) = ((packed >> 32) as u32 as usize, (packed & 0xffff_ffff) as u32);
+        if out_len > self.config.max_output_bytes {
+            return Err(UnitFault::BadOutput(format!(
+                "output of {out_len} bytes exceeds the {}-byte limit",
+                self.config.max_output_bytes
+            )));
+        }
+        let data = memory.data(&*store);
+        let bytes = out_ptr
+            .checked_add(out_len as usize)
+            .and_then(|end| data.get(out_ptr..end))
+            .ok_or_else(|| UnitFault::BadOutput("output range lies outside memory".into()))?;
+        decode_contributions(bytes, &self.config.decode_limits)
+            .map_err(|e| UnitFault::BadOutput(format!("undecodable output: {e}")))
+    }
+}
+
+fn classify(err: wasmtime::Error) -> UnitFault {
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => UnitFault::OutOfFuel,
+        Some(Trap::Interrupt) => UnitFault::Deadline,
+        Some(Trap::StackOverflow) => UnitFault::ResourceLimit("wasm stack exhausted".into()),
+        Some(t) => UnitFault::Trap(format!("{t}: {err:#}")),
+        None => {
+            let text = format!("{err:#}");
+            if text.contains("growing memory") || text.contains("growing table") || text.contains("resource limit") {
+                UnitFault::ResourceLimit(text)
+            } else {
+                UnitFault::Trap(text)
+            }
+        }
+    }
+}

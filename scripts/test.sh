@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds the example guest modules and runs Veil's whole test suite.
+# Installs what rustup does not provide by itself; safe to run repeatedly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# A C compiler builds the bundled SQLite; python3 edits a store in one tamper test.
+missing=()
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+# rust-toolchain.toml pins the toolchain and lists the wasm target; make sure the target is there
+# even when the toolchain was installed before the file listed it.
+rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
+
+scripts/build-guests.sh
+
+# The integration tests drive the real `veil` binary.
+cargo build -p veil-cli
+cargo test --workspace

@@ -1,0 +1,147 @@
+//! Shared helpers: a temporary data directory, the real `veil` binary, small datasets.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const HOLDER: &str = "clinic";
+pub const CONSUMER: &str = "researcher";
+
+/// The `veil` binary built by `cargo build -p veil-cli` (scripts/test.sh does it first).
+pub fn veil_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("VEIL_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("veil");
+    assert!(bin.exists(), "{} not built: run `cargo build -p veil-cli` (scripts/test.sh does)", bin.display());
+    bin
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let env = Env { dir: tempfile::tempdir().expect("tempdir") };
+        veil_examples::write_all(&env.path().join("modules")).expect("write modules");
+        env
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn data_dir(&self) -> PathBuf {
+        self.path().join("data")
+    }
+    /// Runs `veil --data-dir <data> <args>`.
+    pub fn veil(&self, args: &[&str]) -> Output {
+        Command::new(veil_bin()).arg("--data-dir").arg(self.data_dir()).args(args).output().expect("run veil")
+    }
+    /// Runs veil and insists on success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.veil(args);
+        assert!(out.status.success(), "veil {args:?} failed:\nstdout: {}\nstderr: {}", text(&out.stdout), text(&out.stderr));
+        text(&out.stdout)
+    }
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::write(&p, contents).expect("write file");
+        p
+    }
+    /// Registers the people dataset and sets the standard policy (approval as given).
+    pub fn setup(&self, approval: &str) {
+        let csv = self.write("people.csv", &people_csv());
+        self.ok(&["dataset", "add", csv.to_str().unwrap(), "--name", "people", "--owner", HOLDER, "--privacy-unit", "person_id"]);
+        let policy = self.write("policy.toml", &policy(approval));
+        self.ok(&["--as", HOLDER, "policy", "set", "people", policy.to_str().unwrap()]);
+    }
+    /// A snapshot of everything a failed command must leave unchanged.
+    pub fn snapshot(&self) -> String {
+        let mut s = self.ok(&["audit", "log", "--format", "json"]);
+        s += &self.ok(&["dataset", "list", "--format", "json"]);
+        let mut files: Vec<String> = walk(&self.data_dir().join("datasets"));
+        files.sort();
+        s += &files.join("\n");
+        s
+    }
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return vec![] };
+    rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// 400 people in two big education groups plus 2 graduates (a group too small to release).
+/// Each person has 1–2 income rows; `ssn` is forbidden by the policy.
+pub fn people_csv() -> String {
+    let mut s = String::from("person_id,year,state,age,educ,weekly_income,ssn\n");
+    for id in 0..402 {
+        let educ = if id >= 400 { 20 } else if id % 2 == 0 { 12 } else { 16 };
+        let state = ["CA", "NY", "TX", "OH"][id % 4];
+        let age = 20 + (id * 7) % 60;
+        let income = if educ == 12 { 700.0 } else if educ == 16 { 1300.0 } else { 2500.0 } + (id % 10) as f64;
+        for year in 0..(1 + id % 2) {
+            s += &format!("{id},{},{state},{age},{educ},{income:.2},900-00-{id:04}\n", 2022 + year);
+        }
+    }
+    s
+}
+
+pub fn policy(approval: &str) -> String {
+    format!(
+        r#"privacy_unit = "person_id"
+consumers = ["{CONSUMER}"]
+approval = "{approval}"
+min_units_per_group = 20
+max_groups_per_unit = 1
+
+[dp]
+epsilon_per_job = 1.0
+epsilon_total = 1.5
+
+[columns]
+year = {{ class = "public" }}
+state = {{ class = "quasi" }}
+age = {{ class = "quasi", bounds = [16, 99] }}
+educ = {{ class = "public", bounds = [0, 20] }}
+weekly_income = {{ class = "sensitive", bounds = [0, 10000] }}
+ssn = {{ class = "forbidden" }}
+"#
+    )
+}
+
+pub fn income_manifest(epsilon: f64) -> String {
+    format!(
+        r#"dataset = "people"
+module = "modules/income_by_education.wasm"
+purpose = "wages"
+columns = ["educ", "weekly_income"]
+epsilon = {epsilon}
+
+[output]
+keys = ["education"]
+values = [{{ name = "weekly_income", bounds = [0, 2000], aggregate = "mean" }}]
+"#
+    )
+}
+
+pub fn manifest_for(module: &str, columns: &[&str], keys: usize, epsilon: f64) -> String {
+    let cols: Vec<String> = columns.iter().map(|c| format!("\"{c}\"")).collect();
+    let keys: Vec<String> = (0..keys).map(|i| format!("\"k{i}\"")).collect();
+    format!(
+        r#"dataset = "people"
+module = "{module}"
+columns = [{}]
+epsilon = {epsilon}
+
+[output]
+keys = [{}]
+values = [{{ name = "v", bounds = [0, 1000] }}]
+"#,
+        cols.join(", "),
+        keys.join(", ")
+    )
+}

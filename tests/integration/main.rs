@@ -1,0 +1,8 @@
+//! Veil's integration tests, gathered in one binary. Everything is real: the `veil` binary,
+//! wasmtime, DataFusion and SQLite; nothing of ours is mocked.
+mod common;
+
+mod audit;
+mod bad_input;
+mod pipeline;
+mod sandbox;
