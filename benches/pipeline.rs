@@ -37,40 +37,78 @@ values = [{ name = "weekly_income", bounds = [0, 5000], aggregate = "mean" }]
 
 fn rate(n: u64, secs: f64) -> String {
     let r = n as f64 / secs;
-    if r >= 1e6 { format!("{:.2} M/s", r / 1e6) } else { format!("{:.0} k/s", r / 1e3) }
+    if r >= 1e6 {
+        format!("{:.2} M/s", r / 1e6)
+    } else {
+        format!("{:.0} k/s", r / 1e3)
+    }
 }
 
 fn main() {
-    let rows: u64 = std::env::var("VEIL_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let rows: u64 = std::env::var("VEIL_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let people = rows / 2;
     let dir = tempfile::tempdir().expect("tempdir");
-    println!("Veil pipeline benchmark: {rows} rows, {people} people (2 rows each), {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "Veil pipeline benchmark: {rows} rows, {people} people (2 rows each), {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
 
     // Input file.
     let mut csv = String::with_capacity(rows as usize * 24);
     csv.push_str("person_id,educ,weekly_income\n");
     for i in 0..rows {
         let person = i / 2;
-        let _ = writeln!(csv, "{person},{},{}.{:02}", 8 + person % 13, 300 + (person * 7919) % 2500, i % 100);
+        let _ = writeln!(
+            csv,
+            "{person},{},{}.{:02}",
+            8 + person % 13,
+            300 + (person * 7919) % 2500,
+            i % 100
+        );
     }
     let csv_path = dir.path().join("bench.csv");
     std::fs::write(&csv_path, csv).expect("write csv");
     std::fs::write(dir.path().join("policy.toml"), POLICY).expect("write policy");
     std::fs::write(dir.path().join("job.toml"), MANIFEST).expect("write manifest");
-    std::fs::write(dir.path().join("income_by_education.wasm"), veil_examples::INCOME_BY_EDUCATION).expect("write module");
+    std::fs::write(
+        dir.path().join("income_by_education.wasm"),
+        veil_examples::INCOME_BY_EDUCATION,
+    )
+    .expect("write module");
 
     // Stage 1: ingest (CSV → Parquet, content hash, catalog).
     let mut veil = Veil::open(&dir.path().join("data"), EngineConfig::default()).expect("open");
     let t = Instant::now();
-    veil.register_dataset(&csv_path, "bench", "holder", Some("person_id"), None).expect("register");
+    veil.register_dataset(&csv_path, "bench", "holder", Some("person_id"), None)
+        .expect("register");
     let ingest = t.elapsed().as_secs_f64();
-    println!("ingest      {:>8.3} s  {:>12} rows", ingest, rate(rows, ingest));
-    veil.set_policy("bench", &dir.path().join("policy.toml"), "holder").expect("policy");
+    println!(
+        "ingest      {:>8.3} s  {:>12} rows",
+        ingest,
+        rate(rows, ingest)
+    );
+    veil.set_policy("bench", &dir.path().join("policy.toml"), "holder")
+        .expect("policy");
 
     // Stage 2: sandbox alone — one fresh instance per unit, all cores.
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let sandbox = Sandbox::new(SandboxConfig::builder().max_concurrent_instances(workers as u32 * 2).build()).expect("sandbox");
-    for (name, wasm) in [("income_by_education", veil_examples::INCOME_BY_EDUCATION), ("column_probe", veil_examples::COLUMN_PROBE)] {
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let sandbox = Sandbox::new(
+        SandboxConfig::builder()
+            .max_concurrent_instances(workers as u32 * 2)
+            .build(),
+    )
+    .expect("sandbox");
+    for (name, wasm) in [
+        ("income_by_education", veil_examples::INCOME_BY_EDUCATION),
+        ("column_probe", veil_examples::COLUMN_PROBE),
+    ] {
         let module = sandbox.compile(wasm).expect("compile");
         let t = Instant::now();
         let per_worker = people / workers as u64;
@@ -78,7 +116,10 @@ fn main() {
             for w in 0..workers {
                 let module = &module;
                 s.spawn(move || {
-                    let mut enc = UnitEncoder::new(&[("educ", ColumnType::Int), ("weekly_income", ColumnType::Float)]);
+                    let mut enc = UnitEncoder::new(&[
+                        ("educ", ColumnType::Int),
+                        ("weekly_income", ColumnType::Float),
+                    ]);
                     for u in 0..per_worker {
                         enc.reset();
                         for r in 0..2 {
@@ -94,7 +135,12 @@ fn main() {
         });
         let secs = t.elapsed().as_secs_f64();
         let units = per_worker * workers as u64;
-        println!("sandbox     {:>8.3} s  {:>12} units ({name}, {:.2} µs/unit/core)", secs, rate(units, secs), secs * 1e6 * workers as f64 / units as f64);
+        println!(
+            "sandbox     {:>8.3} s  {:>12} units ({name}, {:.2} µs/unit/core)",
+            secs,
+            rate(units, secs),
+            secs * 1e6 * workers as f64 / units as f64
+        );
     }
 
     // Stage 3: the gate alone — bounding, DataFusion aggregation, noise, threshold.
@@ -102,13 +148,23 @@ fn main() {
         privacy_unit: Some("person_id".into()),
         columns: vec![],
         keys: vec!["education".into()],
-        values: vec![GateValue { name: "weekly_income".into(), aggregate: Aggregate::Mean, lo: 0, hi: 5_000_000 }],
+        values: vec![GateValue {
+            name: "weekly_income".into(),
+            aggregate: Aggregate::Mean,
+            lo: 0,
+            hi: 5_000_000,
+        }],
         epsilon: Epsilon(1_000_000),
         max_groups_per_unit: 1,
         min_units_per_group: 50,
     });
     let contributions: Vec<Vec<Contribution>> = (0..people)
-        .map(|u| vec![Contribution { key: vec![format!("level {}", u % 13)], values: vec![(u % 3000) as f64] }])
+        .map(|u| {
+            vec![Contribution {
+                key: vec![format!("level {}", u % 13)],
+                values: vec![(u % 3000) as f64],
+            }]
+        })
         .collect();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let t = Instant::now();
@@ -117,13 +173,27 @@ fn main() {
         bounders[u % workers].add_unit(u as u64, c);
     }
     let mut rng = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::from_os_rng();
-    let (rel, _) = rt.block_on(release(&plan, bounders, &mut rng)).expect("gate");
+    let (rel, _) = rt
+        .block_on(release(&plan, bounders, &mut rng))
+        .expect("gate");
     let gate = t.elapsed().as_secs_f64();
-    println!("gate        {:>8.3} s  {:>12} contributions ({} groups released)", gate, rate(people, gate), rel.rows.len());
+    println!(
+        "gate        {:>8.3} s  {:>12} contributions ({} groups released)",
+        gate,
+        rate(people, gate),
+        rel.rows.len()
+    );
 
     // End to end: submit → pre-check → debit → sandbox → gate → audit → release.
     let t = Instant::now();
-    let outcome = veil.submit_job(&dir.path().join("job.toml"), "bench").expect("job");
+    let outcome = veil
+        .submit_job(&dir.path().join("job.toml"), "bench")
+        .expect("job");
     let e2e = t.elapsed().as_secs_f64();
-    println!("end to end  {:>8.3} s  {:>12} rows  ({:?})", e2e, rate(rows, e2e), outcome.state);
+    println!(
+        "end to end  {:>8.3} s  {:>12} rows  ({:?})",
+        e2e,
+        rate(rows, e2e),
+        outcome.state
+    );
 }

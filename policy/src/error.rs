@@ -26,7 +26,11 @@ pub enum PolicyError {
     Syntax { what: &'static str, message: String },
     /// A field has a value the model does not allow.
     #[error("{what}: {location}: {message}")]
-    Invalid { what: &'static str, location: Location, message: String },
+    Invalid {
+        what: &'static str,
+        location: Location,
+        message: String,
+    },
     /// A job asks for something the policy does not allow; the message is safe to show the consumer.
     #[error("refused by policy: {0}")]
     Refused(String),
@@ -51,5 +55,9 @@ pub type Result<T, E = PolicyError> = std::result::Result<T, E>;
 
 /// 1-based line of a byte offset in `source`.
 pub(crate) fn line_of(source: &str, offset: usize) -> usize {
-    source.as_bytes()[..offset.min(source.len())].iter().filter(|b| **b == b'\n').count() + 1
+    source.as_bytes()[..offset.min(source.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }

@@ -111,7 +111,11 @@ impl Bounder {
             }
             for ((builder, spec), v) in self.values.iter_mut().zip(&self.plan.values).zip(&sums) {
                 let x = fixed::to_fixed(*v, spec.lo, spec.hi);
-                let unclamped = if v.is_finite() { (v * fixed::SCALE as f64).round() } else { f64::NAN };
+                let unclamped = if v.is_finite() {
+                    (v * fixed::SCALE as f64).round()
+                } else {
+                    f64::NAN
+                };
                 if unclamped != x as f64 {
                     self.stats.values_clamped += 1;
                 }
@@ -175,7 +179,12 @@ pub struct Release {
     pub granularity: f64,
 }
 
-fn cell(true_value: i128, mech: &DiscreteLaplace, unit: f64, rng: &mut (impl Rng + CryptoRng)) -> NoisyCell {
+fn cell(
+    true_value: i128,
+    mech: &DiscreteLaplace,
+    unit: f64,
+    rng: &mut (impl Rng + CryptoRng),
+) -> NoisyCell {
     let noisy = true_value + mech.sample(rng);
     let k = mech.half_width(0.95) as i128;
     NoisyCell {
@@ -206,7 +215,10 @@ pub async fn release<R: Rng + CryptoRng>(
     }
     let schema = schema.ok_or_else(|| PolicyError::Aggregation("no workers".into()))?;
     let ctx = SessionContext::new();
-    ctx.register_table("contributions", Arc::new(MemTable::try_new(schema, batches)?))?;
+    ctx.register_table(
+        "contributions",
+        Arc::new(MemTable::try_new(schema, batches)?),
+    )?;
 
     let keys: Vec<String> = (0..plan.keys.len()).map(|i| format!("k{i}")).collect();
     let mut select = keys.clone();
@@ -224,22 +236,35 @@ pub async fn release<R: Rng + CryptoRng>(
     // Exact aggregates per group, sorted by key so that output order says nothing about the data.
     let mut groups: BTreeMap<Vec<String>, (i128, Vec<i128>)> = BTreeMap::new();
     for batch in &batches {
-        let units = batch.column(keys.len()).as_any().downcast_ref::<Int64Array>();
+        let units = batch
+            .column(keys.len())
+            .as_any()
+            .downcast_ref::<Int64Array>();
         for row in 0..batch.num_rows() {
             let key = (0..keys.len())
                 .map(|i| {
-                    let a = batch.column(i).as_any().downcast_ref::<StringArray>().expect("k is utf8");
+                    let a = batch
+                        .column(i)
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .expect("k is utf8");
                     a.value(row).to_owned()
                 })
                 .collect();
             let count = units.map(|a| a.value(row) as i128).unwrap_or_else(|| {
-                let a = batch.column(keys.len()).as_any().downcast_ref::<UInt64Array>();
+                let a = batch
+                    .column(keys.len())
+                    .as_any()
+                    .downcast_ref::<UInt64Array>();
                 a.map(|a| a.value(row) as i128).unwrap_or(0)
             });
             let sums = (0..plan.values.len())
                 .map(|i| {
                     let a = batch.column(keys.len() + 1 + i);
-                    let d = a.as_any().downcast_ref::<Decimal128Array>().expect("sum is decimal");
+                    let d = a
+                        .as_any()
+                        .downcast_ref::<Decimal128Array>()
+                        .expect("sum is decimal");
                     if d.is_null(row) { 0 } else { d.value(row) }
                 })
                 .collect();
@@ -275,7 +300,11 @@ pub async fn release<R: Rng + CryptoRng>(
                 let sum = cell(sum, mech, unit, rng);
                 let mean = (spec.aggregate == Aggregate::Mean && units.value >= 1.0)
                     .then(|| sum.value / units.value);
-                ReleasedValue { name: spec.name.clone(), sum, mean }
+                ReleasedValue {
+                    name: spec.name.clone(),
+                    sum,
+                    mean,
+                }
             })
             .collect();
         if units.value >= plan.min_units_per_group as f64 {
@@ -309,7 +338,12 @@ mod tests {
             privacy_unit: Some("id".into()),
             columns: vec![],
             keys: vec!["g".into()],
-            values: vec![GateValue { name: "x".into(), aggregate: Aggregate::Mean, lo: 0, hi: 10_000 }],
+            values: vec![GateValue {
+                name: "x".into(),
+                aggregate: Aggregate::Mean,
+                lo: 0,
+                hi: 10_000,
+            }],
             epsilon: Epsilon(1_000_000),
             max_groups_per_unit: max_groups,
             min_units_per_group: min_units,
@@ -317,12 +351,18 @@ mod tests {
     }
 
     fn c(key: &str, v: f64) -> GateContribution {
-        GateContribution { key: vec![key.into()], values: vec![v] }
+        GateContribution {
+            key: vec![key.into()],
+            values: vec![v],
+        }
     }
 
     fn run(plan: &Arc<JobPlan>, bounders: Vec<Bounder>) -> (Release, BoundingStats) {
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        rt.block_on(release(plan, bounders, &mut ChaCha20Rng::seed_from_u64(9))).unwrap()
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(release(plan, bounders, &mut ChaCha20Rng::seed_from_u64(9)))
+            .unwrap()
     }
 
     #[test]
@@ -339,7 +379,13 @@ mod tests {
         // One lonely unit: its group must be withheld.
         a.add_unit(5000, vec![c("lonely", 3.0)]);
         // Malformed: wrong arity.
-        a.add_unit(5001, vec![GateContribution { key: vec![], values: vec![1.0] }]);
+        a.add_unit(
+            5001,
+            vec![GateContribution {
+                key: vec![],
+                values: vec![1.0],
+            }],
+        );
         let (rel, stats) = run(&p, vec![a, b]);
         assert_eq!(stats.units, 1002);
         assert_eq!(stats.over_group_limit_dropped, 1000);

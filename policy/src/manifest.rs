@@ -70,23 +70,36 @@ struct RawValue {
 
 const WHAT: &str = "manifest";
 
-fn invalid<T>(text: &str, span: std::ops::Range<usize>, field: &str, msg: impl Into<String>) -> Result<T> {
+fn invalid<T>(
+    text: &str,
+    span: std::ops::Range<usize>,
+    field: &str,
+    msg: impl Into<String>,
+) -> Result<T> {
     Err(PolicyError::Invalid {
         what: WHAT,
-        location: Location { line: Some(line_of(text, span.start)), field: field.into() },
+        location: Location {
+            line: Some(line_of(text, span.start)),
+            field: field.into(),
+        },
         message: msg.into(),
     })
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 impl JobManifest {
     /// Parses and validates a manifest on its own (no policy yet).
     pub fn from_toml(text: &str) -> Result<JobManifest> {
-        let raw: RawManifest = toml::from_str(text)
-            .map_err(|e| PolicyError::Syntax { what: WHAT, message: e.to_string() })?;
+        let raw: RawManifest = toml::from_str(text).map_err(|e| PolicyError::Syntax {
+            what: WHAT,
+            message: e.to_string(),
+        })?;
         let columns_span = raw.columns.span();
         let columns = raw.columns.into_inner();
         if columns.is_empty() {
@@ -94,7 +107,12 @@ impl JobManifest {
         }
         for (i, c) in columns.iter().enumerate() {
             if columns[..i].contains(c) {
-                return invalid(text, columns_span.clone(), "columns", format!("`{c}` is listed twice"));
+                return invalid(
+                    text,
+                    columns_span.clone(),
+                    "columns",
+                    format!("`{c}` is listed twice"),
+                );
             }
         }
         let epsilon = match Epsilon::from_f64(*raw.epsilon.get_ref()) {
@@ -111,23 +129,46 @@ impl JobManifest {
         let keys_span = raw.output.keys.span();
         let keys = raw.output.keys.into_inner();
         if keys.len() > MAX_KEY_PARTS {
-            return invalid(text, keys_span, "output.keys", format!("at most {MAX_KEY_PARTS} key parts"));
+            return invalid(
+                text,
+                keys_span,
+                "output.keys",
+                format!("at most {MAX_KEY_PARTS} key parts"),
+            );
         }
         if let Some(bad) = keys.iter().find(|k| !valid_name(k)) {
-            return invalid(text, keys_span, "output.keys", format!("`{bad}` is not a valid name"));
+            return invalid(
+                text,
+                keys_span,
+                "output.keys",
+                format!("`{bad}` is not a valid name"),
+            );
         }
         let values_span = raw.output.values.span();
         let raw_values = raw.output.values.into_inner();
         if raw_values.is_empty() || raw_values.len() > MAX_VALUES {
-            return invalid(text, values_span, "output.values", format!("declare 1 to {MAX_VALUES} values"));
+            return invalid(
+                text,
+                values_span,
+                "output.values",
+                format!("declare 1 to {MAX_VALUES} values"),
+            );
         }
         let mut values = Vec::new();
         for (i, v) in raw_values.into_iter().enumerate() {
             let span = v.span();
             let v = v.into_inner();
             let field = format!("output.values[{i}]");
-            if !valid_name(&v.name) || keys.contains(&v.name) || values.iter().any(|x: &ValueSpec| x.name == v.name) {
-                return invalid(text, span, &format!("{field}.name"), format!("`{}` is not a valid, unique name", v.name));
+            if !valid_name(&v.name)
+                || keys.contains(&v.name)
+                || values.iter().any(|x: &ValueSpec| x.name == v.name)
+            {
+                return invalid(
+                    text,
+                    span,
+                    &format!("{field}.name"),
+                    format!("`{}` is not a valid, unique name", v.name),
+                );
             }
             let [lo, hi] = v.bounds;
             if let Err(m) = check_bounds(lo, hi) {
@@ -145,7 +186,11 @@ impl JobManifest {
                     );
                 }
             };
-            values.push(ValueSpec { name: v.name, bounds: (lo, hi), aggregate });
+            values.push(ValueSpec {
+                name: v.name,
+                bounds: (lo, hi),
+                aggregate,
+            });
         }
         Ok(JobManifest {
             dataset: raw.dataset,
@@ -200,7 +245,12 @@ pub struct JobPlan {
 /// The pre-check: may `consumer` run `manifest` under `policy` on a dataset with `schema`?
 /// Refusals carry messages that are safe for the consumer (they depend on the policy and schema,
 /// never on data). Budget is checked separately by the ledger.
-pub fn precheck(policy: &Policy, manifest: &JobManifest, schema: &Schema, consumer: &str) -> Result<JobPlan> {
+pub fn precheck(
+    policy: &Policy,
+    manifest: &JobManifest,
+    schema: &Schema,
+    consumer: &str,
+) -> Result<JobPlan> {
     if !policy.allows_consumer(consumer) {
         return Err(PolicyError::Refused(format!(
             "consumer `{consumer}` is not allowed to use dataset `{}`",
@@ -221,11 +271,15 @@ pub fn precheck(policy: &Policy, manifest: &JobManifest, schema: &Schema, consum
             )));
         }
         let Ok(field) = schema.field_with_name(name) else {
-            return Err(PolicyError::Refused(format!("the dataset has no column `{name}`")));
+            return Err(PolicyError::Refused(format!(
+                "the dataset has no column `{name}`"
+            )));
         };
         let rule = policy.column_rule(name);
         if rule.class == ColumnClass::Forbidden {
-            return Err(PolicyError::Refused(format!("column `{name}` is forbidden by the policy")));
+            return Err(PolicyError::Refused(format!(
+                "column `{name}` is forbidden by the policy"
+            )));
         }
         let ty = match field.data_type() {
             DataType::Boolean => DeliveredType::Bool,
@@ -239,14 +293,23 @@ pub fn precheck(policy: &Policy, manifest: &JobManifest, schema: &Schema, consum
                 )));
             }
         };
-        columns.push(DeliveredColumn { name: name.clone(), ty, clamp: rule.bounds });
+        columns.push(DeliveredColumn {
+            name: name.clone(),
+            ty,
+            clamp: rule.bounds,
+        });
     }
     let values = manifest
         .values
         .iter()
         .map(|v| {
             let (lo, hi) = fixed::bounds_to_fixed(v.bounds.0, v.bounds.1);
-            GateValue { name: v.name.clone(), aggregate: v.aggregate, lo, hi }
+            GateValue {
+                name: v.name.clone(),
+                aggregate: v.aggregate,
+                lo,
+                hi,
+            }
         })
         .collect();
     Ok(JobPlan {
@@ -315,19 +378,46 @@ ssn = { class = "forbidden" }
     fn refusals() {
         let p = Policy::from_toml(POLICY).unwrap();
         let m = JobManifest::from_toml(MANIFEST).unwrap();
-        assert!(precheck(&p, &m, &schema(), "eve").unwrap_err().to_string().contains("not allowed"));
-        let forbidden = JobManifest::from_toml(&MANIFEST.replace("\"income\"]", "\"ssn\"]")).unwrap();
-        assert!(precheck(&p, &forbidden, &schema(), "acme").unwrap_err().to_string().contains("forbidden"));
-        let unit = JobManifest::from_toml(&MANIFEST.replace("\"income\"]", "\"person_id\"]")).unwrap();
-        assert!(precheck(&p, &unit, &schema(), "acme").unwrap_err().to_string().contains("privacy unit"));
-        let greedy = JobManifest::from_toml(&MANIFEST.replace("epsilon = 0.5", "epsilon = 2")).unwrap();
-        assert!(precheck(&p, &greedy, &schema(), "acme").unwrap_err().to_string().contains("caps each job"));
+        assert!(
+            precheck(&p, &m, &schema(), "eve")
+                .unwrap_err()
+                .to_string()
+                .contains("not allowed")
+        );
+        let forbidden =
+            JobManifest::from_toml(&MANIFEST.replace("\"income\"]", "\"ssn\"]")).unwrap();
+        assert!(
+            precheck(&p, &forbidden, &schema(), "acme")
+                .unwrap_err()
+                .to_string()
+                .contains("forbidden")
+        );
+        let unit =
+            JobManifest::from_toml(&MANIFEST.replace("\"income\"]", "\"person_id\"]")).unwrap();
+        assert!(
+            precheck(&p, &unit, &schema(), "acme")
+                .unwrap_err()
+                .to_string()
+                .contains("privacy unit")
+        );
+        let greedy =
+            JobManifest::from_toml(&MANIFEST.replace("epsilon = 0.5", "epsilon = 2")).unwrap();
+        assert!(
+            precheck(&p, &greedy, &schema(), "acme")
+                .unwrap_err()
+                .to_string()
+                .contains("caps each job")
+        );
     }
 
     #[test]
     fn manifest_errors_name_the_field() {
-        let e = JobManifest::from_toml(&MANIFEST.replace("epsilon = 0.5", "epsilon = 0")).unwrap_err();
-        assert!(e.to_string().contains("line 6") && e.to_string().contains("epsilon"), "{e}");
+        let e =
+            JobManifest::from_toml(&MANIFEST.replace("epsilon = 0.5", "epsilon = 0")).unwrap_err();
+        assert!(
+            e.to_string().contains("line 6") && e.to_string().contains("epsilon"),
+            "{e}"
+        );
         let e = JobManifest::from_toml(&MANIFEST.replace("\"mean\"", "\"median\"")).unwrap_err();
         assert!(e.to_string().contains("output.values[0].aggregate"), "{e}");
         let e = JobManifest::from_toml("dataset = 3").unwrap_err();

@@ -16,7 +16,9 @@ use crate::error::{Location, PolicyError, Result, line_of};
 pub const MAX_EPSILON: f64 = 100.0;
 
 /// A privacy-loss parameter in millionths, so budgets add up exactly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 pub struct Epsilon(pub u64);
 
 impl Epsilon {
@@ -145,10 +147,18 @@ const WHAT: &str = "policy";
 struct Src<'a>(&'a str);
 
 impl Src<'_> {
-    fn err<T>(&self, span: std::ops::Range<usize>, field: &str, msg: impl Into<String>) -> Result<T> {
+    fn err<T>(
+        &self,
+        span: std::ops::Range<usize>,
+        field: &str,
+        msg: impl Into<String>,
+    ) -> Result<T> {
         Err(PolicyError::Invalid {
             what: WHAT,
-            location: Location { line: Some(line_of(self.0, span.start)), field: field.into() },
+            location: Location {
+                line: Some(line_of(self.0, span.start)),
+                field: field.into(),
+            },
             message: msg.into(),
         })
     }
@@ -173,8 +183,10 @@ pub(crate) fn check_bounds(lo: f64, hi: f64) -> std::result::Result<(), String> 
 impl Policy {
     /// Parses and validates a policy document on its own (no dataset yet).
     pub fn from_toml(text: &str) -> Result<Policy> {
-        let raw: RawPolicy = toml::from_str(text)
-            .map_err(|e| PolicyError::Syntax { what: WHAT, message: e.to_string() })?;
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError::Syntax {
+            what: WHAT,
+            message: e.to_string(),
+        })?;
         let src = Src(text);
 
         let privacy_unit = match raw.privacy_unit {
@@ -226,7 +238,11 @@ impl Policy {
         let eps = |s: &Spanned<f64>, field: &str| -> Result<Epsilon> {
             match Epsilon::from_f64(*s.get_ref()) {
                 Some(e) => Ok(e),
-                None => src.err(s.span(), field, format!("must be a number in (0, {MAX_EPSILON}]")),
+                None => src.err(
+                    s.span(),
+                    field,
+                    format!("must be a number in (0, {MAX_EPSILON}]"),
+                ),
             }
         };
         let epsilon_per_job = eps(&raw.dp.epsilon_per_job, "dp.epsilon_per_job")?;
@@ -269,7 +285,10 @@ impl Policy {
         if columns.is_empty() {
             return Err(PolicyError::Invalid {
                 what: WHAT,
-                location: Location { line: None, field: "columns".into() },
+                location: Location {
+                    line: None,
+                    field: "columns".into(),
+                },
                 message: "classify at least one column".into(),
             });
         }
@@ -289,7 +308,11 @@ impl Policy {
     /// Checks the policy against the dataset it is set on: every column it names exists, bounds sit
     /// on numeric columns, sensitive numeric columns have bounds, and the privacy unit agrees with
     /// the one the dataset was registered with. Returns the policy with the privacy unit filled in.
-    pub fn validate_against(mut self, schema: &Schema, registered_unit: Option<&str>) -> Result<Policy> {
+    pub fn validate_against(
+        mut self,
+        schema: &Schema,
+        registered_unit: Option<&str>,
+    ) -> Result<Policy> {
         let invalid = |field: String, message: String| PolicyError::Invalid {
             what: WHAT,
             location: Location { line: None, field },
@@ -306,7 +329,10 @@ impl Policy {
             if rule.bounds.is_some() && !numeric {
                 return Err(invalid(
                     format!("columns.{name}.bounds"),
-                    format!("bounds only apply to numeric columns; `{name}` is {}", field.data_type()),
+                    format!(
+                        "bounds only apply to numeric columns; `{name}` is {}",
+                        field.data_type()
+                    ),
                 ));
             }
             if rule.class == ColumnClass::Sensitive && numeric && rule.bounds.is_none() {
@@ -329,17 +355,20 @@ impl Policy {
         if let Some(unit) = &self.privacy_unit
             && schema.field_with_name(unit).is_err()
         {
-            return Err(invalid("privacy_unit".into(), format!("the dataset has no column `{unit}`")));
+            return Err(invalid(
+                "privacy_unit".into(),
+                format!("the dataset has no column `{unit}`"),
+            ));
         }
         Ok(self)
     }
 
     /// The rule for a column; columns the policy does not mention are forbidden.
     pub fn column_rule(&self, name: &str) -> ColumnRule {
-        self.columns
-            .get(name)
-            .cloned()
-            .unwrap_or(ColumnRule { class: ColumnClass::Forbidden, bounds: None })
+        self.columns.get(name).cloned().unwrap_or(ColumnRule {
+            class: ColumnClass::Forbidden,
+            bounds: None,
+        })
     }
 
     pub fn allows_consumer(&self, consumer: &str) -> bool {
@@ -356,7 +385,9 @@ pub fn document_hash(text: &str) -> String {
 pub fn valid_principal(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 pub(crate) fn is_numeric(t: &DataType) -> bool {
@@ -397,7 +428,10 @@ ssn = { class = "forbidden" }
 
     #[test]
     fn parses_and_defaults_to_forbidden() {
-        let p = Policy::from_toml(EXAMPLE).unwrap().validate_against(&schema(), None).unwrap();
+        let p = Policy::from_toml(EXAMPLE)
+            .unwrap()
+            .validate_against(&schema(), None)
+            .unwrap();
         assert_eq!(p.epsilon_total, Epsilon(3_000_000));
         assert_eq!(p.column_rule("income").bounds, Some((0.0, 5000.0)));
         assert_eq!(p.column_rule("notes").class, ColumnClass::Forbidden);
@@ -411,10 +445,16 @@ ssn = { class = "forbidden" }
         assert!(e.contains("line 4") && e.contains("approval"), "{e}");
         let bad = EXAMPLE.replace("epsilon_per_job = 1.0", "epsilon_per_job = -1.0");
         let e = Policy::from_toml(&bad).unwrap_err().to_string();
-        assert!(e.contains("line 9") && e.contains("dp.epsilon_per_job"), "{e}");
+        assert!(
+            e.contains("line 9") && e.contains("dp.epsilon_per_job"),
+            "{e}"
+        );
         let bad = EXAMPLE.replace("bounds = [0, 5000]", "bounds = [5000, 0]");
         let e = Policy::from_toml(&bad).unwrap_err().to_string();
-        assert!(e.contains("line 14") && e.contains("columns.income.bounds"), "{e}");
+        assert!(
+            e.contains("line 14") && e.contains("columns.income.bounds"),
+            "{e}"
+        );
         let bad = EXAMPLE.replace("min_units_per_group", "min_unit_per_group");
         let e = Policy::from_toml(&bad).unwrap_err().to_string();
         assert!(e.contains("min_unit_per_group"), "{e}");
@@ -426,12 +466,21 @@ ssn = { class = "forbidden" }
     #[test]
     fn checks_against_schema() {
         let unknown = EXAMPLE.replace("educ =", "education =");
-        let e = Policy::from_toml(&unknown).unwrap().validate_against(&schema(), None).unwrap_err();
+        let e = Policy::from_toml(&unknown)
+            .unwrap()
+            .validate_against(&schema(), None)
+            .unwrap_err();
         assert!(e.to_string().contains("columns.education"), "{e}");
         let unbounded = EXAMPLE.replace(", bounds = [0, 5000]", "");
-        let e = Policy::from_toml(&unbounded).unwrap().validate_against(&schema(), None).unwrap_err();
+        let e = Policy::from_toml(&unbounded)
+            .unwrap()
+            .validate_against(&schema(), None)
+            .unwrap_err();
         assert!(e.to_string().contains("needs bounds"), "{e}");
-        let e = Policy::from_toml(EXAMPLE).unwrap().validate_against(&schema(), Some("ssn")).unwrap_err();
+        let e = Policy::from_toml(EXAMPLE)
+            .unwrap()
+            .validate_against(&schema(), Some("ssn"))
+            .unwrap_err();
         assert!(e.to_string().contains("privacy unit"), "{e}");
     }
 

@@ -282,7 +282,15 @@ impl Sandbox {
                 }
             })
             .map_err(|e| SandboxError::Config(e.to_string()))?;
-        Ok(Sandbox { engine, linker, config, _ticker: EpochTicker { stop, handle: Some(handle) } })
+        Ok(Sandbox {
+            engine,
+            linker,
+            config,
+            _ticker: EpochTicker {
+                stop,
+                handle: Some(handle),
+            },
+        })
     }
 
     pub fn config(&self) -> &SandboxConfig {
@@ -303,6 +311,27 @@ impl Sandbox {
         if !wasm.starts_with(b"\0asm") {
             return reject("not a WebAssembly binary module".into());
         }
+        // Read declared memory sizes before compiling, so an oversized module gets a plain answer
+        // rather than an allocator-configuration error (and costs no compile time).
+        for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+            let Ok(wasmparser::Payload::MemorySection(memories)) = payload else {
+                continue;
+            };
+            for memory in memories.into_iter().flatten() {
+                if memory.memory64 || memory.shared {
+                    return reject("`memory` must be a non-shared 32-bit memory".into());
+                }
+                if memory.initial.saturating_mul(WASM_PAGE) > self.config.memory_per_instance as u64
+                {
+                    return reject(format!(
+                        "module declares {} initial memory pages ({} MiB); the limit is {} MiB",
+                        memory.initial,
+                        memory.initial.saturating_mul(WASM_PAGE) >> 20,
+                        self.config.memory_per_instance >> 20
+                    ));
+                }
+            }
+        }
         let module = Module::from_binary(&self.engine, wasm)
             .map_err(|e| SandboxError::ModuleRejected(format!("invalid module: {e:#}")))?;
 
@@ -310,7 +339,10 @@ impl Sandbox {
             let ok_name = import.module() == IMPORT_MODULE && import.name() == IMPORT_LOG;
             let ok_type = match import.ty() {
                 ExternType::Func(f) => {
-                    f.params().map(|p| matches!(p, ValType::I32)).collect::<Vec<_>>() == [true, true]
+                    f.params()
+                        .map(|p| matches!(p, ValType::I32))
+                        .collect::<Vec<_>>()
+                        == [true, true]
                         && f.results().len() == 0
                 }
                 _ => false,
@@ -341,7 +373,9 @@ impl Sandbox {
         let find_func = |name: &str, params: &[ValType], results: &[ValType]| {
             let Some(ExternType::Func(f)) = module.get_export(name) else {
                 return Err(SandboxError::ModuleRejected(if other_versions.is_empty() {
-                    format!("module does not export `{name}`; build it with the Veil guest SDK (ABI version 1)")
+                    format!(
+                        "module does not export `{name}`; build it with the Veil guest SDK (ABI version 1)"
+                    )
                 } else {
                     format!(
                         "module exports {other_versions:?}: it was built for another Veil ABI version; \
@@ -386,7 +420,9 @@ impl Sandbox {
         if let Some(elements) = resources.max_initial_table_size
             && elements > 10_000
         {
-            return reject(format!("module declares a table of {elements} elements; the limit is 10000"));
+            return reject(format!(
+                "module declares a table of {elements} elements; the limit is 10000"
+            ));
         }
 
         let pre = self
@@ -411,13 +447,20 @@ pub fn module_hash(wasm: &[u8]) -> String {
 }
 
 fn host_log(mut caller: Caller<'_, UnitState>, ptr: i32, len: i32) {
-    let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else { return };
+    let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+        return;
+    };
     let (data, state) = memory.data_and_store_mut(&mut caller);
-    let room = state.log_cap.saturating_sub(state.log.len());
+    // Each line costs its bytes plus the newline, so no call pattern (not even empty lines) can
+    // grow the log beyond its cap.
+    let room = state.log_cap.saturating_sub(state.log.len() + 1);
     let (start, len) = (ptr as u32 as usize, len as u32 as usize);
     let take = len.min(room);
-    if take < len {
+    if take < len || state.log.len() >= state.log_cap {
         state.log_truncated = true;
+    }
+    if state.log.len() >= state.log_cap {
+        return;
     }
     if let Some(bytes) = start.checked_add(take).and_then(|end| data.get(start..end)) {
         state.log.extend_from_slice(bytes);
@@ -471,9 +514,20 @@ impl CompiledModule {
         UnitOutcome { result, log }
     }
 
-    fn run_in(&self, store: &mut Store<UnitState>, input: &[u8]) -> Result<Vec<Contribution>, UnitFault> {
-        let ticks = self.config.unit_deadline.as_millis().div_ceil(TICK.as_millis()).max(1) as u64;
-        store.set_fuel(self.config.fuel_per_unit).map_err(classify)?;
+    fn run_in(
+        &self,
+        store: &mut Store<UnitState>,
+        input: &[u8],
+    ) -> Result<Vec<Contribution>, UnitFault> {
+        let ticks = self
+            .config
+            .unit_deadline
+            .as_millis()
+            .div_ceil(TICK.as_millis())
+            .max(1) as u64;
+        store
+            .set_fuel(self.config.fuel_per_unit)
+            .map_err(classify)?;
         store.set_epoch_deadline(ticks);
         // A start function runs inside `instantiate`, under the fuel and deadline just set.
         let instance = self.pre.instantiate(&mut *store).map_err(classify)?;
@@ -487,10 +541,15 @@ impl CompiledModule {
                 .and_then(|e| e.into_func())
                 .ok_or_else(|| UnitFault::BadOutput("function export missing".into()))
         };
-        let alloc = func(&self.alloc, store)?.typed::<i32, i32>(&*store).map_err(classify)?;
-        let map = func(&self.map, store)?.typed::<(i32, i32), i64>(&*store).map_err(classify)?;
+        let alloc = func(&self.alloc, store)?
+            .typed::<i32, i32>(&*store)
+            .map_err(classify)?;
+        let map = func(&self.map, store)?
+            .typed::<(i32, i32), i64>(&*store)
+            .map_err(classify)?;
 
-        let len = i32::try_from(input.len()).map_err(|_| UnitFault::ResourceLimit("unit input too large".into()))?;
+        let len = i32::try_from(input.len())
+            .map_err(|_| UnitFault::ResourceLimit("unit input too large".into()))?;
         let ptr = alloc.call(&mut *store, len).map_err(classify)?;
         memory
             .write(&mut *store, ptr as u32 as usize, input)
@@ -499,7 +558,10 @@ impl CompiledModule {
         if packed < 0 {
             return Err(UnitFault::Trap(format!("module reported error {packed}")));
         }
-        let (out_ptr, out_len) = ((packed >> 32) as u32 as usize, (packed & 0xffff_ffff) as u32);
+        let (out_ptr, out_len) = (
+            (packed >> 32) as u32 as usize,
+            (packed & 0xffff_ffff) as u32,
+        );
         if out_len > self.config.max_output_bytes {
             return Err(UnitFault::BadOutput(format!(
                 "output of {out_len} bytes exceeds the {}-byte limit",
@@ -524,7 +586,10 @@ fn classify(err: wasmtime::Error) -> UnitFault {
         Some(t) => UnitFault::Trap(format!("{t}: {err:#}")),
         None => {
             let text = format!("{err:#}");
-            if text.contains("growing memory") || text.contains("growing table") || text.contains("resource limit") {
+            if text.contains("growing memory")
+                || text.contains("growing table")
+                || text.contains("resource limit")
+            {
                 UnitFault::ResourceLimit(text)
             } else {
                 UnitFault::Trap(text)

@@ -9,14 +9,25 @@ fn exported(env: &Env) -> (Vec<String>, String) {
     let out = env.path().join("audit.jsonl");
     env.ok(&["audit", "export", "--out", out.to_str().unwrap()]);
     let key = env.ok(&["keys", "public"]).trim().to_owned();
-    let lines = std::fs::read_to_string(&out).unwrap().lines().map(String::from).collect();
+    let lines = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
     (lines, key)
 }
 
 fn verify(env: &Env, lines: &[String], key: &str) -> (Option<i32>, String) {
     let path = env.path().join("tampered.jsonl");
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    let out = env.veil(&["audit", "verify", "--log", path.to_str().unwrap(), "--public-key", key]);
+    let out = env.veil(&[
+        "audit",
+        "verify",
+        "--log",
+        path.to_str().unwrap(),
+        "--public-key",
+        key,
+    ]);
     (out.status.code(), text(&out.stdout) + &text(&out.stderr))
 }
 
@@ -33,13 +44,19 @@ fn offline_verification_detects_every_tampering() {
     assert_eq!(code, Some(0));
 
     // A changed field: entry 4 (job submitted) claims a smaller ε.
-    let i = lines.iter().position(|l| l.contains("\"kind\":\"job_submitted\"")).unwrap();
+    let i = lines
+        .iter()
+        .position(|l| l.contains("\"kind\":\"job_submitted\""))
+        .unwrap();
     let mut changed = lines.clone();
     changed[i] = changed[i].replace("\"epsilon_micro\":500000", "\"epsilon_micro\":1");
     assert_ne!(changed[i], lines[i]);
     let (code, msg) = verify(&env, &changed, &key);
     assert_eq!(code, Some(1));
-    assert!(msg.contains(&format!("entry {i}:")) && msg.contains("altered"), "{msg}");
+    assert!(
+        msg.contains(&format!("entry {i}:")) && msg.contains("altered"),
+        "{msg}"
+    );
 
     // A deleted entry.
     let mut deleted = lines.clone();
@@ -83,14 +100,24 @@ fn store_verification_catches_a_row_edited_in_sqlite() {
     assert!(db, "could not edit the store");
     let out = env.veil(&["audit", "verify"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stdout).contains("entry 1:"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("entry 1:"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 /// Edits the stored line of entry 1 using the sqlite3 shell if present, else Python's sqlite3.
 fn rusqlite_free_edit(db: &std::path::Path) -> bool {
     let sql = "UPDATE audit_log SET line = replace(line, '\"owner\":\"clinic\"', '\"owner\":\"mallory\"') WHERE idx = 1;";
     std::process::Command::new("python3")
-        .args(["-c", &format!("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute({sql:?}); c.commit()"), db.to_str().unwrap()])
+        .args([
+            "-c",
+            &format!(
+                "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute({sql:?}); c.commit()"
+            ),
+            db.to_str().unwrap(),
+        ])
         .status()
         .map(|s| s.success())
         .unwrap_or(false)

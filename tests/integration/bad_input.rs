@@ -10,26 +10,66 @@ fn malformed_datasets_are_rejected_without_trace() {
         ("ragged.csv", "a,b\n1,2\n3,4,5\n", &[], "malformed"),
         ("empty.csv", "", &[], "empty"),
         ("header.csv", "a,b\n", &[], "no rows"),
-        ("ok.csv", "a,b\n1,2\n", &["--privacy-unit", "c"], "privacy unit `c`"),
-        ("nohdr.csv", "1,2\n", &["--columns", "x"], "--columns names 1"),
+        (
+            "ok.csv",
+            "a,b\n1,2\n",
+            &["--privacy-unit", "c"],
+            "privacy unit `c`",
+        ),
+        (
+            "nohdr.csv",
+            "1,2\n",
+            &["--columns", "x"],
+            "--columns names 1",
+        ),
     ];
     for (name, contents, extra, expect) in cases {
         let path = env.write(name, contents);
-        let mut args = vec!["dataset", "add", path.to_str().unwrap(), "--name", "other", "--owner", HOLDER];
+        let mut args = vec![
+            "dataset",
+            "add",
+            path.to_str().unwrap(),
+            "--name",
+            "other",
+            "--owner",
+            HOLDER,
+        ];
         args.extend_from_slice(extra);
         let out = env.veil(&args);
         assert_eq!(out.status.code(), Some(1), "{name}");
-        assert!(text(&out.stderr).contains(expect), "{name}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(expect),
+            "{name}: {}",
+            text(&out.stderr)
+        );
         assert_eq!(env.snapshot(), before, "{name} changed the store");
     }
     // A duplicate name.
     let dup = env.write("dup.csv", "a,b\n1,2\n");
-    let out = env.veil(&["dataset", "add", dup.to_str().unwrap(), "--name", "people", "--owner", HOLDER]);
+    let out = env.veil(&[
+        "dataset",
+        "add",
+        dup.to_str().unwrap(),
+        "--name",
+        "people",
+        "--owner",
+        HOLDER,
+    ]);
     assert!(text(&out.stderr).contains("already exists"));
     assert_eq!(env.snapshot(), before);
     // A header-less file with names given works.
     let nohdr = env.write("nohdr2.csv", "1,2\n3,4\n");
-    env.ok(&["dataset", "add", nohdr.to_str().unwrap(), "--name", "pairs", "--owner", HOLDER, "--columns", "x,y"]);
+    env.ok(&[
+        "dataset",
+        "add",
+        nohdr.to_str().unwrap(),
+        "--name",
+        "pairs",
+        "--owner",
+        HOLDER,
+        "--columns",
+        "x,y",
+    ]);
     assert!(env.ok(&["dataset", "list"]).contains("x: Int64, y: Int64"));
 }
 
@@ -40,23 +80,56 @@ fn malformed_policies_are_rejected_with_line_and_field() {
     let before = env.snapshot();
     let good = policy("auto");
     let cases = [
-        (good.replace("approval = \"auto\"", "approval = \"maybe\""), "line 3, field `approval`"),
-        (good.replace("epsilon_total = 1.5", "epsilon_total = 0.5"), "exceeds dp.epsilon_total"),
-        (good.replace("ssn = { class = \"forbidden\" }", "ssn = { class = \"secret\" }"), "columns.ssn.class"),
-        (good.replace("bounds = [0, 10000]", "bounds = [10000, 0]"), "columns.weekly_income.bounds"),
+        (
+            good.replace("approval = \"auto\"", "approval = \"maybe\""),
+            "line 3, field `approval`",
+        ),
+        (
+            good.replace("epsilon_total = 1.5", "epsilon_total = 0.5"),
+            "exceeds dp.epsilon_total",
+        ),
+        (
+            good.replace(
+                "ssn = { class = \"forbidden\" }",
+                "ssn = { class = \"secret\" }",
+            ),
+            "columns.ssn.class",
+        ),
+        (
+            good.replace("bounds = [0, 10000]", "bounds = [10000, 0]"),
+            "columns.weekly_income.bounds",
+        ),
         (good.replace("year =", "yaer ="), "no column `yaer`"),
         (good.replace("[dp]", "[dp"), "not valid"),
     ];
     for (text_, expect) in &cases {
         let p = env.write("bad-policy.toml", text_);
-        let out = env.veil(&["--as", HOLDER, "policy", "set", "people", p.to_str().unwrap()]);
+        let out = env.veil(&[
+            "--as",
+            HOLDER,
+            "policy",
+            "set",
+            "people",
+            p.to_str().unwrap(),
+        ]);
         assert_eq!(out.status.code(), Some(1));
-        assert!(text(&out.stderr).contains(expect), "{expect}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(expect),
+            "{expect}: {}",
+            text(&out.stderr)
+        );
         assert_eq!(env.snapshot(), before);
     }
     // Only the owner may set a policy.
     let p = env.write("p.toml", &good);
-    let out = env.veil(&["--as", CONSUMER, "policy", "set", "people", p.to_str().unwrap()]);
+    let out = env.veil(&[
+        "--as",
+        CONSUMER,
+        "policy",
+        "set",
+        "people",
+        p.to_str().unwrap(),
+    ]);
     assert!(text(&out.stderr).contains("only the owner"));
     assert_eq!(env.snapshot(), before);
 }
@@ -65,22 +138,45 @@ fn malformed_policies_are_rejected_with_line_and_field() {
 fn malformed_manifests_and_modules_are_rejected_without_trace() {
     let env = Env::new();
     env.setup("auto");
-    std::fs::write(env.path().join("modules/garbage.wasm"), b"\0asm\x01\0\0\0garbage").unwrap();
+    std::fs::write(
+        env.path().join("modules/garbage.wasm"),
+        b"\0asm\x01\0\0\0garbage",
+    )
+    .unwrap();
     let before = env.snapshot();
     let good = income_manifest(0.5);
     let cases = [
-        (good.replace("epsilon = 0.5", "epsilon = -1"), "field `epsilon`"),
-        (good.replace("aggregate = \"mean\"", "aggregate = \"median\""), "output.values[0].aggregate"),
-        (good.replace("dataset = \"people\"", "dataset = \"nobody\""), "no dataset named `nobody`"),
-        (good.replace("income_by_education.wasm", "missing.wasm"), "cannot read module"),
-        (good.replace("income_by_education.wasm", "garbage.wasm"), "module rejected"),
+        (
+            good.replace("epsilon = 0.5", "epsilon = -1"),
+            "field `epsilon`",
+        ),
+        (
+            good.replace("aggregate = \"mean\"", "aggregate = \"median\""),
+            "output.values[0].aggregate",
+        ),
+        (
+            good.replace("dataset = \"people\"", "dataset = \"nobody\""),
+            "no dataset named `nobody`",
+        ),
+        (
+            good.replace("income_by_education.wasm", "missing.wasm"),
+            "cannot read module",
+        ),
+        (
+            good.replace("income_by_education.wasm", "garbage.wasm"),
+            "module rejected",
+        ),
         (good.replace("[output]", "[outptu]"), "not valid"),
     ];
     for (text_, expect) in &cases {
         let m = env.write("bad.toml", text_);
         let out = env.veil(&["--as", CONSUMER, "job", "submit", m.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(1), "{expect}");
-        assert!(text(&out.stderr).contains(expect), "{expect}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(expect),
+            "{expect}: {}",
+            text(&out.stderr)
+        );
         assert_eq!(env.snapshot(), before, "{expect}");
     }
 }

@@ -11,8 +11,16 @@ pub fn veil_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("veil");
-    assert!(bin.exists(), "{} not built: run `cargo build -p veil-cli` (scripts/test.sh does)", bin.display());
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("veil");
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo build -p veil-cli` (scripts/test.sh does)",
+        bin.display()
+    );
     bin
 }
 
@@ -22,7 +30,9 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
-        let env = Env { dir: tempfile::tempdir().expect("tempdir") };
+        let env = Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
         veil_examples::write_all(&env.path().join("modules")).expect("write modules");
         env
     }
@@ -34,12 +44,22 @@ impl Env {
     }
     /// Runs `veil --data-dir <data> <args>`.
     pub fn veil(&self, args: &[&str]) -> Output {
-        Command::new(veil_bin()).arg("--data-dir").arg(self.data_dir()).args(args).output().expect("run veil")
+        Command::new(veil_bin())
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(args)
+            .output()
+            .expect("run veil")
     }
     /// Runs veil and insists on success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.veil(args);
-        assert!(out.status.success(), "veil {args:?} failed:\nstdout: {}\nstderr: {}", text(&out.stdout), text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "veil {args:?} failed:\nstdout: {}\nstderr: {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
         text(&out.stdout)
     }
     pub fn write(&self, name: &str, contents: &str) -> PathBuf {
@@ -50,9 +70,26 @@ impl Env {
     /// Registers the people dataset and sets the standard policy (approval as given).
     pub fn setup(&self, approval: &str) {
         let csv = self.write("people.csv", &people_csv());
-        self.ok(&["dataset", "add", csv.to_str().unwrap(), "--name", "people", "--owner", HOLDER, "--privacy-unit", "person_id"]);
+        self.ok(&[
+            "dataset",
+            "add",
+            csv.to_str().unwrap(),
+            "--name",
+            "people",
+            "--owner",
+            HOLDER,
+            "--privacy-unit",
+            "person_id",
+        ]);
         let policy = self.write("policy.toml", &policy(approval));
-        self.ok(&["--as", HOLDER, "policy", "set", "people", policy.to_str().unwrap()]);
+        self.ok(&[
+            "--as",
+            HOLDER,
+            "policy",
+            "set",
+            "people",
+            policy.to_str().unwrap(),
+        ]);
     }
     /// A snapshot of everything a failed command must leave unchanged.
     pub fn snapshot(&self) -> String {
@@ -66,8 +103,12 @@ impl Env {
 }
 
 fn walk(dir: &Path) -> Vec<String> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return vec![] };
-    rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
+    rd.flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 pub fn text(b: &[u8]) -> String {
@@ -79,12 +120,27 @@ pub fn text(b: &[u8]) -> String {
 pub fn people_csv() -> String {
     let mut s = String::from("person_id,year,state,age,educ,weekly_income,ssn\n");
     for id in 0..402 {
-        let educ = if id >= 400 { 20 } else if id % 2 == 0 { 12 } else { 16 };
+        let educ = if id >= 400 {
+            20
+        } else if id % 2 == 0 {
+            12
+        } else {
+            16
+        };
         let state = ["CA", "NY", "TX", "OH"][id % 4];
         let age = 20 + (id * 7) % 60;
-        let income = if educ == 12 { 700.0 } else if educ == 16 { 1300.0 } else { 2500.0 } + (id % 10) as f64;
+        let income = if educ == 12 {
+            700.0
+        } else if educ == 16 {
+            1300.0
+        } else {
+            2500.0
+        } + (id % 10) as f64;
         for year in 0..(1 + id % 2) {
-            s += &format!("{id},{},{state},{age},{educ},{income:.2},900-00-{id:04}\n", 2022 + year);
+            s += &format!(
+                "{id},{},{state},{age},{educ},{income:.2},900-00-{id:04}\n",
+                2022 + year
+            );
         }
     }
     s

@@ -16,8 +16,8 @@ fn module(body: &str) -> Vec<u8> {
 fn module_with(extra: &str, body: &str) -> Vec<u8> {
     wat::parse_str(format!(
         r#"(module
-             (memory (export "memory") 1)
              {extra}
+             (memory (export "memory") 1)
              (func (export "veil_abi_v1_alloc") (param i32) (result i32) i32.const 1024)
              (func (export "veil_abi_v1_map") (param i32 i32) (result i64) {body}))"#
     ))
@@ -48,26 +48,56 @@ fn rejected(sandbox: &Sandbox, wasm: &[u8]) -> String {
 fn cpu_bombs_are_stopped_by_fuel_and_by_the_deadline() {
     let sb = small_sandbox();
     let looping = sb.compile(&module("(loop br 0) i64.const 0")).unwrap();
-    assert_eq!(looping.run_unit(&[]).result.unwrap_err(), UnitFault::OutOfFuel);
+    assert_eq!(
+        looping.run_unit(&[]).result.unwrap_err(),
+        UnitFault::OutOfFuel
+    );
     // Infinite loop in the start function: stopped during instantiation.
-    let start = sb.compile(&module_with("(func $spin (loop br 0)) (start $spin)", "i64.const 0")).unwrap();
-    assert_eq!(start.run_unit(&[]).result.unwrap_err(), UnitFault::OutOfFuel);
+    let start = sb
+        .compile(&module_with(
+            "(func $spin (loop br 0)) (start $spin)",
+            "i64.const 0",
+        ))
+        .unwrap();
+    assert_eq!(
+        start.run_unit(&[]).result.unwrap_err(),
+        UnitFault::OutOfFuel
+    );
     // With effectively unlimited fuel the epoch deadline ends it instead.
     let sb2 = Sandbox::new(
-        SandboxConfig::builder().fuel_per_unit(u64::MAX / 2).unit_deadline(Duration::from_millis(50)).max_concurrent_instances(2).build(),
+        SandboxConfig::builder()
+            .fuel_per_unit(u64::MAX / 2)
+            .unit_deadline(Duration::from_millis(50))
+            .max_concurrent_instances(2)
+            .build(),
     )
     .unwrap();
     let looping2 = sb2.compile(&module("(loop br 0) i64.const 0")).unwrap();
-    assert_eq!(looping2.run_unit(&[]).result.unwrap_err(), UnitFault::Deadline);
+    assert_eq!(
+        looping2.run_unit(&[]).result.unwrap_err(),
+        UnitFault::Deadline
+    );
 }
 
 #[test]
 fn memory_and_stack_bombs_are_contained() {
     let sb = small_sandbox();
-    let grow = sb.compile(&module("(loop (drop (memory.grow (i32.const 16))) br 0) i64.const 0")).unwrap();
-    assert!(matches!(grow.run_unit(&[]).result.unwrap_err(), UnitFault::ResourceLimit(_) | UnitFault::OutOfFuel));
-    let recurse = sb.compile(&module_with("(func $r (call $r))", "call $r i64.const 0")).unwrap();
-    assert!(matches!(recurse.run_unit(&[]).result.unwrap_err(), UnitFault::ResourceLimit(_)));
+    let grow = sb
+        .compile(&module(
+            "(loop (drop (memory.grow (i32.const 16))) br 0) i64.const 0",
+        ))
+        .unwrap();
+    assert!(matches!(
+        grow.run_unit(&[]).result.unwrap_err(),
+        UnitFault::ResourceLimit(_) | UnitFault::OutOfFuel
+    ));
+    let recurse = sb
+        .compile(&module_with("(func $r (call $r))", "call $r i64.const 0"))
+        .unwrap();
+    assert!(matches!(
+        recurse.run_unit(&[]).result.unwrap_err(),
+        UnitFault::ResourceLimit(_)
+    ));
     // A huge declared initial memory is rejected before anything runs.
     let huge = wat::parse_str(
         r#"(module (memory (export "memory") 1000)
@@ -75,17 +105,27 @@ fn memory_and_stack_bombs_are_contained() {
              (func (export "veil_abi_v1_map") (param i32 i32) (result i64) i64.const 0))"#,
     )
     .unwrap();
-    assert!(rejected(&sb, &huge).contains("initial memory"));
+    let why = rejected(&sb, &huge);
+    assert!(why.contains("initial memory"), "{why}");
 }
 
 #[test]
 fn imports_beyond_the_interface_are_rejected_before_running() {
     let sb = small_sandbox();
-    let wasi = module_with(r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#, "i64.const 0");
+    let wasi = module_with(
+        r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#,
+        "i64.const 0",
+    );
     assert!(rejected(&sb, &wasi).contains("wasi_snapshot_preview1.fd_write"));
-    let unknown = module_with(r#"(import "veil_abi_v1" "read_file" (func (param i32)))"#, "i64.const 0");
+    let unknown = module_with(
+        r#"(import "veil_abi_v1" "read_file" (func (param i32)))"#,
+        "i64.const 0",
+    );
     assert!(rejected(&sb, &unknown).contains("veil_abi_v1.read_file"));
-    let wrong_type = module_with(r#"(import "veil_abi_v1" "log" (func (param i64)))"#, "i64.const 0");
+    let wrong_type = module_with(
+        r#"(import "veil_abi_v1" "log" (func (param i64)))"#,
+        "i64.const 0",
+    );
     assert!(rejected(&sb, &wrong_type).contains("wrong type"));
     let v2 = wat::parse_str(
         r#"(module (memory (export "memory") 1)
@@ -102,10 +142,20 @@ fn bad_output_is_refused_and_logs_stay_bounded() {
     let sb = small_sandbox();
     // Output pointer far outside memory.
     let oob = sb.compile(&module("i64.const 0x7fff000000000010")).unwrap();
-    assert!(matches!(oob.run_unit(&[]).result.unwrap_err(), UnitFault::BadOutput(_)));
+    assert!(matches!(
+        oob.run_unit(&[]).result.unwrap_err(),
+        UnitFault::BadOutput(_)
+    ));
     // A hostile count in the output header: refused by the decoder, nothing allocated.
-    let count = sb.compile(&module_with(r#"(data (i32.const 0) "\ff\ff\ff\ff")"#, "i64.const 4")).unwrap();
-    assert!(matches!(count.run_unit(&[]).result.unwrap_err(), UnitFault::BadOutput(m) if m.contains("contributions")));
+    let count = sb
+        .compile(&module_with(
+            r#"(data (i32.const 0) "\ff\ff\ff\ff")"#,
+            "i64.const 4",
+        ))
+        .unwrap();
+    assert!(
+        matches!(count.run_unit(&[]).result.unwrap_err(), UnitFault::BadOutput(m) if m.contains("contributions"))
+    );
     // Log spam is truncated.
     let spam = sb.compile(&module_with(
         r#"(import "veil_abi_v1" "log" (func $log (param i32 i32)))"#,
@@ -130,7 +180,10 @@ fn state_does_not_carry_between_units() {
         ))
         .unwrap();
     for _ in 0..5 {
-        assert!(counter.run_unit(&[]).result.is_ok(), "state leaked between instances");
+        assert!(
+            counter.run_unit(&[]).result.is_ok(),
+            "state leaked between instances"
+        );
     }
 }
 
@@ -145,27 +198,45 @@ fn hostile_job_fails_cleanly_and_host_lives_on() {
     let bomb = module("(loop (drop (memory.grow (i32.const 16))) br 0) i64.const 0");
     std::fs::write(env.path().join("modules/bomb.wasm"), &bomb).unwrap();
     let config = EngineConfig::builder()
-        .sandbox(SandboxConfig::builder().fuel_per_unit(1_000_000).memory_per_instance(8 << 20).max_concurrent_instances(8).build())
+        .sandbox(
+            SandboxConfig::builder()
+                .fuel_per_unit(1_000_000)
+                .memory_per_instance(8 << 20)
+                .max_concurrent_instances(8)
+                .build(),
+        )
         .max_unit_faults(5)
         .workers(2)
         .build();
     let mut veil = Veil::open(&env.data_dir(), config).unwrap();
     for (name, file) in [("loop", "loop.wasm"), ("bomb", "bomb.wasm")] {
-        let m = env.write(&format!("{name}.toml"), &manifest_for(&format!("modules/{file}"), &["educ"], 1, 0.1));
+        let m = env.write(
+            &format!("{name}.toml"),
+            &manifest_for(&format!("modules/{file}"), &["educ"], 1, 0.1),
+        );
         let outcome = veil.submit_job(&m, CONSUMER).unwrap();
         assert_eq!(outcome.state, JobState::Failed, "{name}");
         let info = veil.job(&outcome.job).unwrap();
         assert_eq!(info.code.as_deref(), Some("module_faults"));
-        assert!(matches!(veil.job_result(&outcome.job, CONSUMER), Err(EngineError::BadRequest(_))));
+        assert!(matches!(
+            veil.job_result(&outcome.job, CONSUMER),
+            Err(EngineError::BadRequest(_))
+        ));
         let logs = veil.job_logs(&outcome.job, HOLDER).unwrap().join("\n");
-        assert!(logs.contains("out_of_fuel") || logs.contains("resource_limit"), "{logs}");
+        assert!(
+            logs.contains("out_of_fuel") || logs.contains("resource_limit"),
+            "{logs}"
+        );
     }
     // Both jobs were charged (budget is spent before the run, whatever the outcome).
     let b = veil.budget(CONSUMER).unwrap();
     assert_eq!(b[0].spent, "0.2");
     // The host is alive: a good job still runs in the same process.
     let good = env.write("good.toml", &income_manifest(0.5));
-    assert_eq!(veil.submit_job(&good, CONSUMER).unwrap().state, JobState::Released);
+    assert_eq!(
+        veil.submit_job(&good, CONSUMER).unwrap().state,
+        JobState::Released
+    );
     veil.verify_audit().unwrap();
     // The consumer's view through the binary shows only the code.
     let status = env.ok(&["--as", CONSUMER, "job", "status", "job-000001"]);

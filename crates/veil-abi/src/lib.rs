@@ -157,7 +157,11 @@ impl UnitEncoder {
             put_u32(&mut header, name.len() as u32);
             header.extend_from_slice(name.as_bytes());
         }
-        let mut enc = UnitEncoder { buf: Vec::new(), header, rows: 0 };
+        let mut enc = UnitEncoder {
+            buf: Vec::new(),
+            header,
+            rows: 0,
+        };
         enc.reset();
         enc
     }
@@ -418,7 +422,10 @@ mod tests {
 
     #[test]
     fn contributions_round_trip_and_limits() {
-        let cs = vec![Contribution { key: vec!["a".into(), "b".into()], values: vec![1.5, -2.0] }];
+        let cs = vec![Contribution {
+            key: vec!["a".into(), "b".into()],
+            values: vec![1.5, -2.0],
+        }];
         let mut bytes = Vec::new();
         encode_contributions(&cs, &mut bytes);
         let limits = DecodeLimits {
@@ -428,15 +435,24 @@ mod tests {
             max_values: 2,
         };
         assert_eq!(decode_contributions(&bytes, &limits).unwrap(), cs);
-        let tight = DecodeLimits { max_values: 1, ..limits };
+        let tight = DecodeLimits {
+            max_values: 1,
+            ..limits
+        };
         assert_eq!(
             decode_contributions(&bytes, &tight),
             Err(AbiError::LimitExceeded("values", 2, 1))
         );
-        assert_eq!(decode_contributions(&bytes[..bytes.len() - 1], &limits), Err(AbiError::Truncated));
+        assert_eq!(
+            decode_contributions(&bytes[..bytes.len() - 1], &limits),
+            Err(AbiError::Truncated)
+        );
         let mut extra = bytes.clone();
         extra.push(0);
-        assert_eq!(decode_contributions(&extra, &limits), Err(AbiError::TrailingBytes));
+        assert_eq!(
+            decode_contributions(&extra, &limits),
+            Err(AbiError::TrailingBytes)
+        );
         // A hostile count must be refused before any allocation is attempted.
         let huge = u32::MAX.to_le_bytes();
         assert!(matches!(

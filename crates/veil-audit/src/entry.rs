@@ -14,7 +14,9 @@ const ENTRY_CONTEXT: &[u8] = b"veil-audit-entry-v1\n";
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum AuditEvent {
-    LogCreated { public_key: String },
+    LogCreated {
+        public_key: String,
+    },
     DatasetRegistered {
         dataset: String,
         owner: String,
@@ -23,7 +25,12 @@ pub enum AuditEvent {
         rows: u64,
         privacy_unit: Option<String>,
     },
-    PolicySet { dataset: String, holder: String, version: u64, policy_hash: String },
+    PolicySet {
+        dataset: String,
+        holder: String,
+        version: u64,
+        policy_hash: String,
+    },
     JobSubmitted {
         job: String,
         consumer: String,
@@ -33,9 +40,20 @@ pub enum AuditEvent {
         epsilon_micro: u64,
         purpose: String,
     },
-    JobRefused { job: String, code: String, reason: String },
-    JobApproved { job: String, holder: String },
-    JobRejected { job: String, holder: String, reason: String },
+    JobRefused {
+        job: String,
+        code: String,
+        reason: String,
+    },
+    JobApproved {
+        job: String,
+        holder: String,
+    },
+    JobRejected {
+        job: String,
+        holder: String,
+        reason: String,
+    },
     /// The budget debit is committed with this entry, before the module runs.
     JobStarted {
         job: String,
@@ -49,9 +67,22 @@ pub enum AuditEvent {
         spent_micro_after: u64,
         total_micro: u64,
     },
-    JobFinished { job: String, status: String, units: u64, unit_faults: u64 },
-    ReleaseCreated { job: String, result_hash: String, groups: u64 },
-    ReleaseDenied { job: String, code: String, reason: String },
+    JobFinished {
+        job: String,
+        status: String,
+        units: u64,
+        unit_faults: u64,
+    },
+    ReleaseCreated {
+        job: String,
+        result_hash: String,
+        groups: u64,
+    },
+    ReleaseDenied {
+        job: String,
+        code: String,
+        reason: String,
+    },
 }
 
 /// A signed log entry, exactly as exported (one JSON object per line).
@@ -79,14 +110,33 @@ struct SignedPart<'a> {
 
 impl Entry {
     /// Builds and signs an entry.
-    pub fn new_signed(index: u64, time: String, prev: Hash, event: AuditEvent, key: &DomainKey) -> Entry {
-        let mut entry = Entry { v: 1, index, time, prev: hex::encode(prev), event, sig: String::new() };
+    pub fn new_signed(
+        index: u64,
+        time: String,
+        prev: Hash,
+        event: AuditEvent,
+        key: &DomainKey,
+    ) -> Entry {
+        let mut entry = Entry {
+            v: 1,
+            index,
+            time,
+            prev: hex::encode(prev),
+            event,
+            sig: String::new(),
+        };
         entry.sig = hex::encode(key.sign(&entry.signed_bytes()));
         entry
     }
 
     fn signed_bytes(&self) -> Vec<u8> {
-        let part = SignedPart { v: self.v, index: self.index, time: &self.time, prev: &self.prev, event: &self.event };
+        let part = SignedPart {
+            v: self.v,
+            index: self.index,
+            time: &self.time,
+            prev: &self.prev,
+            event: &self.event,
+        };
         let mut bytes = ENTRY_CONTEXT.to_vec();
         bytes.extend(serde_json::to_vec(&part).expect("entries serialize"));
         bytes
@@ -103,7 +153,9 @@ impl Entry {
     }
 
     pub fn signature_valid(&self, key: &VerifierKey) -> bool {
-        let Ok(sig) = hex::decode(&self.sig) else { return false };
+        let Ok(sig) = hex::decode(&self.sig) else {
+            return false;
+        };
         key.verify(&self.signed_bytes(), &sig)
     }
 }

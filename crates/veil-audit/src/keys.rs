@@ -26,12 +26,23 @@ impl DomainKey {
     /// Loads the key at `path`, or creates it (mode 0600) when the file does not exist.
     /// Returns whether it was created.
     pub fn load_or_create(path: &Path, name: &str) -> Result<(DomainKey, bool), AuditError> {
-        let err = |message: String| AuditError::Key { path: path.display().to_string(), message };
+        let err = |message: String| AuditError::Key {
+            path: path.display().to_string(),
+            message,
+        };
         if path.exists() {
             let text = fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
             let bytes = hex::decode(text.trim()).map_err(|e| err(format!("not hex: {e}")))?;
-            let secret: [u8; 32] = bytes.try_into().map_err(|_| err("expected 32 bytes".into()))?;
-            return Ok((DomainKey { name: name.into(), signing: SigningKey::from_bytes(&secret) }, false));
+            let secret: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| err("expected 32 bytes".into()))?;
+            return Ok((
+                DomainKey {
+                    name: name.into(),
+                    signing: SigningKey::from_bytes(&secret),
+                },
+                false,
+            ));
         }
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| err(format!("no OS randomness: {e}")))?;
@@ -46,9 +57,16 @@ impl DomainKey {
             opts.mode(0o600);
         }
         let mut file = opts.open(path).map_err(|e| err(e.to_string()))?;
-        file.write_all(hex::encode(secret).as_bytes()).map_err(|e| err(e.to_string()))?;
+        file.write_all(hex::encode(secret).as_bytes())
+            .map_err(|e| err(e.to_string()))?;
         file.sync_all().map_err(|e| err(e.to_string()))?;
-        Ok((DomainKey { name: name.into(), signing: SigningKey::from_bytes(&secret) }, true))
+        Ok((
+            DomainKey {
+                name: name.into(),
+                signing: SigningKey::from_bytes(&secret),
+            },
+            true,
+        ))
     }
 
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
@@ -60,7 +78,10 @@ impl DomainKey {
     }
 
     pub fn verifier(&self) -> VerifierKey {
-        VerifierKey { name: self.name.clone(), key: self.signing.verifying_key() }
+        VerifierKey {
+            name: self.name.clone(),
+            key: self.signing.verifying_key(),
+        }
     }
 }
 
@@ -91,8 +112,9 @@ impl VerifierKey {
     pub fn parse(text: &str) -> Result<VerifierKey, AuditError> {
         let bad = |m: &str| AuditError::BadPublicKey(m.into());
         let text = text.trim();
-        let mut parts = text.rsplitn(3, '+');
-        let (Some(b64), Some(id), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        // Names never contain '+', but standard base64 may, so split from the left.
+        let mut parts = text.splitn(3, '+');
+        let (Some(name), Some(id), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad("expected <name>+<key id>+<base64 key>"));
         };
         let raw = B64.decode(b64).map_err(|_| bad("key is not base64"))?;
@@ -101,7 +123,10 @@ impl VerifierKey {
         }
         let bytes: [u8; 32] = raw[1..].try_into().expect("length checked");
         let key = VerifyingKey::from_bytes(&bytes).map_err(|_| bad("not a valid Ed25519 point"))?;
-        let vk = VerifierKey { name: name.into(), key };
+        let vk = VerifierKey {
+            name: name.into(),
+            key,
+        };
         if hex::encode(vk.key_id()) != id {
             return Err(bad("key id does not match the key"));
         }
@@ -109,7 +134,9 @@ impl VerifierKey {
     }
 
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
-        let Ok(sig) = Signature::from_slice(signature) else { return false };
+        let Ok(sig) = Signature::from_slice(signature) else {
+            return false;
+        };
         self.key.verify(message, &sig).is_ok()
     }
 }
@@ -118,6 +145,12 @@ impl std::fmt::Display for VerifierKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut raw = vec![ALG_ED25519];
         raw.extend_from_slice(self.key.as_bytes());
-        write!(f, "{}+{}+{}", self.name, hex::encode(self.key_id()), B64.encode(raw))
+        write!(
+            f,
+            "{}+{}+{}",
+            self.name,
+            hex::encode(self.key_id()),
+            B64.encode(raw)
+        )
     }
 }

@@ -44,7 +44,10 @@ pub enum AuditError {
 }
 
 fn bad(entry: Option<u64>, reason: impl Into<String>) -> AuditError {
-    AuditError::Verification { entry, reason: reason.into() }
+    AuditError::Verification {
+        entry,
+        reason: reason.into(),
+    }
 }
 
 /// What a successful verification established.
@@ -58,52 +61,92 @@ pub struct VerifiedLog {
 pub fn verify_export(text: &str, key: &VerifierKey) -> Result<VerifiedLog, AuditError> {
     let mut leaves: Vec<Hash> = Vec::new();
     let mut checkpoint: Option<Checkpoint> = None;
-    for (lineno, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (lineno, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let expected = leaves.len() as u64;
         if checkpoint.is_some() {
-            return Err(bad(Some(expected), format!("line {}: content after the checkpoint", lineno + 1)));
+            return Err(bad(
+                Some(expected),
+                format!("line {}: content after the checkpoint", lineno + 1),
+            ));
         }
-        let value: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| bad(Some(expected), format!("line {} is not JSON: {e}", lineno + 1)))?;
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+            bad(
+                Some(expected),
+                format!("line {} is not JSON: {e}", lineno + 1),
+            )
+        })?;
         if let Some(note) = value.get("checkpoint") {
-            let note = note.as_str().ok_or_else(|| bad(None, "checkpoint is not a string"))?;
+            let note = note
+                .as_str()
+                .ok_or_else(|| bad(None, "checkpoint is not a string"))?;
             checkpoint = Some(Checkpoint::parse_and_verify(note, key)?);
             continue;
         }
-        let entry: Entry = serde_json::from_value(value)
-            .map_err(|e| bad(Some(expected), format!("line {} is not a valid entry: {e}", lineno + 1)))?;
+        let entry: Entry = serde_json::from_value(value).map_err(|e| {
+            bad(
+                Some(expected),
+                format!("line {} is not a valid entry: {e}", lineno + 1),
+            )
+        })?;
         if entry.index != expected {
             return Err(bad(
                 Some(expected),
                 if entry.index > expected {
-                    format!("missing: line {} holds entry {} instead (deleted or reordered)", lineno + 1, entry.index)
+                    format!(
+                        "missing: line {} holds entry {} instead (deleted or reordered)",
+                        lineno + 1,
+                        entry.index
+                    )
                 } else {
-                    format!("out of order: line {} holds entry {} (reordered or duplicated)", lineno + 1, entry.index)
+                    format!(
+                        "out of order: line {} holds entry {} (reordered or duplicated)",
+                        lineno + 1,
+                        entry.index
+                    )
                 },
             ));
         }
         let prev = leaves.last().copied().unwrap_or([0u8; 32]);
         if entry.prev != hex::encode(prev) {
-            return Err(bad(Some(expected), "does not chain to the previous entry (an entry before it was changed, removed or reordered)"));
+            return Err(bad(
+                Some(expected),
+                "does not chain to the previous entry (an entry before it was changed, removed or reordered)",
+            ));
         }
         if !entry.signature_valid(key) {
-            return Err(bad(Some(expected), "signature does not match the entry's contents (the entry was altered)"));
+            return Err(bad(
+                Some(expected),
+                "signature does not match the entry's contents (the entry was altered)",
+            ));
         }
         leaves.push(entry.leaf_hash());
     }
     let Some(cp) = checkpoint else {
-        return Err(bad(None, "no checkpoint line: cannot tell whether entries were cut off"));
+        return Err(bad(
+            None,
+            "no checkpoint line: cannot tell whether entries were cut off",
+        ));
     };
     let n = leaves.len() as u64;
     if cp.size != n {
         return Err(bad(
             Some(n.min(cp.size)),
-            format!("checkpoint covers {} entries but the log has {n} (truncated or extended)", cp.size),
+            format!(
+                "checkpoint covers {} entries but the log has {n} (truncated or extended)",
+                cp.size
+            ),
         ));
     }
     let root = veil_merkle::root(&leaves);
     if root != cp.root {
-        return Err(bad(None, "Merkle root of the entries differs from the signed checkpoint"));
+        return Err(bad(
+            None,
+            "Merkle root of the entries differs from the signed checkpoint",
+        ));
     }
     Ok(VerifiedLog { entries: n, root })
 }

@@ -33,7 +33,12 @@ impl Checkpoint {
         let mut blob = key.verifier().key_id().to_vec();
         blob.extend_from_slice(&sig);
         let note = format!("{body}\n\u{2014} {} {}\n", key.name(), B64.encode(blob));
-        Checkpoint { origin, size, root, note }
+        Checkpoint {
+            origin,
+            size,
+            root,
+            note,
+        }
     }
 
     /// Parses a signed note and checks its signature against `key`.
@@ -43,10 +48,17 @@ impl Checkpoint {
         };
         let body = format!("{body}\n");
         let mut lines = body.lines();
-        let (Some(origin), Some(size), Some(root), None) = (lines.next(), lines.next(), lines.next(), lines.next()) else {
-            return Err(bad(None, "checkpoint body must have origin, size and root lines"));
+        let (Some(origin), Some(size), Some(root), None) =
+            (lines.next(), lines.next(), lines.next(), lines.next())
+        else {
+            return Err(bad(
+                None,
+                "checkpoint body must have origin, size and root lines",
+            ));
         };
-        let size: u64 = size.parse().map_err(|_| bad(None, "checkpoint size is not a number"))?;
+        let size: u64 = size
+            .parse()
+            .map_err(|_| bad(None, "checkpoint size is not a number"))?;
         let root: Hash = B64
             .decode(root)
             .ok()
@@ -54,16 +66,28 @@ impl Checkpoint {
             .ok_or_else(|| bad(None, "checkpoint root is not a base64 SHA-256 hash"))?;
         let mut verified = false;
         for line in sigs.lines() {
-            let Some(rest) = line.strip_prefix("\u{2014} ") else { continue };
-            let Some((name, blob)) = rest.split_once(' ') else { continue };
+            let Some(rest) = line.strip_prefix("\u{2014} ") else {
+                continue;
+            };
+            let Some((name, blob)) = rest.split_once(' ') else {
+                continue;
+            };
             let Ok(blob) = B64.decode(blob) else { continue };
             if name == key.name() && blob.len() == 68 && blob[..4] == key.key_id() {
                 verified = key.verify(body.as_bytes(), &blob[4..]);
             }
         }
         if !verified {
-            return Err(bad(None, "checkpoint signature is not valid for this public key"));
+            return Err(bad(
+                None,
+                "checkpoint signature is not valid for this public key",
+            ));
         }
-        Ok(Checkpoint { origin: origin.into(), size, root, note: note.into() })
+        Ok(Checkpoint {
+            origin: origin.into(),
+            size,
+            root,
+            note: note.into(),
+        })
     }
 }

@@ -4,10 +4,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use veil_merkle::Hash;
 
+use crate::AuditError;
 use crate::entry::{AuditEvent, Entry};
 use crate::keys::DomainKey;
 use crate::note::Checkpoint;
-use crate::AuditError;
 
 /// Functions over the `audit_log` table. The table is append-only by construction: nothing in Veil
 /// updates or deletes its rows, and verification catches anyone who does.
@@ -32,20 +32,30 @@ impl AuditLog {
     }
 
     /// Appends an event. Call inside the transaction that commits the state change it records.
-    pub fn append(conn: &Connection, key: &DomainKey, event: AuditEvent) -> Result<Entry, AuditError> {
+    pub fn append(
+        conn: &Connection,
+        key: &DomainKey,
+        event: AuditEvent,
+    ) -> Result<Entry, AuditError> {
         let last: Option<(u64, Vec<u8>)> = conn
-            .query_row("SELECT idx, leaf FROM audit_log ORDER BY idx DESC LIMIT 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT idx, leaf FROM audit_log ORDER BY idx DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
         let (index, prev) = match last {
             Some((i, leaf)) => {
-                let prev: Hash = leaf.try_into().map_err(|_| AuditError::Encoding("stored leaf is not 32 bytes".into()))?;
+                let prev: Hash = leaf
+                    .try_into()
+                    .map_err(|_| AuditError::Encoding("stored leaf is not 32 bytes".into()))?;
                 (i + 1, prev)
             }
             None => (0, [0u8; 32]),
         };
-        let time = OffsetDateTime::now_utc().format(&Rfc3339).map_err(|e| AuditError::Encoding(e.to_string()))?;
+        let time = OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .map_err(|e| AuditError::Encoding(e.to_string()))?;
         let entry = Entry::new_signed(index, time, prev, event, key);
         conn.execute(
             "INSERT INTO audit_log (idx, line, leaf) VALUES (?1, ?2, ?3)",
@@ -78,7 +88,10 @@ impl AuditLog {
             })
             .collect::<Result<Vec<Hash>, _>>()?;
         let cp = Checkpoint::sign(leaves.len() as u64, veil_merkle::root(&leaves), key);
-        conn.execute("INSERT INTO audit_checkpoints (size, note) VALUES (?1, ?2)", params![cp.size, cp.note])?;
+        conn.execute(
+            "INSERT INTO audit_checkpoints (size, note) VALUES (?1, ?2)",
+            params![cp.size, cp.note],
+        )?;
         Ok(cp)
     }
 }
@@ -106,7 +119,8 @@ mod tests {
 
     fn log_with(n: usize) -> (tempfile::TempDir, Connection, DomainKey) {
         let dir = tempfile::tempdir().unwrap();
-        let (key, created) = DomainKey::load_or_create(&dir.path().join("k"), "veil.test/audit").unwrap();
+        let (key, created) =
+            DomainKey::load_or_create(&dir.path().join("k"), "veil.test/audit").unwrap();
         assert!(created);
         let conn = Connection::open_in_memory().unwrap();
         AuditLog::migrate(&conn).unwrap();
@@ -114,7 +128,12 @@ mod tests {
             AuditLog::append(
                 &conn,
                 &key,
-                AuditEvent::PolicySet { dataset: "d".into(), holder: "h".into(), version: i as u64, policy_hash: "ab".into() },
+                AuditEvent::PolicySet {
+                    dataset: "d".into(),
+                    holder: "h".into(),
+                    version: i as u64,
+                    policy_hash: "ab".into(),
+                },
             )
             .unwrap();
         }
@@ -129,13 +148,17 @@ mod tests {
         let ok = verify_export(&text, &vk).unwrap();
         assert_eq!(ok.entries, 5);
         // Reloading the key file gives the same key.
-        let (again, created) = DomainKey::load_or_create(&dir.path().join("k"), "veil.test/audit").unwrap();
+        let (again, created) =
+            DomainKey::load_or_create(&dir.path().join("k"), "veil.test/audit").unwrap();
         assert!(!created);
         assert_eq!(again.verifier(), key.verifier());
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("k")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("k"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }
@@ -146,27 +169,45 @@ mod tests {
         let text = export_lines(&conn, &key).unwrap();
         let vk = key.verifier();
         let lines: Vec<&str> = text.lines().collect();
-        let check = |lines: Vec<String>| verify_export(&(lines.join("\n") + "\n"), &vk).unwrap_err();
+        let check =
+            |lines: Vec<String>| verify_export(&(lines.join("\n") + "\n"), &vk).unwrap_err();
         let owned = || lines.iter().map(|s| s.to_string()).collect::<Vec<_>>();
 
         let mut changed = owned();
         changed[3] = changed[3].replace("\"version\":3", "\"version\":30");
-        assert!(matches!(check(changed), AuditError::Verification { entry: Some(3), .. }));
+        assert!(matches!(
+            check(changed),
+            AuditError::Verification { entry: Some(3), .. }
+        ));
 
         let mut deleted = owned();
         deleted.remove(2);
-        assert!(matches!(check(deleted), AuditError::Verification { entry: Some(2), .. }));
+        assert!(matches!(
+            check(deleted),
+            AuditError::Verification { entry: Some(2), .. }
+        ));
 
         let mut swapped = owned();
         swapped.swap(1, 4);
-        assert!(matches!(check(swapped), AuditError::Verification { entry: Some(1), .. }));
+        assert!(matches!(
+            check(swapped),
+            AuditError::Verification { entry: Some(1), .. }
+        ));
 
         let mut truncated = owned();
         truncated.remove(5);
-        assert!(matches!(check(truncated), AuditError::Verification { entry: Some(5), .. }));
+        assert!(matches!(
+            check(truncated),
+            AuditError::Verification { entry: Some(5), .. }
+        ));
 
-        let other = DomainKey::load_or_create(&_dir.path().join("other"), "veil.test/audit").unwrap().0;
+        let other = DomainKey::load_or_create(&_dir.path().join("other"), "veil.test/audit")
+            .unwrap()
+            .0;
         let err = verify_export(&text, &other.verifier()).unwrap_err();
-        assert!(matches!(err, AuditError::Verification { entry: Some(0), .. }), "{err}");
+        assert!(
+            matches!(err, AuditError::Verification { entry: Some(0), .. }),
+            "{err}"
+        );
     }
 }

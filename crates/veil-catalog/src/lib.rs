@@ -104,7 +104,8 @@ fn detect(path: &Path) -> Result<Format> {
     let mut head = [0u8; 8];
     let n = {
         use std::io::Read;
-        let mut f = fs::File::open(path).map_err(|e| CatalogError::BadInput(format!("cannot open {}: {e}", path.display())))?;
+        let mut f = fs::File::open(path)
+            .map_err(|e| CatalogError::BadInput(format!("cannot open {}: {e}", path.display())))?;
         f.read(&mut head)?
     };
     Ok(if n >= 4 && &head[..4] == b"PAR1" {
@@ -118,24 +119,45 @@ fn detect(path: &Path) -> Result<Format> {
 
 /// Reads a whole file, failing on the first malformed record.
 pub async fn load_file(path: &Path, opts: &LoadOptions) -> Result<LoadedTable> {
-    let meta = fs::metadata(path).map_err(|e| CatalogError::BadInput(format!("cannot open {}: {e}", path.display())))?;
+    let meta = fs::metadata(path)
+        .map_err(|e| CatalogError::BadInput(format!("cannot open {}: {e}", path.display())))?;
     if !meta.is_file() {
-        return Err(CatalogError::BadInput(format!("{} is not a file", path.display())));
+        return Err(CatalogError::BadInput(format!(
+            "{} is not a file",
+            path.display()
+        )));
     }
     if meta.len() == 0 {
-        return Err(CatalogError::BadInput(format!("{} is empty", path.display())));
+        return Err(CatalogError::BadInput(format!(
+            "{} is empty",
+            path.display()
+        )));
     }
     let format = match opts.format {
         Some(f) => f,
         None => detect(path)?,
     };
     if opts.columns.is_some() && format != Format::Csv {
-        return Err(CatalogError::BadInput("--columns only applies to CSV files without a header".into()));
+        return Err(CatalogError::BadInput(
+            "--columns only applies to CSV files without a header".into(),
+        ));
     }
     let ctx = SessionContext::new();
-    let path_str = path.to_str().ok_or_else(|| CatalogError::BadInput("path is not UTF-8".into()))?;
-    let ext = path.extension().and_then(|e| e.to_str()).map(|e| format!(".{e}")).unwrap_or_default();
-    let bad = |e: datafusion::error::DataFusionError| CatalogError::BadInput(format!("{} is malformed: {}", path.display(), first_line(&e.to_string())));
+    let path_str = path
+        .to_str()
+        .ok_or_else(|| CatalogError::BadInput("path is not UTF-8".into()))?;
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| format!(".{e}"))
+        .unwrap_or_default();
+    let bad = |e: datafusion::error::DataFusionError| {
+        CatalogError::BadInput(format!(
+            "{} is malformed: {}",
+            path.display(),
+            first_line(&e.to_string())
+        ))
+    };
     let batches = match format {
         Format::Csv => {
             let options = CsvReadOptions::new()
@@ -163,46 +185,79 @@ pub async fn load_file(path: &Path, opts: &LoadOptions) -> Result<LoadedTable> {
             df.collect().await.map_err(bad)?
         }
         Format::Parquet => {
-            let df = ctx.read_parquet(path_str, ParquetReadOptions::default().file_extension(&ext)).await.map_err(bad)?;
+            let df = ctx
+                .read_parquet(path_str, ParquetReadOptions::default().file_extension(&ext))
+                .await
+                .map_err(bad)?;
             df.collect().await.map_err(bad)?
         }
         Format::ArrowIpc => {
             let file = fs::File::open(path)?;
-            let reader = datafusion::arrow::ipc::reader::FileReader::try_new(file, None)
-                .map_err(|e| CatalogError::BadInput(format!("{} is not a valid Arrow IPC file: {e}", path.display())))?;
-            reader
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| CatalogError::BadInput(format!("{} is malformed: {e}", path.display())))?
+            let reader =
+                datafusion::arrow::ipc::reader::FileReader::try_new(file, None).map_err(|e| {
+                    CatalogError::BadInput(format!(
+                        "{} is not a valid Arrow IPC file: {e}",
+                        path.display()
+                    ))
+                })?;
+            reader.collect::<Result<Vec<_>, _>>().map_err(|e| {
+                CatalogError::BadInput(format!("{} is malformed: {e}", path.display()))
+            })?
         }
     };
     let schema = match batches.first() {
         Some(b) => b.schema(),
-        None => return Err(CatalogError::BadInput(format!("{} has no rows", path.display()))),
+        None => {
+            return Err(CatalogError::BadInput(format!(
+                "{} has no rows",
+                path.display()
+            )));
+        }
     };
     let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
     if rows == 0 {
-        return Err(CatalogError::BadInput(format!("{} has no rows", path.display())));
+        return Err(CatalogError::BadInput(format!(
+            "{} has no rows",
+            path.display()
+        )));
     }
     if schema.fields().is_empty() {
-        return Err(CatalogError::BadInput(format!("{} has no columns", path.display())));
+        return Err(CatalogError::BadInput(format!(
+            "{} has no columns",
+            path.display()
+        )));
     }
     for (i, f) in schema.fields().iter().enumerate() {
         if f.name().trim().is_empty() {
-            return Err(CatalogError::BadInput(format!("column {} has an empty name", i + 1)));
+            return Err(CatalogError::BadInput(format!(
+                "column {} has an empty name",
+                i + 1
+            )));
         }
         if schema.fields().iter().take(i).any(|g| g.name() == f.name()) {
-            return Err(CatalogError::BadInput(format!("column name `{}` appears twice", f.name())));
+            return Err(CatalogError::BadInput(format!(
+                "column name `{}` appears twice",
+                f.name()
+            )));
         }
     }
     // Strip DataFusion's metadata so the stored schema is just names and types.
-    let fields: Vec<Field> = schema.fields().iter().map(|f| Field::new(f.name(), f.data_type().clone(), f.is_nullable())).collect();
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| Field::new(f.name(), f.data_type().clone(), f.is_nullable()))
+        .collect();
     let schema = Arc::new(Schema::new(fields));
     let batches = batches
         .into_iter()
         .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CatalogError::Read(e.to_string()))?;
-    Ok(LoadedTable { schema, batches, rows })
+    Ok(LoadedTable {
+        schema,
+        batches,
+        rows,
+    })
 }
 
 fn first_line(s: &str) -> &str {
@@ -214,18 +269,26 @@ pub fn columns_of(schema: &Schema) -> Vec<ColumnInfo> {
     schema
         .fields()
         .iter()
-        .map(|f| ColumnInfo { name: f.name().clone(), data_type: f.data_type().to_string(), nullable: f.is_nullable() })
+        .map(|f| ColumnInfo {
+            name: f.name().clone(),
+            data_type: f.data_type().to_string(),
+            nullable: f.is_nullable(),
+        })
         .collect()
 }
 
 /// Hash identifying a schema.
 pub fn schema_hash(columns: &[ColumnInfo]) -> String {
-    hex::encode(Sha256::digest(serde_json::to_vec(columns).expect("columns serialize")))
+    hex::encode(Sha256::digest(
+        serde_json::to_vec(columns).expect("columns serialize"),
+    ))
 }
 
 /// Where a dataset's Parquet file lives.
 pub fn dataset_path(data_dir: &Path, content_hash: &str) -> PathBuf {
-    data_dir.join("datasets").join(format!("{content_hash}.parquet"))
+    data_dir
+        .join("datasets")
+        .join(format!("{content_hash}.parquet"))
 }
 
 /// A Parquet file written into the data directory.
@@ -255,14 +318,22 @@ pub fn store_parquet(data_dir: &Path, table: &LoadedTable) -> Result<StoredFile>
         let mut writer = ArrowWriter::try_new(&mut bytes, table.schema.clone(), None)
             .map_err(|e| CatalogError::Read(e.to_string()))?;
         for b in &table.batches {
-            writer.write(b).map_err(|e| CatalogError::Read(e.to_string()))?;
+            writer
+                .write(b)
+                .map_err(|e| CatalogError::Read(e.to_string()))?;
         }
-        writer.close().map_err(|e| CatalogError::Read(e.to_string()))?;
+        writer
+            .close()
+            .map_err(|e| CatalogError::Read(e.to_string()))?;
     }
     let content_hash = hex::encode(Sha256::digest(&bytes));
     let path = dataset_path(data_dir, &content_hash);
     if path.exists() {
-        return Ok(StoredFile { content_hash, path, created: false });
+        return Ok(StoredFile {
+            content_hash,
+            path,
+            created: false,
+        });
     }
     let tmp = dir.join(format!(".{content_hash}.{}.tmp", std::process::id()));
     {
@@ -271,7 +342,11 @@ pub fn store_parquet(data_dir: &Path, table: &LoadedTable) -> Result<StoredFile>
         f.sync_all()?;
     }
     fs::rename(&tmp, &path)?;
-    Ok(StoredFile { content_hash, path, created: true })
+    Ok(StoredFile {
+        content_hash,
+        path,
+        created: true,
+    })
 }
 
 /// Creates the catalog's table.
@@ -330,26 +405,40 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
 const SELECT: &str = "SELECT name, owner, content_hash, columns, schema_hash, rows, privacy_unit, created_at FROM datasets";
 
 pub fn get(conn: &Connection, name: &str) -> Result<Option<DatasetRecord>> {
-    Ok(conn.query_row(&format!("{SELECT} WHERE name = ?1"), [name], from_row).optional()?)
+    Ok(conn
+        .query_row(&format!("{SELECT} WHERE name = ?1"), [name], from_row)
+        .optional()?)
 }
 
 pub fn list(conn: &Connection) -> Result<Vec<DatasetRecord>> {
     let mut stmt = conn.prepare(&format!("{SELECT} ORDER BY name"))?;
-    let rows = stmt.query_map([], from_row)?.collect::<Result<Vec<_>, _>>()?;
+    let rows = stmt
+        .query_map([], from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
 
 /// Reads the stored dataset's `columns` (and nothing else), checking its content hash first so a
 /// job never runs on bytes other than the registered ones.
-pub async fn read_columns(data_dir: &Path, record: &DatasetRecord, columns: &[String]) -> Result<Vec<RecordBatch>> {
+pub async fn read_columns(
+    data_dir: &Path,
+    record: &DatasetRecord,
+    columns: &[String],
+) -> Result<Vec<RecordBatch>> {
     let path = dataset_path(data_dir, &record.content_hash);
     let bytes = fs::read(&path)?;
     if hex::encode(Sha256::digest(&bytes)) != record.content_hash {
-        return Err(CatalogError::Read(format!("stored file for `{}` does not match its content hash", record.name)));
+        return Err(CatalogError::Read(format!(
+            "stored file for `{}` does not match its content hash",
+            record.name
+        )));
     }
     let ctx = SessionContext::new();
     let df = ctx
-        .read_parquet(path.to_str().expect("data dir paths are UTF-8"), ParquetReadOptions::default())
+        .read_parquet(
+            path.to_str().expect("data dir paths are UTF-8"),
+            ParquetReadOptions::default(),
+        )
         .await?;
     let df = df.select(columns.iter().map(ident).collect::<Vec<_>>())?;
     Ok(df.collect().await?)
@@ -358,8 +447,9 @@ pub async fn read_columns(data_dir: &Path, record: &DatasetRecord, columns: &[St
 /// The Arrow schema of a registered dataset, rebuilt from the stored Parquet footer.
 pub fn schema_of(data_dir: &Path, record: &DatasetRecord) -> Result<SchemaRef> {
     let file = fs::File::open(dataset_path(data_dir, &record.content_hash))?;
-    let builder = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| CatalogError::Read(e.to_string()))?;
+    let builder =
+        datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| CatalogError::Read(e.to_string()))?;
     Ok(builder.schema().clone())
 }
 
@@ -368,7 +458,9 @@ mod tests {
     use super::*;
 
     fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().build().unwrap()
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
     }
 
     #[test]
@@ -376,12 +468,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let with = dir.path().join("a.csv");
         fs::write(&with, "id,age,name\n1,30,x\n2,41,y\n").unwrap();
-        let t = rt().block_on(load_file(&with, &LoadOptions::default())).unwrap();
+        let t = rt()
+            .block_on(load_file(&with, &LoadOptions::default()))
+            .unwrap();
         assert_eq!(t.rows, 2);
         assert_eq!(t.schema.field(1).name(), "age");
         let without = dir.path().join("b.csv");
         fs::write(&without, "1,30,x\n2,41,y\n").unwrap();
-        let opts = LoadOptions { columns: Some(vec!["id".into(), "age".into(), "name".into()]), format: None };
+        let opts = LoadOptions {
+            columns: Some(vec!["id".into(), "age".into(), "name".into()]),
+            format: None,
+        };
         let t2 = rt().block_on(load_file(&without, &opts)).unwrap();
         assert_eq!(t2.rows, 2);
         assert_eq!(t2.schema.field(2).name(), "name");
@@ -392,7 +489,9 @@ mod tests {
         assert!(!again.created);
         assert_eq!(again.content_hash, stored.content_hash);
         // And it reads back as Parquet.
-        let back = rt().block_on(load_file(&stored.path, &LoadOptions::default())).unwrap();
+        let back = rt()
+            .block_on(load_file(&stored.path, &LoadOptions::default()))
+            .unwrap();
         assert_eq!(back.rows, 2);
     }
 
@@ -401,14 +500,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("e.csv");
         fs::write(&empty, "").unwrap();
-        assert!(matches!(rt().block_on(load_file(&empty, &LoadOptions::default())), Err(CatalogError::BadInput(_))));
+        assert!(matches!(
+            rt().block_on(load_file(&empty, &LoadOptions::default())),
+            Err(CatalogError::BadInput(_))
+        ));
         let header_only = dir.path().join("h.csv");
         fs::write(&header_only, "a,b\n").unwrap();
-        let e = rt().block_on(load_file(&header_only, &LoadOptions::default())).unwrap_err();
+        let e = rt()
+            .block_on(load_file(&header_only, &LoadOptions::default()))
+            .unwrap_err();
         assert!(e.to_string().contains("no rows"), "{e}");
         let ragged = dir.path().join("r.csv");
         fs::write(&ragged, "a,b\n1,2\n3,4,5\n").unwrap();
-        let e = rt().block_on(load_file(&ragged, &LoadOptions::default())).unwrap_err();
+        let e = rt()
+            .block_on(load_file(&ragged, &LoadOptions::default()))
+            .unwrap_err();
         assert!(e.to_string().contains("malformed"), "{e}");
     }
 }

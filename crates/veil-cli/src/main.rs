@@ -18,7 +18,12 @@ use veil_engine::{EngineConfig, EngineError, Veil};
 #[command(name = "veil", version, about = "Veil: data usable, but not visible.")]
 struct Cli {
     /// Data directory holding the embedded store, datasets and keys.
-    #[arg(long, global = true, env = "VEIL_DATA_DIR", default_value = "./veil-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "VEIL_DATA_DIR",
+        default_value = "./veil-data"
+    )]
     data_dir: PathBuf,
     /// Principal to act as (holder, consumer or reviewer) in local mode.
     #[arg(long = "as", global = true, value_name = "PRINCIPAL")]
@@ -175,7 +180,8 @@ fn principal(cli_as: &Option<String>, role: &str) -> Result<String> {
 }
 
 fn open(dir: &Path) -> Result<Veil> {
-    Veil::open(dir, EngineConfig::default()).with_context(|| format!("opening data directory {}", dir.display()))
+    Veil::open(dir, EngineConfig::default())
+        .with_context(|| format!("opening data directory {}", dir.display()))
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -187,10 +193,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("audit public key: {}", veil.public_key());
         }
         Command::Demo { people } => demo::run(&dir, people)?,
-        Command::Dataset(DatasetCmd::Add { file, name, owner, privacy_unit, columns }) => {
+        Command::Dataset(DatasetCmd::Add {
+            file,
+            name,
+            owner,
+            privacy_unit,
+            columns,
+        }) => {
             let mut veil = open(&dir)?;
-            let r = veil.register_dataset(&file, &name, &owner, privacy_unit.as_deref(), columns)?;
-            println!("registered dataset `{}`: {} rows, {} columns, content sha256 {}", r.name, r.rows, r.columns.len(), r.content_hash);
+            let r =
+                veil.register_dataset(&file, &name, &owner, privacy_unit.as_deref(), columns)?;
+            println!(
+                "registered dataset `{}`: {} rows, {} columns, content sha256 {}",
+                r.name,
+                r.rows,
+                r.columns.len(),
+                r.content_hash
+            );
         }
         Command::Dataset(DatasetCmd::List { format }) => {
             let veil = open(&dir)?;
@@ -200,13 +219,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let holder = principal(&cli.as_principal, "HOLDER")?;
             let mut veil = open(&dir)?;
             let p = veil.set_policy(&dataset, &file, &holder)?;
-            println!("policy version {} set on `{dataset}` (sha256 {})", p.version, p.hash);
+            println!(
+                "policy version {} set on `{dataset}` (sha256 {})",
+                p.version, p.hash
+            );
         }
         Command::Policy(PolicyCmd::Show { dataset }) => {
             let veil = open(&dir)?;
             match veil.policy(&dataset)? {
                 Some(p) => {
-                    println!("# policy version {} of `{dataset}`, set by {} (sha256 {})", p.version, p.holder, p.hash);
+                    println!(
+                        "# policy version {} of `{dataset}`, set by {} (sha256 {})",
+                        p.version, p.holder, p.hash
+                    );
                     print!("{}", p.text);
                 }
                 None => bail!("dataset `{dataset}` has no policy yet"),
@@ -223,8 +248,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let text = veil.export_audit()?;
             match out {
                 Some(path) => {
-                    std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
-                    println!("exported {} entries to {}", text.lines().count() - 1, path.display());
+                    std::fs::write(&path, &text)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    println!(
+                        "exported {} entries to {}",
+                        text.lines().count() - 1,
+                        path.display()
+                    );
                 }
                 None => print!("{text}"),
             }
@@ -233,9 +263,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let result = match log {
                 Some(path) => {
                     let key_text = public_key.expect("clap requires it");
-                    let key_text = if Path::new(&key_text).is_file() { std::fs::read_to_string(&key_text)? } else { key_text };
+                    let key_text = if Path::new(&key_text).is_file() {
+                        std::fs::read_to_string(&key_text)?
+                    } else {
+                        key_text
+                    };
                     let key = veil_audit::VerifierKey::parse(&key_text)?;
-                    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
                     veil_audit::verify_export(&text, &key)
                 }
                 None => {
@@ -248,7 +283,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             };
             match result {
-                Ok(v) => println!("audit log intact: {} entries, root {}", v.entries, hex_root(&v.root)),
+                Ok(v) => println!(
+                    "audit log intact: {} entries, root {}",
+                    v.entries,
+                    hex_root(&v.root)
+                ),
                 Err(e) => {
                     println!("audit log NOT intact: {e}");
                     return Ok(ExitCode::from(1));

@@ -3,37 +3,63 @@ use veil_engine::{AuditEntry, BudgetLine, DatasetRecord, JobInfo, Release};
 
 pub fn datasets(list: &[DatasetRecord], json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(list).expect("serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(list).expect("serializes")
+        );
         return;
     }
     if list.is_empty() {
         println!("no datasets registered");
     }
     for d in list {
-        println!("{}  owner={}  rows={}  privacy_unit={}", d.name, d.owner, d.rows, d.privacy_unit.as_deref().unwrap_or("(row)"));
+        println!(
+            "{}  owner={}  rows={}  privacy_unit={}",
+            d.name,
+            d.owner,
+            d.rows,
+            d.privacy_unit.as_deref().unwrap_or("(row)")
+        );
         println!("  content sha256 {}", d.content_hash);
-        let cols: Vec<String> = d.columns.iter().map(|c| format!("{}: {}", c.name, c.data_type)).collect();
+        let cols: Vec<String> = d
+            .columns
+            .iter()
+            .map(|c| format!("{}: {}", c.name, c.data_type))
+            .collect();
         println!("  schema  {}", cols.join(", "));
     }
 }
 
 pub fn budget(consumer: &str, lines: &[BudgetLine], json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(lines).expect("serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(lines).expect("serializes")
+        );
         return;
     }
     if lines.is_empty() {
         println!("`{consumer}` may use no dataset");
     }
-    println!("{:<20} {:>10} {:>10} {:>10} {:>10}", "dataset", "spent ε", "left ε", "total ε", "per job");
+    println!(
+        "{:<20} {:>10} {:>10} {:>10} {:>10}",
+        "dataset", "spent ε", "left ε", "total ε", "per job"
+    );
     for l in lines {
-        println!("{:<20} {:>10} {:>10} {:>10} {:>10}", l.dataset, l.spent, l.remaining, l.total, l.per_job_cap);
+        println!(
+            "{:<20} {:>10} {:>10} {:>10} {:>10}",
+            l.dataset, l.spent, l.remaining, l.total, l.per_job_cap
+        );
     }
 }
 
 fn event_summary(e: &AuditEntry) -> (String, String) {
     let value = serde_json::to_value(&e.event).expect("serializes");
-    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("?").to_owned();
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or("?")
+        .to_owned();
     let mut parts = Vec::new();
     if let Some(map) = value.as_object() {
         for (k, v) in map {
@@ -41,7 +67,11 @@ fn event_summary(e: &AuditEntry) -> (String, String) {
                 continue;
             }
             let text = match v {
-                serde_json::Value::String(s) if s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit()) => format!("{}…", &s[..12]),
+                serde_json::Value::String(s)
+                    if s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit()) =>
+                {
+                    format!("{}…", &s[..12])
+                }
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
@@ -64,7 +94,14 @@ pub fn audit_log(entries: &[AuditEntry], json: bool) {
 
 pub fn job_details(j: &JobInfo) {
     println!("job            {}", j.id);
-    println!("state          {}{}", j.state, j.code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default());
+    println!(
+        "state          {}{}",
+        j.state,
+        j.code
+            .as_ref()
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default()
+    );
     println!("consumer       {}", j.consumer);
     println!("dataset        {}", j.dataset);
     println!("module sha256  {}", j.module_hash);
@@ -87,7 +124,14 @@ pub fn job_list(jobs: &[JobInfo]) {
         println!(
             "{}  {:<18} consumer={} dataset={} ε={} module={}…",
             j.id,
-            format!("{}{}", j.state, j.code.as_ref().map(|c| format!("({c})")).unwrap_or_default()),
+            format!(
+                "{}{}",
+                j.state,
+                j.code
+                    .as_ref()
+                    .map(|c| format!("({c})"))
+                    .unwrap_or_default()
+            ),
             j.consumer,
             j.dataset,
             j.epsilon,
@@ -97,14 +141,26 @@ pub fn job_list(jobs: &[JobInfo]) {
 }
 
 fn fmt_num(x: f64) -> String {
-    if x.fract() == 0.0 && x.abs() < 1e15 { format!("{x:.0}") } else { format!("{x:.2}") }
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.2}")
+    }
 }
 
 pub fn release_table(r: &Release) {
     let mut header: Vec<String> = r.key_names.clone();
     header.push("units (95% CI)".into());
-    let names: Vec<String> = r.rows.first().map(|row| row.values.iter().map(|v| v.name.clone()).collect()).unwrap_or_default();
-    let has_mean: Vec<bool> = r.rows.first().map(|row| row.values.iter().map(|v| v.mean.is_some()).collect()).unwrap_or_default();
+    let names: Vec<String> = r
+        .rows
+        .first()
+        .map(|row| row.values.iter().map(|v| v.name.clone()).collect())
+        .unwrap_or_default();
+    let has_mean: Vec<bool> = r
+        .rows
+        .first()
+        .map(|row| row.values.iter().map(|v| v.mean.is_some()).collect())
+        .unwrap_or_default();
     for (n, m) in names.iter().zip(&has_mean) {
         if *m {
             header.push(format!("{n} mean"));
@@ -114,31 +170,69 @@ pub fn release_table(r: &Release) {
     let mut rows: Vec<Vec<String>> = Vec::new();
     for row in &r.rows {
         let mut cells = row.key.clone();
-        cells.push(format!("{} [{}, {}]", fmt_num(row.units.value), fmt_num(row.units.ci95[0]), fmt_num(row.units.ci95[1])));
+        cells.push(format!(
+            "{} [{}, {}]",
+            fmt_num(row.units.value),
+            fmt_num(row.units.ci95[0]),
+            fmt_num(row.units.ci95[1])
+        ));
         for v in &row.values {
             if let Some(m) = v.mean {
                 cells.push(format!("{m:.2}"));
             }
-            cells.push(format!("{} [{}, {}]", fmt_num(v.sum.value), fmt_num(v.sum.ci95[0]), fmt_num(v.sum.ci95[1])));
+            cells.push(format!(
+                "{} [{}, {}]",
+                fmt_num(v.sum.value),
+                fmt_num(v.sum.ci95[0]),
+                fmt_num(v.sum.ci95[1])
+            ));
         }
         rows.push(cells);
     }
     let widths: Vec<usize> = (0..header.len())
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).chain([header[i].chars().count()]).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |cells: &[String]| {
-        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ")
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
     };
     println!("{}", line(&header));
-    println!("{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+    println!(
+        "{}",
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("  ")
+    );
     for row in &rows {
         println!("{}", line(row));
     }
     if let Some(first) = r.rows.first() {
-        let scales: Vec<String> = std::iter::once(format!("units ±{}", fmt_num(first.units.noise_scale)))
-            .chain(first.values.iter().map(|v| format!("{} sum ±{}", v.name, fmt_num(v.sum.noise_scale))))
-            .collect();
-        println!("noise: {}, scale per cell: {}", r.mechanism, scales.join(", "));
+        let scales: Vec<String> =
+            std::iter::once(format!("units ±{}", fmt_num(first.units.noise_scale)))
+                .chain(
+                    first
+                        .values
+                        .iter()
+                        .map(|v| format!("{} sum ±{}", v.name, fmt_num(v.sum.noise_scale))),
+                )
+                .collect();
+        println!(
+            "noise: {}, scale per cell: {}",
+            r.mechanism,
+            scales.join(", ")
+        );
     } else {
         println!("no group passed the release threshold");
     }
@@ -146,25 +240,61 @@ pub fn release_table(r: &Release) {
 }
 
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
 }
 
 pub fn release_csv(r: &Release) {
     let mut header: Vec<String> = r.key_names.clone();
-    header.extend(["units", "units_ci95_low", "units_ci95_high", "units_noise_scale"].map(String::from));
+    header.extend(
+        [
+            "units",
+            "units_ci95_low",
+            "units_ci95_high",
+            "units_noise_scale",
+        ]
+        .map(String::from),
+    );
     if let Some(row) = r.rows.first() {
         for v in &row.values {
-            for suffix in ["sum", "sum_ci95_low", "sum_ci95_high", "sum_noise_scale", "mean"] {
+            for suffix in [
+                "sum",
+                "sum_ci95_low",
+                "sum_ci95_high",
+                "sum_noise_scale",
+                "mean",
+            ] {
                 header.push(format!("{}_{suffix}", v.name));
             }
         }
     }
-    println!("{}", header.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(","));
+    println!(
+        "{}",
+        header
+            .iter()
+            .map(|h| csv_field(h))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
     for row in &r.rows {
         let mut cells: Vec<String> = row.key.iter().map(|k| csv_field(k)).collect();
-        cells.extend([row.units.value, row.units.ci95[0], row.units.ci95[1], row.units.noise_scale].map(|x| x.to_string()));
+        cells.extend(
+            [
+                row.units.value,
+                row.units.ci95[0],
+                row.units.ci95[1],
+                row.units.noise_scale,
+            ]
+            .map(|x| x.to_string()),
+        );
         for v in &row.values {
-            cells.extend([v.sum.value, v.sum.ci95[0], v.sum.ci95[1], v.sum.noise_scale].map(|x| x.to_string()));
+            cells.extend(
+                [v.sum.value, v.sum.ci95[0], v.sum.ci95[1], v.sum.noise_scale]
+                    .map(|x| x.to_string()),
+            );
             cells.push(v.mean.map(|m| m.to_string()).unwrap_or_default());
         }
         println!("{}", cells.join(","));

@@ -32,19 +32,32 @@ impl Veil {
         columns: Option<Vec<String>>,
     ) -> Result<DatasetRecord> {
         if !valid_principal(name) {
-            return Err(bad(format!("`{name}` is not a valid dataset name (letters, digits, '-', '_', '.')")));
+            return Err(bad(format!(
+                "`{name}` is not a valid dataset name (letters, digits, '-', '_', '.')"
+            )));
         }
         if !valid_principal(owner) {
             return Err(bad(format!("`{owner}` is not a valid principal name")));
         }
         if veil_catalog::get(&self.conn, name)?.is_some() {
-            return Err(EngineError::Catalog(veil_catalog::CatalogError::Duplicate(name.into())));
+            return Err(EngineError::Catalog(veil_catalog::CatalogError::Duplicate(
+                name.into(),
+            )));
         }
-        let table = self.runtime.block_on(veil_catalog::load_file(file, &LoadOptions { columns, format: None }))?;
+        let table = self.runtime.block_on(veil_catalog::load_file(
+            file,
+            &LoadOptions {
+                columns,
+                format: None,
+            },
+        ))?;
         if let Some(unit) = privacy_unit
             && table.schema.field_with_name(unit).is_err()
         {
-            return Err(bad(format!("privacy unit `{unit}` is not a column of {}", file.display())));
+            return Err(bad(format!(
+                "privacy unit `{unit}` is not a column of {}",
+                file.display()
+            )));
         }
         let stored = veil_catalog::store_parquet(&self.data_dir, &table)?;
         let columns = veil_catalog::columns_of(&table.schema);
@@ -59,7 +72,9 @@ impl Veil {
             created_at: now(),
         };
         let result = (|| -> Result<()> {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             veil_catalog::insert(&tx, &record)?;
             AuditLog::append(
                 &tx,
@@ -90,20 +105,27 @@ impl Veil {
     }
 
     pub(crate) fn dataset(&self, name: &str) -> Result<DatasetRecord> {
-        veil_catalog::get(&self.conn, name)?.ok_or_else(|| bad(format!("no dataset named `{name}`")))
+        veil_catalog::get(&self.conn, name)?
+            .ok_or_else(|| bad(format!("no dataset named `{name}`")))
     }
 
     /// Sets a new version of the policy on `dataset`, as its owner.
     pub fn set_policy(&mut self, dataset: &str, file: &Path, holder: &str) -> Result<StoredPolicy> {
         let record = self.dataset(dataset)?;
         if record.owner != holder {
-            return Err(EngineError::Forbidden(format!("only the owner of `{dataset}` may set its policy")));
+            return Err(EngineError::Forbidden(format!(
+                "only the owner of `{dataset}` may set its policy"
+            )));
         }
-        let text = std::fs::read_to_string(file).map_err(|e| bad(format!("cannot read {}: {e}", file.display())))?;
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| bad(format!("cannot read {}: {e}", file.display())))?;
         let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
-        let policy = Policy::from_toml(&text)?.validate_against(&schema, record.privacy_unit.as_deref())?;
+        let policy =
+            Policy::from_toml(&text)?.validate_against(&schema, record.privacy_unit.as_deref())?;
         let hash = document_hash(&text);
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: u64 = tx.query_row(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM policies WHERE dataset = ?1",
             [dataset],
@@ -116,10 +138,21 @@ impl Veil {
         AuditLog::append(
             &tx,
             &self.key,
-            AuditEvent::PolicySet { dataset: dataset.into(), holder: holder.into(), version, policy_hash: hash.clone() },
+            AuditEvent::PolicySet {
+                dataset: dataset.into(),
+                holder: holder.into(),
+                version,
+                policy_hash: hash.clone(),
+            },
         )?;
         tx.commit()?;
-        Ok(StoredPolicy { version, hash, text, policy, holder: holder.into() })
+        Ok(StoredPolicy {
+            version,
+            hash,
+            text,
+            policy,
+            holder: holder.into(),
+        })
     }
 
     /// The current policy of a dataset, if one has been set.
@@ -134,8 +167,15 @@ impl Veil {
             )
             .optional()?;
         row.map(|(version, hash, text, parsed, holder)| {
-            let policy = serde_json::from_str(&parsed).map_err(|e| EngineError::Internal(format!("stored policy: {e}")))?;
-            Ok(StoredPolicy { version, hash, text, policy, holder })
+            let policy = serde_json::from_str(&parsed)
+                .map_err(|e| EngineError::Internal(format!("stored policy: {e}")))?;
+            Ok(StoredPolicy {
+                version,
+                hash,
+                text,
+                policy,
+                holder,
+            })
         })
         .transpose()
     }

@@ -16,7 +16,11 @@ pub enum EngineError {
     Forbidden(String),
     /// A job was refused by policy or budget; the refusal is recorded in the audit log.
     #[error("job {job} refused: {reason}")]
-    Refused { job: String, code: &'static str, reason: String },
+    Refused {
+        job: String,
+        code: &'static str,
+        reason: String,
+    },
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error(transparent)]

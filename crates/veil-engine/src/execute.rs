@@ -10,9 +10,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+};
 use datafusion::arrow::compute::kernels::cmp::neq;
-use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, is_not_null, sort_to_indices, take_record_batch};
+use datafusion::arrow::compute::{
+    cast, concat_batches, filter_record_batch, is_not_null, sort_to_indices, take_record_batch,
+};
 use datafusion::arrow::datatypes::DataType;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -47,7 +51,13 @@ pub(crate) struct ExecutionFailure {
 }
 
 fn failure(code: &'static str, public_reason: &str, holder_log: Vec<String>) -> ExecutionFailure {
-    ExecutionFailure { code, public_reason: public_reason.into(), holder_log, units: 0, unit_faults: 0 }
+    ExecutionFailure {
+        code,
+        public_reason: public_reason.into(),
+        holder_log,
+        units: 0,
+        unit_faults: 0,
+    }
 }
 
 /// Log lines kept per worker, so a hostile module cannot fill the store through faults.
@@ -98,25 +108,51 @@ impl Column {
     }
 }
 
-fn prepare_column(array: &ArrayRef, ty: DeliveredType, clamp: Option<(f64, f64)>) -> Result<Column, String> {
+fn prepare_column(
+    array: &ArrayRef,
+    ty: DeliveredType,
+    clamp: Option<(f64, f64)>,
+) -> Result<Column, String> {
     let err = |e: datafusion::arrow::error::ArrowError| e.to_string();
     Ok(match ty {
         DeliveredType::Int => {
             let a = cast(array, &DataType::Int64).map_err(err)?;
             let clamp = clamp.map(|(lo, hi)| (lo.ceil() as i64, hi.floor() as i64));
-            Column::Int(a.as_any().downcast_ref::<Int64Array>().expect("cast to Int64").clone(), clamp)
+            Column::Int(
+                a.as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("cast to Int64")
+                    .clone(),
+                clamp,
+            )
         }
         DeliveredType::Float => {
             let a = cast(array, &DataType::Float64).map_err(err)?;
-            Column::Float(a.as_any().downcast_ref::<Float64Array>().expect("cast to Float64").clone(), clamp)
+            Column::Float(
+                a.as_any()
+                    .downcast_ref::<Float64Array>()
+                    .expect("cast to Float64")
+                    .clone(),
+                clamp,
+            )
         }
         DeliveredType::Text => {
             let a = cast(array, &DataType::Utf8).map_err(err)?;
-            Column::Text(a.as_any().downcast_ref::<StringArray>().expect("cast to Utf8").clone())
+            Column::Text(
+                a.as_any()
+                    .downcast_ref::<StringArray>()
+                    .expect("cast to Utf8")
+                    .clone(),
+            )
         }
         DeliveredType::Bool => {
             let a = cast(array, &DataType::Boolean).map_err(err)?;
-            Column::Bool(a.as_any().downcast_ref::<BooleanArray>().expect("cast to Boolean").clone())
+            Column::Bool(
+                a.as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .expect("cast to Boolean")
+                    .clone(),
+            )
         }
     })
 }
@@ -132,7 +168,10 @@ fn abi_type(t: DeliveredType) -> ColumnType {
 
 /// Reads the allowed columns and returns them sorted by privacy unit, with the `[start, end)` row
 /// range of each unit. Rows with a null unit are dropped (they belong to nobody we can bound).
-fn units_of(batch: RecordBatch, has_unit: bool) -> Result<(RecordBatch, Vec<(usize, usize)>, usize), String> {
+fn units_of(
+    batch: RecordBatch,
+    has_unit: bool,
+) -> Result<(RecordBatch, Vec<(usize, usize)>, usize), String> {
     let err = |e: datafusion::arrow::error::ArrowError| e.to_string();
     if !has_unit {
         let n = batch.num_rows();
@@ -167,8 +206,20 @@ impl Veil {
         let deadline = self.config.job_deadline;
         let max_faults = self.config.max_unit_faults;
         let module = match self.sandbox() {
-            Ok(s) => s.compile(req.wasm).map_err(|e| failure("module_rejected", "the module was rejected", vec![e.to_string()]))?,
-            Err(e) => return Err(failure("internal", "the sandbox could not start", vec![e.to_string()])),
+            Ok(s) => s.compile(req.wasm).map_err(|e| {
+                failure(
+                    "module_rejected",
+                    "the module was rejected",
+                    vec![e.to_string()],
+                )
+            })?,
+            Err(e) => {
+                return Err(failure(
+                    "internal",
+                    "the sandbox could not start",
+                    vec![e.to_string()],
+                ));
+            }
         };
         let plan = Arc::new(req.plan);
         let mut names: Vec<String> = plan.privacy_unit.iter().cloned().collect();
@@ -176,12 +227,17 @@ impl Veil {
         let internal = |m: String| failure("internal", "the data could not be prepared", vec![m]);
         let batches = self
             .runtime
-            .block_on(veil_catalog::read_columns(&self.data_dir, req.record, &names))
+            .block_on(veil_catalog::read_columns(
+                &self.data_dir,
+                req.record,
+                &names,
+            ))
             .map_err(|e| internal(e.to_string()))?;
         let Some(first) = batches.first() else {
             return Err(internal("dataset has no batches".into()));
         };
-        let batch = concat_batches(&first.schema(), &batches).map_err(|e| internal(e.to_string()))?;
+        let batch =
+            concat_batches(&first.schema(), &batches).map_err(|e| internal(e.to_string()))?;
         let has_unit = plan.privacy_unit.is_some();
         let (batch, ranges, null_units) = units_of(batch, has_unit).map_err(internal)?;
         let offset = usize::from(has_unit);
@@ -192,7 +248,11 @@ impl Veil {
             .map(|(i, c)| prepare_column(batch.column(i + offset), c.ty, c.clamp))
             .collect::<Result<_, _>>()
             .map_err(internal)?;
-        let abi_columns: Vec<(&str, ColumnType)> = plan.columns.iter().map(|c| (c.name.as_str(), abi_type(c.ty))).collect();
+        let abi_columns: Vec<(&str, ColumnType)> = plan
+            .columns
+            .iter()
+            .map(|c| (c.name.as_str(), abi_type(c.ty)))
+            .collect();
 
         let started = Instant::now();
         let next = AtomicUsize::new(0);
@@ -204,18 +264,39 @@ impl Veil {
             slot.get_or_insert(code);
             abort.store(true, Ordering::Relaxed);
         };
-        let results: Vec<(Bounder, Vec<String>, BTreeMap<&'static str, u64>)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..workers)
-                .map(|_| {
-                    let (plan, module, columns, ranges) = (plan.clone(), &module, &columns, &ranges);
-                    let (next, faults, abort, abort_columns, stop) = (&next, &faults, &abort, &abi_columns, &stop);
-                    scope.spawn(move || {
-                        run_worker(WorkerCtx { plan, module, columns, ranges, next, faults, abort, max_faults, deadline, started, stop }, abort_columns)
+        let results: Vec<(Bounder, Vec<String>, BTreeMap<&'static str, u64>)> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..workers)
+                    .map(|_| {
+                        let (plan, module, columns, ranges) =
+                            (plan.clone(), &module, &columns, &ranges);
+                        let (next, faults, abort, abort_columns, stop) =
+                            (&next, &faults, &abort, &abi_columns, &stop);
+                        scope.spawn(move || {
+                            run_worker(
+                                WorkerCtx {
+                                    plan,
+                                    module,
+                                    columns,
+                                    ranges,
+                                    next,
+                                    faults,
+                                    abort,
+                                    max_faults,
+                                    deadline,
+                                    started,
+                                    stop,
+                                },
+                                abort_columns,
+                            )
+                        })
                     })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("worker panicked")).collect()
-        });
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("worker panicked"))
+                    .collect()
+            });
 
         let mut holder_log = Vec::new();
         let mut by_code: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -230,7 +311,9 @@ impl Veil {
         let unit_faults = faults.load(Ordering::Relaxed);
         let units = ranges.len() as u64;
         if null_units > 0 {
-            holder_log.push(format!("{null_units} rows with a null privacy unit were not used"));
+            holder_log.push(format!(
+                "{null_units} rows with a null privacy unit were not used"
+            ));
         }
         if !by_code.is_empty() {
             holder_log.push(format!("unit faults by kind: {by_code:?}"));
@@ -240,18 +323,35 @@ impl Veil {
                 "deadline" => "the job exceeded its time limit",
                 _ => "the module failed on too many units",
             };
-            return Err(ExecutionFailure { code, public_reason: reason.into(), holder_log, units, unit_faults });
+            return Err(ExecutionFailure {
+                code,
+                public_reason: reason.into(),
+                holder_log,
+                units,
+                unit_faults,
+            });
         }
         let mut rng = ChaCha20Rng::from_os_rng();
         let (release, stats) = self
             .runtime
             .block_on(gate::release(&plan, bounders, &mut rng))
-            .map_err(|e| ExecutionFailure { code: "internal", public_reason: "aggregation failed".into(), holder_log: vec![e.to_string()], units, unit_faults })?;
+            .map_err(|e| ExecutionFailure {
+                code: "internal",
+                public_reason: "aggregation failed".into(),
+                holder_log: vec![e.to_string()],
+                units,
+                unit_faults,
+            })?;
         holder_log.push(format!(
             "gate: {} units, {} contributions, {} malformed dropped, {} over the group limit dropped, {} values clamped",
             stats.units, stats.contributions, stats.malformed_dropped, stats.over_group_limit_dropped, stats.values_clamped
         ));
-        Ok(RunOutput { release, units, unit_faults, holder_log })
+        Ok(RunOutput {
+            release,
+            units,
+            unit_faults,
+            holder_log,
+        })
     }
 }
 
@@ -302,7 +402,10 @@ fn run_worker<F: Fn(&'static str)>(
             }
             let outcome = ctx.module.run_unit(enc.finish());
             if !outcome.log.is_empty() {
-                note(format!("unit {unit_id}: module log: {}", outcome.log.trim_end()), &mut log);
+                note(
+                    format!("unit {unit_id}: module log: {}", outcome.log.trim_end()),
+                    &mut log,
+                );
             }
             match outcome.result {
                 Ok(contributions) => bounder.add_unit(unit_id as u64, contributions),
@@ -310,7 +413,10 @@ fn run_worker<F: Fn(&'static str)>(
                     // The unit contributes nothing (the default output); the holder sees why.
                     bounder.add_unit(unit_id as u64, Vec::new());
                     *codes.entry(fault.code()).or_default() += 1;
-                    note(format!("unit {unit_id}: {}: {}", fault.code(), fault.detail()), &mut log);
+                    note(
+                        format!("unit {unit_id}: {}: {}", fault.code(), fault.detail()),
+                        &mut log,
+                    );
                     if ctx.faults.fetch_add(1, Ordering::Relaxed) + 1 > ctx.max_faults {
                         (ctx.stop)("module_faults");
                         return (bounder, log, codes);

@@ -5,7 +5,10 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use veil_audit::{AuditEvent, AuditLog};
-use veil_policy::{Approval, Epsilon, JobManifest, PolicyError, Release, document_hash, model::valid_principal, precheck};
+use veil_policy::{
+    Approval, Epsilon, JobManifest, PolicyError, Release, document_hash, model::valid_principal,
+    precheck,
+};
 
 use crate::error::bad;
 use crate::execute::RunRequest;
@@ -116,7 +119,11 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(JobInfo, String)> {
 
 fn load_job(conn: &Connection, id: &str) -> Result<JobInfo> {
     let row = conn
-        .query_row(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), [id], job_from_row)
+        .query_row(
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+            [id],
+            job_from_row,
+        )
         .optional()?;
     let (mut job, state) = row.ok_or_else(|| bad(format!("no job `{id}`")))?;
     job.state = JobState::parse(&state)?;
@@ -125,7 +132,11 @@ fn load_job(conn: &Connection, id: &str) -> Result<JobInfo> {
 
 fn spent(conn: &Connection, consumer: &str, dataset: &str) -> Result<Epsilon> {
     let micro: Option<u64> = conn
-        .query_row("SELECT spent_micro FROM budget WHERE consumer = ?1 AND dataset = ?2", [consumer, dataset], |r| r.get(0))
+        .query_row(
+            "SELECT spent_micro FROM budget WHERE consumer = ?1 AND dataset = ?2",
+            [consumer, dataset],
+            |r| r.get(0),
+        )
         .optional()?;
     Ok(Epsilon(micro.unwrap_or(0)))
 }
@@ -148,25 +159,42 @@ impl Veil {
         if !valid_principal(consumer) {
             return Err(bad(format!("`{consumer}` is not a valid principal name")));
         }
-        let text = std::fs::read_to_string(manifest_path)
-            .map_err(|e| bad(format!("cannot read manifest {}: {e}", manifest_path.display())))?;
+        let text = std::fs::read_to_string(manifest_path).map_err(|e| {
+            bad(format!(
+                "cannot read manifest {}: {e}",
+                manifest_path.display()
+            ))
+        })?;
         let manifest = JobManifest::from_toml(&text)?;
-        let module_path = manifest_path.parent().unwrap_or(Path::new(".")).join(&manifest.module);
+        let module_path = manifest_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(&manifest.module);
         let wasm = std::fs::read(&module_path)
             .map_err(|e| bad(format!("cannot read module {}: {e}", module_path.display())))?;
         let record = self.dataset(&manifest.dataset)?;
-        let stored = self
-            .policy(&manifest.dataset)?
-            .ok_or_else(|| bad(format!("dataset `{}` has no release policy yet", manifest.dataset)))?;
+        let stored = self.policy(&manifest.dataset)?.ok_or_else(|| {
+            bad(format!(
+                "dataset `{}` has no release policy yet",
+                manifest.dataset
+            ))
+        })?;
         // Validate and compile before recording anything: a bad module is bad input.
         let module_hash = self.sandbox()?.compile(&wasm)?.hash().to_owned();
         let manifest_hash = document_hash(&text);
         let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
 
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let seq: u64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs", [], |r| r.get(0))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let seq: u64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs", [], |r| {
+            r.get(0)
+        })?;
         let job = format!("job-{seq:06}");
-        tx.execute("INSERT OR IGNORE INTO modules (hash, bytes) VALUES (?1, ?2)", params![module_hash, wasm])?;
+        tx.execute(
+            "INSERT OR IGNORE INTO modules (hash, bytes) VALUES (?1, ?2)",
+            params![module_hash, wasm],
+        )?;
         let ts = now();
         tx.execute(
             "INSERT INTO jobs (id, seq, consumer, dataset, manifest, manifest_hash, module_hash, epsilon_micro, policy_version, state, created_at, updated_at)
@@ -202,13 +230,28 @@ impl Veil {
         };
         if let Some((code, reason)) = refusal {
             set_state(&tx, &job, JobState::Refused, Some(code))?;
-            AuditLog::append(&tx, &self.key, AuditEvent::JobRefused { job: job.clone(), code: code.into(), reason: reason.clone() })?;
+            AuditLog::append(
+                &tx,
+                &self.key,
+                AuditEvent::JobRefused {
+                    job: job.clone(),
+                    code: code.into(),
+                    reason: reason.clone(),
+                },
+            )?;
             tx.commit()?;
-            return Err(EngineError::Refused { job, code: if code == "budget" { "budget" } else { "policy" }, reason });
+            return Err(EngineError::Refused {
+                job,
+                code: if code == "budget" { "budget" } else { "policy" },
+                reason,
+            });
         }
         tx.commit()?;
         match stored.policy.approval {
-            Approval::Manual => Ok(SubmitOutcome { job, state: JobState::AwaitingApproval }),
+            Approval::Manual => Ok(SubmitOutcome {
+                job,
+                state: JobState::AwaitingApproval,
+            }),
             Approval::Auto => {
                 let state = self.run_job(&job)?;
                 Ok(SubmitOutcome { job, state })
@@ -228,22 +271,47 @@ impl Veil {
     }
 
     fn decide(&mut self, job_id: &str, holder: &str, reject: Option<&str>) -> Result<()> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let job = load_job(&tx, job_id)?;
-        let owner = veil_catalog::get(&tx, &job.dataset)?.map(|d| d.owner).unwrap_or_default();
+        let owner = veil_catalog::get(&tx, &job.dataset)?
+            .map(|d| d.owner)
+            .unwrap_or_default();
         if owner != holder {
-            return Err(EngineError::Forbidden(format!("only the owner of `{}` may decide on its jobs", job.dataset)));
+            return Err(EngineError::Forbidden(format!(
+                "only the owner of `{}` may decide on its jobs",
+                job.dataset
+            )));
         }
         if job.state != JobState::AwaitingApproval {
-            return Err(bad(format!("job {job_id} is {}, not awaiting approval", job.state)));
+            return Err(bad(format!(
+                "job {job_id} is {}, not awaiting approval",
+                job.state
+            )));
         }
         match reject {
             Some(reason) => {
                 set_state(&tx, job_id, JobState::Rejected, Some("rejected_by_holder"))?;
-                AuditLog::append(&tx, &self.key, AuditEvent::JobRejected { job: job_id.into(), holder: holder.into(), reason: reason.into() })?;
+                AuditLog::append(
+                    &tx,
+                    &self.key,
+                    AuditEvent::JobRejected {
+                        job: job_id.into(),
+                        holder: holder.into(),
+                        reason: reason.into(),
+                    },
+                )?;
             }
             None => {
-                AuditLog::append(&tx, &self.key, AuditEvent::JobApproved { job: job_id.into(), holder: holder.into() })?;
+                AuditLog::append(
+                    &tx,
+                    &self.key,
+                    AuditEvent::JobApproved {
+                        job: job_id.into(),
+                        holder: holder.into(),
+                    },
+                )?;
             }
         }
         tx.commit()?;
@@ -254,20 +322,30 @@ impl Veil {
     /// the gate, and commits the release with its audit record.
     fn run_job(&mut self, job_id: &str) -> Result<JobState> {
         // 1. Debit and start, in one transaction, before anything runs.
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let job = load_job(&tx, job_id)?;
-        let record = veil_catalog::get(&tx, &job.dataset)?.ok_or_else(|| bad("dataset vanished"))?;
+        let record =
+            veil_catalog::get(&tx, &job.dataset)?.ok_or_else(|| bad("dataset vanished"))?;
         drop(tx);
-        let stored = self.policy(&job.dataset)?.ok_or_else(|| bad("policy vanished"))?;
+        let stored = self
+            .policy(&job.dataset)?
+            .ok_or_else(|| bad("policy vanished"))?;
         let manifest = JobManifest::from_toml(&job.manifest)?;
         let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
         let plan = precheck(&stored.policy, &manifest, &schema, &job.consumer);
 
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Re-read under the write lock: another process may have run or charged meanwhile.
         let job = load_job(&tx, job_id)?;
         if job.state != JobState::AwaitingApproval {
-            return Err(bad(format!("job {job_id} is {}, it cannot start", job.state)));
+            return Err(bad(format!(
+                "job {job_id} is {}, it cannot start",
+                job.state
+            )));
         }
         let used = spent(&tx, &job.consumer, &job.dataset)?;
         let remaining = stored.policy.epsilon_total.saturating_sub(used);
@@ -285,9 +363,21 @@ impl Veil {
         };
         if let Some((code, reason)) = refusal {
             set_state(&tx, job_id, JobState::Refused, Some(code))?;
-            AuditLog::append(&tx, &self.key, AuditEvent::JobRefused { job: job_id.into(), code: code.into(), reason: reason.clone() })?;
+            AuditLog::append(
+                &tx,
+                &self.key,
+                AuditEvent::JobRefused {
+                    job: job_id.into(),
+                    code: code.into(),
+                    reason: reason.clone(),
+                },
+            )?;
             tx.commit()?;
-            return Err(EngineError::Refused { job: job_id.into(), code: if code == "budget" { "budget" } else { "policy" }, reason });
+            return Err(EngineError::Refused {
+                job: job_id.into(),
+                code: if code == "budget" { "budget" } else { "policy" },
+                reason,
+            });
         }
         let plan = plan.expect("refusals handled above");
         let after = Epsilon(used.micro() + manifest.epsilon.micro());
@@ -319,26 +409,46 @@ impl Veil {
         tx.commit()?;
 
         // 2. Run. Whatever happens from here on, the budget stays spent.
-        let wasm: Vec<u8> = self.conn.query_row("SELECT bytes FROM modules WHERE hash = ?1", [&job.module_hash], |r| r.get(0))?;
-        let request = RunRequest { plan, record: &record, wasm: &wasm };
+        let wasm: Vec<u8> = self.conn.query_row(
+            "SELECT bytes FROM modules WHERE hash = ?1",
+            [&job.module_hash],
+            |r| r.get(0),
+        )?;
+        let request = RunRequest {
+            plan,
+            record: &record,
+            wasm: &wasm,
+        };
         let outcome = self.execute(request);
 
         // 3. Close the job: release or denial, with its audit record, in one transaction.
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let state = match outcome {
             Ok(run) => {
                 write_logs(&tx, job_id, &run.holder_log)?;
-                let result = serde_json::to_string(&run.release).map_err(|e| EngineError::Internal(e.to_string()))?;
+                let result = serde_json::to_string(&run.release)
+                    .map_err(|e| EngineError::Internal(e.to_string()))?;
                 let result_hash = veil_audit::sha256_hex(result.as_bytes());
                 AuditLog::append(
                     &tx,
                     &self.key,
-                    AuditEvent::JobFinished { job: job_id.into(), status: "completed".into(), units: run.units, unit_faults: run.unit_faults },
+                    AuditEvent::JobFinished {
+                        job: job_id.into(),
+                        status: "completed".into(),
+                        units: run.units,
+                        unit_faults: run.unit_faults,
+                    },
                 )?;
                 AuditLog::append(
                     &tx,
                     &self.key,
-                    AuditEvent::ReleaseCreated { job: job_id.into(), result_hash: result_hash.clone(), groups: run.release.rows.len() as u64 },
+                    AuditEvent::ReleaseCreated {
+                        job: job_id.into(),
+                        result_hash: result_hash.clone(),
+                        groups: run.release.rows.len() as u64,
+                    },
                 )?;
                 tx.execute(
                     "UPDATE jobs SET state = ?2, result = ?3, result_hash = ?4, updated_at = ?5 WHERE id = ?1",
@@ -352,12 +462,21 @@ impl Veil {
                 AuditLog::append(
                     &tx,
                     &self.key,
-                    AuditEvent::JobFinished { job: job_id.into(), status: format!("failed:{}", failure.code), units: failure.units, unit_faults: failure.unit_faults },
+                    AuditEvent::JobFinished {
+                        job: job_id.into(),
+                        status: format!("failed:{}", failure.code),
+                        units: failure.units,
+                        unit_faults: failure.unit_faults,
+                    },
                 )?;
                 AuditLog::append(
                     &tx,
                     &self.key,
-                    AuditEvent::ReleaseDenied { job: job_id.into(), code: failure.code.into(), reason: failure.public_reason.clone() },
+                    AuditEvent::ReleaseDenied {
+                        job: job_id.into(),
+                        code: failure.code.into(),
+                        reason: failure.public_reason.clone(),
+                    },
                 )?;
                 JobState::Failed
             }
@@ -369,22 +488,40 @@ impl Veil {
     /// Closes jobs left `running` by a process that no longer exists (a crash): failed, budget kept
     /// spent, recorded in the log.
     pub(crate) fn recover_interrupted_jobs(&mut self) -> Result<()> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let running: Vec<(String, Option<u32>)> = {
             let mut stmt = tx.prepare("SELECT id, runner_pid FROM jobs WHERE state = 'running'")?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?
         };
         for (job, pid) in running {
-            let alive = pid.is_some_and(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists());
+            let alive = pid.is_some_and(|p| {
+                p == std::process::id() || Path::new(&format!("/proc/{p}")).exists()
+            });
             if alive {
                 continue;
             }
             set_state(&tx, &job, JobState::Failed, Some("interrupted"))?;
-            AuditLog::append(&tx, &self.key, AuditEvent::JobFinished { job: job.clone(), status: "failed:interrupted".into(), units: 0, unit_faults: 0 })?;
             AuditLog::append(
                 &tx,
                 &self.key,
-                AuditEvent::ReleaseDenied { job, code: "interrupted".into(), reason: "the run was interrupted; its budget stays spent".into() },
+                AuditEvent::JobFinished {
+                    job: job.clone(),
+                    status: "failed:interrupted".into(),
+                    units: 0,
+                    unit_faults: 0,
+                },
+            )?;
+            AuditLog::append(
+                &tx,
+                &self.key,
+                AuditEvent::ReleaseDenied {
+                    job,
+                    code: "interrupted".into(),
+                    reason: "the run was interrupted; its budget stays spent".into(),
+                },
             )?;
         }
         tx.commit()?;
@@ -401,7 +538,9 @@ impl Veil {
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE consumer = ?1 OR dataset IN (SELECT name FROM datasets WHERE owner = ?1) ORDER BY seq"
         ))?;
-        let rows = stmt.query_map([principal], job_from_row)?.collect::<Result<Vec<_>, _>>()?;
+        let rows = stmt
+            .query_map([principal], job_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
             .map(|(mut j, s)| {
                 j.state = JobState::parse(&s)?;
@@ -414,12 +553,16 @@ impl Veil {
     pub fn job_result(&self, id: &str, consumer: &str) -> Result<Release> {
         let job = load_job(&self.conn, id)?;
         if job.consumer != consumer {
-            return Err(EngineError::Forbidden(format!("job {id} belongs to another consumer")));
+            return Err(EngineError::Forbidden(format!(
+                "job {id} belongs to another consumer"
+            )));
         }
         if job.state != JobState::Released {
             return Err(bad(format!("job {id} has no result: it is {}", job.state)));
         }
-        let text: String = self.conn.query_row("SELECT result FROM jobs WHERE id = ?1", [id], |r| r.get(0))?;
+        let text: String =
+            self.conn
+                .query_row("SELECT result FROM jobs WHERE id = ?1", [id], |r| r.get(0))?;
         serde_json::from_str(&text).map_err(|e| EngineError::Internal(e.to_string()))
     }
 
@@ -428,10 +571,17 @@ impl Veil {
         let job = load_job(&self.conn, id)?;
         let owner = self.dataset(&job.dataset)?.owner;
         if owner != holder {
-            return Err(EngineError::Forbidden(format!("job logs of `{}` are for its owner", job.dataset)));
+            return Err(EngineError::Forbidden(format!(
+                "job logs of `{}` are for its owner",
+                job.dataset
+            )));
         }
-        let mut stmt = self.conn.prepare("SELECT line FROM job_logs WHERE job = ?1 ORDER BY seq")?;
-        let lines = stmt.query_map([id], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT line FROM job_logs WHERE job = ?1 ORDER BY seq")?;
+        let lines = stmt
+            .query_map([id], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
         Ok(lines)
     }
 
@@ -439,7 +589,9 @@ impl Veil {
     pub fn budget(&self, consumer: &str) -> Result<Vec<BudgetLine>> {
         let mut out = Vec::new();
         for d in self.datasets()? {
-            let Some(p) = self.policy(&d.name)? else { continue };
+            let Some(p) = self.policy(&d.name)? else {
+                continue;
+            };
             let used = spent(&self.conn, consumer, &d.name)?;
             if !p.policy.allows_consumer(consumer) && used.micro() == 0 {
                 continue;
@@ -458,7 +610,10 @@ impl Veil {
 
 fn write_logs(conn: &Connection, job: &str, lines: &[String]) -> Result<()> {
     for (i, line) in lines.iter().enumerate() {
-        conn.execute("INSERT INTO job_logs (job, seq, line) VALUES (?1, ?2, ?3)", params![job, i as u64, line])?;
+        conn.execute(
+            "INSERT INTO job_logs (job, seq, line) VALUES (?1, ?2, ?3)",
+            params![job, i as u64, line],
+        )?;
     }
     Ok(())
 }

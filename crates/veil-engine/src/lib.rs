@@ -59,9 +59,13 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         EngineConfig {
-            sandbox: SandboxConfig::builder().max_concurrent_instances(workers as u32 * 2 + 2).build(),
+            sandbox: SandboxConfig::builder()
+                .max_concurrent_instances(workers as u32 * 2 + 2)
+                .build(),
             workers,
             job_deadline: Duration::from_secs(600),
             max_unit_faults: 100,
@@ -127,18 +131,39 @@ impl Veil {
     pub fn open(data_dir: &Path, config: EngineConfig) -> Result<Veil> {
         std::fs::create_dir_all(data_dir)?;
         let conn = store::open(&data_dir.join("veil.db"))?;
-        let (key, _created) = DomainKey::load_or_create(&data_dir.join("keys").join("audit-signing.key"), &config.domain)?;
+        let (key, _created) = DomainKey::load_or_create(
+            &data_dir.join("keys").join("audit-signing.key"),
+            &config.domain,
+        )?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.workers)
             .enable_all()
             .build()?;
-        let mut veil = Veil { data_dir: data_dir.to_owned(), conn, key, config, sandbox: None, runtime };
-        let empty: bool = veil.conn.query_row("SELECT COUNT(*) = 0 FROM audit_log", [], |r| r.get(0))?;
+        let mut veil = Veil {
+            data_dir: data_dir.to_owned(),
+            conn,
+            key,
+            config,
+            sandbox: None,
+            runtime,
+        };
+        let empty: bool = veil
+            .conn
+            .query_row("SELECT COUNT(*) = 0 FROM audit_log", [], |r| r.get(0))?;
         if empty {
-            let tx = veil.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let still_empty: bool = tx.query_row("SELECT COUNT(*) = 0 FROM audit_log", [], |r| r.get(0))?;
+            let tx = veil
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let still_empty: bool =
+                tx.query_row("SELECT COUNT(*) = 0 FROM audit_log", [], |r| r.get(0))?;
             if still_empty {
-                AuditLog::append(&tx, &veil.key, AuditEvent::LogCreated { public_key: veil.key.verifier().to_string() })?;
+                AuditLog::append(
+                    &tx,
+                    &veil.key,
+                    AuditEvent::LogCreated {
+                        public_key: veil.key.verifier().to_string(),
+                    },
+                )?;
             }
             tx.commit()?;
         }

@@ -3,9 +3,11 @@
 #![forbid(unsafe_code)]
 
 /// Mean weekly income by education level (`examples/income-by-education`).
-pub const INCOME_BY_EDUCATION: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/income_by_education.wasm"));
+pub const INCOME_BY_EDUCATION: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/income_by_education.wasm"));
 /// Number of people by age band and region (`examples/people-by-age-region`).
-pub const PEOPLE_BY_AGE_REGION: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/people_by_age_region.wasm"));
+pub const PEOPLE_BY_AGE_REGION: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/people_by_age_region.wasm"));
 /// Test fixture: one group per column name the module can see (`examples/column-probe`).
 pub const COLUMN_PROBE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/column_probe.wasm"));
 

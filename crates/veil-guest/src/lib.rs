@@ -94,7 +94,9 @@ pub fn log(message: &str) {
 /// memory is never freed: the whole instance is thrown away after the call.
 #[doc(hidden)]
 pub fn __alloc(len: i32) -> i32 {
-    let Ok(len) = usize::try_from(len) else { return 0 };
+    let Ok(len) = usize::try_from(len) else {
+        return 0;
+    };
     let buf = vec![0u8; len].leak();
     buf.as_mut_ptr() as usize as i32
 }

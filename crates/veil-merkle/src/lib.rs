@@ -81,7 +81,13 @@ fn collect_path(leaves: &[Hash], index: usize, path: &mut Vec<Hash>) {
 
 /// Checks an inclusion proof for `leaf` at `index` in a tree of `size` leaves with root `expected`
 /// (RFC 9162 §2.1.3.2).
-pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], expected: &Hash) -> bool {
+pub fn verify_inclusion(
+    leaf: &Hash,
+    index: u64,
+    size: u64,
+    proof: &[Hash],
+    expected: &Hash,
+) -> bool {
     if index >= size {
         return false;
     }
@@ -145,7 +151,12 @@ mod tests {
         );
         let leaves: Vec<Hash> = vector_leaves().iter().map(|l| leaf_hash(l)).collect();
         for (n, want) in VECTOR_ROOTS.iter().enumerate() {
-            assert_eq!(hex::encode(root(&leaves[..=n])), *want, "tree of {} leaves", n + 1);
+            assert_eq!(
+                hex::encode(root(&leaves[..=n])),
+                *want,
+                "tree of {} leaves",
+                n + 1
+            );
         }
     }
 
@@ -159,7 +170,13 @@ mod tests {
         while level.len() > 1 {
             level = level
                 .chunks(2)
-                .map(|pair| if pair.len() == 2 { node_hash(&pair[0], &pair[1]) } else { pair[0] })
+                .map(|pair| {
+                    if pair.len() == 2 {
+                        node_hash(&pair[0], &pair[1])
+                    } else {
+                        pair[0]
+                    }
+                })
                 .collect();
         }
         level[0]
@@ -174,7 +191,10 @@ mod tests {
             assert_eq!(r, naive_root(tree), "size {n}");
             for i in 0..n {
                 let proof = inclusion_proof(tree, i).unwrap();
-                assert!(verify_inclusion(&tree[i], i as u64, n as u64, &proof, &r), "{i} in {n}");
+                assert!(
+                    verify_inclusion(&tree[i], i as u64, n as u64, &proof, &r),
+                    "{i} in {n}"
+                );
                 // A proof for one leaf must not vouch for another leaf.
                 let other = leaf_hash(b"not in the tree");
                 assert!(!verify_inclusion(&other, i as u64, n as u64, &proof, &r));

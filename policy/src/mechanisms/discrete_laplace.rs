@@ -85,7 +85,11 @@ impl DiscreteLaplace {
         let q = (-(self.s as f64) / self.t as f64).exp();
         let tail = |k: u128| 2.0 * q.powf(k as f64 + 1.0) / (1.0 + q);
         let guess = ((alpha * (1.0 + q) / 2.0).ln() / q.ln()).ceil() - 1.0;
-        let mut k = if guess.is_finite() && guess > 0.0 { guess as u128 } else { 0 };
+        let mut k = if guess.is_finite() && guess > 0.0 {
+            guess as u128
+        } else {
+            0
+        };
         // Correct any floating-point slack in the closed form.
         while k > 0 && tail(k - 1) <= alpha {
             k -= 1;
@@ -113,7 +117,9 @@ fn bernoulli_exp_neg_unit<R: Rng + ?Sized>(num: u128, den: u128, rng: &mut R) ->
     let mut k: u128 = 1;
     loop {
         // Bernoulli(γ / k); the loop ends quickly since P[reach k] = γ^(k-1)/(k-1)!.
-        let Some(scaled_den) = den.checked_mul(k) else { return k % 2 == 1 };
+        let Some(scaled_den) = den.checked_mul(k) else {
+            return k % 2 == 1;
+        };
         if bernoulli(num, scaled_den, rng) {
             k += 1;
         } else {
@@ -168,7 +174,11 @@ mod tests {
         let mut stat = 0.0;
         for (i, obs) in observed.iter().enumerate() {
             let y = i as i128 - k - 1;
-            let p = if y.abs() == k + 1 { tail_mass } else { m.pmf(y) };
+            let p = if y.abs() == k + 1 {
+                tail_mass
+            } else {
+                m.pmf(y)
+            };
             let e = p * n;
             if e > 0.0 {
                 stat += (obs - e).powi(2) / e;
@@ -187,7 +197,11 @@ mod tests {
         // CDF at lo-1 from the closed form of the left tail.
         let q = (-(m.s as f64) / m.t as f64).exp();
         let left_tail = |y: i128| q.powf(-(y as f64)) / (1.0 + q); // P[Y <= y] for y <= 0
-        let mut cdf = if lo <= 0 { left_tail(lo - 1) } else { 1.0 - left_tail(-lo) };
+        let mut cdf = if lo <= 0 {
+            left_tail(lo - 1)
+        } else {
+            1.0 - left_tail(-lo)
+        };
         let mut idx = 0;
         let mut d: f64 = 0.0;
         for y in lo..=hi {
@@ -202,7 +216,10 @@ mod tests {
 
     #[test]
     fn fits_exact_distribution_at_several_scales() {
-        for (i, (t, s)) in [(1u128, 1u128), (3, 2), (10, 1), (1, 3), (250, 7)].into_iter().enumerate() {
+        for (i, (t, s)) in [(1u128, 1u128), (3, 2), (10, 1), (1, 3), (250, 7)]
+            .into_iter()
+            .enumerate()
+        {
             let m = DiscreteLaplace::new(t, s);
             let xs = samples(&m, 5000, 42 + i as u64);
             let d = ks_statistic(&m, &xs);
@@ -225,8 +242,14 @@ mod tests {
         let k = m.half_width(0.95) as i128;
         let mass: f64 = (-k..=k).map(|y| m.pmf(y)).sum();
         let mass_smaller: f64 = (-(k - 1)..=(k - 1)).map(|y| m.pmf(y)).sum();
-        assert!(mass >= 0.95 && mass_smaller < 0.95, "k = {k}, {mass}, {mass_smaller}");
+        assert!(
+            mass >= 0.95 && mass_smaller < 0.95,
+            "k = {k}, {mass}, {mass_smaller}"
+        );
         assert_eq!(DiscreteLaplace::new(0, 1).half_width(0.95), 0);
-        assert_eq!(DiscreteLaplace::new(0, 1).sample(&mut ChaCha20Rng::seed_from_u64(1)), 0);
+        assert_eq!(
+            DiscreteLaplace::new(0, 1).sample(&mut ChaCha20Rng::seed_from_u64(1)),
+            0
+        );
     }
 }
