@@ -4,5 +4,6 @@ mod common;
 
 mod audit;
 mod bad_input;
+mod demo;
 mod pipeline;
 mod sandbox;

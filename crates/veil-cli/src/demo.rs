@@ -102,7 +102,7 @@ max_groups_per_unit = 1
 
 [dp]
 epsilon_per_job = 1.0
-epsilon_total = 2.0
+epsilon_total = 1.5
 
 [columns]
 year = { class = "public" }
@@ -182,7 +182,7 @@ pub fn run(dir: &Path, people: usize) -> Result<()> {
 
     step(
         3,
-        "The holder sets a release policy: acme-research may use it, ssn is forbidden, ε ≤ 1 per job, 2 in total.",
+        "The holder sets a release policy: acme-research may use it, ssn is forbidden, ε ≤ 1 per job, 1.5 in total.",
     );
     let policy_path = work.join("census-policy.toml");
     std::fs::write(&policy_path, POLICY_AUTO)?;
