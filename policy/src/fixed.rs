@@ -45,7 +45,7 @@ mod tests {
     fn clamps_and_quantizes() {
         let (lo, hi) = bounds_to_fixed(0.0, 10.0);
         assert_eq!((lo, hi), (0, 10_000));
-        assert_eq!(to_fixed(3.14159, lo, hi), 3142);
+        assert_eq!(to_fixed(1.23456, lo, hi), 1235);
         assert_eq!(to_fixed(1e300, lo, hi), hi);
         assert_eq!(to_fixed(f64::NEG_INFINITY, lo, hi), lo);
         assert_eq!(to_fixed(f64::NAN, lo, hi), lo);

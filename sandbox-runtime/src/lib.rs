@@ -410,7 +410,7 @@ impl Sandbox {
         {
             return reject(format!(
                 "module declares {pages} initial memory pages ({} MiB); the limit is {} MiB",
-                pages * WASM_PAGE >> 20,
+                (pages * WASM_PAGE) >> 20,
                 self.config.memory_per_instance >> 20
             ));
         }

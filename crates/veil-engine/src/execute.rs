@@ -166,16 +166,24 @@ fn abi_type(t: DeliveredType) -> ColumnType {
     }
 }
 
-/// Reads the allowed columns and returns them sorted by privacy unit, with the `[start, end)` row
-/// range of each unit. Rows with a null unit are dropped (they belong to nobody we can bound).
-fn units_of(
+/// The allowed columns sorted by privacy unit, with the `[start, end)` row range of each unit.
+struct GroupedByUnit {
     batch: RecordBatch,
-    has_unit: bool,
-) -> Result<(RecordBatch, Vec<(usize, usize)>, usize), String> {
+    ranges: Vec<(usize, usize)>,
+    /// Rows dropped because their privacy unit is null (they belong to nobody we can bound).
+    null_unit_rows: usize,
+}
+
+/// Groups rows by privacy unit; without a unit column every row is its own unit.
+fn units_of(batch: RecordBatch, has_unit: bool) -> Result<GroupedByUnit, String> {
     let err = |e: datafusion::arrow::error::ArrowError| e.to_string();
     if !has_unit {
         let n = batch.num_rows();
-        return Ok((batch, (0..n).map(|i| (i, i + 1)).collect(), 0));
+        return Ok(GroupedByUnit {
+            batch,
+            ranges: (0..n).map(|i| (i, i + 1)).collect(),
+            null_unit_rows: 0,
+        });
     }
     let before = batch.num_rows();
     let mask = is_not_null(batch.column(0)).map_err(err)?;
@@ -197,7 +205,11 @@ fn units_of(
         }
         ranges.push((start, n));
     }
-    Ok((batch, ranges, dropped))
+    Ok(GroupedByUnit {
+        batch,
+        ranges,
+        null_unit_rows: dropped,
+    })
 }
 
 impl Veil {
@@ -239,7 +251,11 @@ impl Veil {
         let batch =
             concat_batches(&first.schema(), &batches).map_err(|e| internal(e.to_string()))?;
         let has_unit = plan.privacy_unit.is_some();
-        let (batch, ranges, null_units) = units_of(batch, has_unit).map_err(internal)?;
+        let GroupedByUnit {
+            batch,
+            ranges,
+            null_unit_rows: null_units,
+        } = units_of(batch, has_unit).map_err(internal)?;
         let offset = usize::from(has_unit);
         let columns: Vec<Column> = plan
             .columns
