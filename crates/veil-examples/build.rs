@@ -8,6 +8,8 @@ const GUESTS: &[&str] = &[
     "income_by_education",
     "people_by_age_region",
     "column_probe",
+    "trivial",
+    "leaky",
 ];
 const TARGET: &str = "wasm32-unknown-unknown";
 

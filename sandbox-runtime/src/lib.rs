@@ -38,8 +38,9 @@
 //!   consumer only ever sees [`UnitFault::code`] summaries decided by the engine.
 #![forbid(unsafe_code)]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -49,8 +50,9 @@ use veil_abi::{
     decode_contributions,
 };
 use wasmtime::{
-    Caller, Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module,
-    ModuleExport, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap, ValType,
+    Cache, CacheConfig, Caller, Config, Enabled, Engine, ExternType, InstanceAllocationStrategy,
+    InstancePre, Linker, Module, ModuleExport, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder, Trap, ValType,
 };
 
 const WASM_PAGE: u64 = 65_536;
@@ -79,6 +81,9 @@ pub struct SandboxConfig {
     max_log_bytes_per_unit: usize,
     max_concurrent_instances: u32,
     max_wasm_stack: usize,
+    engine_shards: usize,
+    compiled_cache_entries: usize,
+    disk_cache_dir: Option<PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -98,6 +103,11 @@ impl Default for SandboxConfig {
             max_log_bytes_per_unit: 4096,
             max_concurrent_instances: 64,
             max_wasm_stack: 512 << 10,
+            engine_shards: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            compiled_cache_entries: 32,
+            disk_cache_dir: None,
         }
     }
 }
@@ -114,6 +124,16 @@ impl SandboxConfig {
     }
     pub fn max_concurrent_instances(&self) -> u32 {
         self.max_concurrent_instances
+    }
+    pub fn engine_shards(&self) -> usize {
+        self.engine_shards
+    }
+    pub fn disk_cache_dir(&self) -> Option<&Path> {
+        self.disk_cache_dir.as_deref()
+    }
+    /// A builder starting from these settings, to change a few of them.
+    pub fn into_builder(self) -> SandboxConfigBuilder {
+        SandboxConfigBuilder(self)
     }
 }
 
@@ -157,9 +177,30 @@ impl SandboxConfigBuilder {
         self.0.max_log_bytes_per_unit = bytes;
         self
     }
-    /// Instances that may be alive at once (size of the pooling allocator).
+    /// Instances that may be alive at once in each engine shard (size of its pooling allocator).
     pub fn max_concurrent_instances(mut self, n: u32) -> Self {
         self.0.max_concurrent_instances = n.max(1);
+        self
+    }
+    /// Independent wasmtime engines; each thread that runs units sticks to one. Instantiation
+    /// touches engine-wide reference counts and pool locks, so threads sharing one engine
+    /// contend; one shard per core lets units scale with cores. Defaults to the core count.
+    pub fn engine_shards(mut self, n: usize) -> Self {
+        self.0.engine_shards = n.max(1);
+        self
+    }
+    /// Compiled modules kept in memory, keyed by module hash, so a module compiles once per
+    /// process however many jobs use it.
+    pub fn compiled_cache_entries(mut self, n: usize) -> Self {
+        self.0.compiled_cache_entries = n.max(1);
+        self
+    }
+    /// Directory for wasmtime's on-disk cache of compiled code, so a module compiles once per
+    /// machine. Entries are keyed by the module bytes and by the engine's compiler version and
+    /// settings, so a cache written by another engine configuration is never used. The
+    /// directory holds native code: it must be as trusted as the store itself.
+    pub fn disk_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.0.disk_cache_dir = Some(dir.into());
         self
     }
     pub fn build(self) -> SandboxConfig {
@@ -235,57 +276,88 @@ impl Drop for EpochTicker {
 /// Epoch tick length: unit deadlines are rounded up to whole ticks.
 const TICK: Duration = Duration::from_millis(10);
 
-/// A configured wasmtime engine plus the ticker that drives epoch deadlines.
-pub struct Sandbox {
+/// One wasmtime engine with its instance pool and linker.
+struct Shard {
     engine: Engine,
     linker: Linker<UnitState>,
+}
+
+/// Configured wasmtime engines (one per shard), the ticker that drives their epoch deadlines, and
+/// the cache of compiled modules.
+pub struct Sandbox {
+    shards: Vec<Shard>,
     config: SandboxConfig,
+    compiled: Mutex<CompiledCache>,
     _ticker: EpochTicker,
+}
+
+/// Compiled modules by hash, oldest use first out.
+#[derive(Default)]
+struct CompiledCache {
+    entries: Vec<(String, Arc<CompiledModule>)>,
 }
 
 impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        let config_error = |e: wasmtime::Error| SandboxError::Config(format!("{e:#}"));
         let mut cfg = Config::new();
         cfg.consume_fuel(true)
             .epoch_interruption(true)
             .max_wasm_stack(config.max_wasm_stack)
             .cranelift_nan_canonicalization(true)
             .wasm_relaxed_simd(false);
+        if let Some(dir) = &config.disk_cache_dir {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                SandboxError::Config(format!("module cache directory {}: {e}", dir.display()))
+            })?;
+            let mut cache = CacheConfig::new();
+            cache.with_directory(dir);
+            cfg.cache(Some(Cache::new(cache).map_err(config_error)?));
+        }
         let mut pool = PoolingAllocationConfig::default();
         pool.total_core_instances(config.max_concurrent_instances)
             .total_memories(config.max_concurrent_instances)
             .total_tables(config.max_concurrent_instances)
             .max_memories_per_module(1)
             .max_tables_per_module(1)
-            .table_elements(10_000)
+            .table_elements(MAX_TABLE_ELEMENTS as usize)
             .max_memory_size(config.memory_per_instance)
             // Reset by zeroing in place rather than unmapping: the per-unit reset is the hot path.
             .linear_memory_keep_resident(2 << 20)
-            .table_keep_resident(64 << 10);
+            .table_keep_resident(64 << 10)
+            // Where the kernel can say which pages a unit dirtied (Linux 6.7+), reset only those
+            // instead of zeroing the whole kept-resident prefix (a 64 KiB memset per unit).
+            .pagemap_scan(Enabled::Auto);
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&cfg).map_err(|e| SandboxError::Config(e.to_string()))?;
 
-        let mut linker = Linker::new(&engine);
-        linker
-            .func_wrap(IMPORT_MODULE, IMPORT_LOG, host_log)
-            .map_err(|e| SandboxError::Config(e.to_string()))?;
+        let mut shards = Vec::with_capacity(config.engine_shards);
+        for _ in 0..config.engine_shards {
+            let engine = Engine::new(&cfg).map_err(config_error)?;
+            let mut linker = Linker::new(&engine);
+            linker
+                .func_wrap(IMPORT_MODULE, IMPORT_LOG, host_log)
+                .map_err(config_error)?;
+            shards.push(Shard { engine, linker });
+        }
 
         let stop = Arc::new(AtomicBool::new(false));
-        let ticker_engine = engine.clone();
+        let ticker_engines: Vec<Engine> = shards.iter().map(|s| s.engine.clone()).collect();
         let ticker_stop = stop.clone();
         let handle = std::thread::Builder::new()
             .name("veil-epoch".into())
             .spawn(move || {
                 while !ticker_stop.load(Ordering::Relaxed) {
                     std::thread::sleep(TICK);
-                    ticker_engine.increment_epoch();
+                    for engine in &ticker_engines {
+                        engine.increment_epoch();
+                    }
                 }
             })
             .map_err(|e| SandboxError::Config(e.to_string()))?;
         Ok(Sandbox {
-            engine,
-            linker,
+            shards,
             config,
+            compiled: Mutex::new(CompiledCache::default()),
             _ticker: EpochTicker {
                 stop,
                 handle: Some(handle),
@@ -298,8 +370,31 @@ impl Sandbox {
     }
 
     /// Validates and compiles a module: size, imports (only `veil_abi_v1.log`), exports (the
-    /// version-1 ABI), initial memory within the cap. Nothing of the module runs here.
-    pub fn compile(&self, wasm: &[u8]) -> Result<CompiledModule, SandboxError> {
+    /// version-1 ABI), initial memory within the cap. Nothing of the module runs here. A module
+    /// already compiled by this sandbox (same hash) comes from the cache.
+    pub fn compile(&self, wasm: &[u8]) -> Result<Arc<CompiledModule>, SandboxError> {
+        let hash = module_hash(wasm);
+        {
+            let mut cache = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = cache.entries.iter().position(|(h, _)| *h == hash) {
+                let entry = cache.entries.remove(i);
+                let module = entry.1.clone();
+                cache.entries.push(entry);
+                return Ok(module);
+            }
+        }
+        let module = Arc::new(self.compile_uncached(wasm, hash.clone())?);
+        let mut cache = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+        if !cache.entries.iter().any(|(h, _)| *h == hash) {
+            if cache.entries.len() >= self.config.compiled_cache_entries {
+                cache.entries.remove(0);
+            }
+            cache.entries.push((hash, module.clone()));
+        }
+        Ok(module)
+    }
+
+    fn compile_uncached(&self, wasm: &[u8], hash: String) -> Result<CompiledModule, SandboxError> {
         let reject = |m: String| Err(SandboxError::ModuleRejected(m));
         if wasm.len() > self.config.max_module_bytes {
             return reject(format!(
@@ -311,11 +406,45 @@ impl Sandbox {
         if !wasm.starts_with(b"\0asm") {
             return reject("not a WebAssembly binary module".into());
         }
-        // Read declared memory sizes before compiling, so an oversized module gets a plain answer
-        // rather than an allocator-configuration error (and costs no compile time).
+        // Read the module once before compiling: an oversized or abusive module gets a plain
+        // answer and costs no compile time. Malformed bytes are left to the compiler's error.
         for payload in wasmparser::Parser::new(0).parse_all(wasm) {
-            let Ok(wasmparser::Payload::MemorySection(memories)) = payload else {
-                continue;
+            let memories = match payload {
+                Ok(wasmparser::Payload::Version {
+                    encoding: wasmparser::Encoding::Component,
+                    ..
+                }) => {
+                    return reject(
+                        "this is a WebAssembly component; Veil ABI version 1 takes a core module \
+                         (see docs/guests.md)"
+                            .into(),
+                    );
+                }
+                Ok(wasmparser::Payload::CodeSectionEntry(body)) => {
+                    check_function_body(&body).map_err(SandboxError::ModuleRejected)?;
+                    continue;
+                }
+                Ok(wasmparser::Payload::TableSection(tables)) => {
+                    if tables.count() > 1 {
+                        return reject("module declares more than one memory or table".into());
+                    }
+                    for table in tables.into_iter().flatten() {
+                        if table.ty.initial > MAX_TABLE_ELEMENTS {
+                            return reject(format!(
+                                "module declares a table of {} elements; the limit is {MAX_TABLE_ELEMENTS}",
+                                table.ty.initial
+                            ));
+                        }
+                    }
+                    continue;
+                }
+                Ok(wasmparser::Payload::MemorySection(memories)) => {
+                    if memories.count() > 1 {
+                        return reject("module declares more than one memory or table".into());
+                    }
+                    memories
+                }
+                _ => continue,
             };
             for memory in memories.into_iter().flatten() {
                 if memory.memory64 || memory.shared {
@@ -332,7 +461,7 @@ impl Sandbox {
                 }
             }
         }
-        let module = Module::from_binary(&self.engine, wasm)
+        let module = Module::from_binary(&self.shards[0].engine, wasm)
             .map_err(|e| SandboxError::ModuleRejected(format!("invalid module: {e:#}")))?;
 
         for import in module.imports() {
@@ -391,19 +520,17 @@ impl Sandbox {
                     "export `{name}` has type {f}; ABI version 1 needs params {params:?} and results {results:?}"
                 )));
             }
-            Ok(module.get_export_index(name).expect("export exists"))
+            Ok(())
         };
-        let alloc = find_func(EXPORT_ALLOC, &[ValType::I32], &[ValType::I32])?;
-        let map = find_func(EXPORT_MAP, &[ValType::I32, ValType::I32], &[ValType::I64])?;
-        let memory = match module.get_export("memory") {
-            Some(ExternType::Memory(m)) => {
-                if m.is_64() || m.is_shared() {
-                    return reject("`memory` must be a non-shared 32-bit memory".into());
-                }
-                module.get_export_index("memory").expect("export exists")
+        find_func(EXPORT_ALLOC, &[ValType::I32], &[ValType::I32])?;
+        find_func(EXPORT_MAP, &[ValType::I32, ValType::I32], &[ValType::I64])?;
+        match module.get_export("memory") {
+            Some(ExternType::Memory(m)) if m.is_64() || m.is_shared() => {
+                return reject("`memory` must be a non-shared 32-bit memory".into());
             }
+            Some(ExternType::Memory(_)) => {}
             _ => return reject("module does not export its linear memory as `memory`".into()),
-        };
+        }
         let resources = module.resources_required();
         if let Some(pages) = resources.max_initial_memory_size
             && pages.saturating_mul(WASM_PAGE) > self.config.memory_per_instance as u64
@@ -418,27 +545,83 @@ impl Sandbox {
             return reject("module declares more than one memory or table".into());
         }
         if let Some(elements) = resources.max_initial_table_size
-            && elements > 10_000
+            && elements > MAX_TABLE_ELEMENTS
         {
             return reject(format!(
-                "module declares a table of {elements} elements; the limit is 10000"
+                "module declares a table of {elements} elements; the limit is {MAX_TABLE_ELEMENTS}"
             ));
         }
 
-        let pre = self
-            .linker
-            .instantiate_pre(&module)
-            .map_err(|e| SandboxError::ModuleRejected(format!("cannot link module: {e:#}")))?;
+        // The other shards compile the same bytes for their own engine (from the disk cache when
+        // one is configured); validation above does not depend on the engine.
+        let mut shards = Vec::with_capacity(self.shards.len());
+        for (i, shard) in self.shards.iter().enumerate() {
+            let module = if i == 0 {
+                module.clone()
+            } else {
+                Module::from_binary(&shard.engine, wasm)
+                    .map_err(|e| SandboxError::ModuleRejected(format!("invalid module: {e:#}")))?
+            };
+            let export = |name: &str| module.get_export_index(name).expect("validated above");
+            shards.push(ShardModule {
+                engine: shard.engine.clone(),
+                alloc: export(EXPORT_ALLOC),
+                map: export(EXPORT_MAP),
+                memory: export("memory"),
+                pre: shard.linker.instantiate_pre(&module).map_err(|e| {
+                    SandboxError::ModuleRejected(format!("cannot link module: {e:#}"))
+                })?,
+            });
+        }
         Ok(CompiledModule {
-            engine: self.engine.clone(),
-            pre,
-            alloc,
-            map,
-            memory,
+            shards,
             config: self.config.clone(),
-            hash: module_hash(wasm),
+            hash,
         })
     }
+}
+
+/// Most table elements an instance may have (declared or grown).
+pub const MAX_TABLE_ELEMENTS: u64 = 10_000;
+
+/// Largest function body accepted, in bytes. Compile time and memory grow with a function's size;
+/// real analyses stay far below this.
+pub const MAX_FUNCTION_BODY_BYTES: usize = 1 << 20;
+/// Deepest nesting of blocks, loops and ifs accepted in one function. Compilers emit a few dozen
+/// levels; thousands are only good for stressing the compiler.
+pub const MAX_NESTING_DEPTH: usize = 1024;
+
+fn check_function_body(body: &wasmparser::FunctionBody<'_>) -> Result<(), String> {
+    let size = body.range().len();
+    if size > MAX_FUNCTION_BODY_BYTES {
+        return Err(format!(
+            "a function body is {size} bytes; the limit is {MAX_FUNCTION_BODY_BYTES} bytes"
+        ));
+    }
+    // Unreadable operators are left for the compiler's validation to report.
+    let Ok(mut ops) = body.get_operators_reader() else {
+        return Ok(());
+    };
+    let mut depth = 0usize;
+    while !ops.eof() {
+        let Ok(op) = ops.read() else {
+            return Ok(());
+        };
+        use wasmparser::Operator as Op;
+        match op {
+            Op::Block { .. } | Op::Loop { .. } | Op::If { .. } | Op::TryTable { .. } => {
+                depth += 1;
+                if depth > MAX_NESTING_DEPTH {
+                    return Err(format!(
+                        "a function nests blocks more than {MAX_NESTING_DEPTH} deep"
+                    ));
+                }
+            }
+            Op::End => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// SHA-256 of a module's bytes, hex: the module's identity in manifests, approvals and the log.
@@ -468,15 +651,30 @@ fn host_log(mut caller: Caller<'_, UnitState>, ptr: i32, len: i32) {
     }
 }
 
-/// A module that passed validation, linked and ready to instantiate once per unit.
-pub struct CompiledModule {
+/// A module compiled for one engine shard, with its exports resolved once.
+struct ShardModule {
     engine: Engine,
     pre: InstancePre<UnitState>,
     alloc: ModuleExport,
     map: ModuleExport,
     memory: ModuleExport,
+}
+
+/// A module that passed validation, linked and ready to instantiate once per unit.
+pub struct CompiledModule {
+    shards: Vec<ShardModule>,
     config: SandboxConfig,
     hash: String,
+}
+
+/// Which engine shard the current thread uses: assigned round-robin on a thread's first unit and
+/// kept, so one thread never contends with another on a shard's pool.
+fn thread_shard(shards: usize) -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    SHARD.with(|s| *s % shards)
 }
 
 impl CompiledModule {
@@ -487,16 +685,17 @@ impl CompiledModule {
 
     /// Runs the module on one privacy unit in a fresh instance.
     pub fn run_unit(&self, input: &[u8]) -> UnitOutcome {
+        let shard = &self.shards[thread_shard(self.shards.len())];
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.config.memory_per_instance)
-            .table_elements(10_000)
+            .table_elements(MAX_TABLE_ELEMENTS as usize)
             .instances(1)
             .tables(1)
             .memories(1)
             .trap_on_grow_failure(true)
             .build();
         let mut store = Store::new(
-            &self.engine,
+            &shard.engine,
             UnitState {
                 limits,
                 log: Vec::new(),
@@ -505,7 +704,7 @@ impl CompiledModule {
             },
         );
         store.limiter(|s| &mut s.limits);
-        let result = self.run_in(&mut store, input);
+        let result = self.run_in(shard, &mut store, input);
         let state = store.into_data();
         let mut log = String::from_utf8_lossy(&state.log).into_owned();
         if state.log_truncated {
@@ -516,6 +715,7 @@ impl CompiledModule {
 
     fn run_in(
         &self,
+        shard: &ShardModule,
         store: &mut Store<UnitState>,
         input: &[u8],
     ) -> Result<Vec<Contribution>, UnitFault> {
@@ -530,9 +730,9 @@ impl CompiledModule {
             .map_err(classify)?;
         store.set_epoch_deadline(ticks);
         // A start function runs inside `instantiate`, under the fuel and deadline just set.
-        let instance = self.pre.instantiate(&mut *store).map_err(classify)?;
+        let instance = shard.pre.instantiate(&mut *store).map_err(classify)?;
         let memory = instance
-            .get_module_export(&mut *store, &self.memory)
+            .get_module_export(&mut *store, &shard.memory)
             .and_then(|e| e.into_memory())
             .ok_or_else(|| UnitFault::BadOutput("memory export missing".into()))?;
         let func = |export: &ModuleExport, store: &mut Store<UnitState>| {
@@ -541,10 +741,10 @@ impl CompiledModule {
                 .and_then(|e| e.into_func())
                 .ok_or_else(|| UnitFault::BadOutput("function export missing".into()))
         };
-        let alloc = func(&self.alloc, store)?
+        let alloc = func(&shard.alloc, store)?
             .typed::<i32, i32>(&*store)
             .map_err(classify)?;
-        let map = func(&self.map, store)?
+        let map = func(&shard.map, store)?
             .typed::<(i32, i32), i64>(&*store)
             .map_err(classify)?;
 

@@ -69,6 +69,10 @@ impl Env {
     }
     /// Registers the people dataset and sets the standard policy (approval as given).
     pub fn setup(&self, approval: &str) {
+        self.setup_with_policy(&policy(approval));
+    }
+    /// Registers the people dataset and sets the given policy text.
+    pub fn setup_with_policy(&self, policy_text: &str) {
         let csv = self.write("people.csv", &people_csv());
         self.ok(&[
             "dataset",
@@ -81,7 +85,7 @@ impl Env {
             "--privacy-unit",
             "person_id",
         ]);
-        let policy = self.write("policy.toml", &policy(approval));
+        let policy = self.write("policy.toml", policy_text);
         self.ok(&[
             "--as",
             HOLDER,
@@ -200,4 +204,18 @@ values = [{{ name = "v", bounds = [0, 1000] }}]
         cols.join(", "),
         keys.join(", ")
     )
+}
+
+/// A core module with Veil's version-1 exports: `extra` adds declarations (imports, globals, data,
+/// helper functions) and `body` is the map function's body, which must leave an i64 on the stack.
+/// The unit's input is placed at 32 KiB, so data segments below that stay intact.
+pub fn wat_module(extra: &str, body: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+             {extra}
+             (memory (export "memory") 1)
+             (func (export "veil_abi_v1_alloc") (param i32) (result i32) i32.const 32768)
+             (func (export "veil_abi_v1_map") (param $in i32) (param $len i32) (result i64) {body}))"#
+    ))
+    .expect("valid WAT")
 }

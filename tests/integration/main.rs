@@ -7,4 +7,5 @@ mod bad_input;
 mod crash;
 mod demo;
 mod pipeline;
+mod redteam;
 mod sandbox;

@@ -14,14 +14,7 @@ fn module(body: &str) -> Vec<u8> {
 }
 
 fn module_with(extra: &str, body: &str) -> Vec<u8> {
-    wat::parse_str(format!(
-        r#"(module
-             {extra}
-             (memory (export "memory") 1)
-             (func (export "veil_abi_v1_alloc") (param i32) (result i32) i32.const 1024)
-             (func (export "veil_abi_v1_map") (param i32 i32) (result i64) {body}))"#
-    ))
-    .expect("valid WAT")
+    wat_module(extra, body)
 }
 
 fn small_sandbox() -> Sandbox {

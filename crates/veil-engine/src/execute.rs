@@ -401,14 +401,19 @@ fn run_worker<F: Fn(&'static str)>(
     loop {
         let chunk = ctx.next.fetch_add(1, Ordering::Relaxed);
         let start = chunk * CHUNK;
-        if start >= ctx.ranges.len() || ctx.abort.load(Ordering::Relaxed) {
-            break;
-        }
-        if ctx.started.elapsed() > ctx.deadline {
-            (ctx.stop)("deadline");
+        if start >= ctx.ranges.len() {
             break;
         }
         for (unit_id, &(lo, hi)) in ctx.ranges.iter().enumerate().skip(start).take(CHUNK) {
+            // Checked per unit, not per chunk: a chunk of slow units could otherwise run for
+            // CHUNK times the unit deadline past the job's deadline.
+            if ctx.abort.load(Ordering::Relaxed) {
+                return (bounder, log, codes);
+            }
+            if ctx.started.elapsed() > ctx.deadline {
+                (ctx.stop)("deadline");
+                return (bounder, log, codes);
+            }
             enc.reset();
             for row in lo..hi {
                 enc.begin_row();

@@ -182,7 +182,16 @@ impl Veil {
 
     fn sandbox(&mut self) -> Result<&Sandbox> {
         if self.sandbox.is_none() {
-            self.sandbox = Some(Sandbox::new(self.config.sandbox.clone())?);
+            let mut config = self.config.sandbox.clone();
+            // Compiled code is cached beside the store unless the operator chose a place: a module
+            // then compiles once per machine, not once per process and engine shard.
+            if config.disk_cache_dir().is_none() {
+                config = config
+                    .into_builder()
+                    .disk_cache_dir(self.data_dir.join("module-cache"))
+                    .build();
+            }
+            self.sandbox = Some(Sandbox::new(config)?);
         }
         Ok(self.sandbox.as_ref().expect("just set"))
     }

@@ -11,11 +11,19 @@ pub const PEOPLE_BY_AGE_REGION: &[u8] =
 /// Test fixture: one group per column name the module can see (`examples/column-probe`).
 pub const COLUMN_PROBE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/column_probe.wasm"));
 
+/// The smallest guest: one constant contribution per unit; measures isolation cost (`examples/trivial`).
+pub const TRIVIAL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/trivial.wasm"));
+
+/// Red-team fixture: leaks a raw value through stdout, the log and a panic (`examples/leaky`).
+pub const LEAKY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/leaky.wasm"));
+
 /// Every example as (file name, bytes).
 pub const ALL: &[(&str, &[u8])] = &[
     ("income_by_education.wasm", INCOME_BY_EDUCATION),
     ("people_by_age_region.wasm", PEOPLE_BY_AGE_REGION),
     ("column_probe.wasm", COLUMN_PROBE),
+    ("trivial.wasm", TRIVIAL),
+    ("leaky.wasm", LEAKY),
 ];
 
 /// Writes every example module into `dir`.

@@ -26,7 +26,18 @@
 //! consumer, so a module author cannot debug against real data by printing it to themselves.
 //!
 //! This is the one crate in Veil that contains `unsafe`: the guest side of the ABI necessarily turns
-//! host-provided pointers into slices.
+//! host-provided pointers into slices, and the guest's allocator hands out raw memory.
+//!
+//! On wasm32 the SDK installs its own global allocator (a bump allocator, see `heap.rs`), because
+//! each unit's instance lives for one call only; a module must not declare another
+//! `#[global_allocator]`.
+
+#[cfg(target_arch = "wasm32")]
+mod heap;
+
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: heap::BumpAllocator = heap::BumpAllocator::new();
 
 pub use veil_abi::{ColumnType, Contribution, Value};
 use veil_abi::{UnitView, encode_contributions};
