@@ -28,7 +28,9 @@ fn end_to_end_release_with_small_group_withheld() {
         "the catalog must never show rows"
     );
 
-    let out = submit(&env, &income_manifest(0.5), "income.toml");
+    // ε = 1 makes count noise of scale 2: the 2 graduates would need noise of +18 to pass the
+    // threshold of 20 (probability 0.5·e^-9, about 6e-5), so the withheld group is reliably withheld.
+    let out = submit(&env, &income_manifest(1.0), "income.toml");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let job = text(&out.stdout).trim().to_owned();
     assert_eq!(
@@ -51,19 +53,19 @@ fn end_to_end_release_with_small_group_withheld() {
             units["ci95"][0].as_f64().unwrap(),
             units["ci95"][1].as_f64().unwrap(),
         );
-        // Count noise has scale 4, so its exact 95% half-width is 12.
+        // Count noise has scale 2, so its exact 95% half-width is 6.
         assert!(
-            (v - 200.0).abs() < 60.0 && v - lo == 12.0 && hi - v == 12.0,
+            (v - 200.0).abs() < 30.0 && v - lo == 6.0 && hi - v == 6.0,
             "{units}"
         );
-        assert_eq!(units["noise_scale"].as_f64().unwrap(), 4.0); // G·(1+m)/ε = 1·2/0.5
+        assert_eq!(units["noise_scale"].as_f64().unwrap(), 2.0); // G·(1+m)/ε = 1·2/1
         let mean = row["values"][0]["mean"].as_f64().unwrap();
         let expected = if row["key"][0] == "bachelor" {
             1304.5
         } else {
             704.5
         };
-        // Sum noise has scale 2000·2/0.5 = 8000 on a sum near 200·expected: ±600 is > 14 scales.
+        // Sum noise has scale 2000·2/1 = 4000 on a sum near 200·expected: ±600 is > 28 scales.
         assert!((mean - expected).abs() < 600.0, "{mean} vs {expected}");
     }
     assert!(r["suppression_rule"].as_str().unwrap().contains("below 20"));
@@ -78,12 +80,12 @@ fn end_to_end_release_with_small_group_withheld() {
         "{table}"
     );
 
-    // Budget: 0.5 of 1.5 spent.
+    // Budget: 1 of 1.5 spent.
     let budget = env.ok(&["--as", CONSUMER, "budget", "--format", "json"]);
     let b: Value = serde_json::from_str(&budget).unwrap();
     assert_eq!(
         (b[0]["spent"].as_str(), b[0]["remaining"].as_str()),
-        (Some("0.5"), Some("1"))
+        (Some("1"), Some("0.5"))
     );
 
     // The audit log verifies, on the store and offline.

@@ -26,8 +26,9 @@ use crate::common::*;
 const EPSILON: f64 = 0.5;
 const EPSILON_MICRO: u64 = 500_000;
 /// Groups with fewer (noisy) people are withheld. The largest group one person's age can single
-/// out holds 7 people, so with noise of scale 4 at ε = 0.5 no such group is released.
-const MIN_UNITS: u64 = 50;
+/// out holds 7 people; with count noise of scale 4 (ε = 0.5) it would need noise above +93 to be
+/// released, which has probability below 1e-10.
+const MIN_UNITS: u64 = 100;
 
 fn redteam_policy() -> String {
     format!(
