@@ -120,6 +120,7 @@ fn main() {
                         ("educ", ColumnType::Int),
                         ("weekly_income", ColumnType::Float),
                     ]);
+                    let mut runner = module.runner();
                     for u in 0..per_worker {
                         enc.reset();
                         for r in 0..2 {
@@ -127,7 +128,7 @@ fn main() {
                             enc.push_int(12 + ((u + w as u64) % 5) as i64);
                             enc.push_float(700.0 + r as f64);
                         }
-                        let out = module.run_unit(enc.finish());
+                        let out = runner.run_unit(enc.finish());
                         assert!(out.result.is_ok());
                     }
                 });

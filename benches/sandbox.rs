@@ -4,7 +4,8 @@
 //!
 //! Run with `cargo bench -p veil-benches --bench sandbox`. `VEIL_BENCH_UNITS` sets the number of
 //! units per guest (default 400,000); `VEIL_BENCH_GUESTS=a.wasm,b.wasm` measures other modules instead
-//! of the examples. Results are recorded by hand in benches/README.md.
+//! of the examples. Each figure is the median of three runs. Results are recorded by hand in
+//! benches/README.md.
 use std::time::{Duration, Instant};
 
 use veil_abi::{ColumnType, UnitEncoder};
@@ -27,6 +28,7 @@ fn run(module: &CompiledModule, units: u64, workers: usize) -> Duration {
                     ("educ", ColumnType::Int),
                     ("weekly_income", ColumnType::Float),
                 ]);
+                let mut runner = module.runner();
                 for u in 0..per_worker {
                     enc.reset();
                     for r in 0..2 {
@@ -34,7 +36,7 @@ fn run(module: &CompiledModule, units: u64, workers: usize) -> Duration {
                         enc.push_int(12 + ((u + w as u64) % 5) as i64);
                         enc.push_float(700.0 + r as f64);
                     }
-                    let out = module.run_unit(enc.finish());
+                    let out = runner.run_unit(enc.finish());
                     assert!(out.result.is_ok(), "{:?}", out.result);
                 }
             });
@@ -51,14 +53,20 @@ fn main() {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let sandbox = Sandbox::new(
-        SandboxConfig::builder()
-            .max_concurrent_instances(cores as u32 * 2)
-            .build(),
-    )
-    .expect("sandbox");
+    let mut config = SandboxConfig::builder().max_concurrent_instances(cores as u32 * 2);
+    // For comparisons: VEIL_BENCH_UNITS_PER_STORE=1 gives every unit its own wasmtime store.
+    if let Some(n) = std::env::var("VEIL_BENCH_UNITS_PER_STORE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config = config.units_per_store(n);
+    }
+    let sandbox = Sandbox::new(config.build()).expect("sandbox");
     let floor = wat::parse_str(WAT_FLOOR).expect("wat");
-    println!("Veil sandbox benchmark: {units} units per guest, {cores} cores");
+    println!(
+        "Veil sandbox benchmark: {units} units per guest, {cores} cores, {} units per store",
+        sandbox.config().units_per_store()
+    );
     let mut guests: Vec<(String, Vec<u8>)> = vec![
         ("wat floor".into(), floor),
         ("trivial (Rust)".into(), veil_examples::TRIVIAL.to_vec()),
@@ -84,12 +92,19 @@ fn main() {
         // Warm the pool and the caches first.
         run(&module, 2_000, cores);
         for workers in [1, cores] {
-            let secs = run(&module, units, workers).as_secs_f64();
+            // The median of three runs: this machine's neighbours make single runs vary by ±15%.
+            let mut runs: Vec<f64> = (0..3)
+                .map(|_| run(&module, units, workers).as_secs_f64())
+                .collect();
+            runs.sort_by(f64::total_cmp);
             let n = (units / workers as u64 * workers as u64) as f64;
+            let rate = |secs: f64| n / secs;
             println!(
-                "{name:<22} {workers} core(s) {:>9.0} units/s  {:>6.2} µs/unit/core",
-                n / secs,
-                secs * 1e6 * workers as f64 / n
+                "{name:<22} {workers} core(s) {:>9.0} units/s  {:>6.2} µs/unit/core  (runs: {:.0}–{:.0})",
+                rate(runs[1]),
+                runs[1] * 1e6 * workers as f64 / n,
+                rate(runs[2]),
+                rate(runs[0]),
             );
         }
     }

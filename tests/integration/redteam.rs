@@ -78,7 +78,7 @@ fn default_sandbox() -> SandboxConfig {
         .fuel_per_unit(2_000_000)
         .memory_per_instance(4 << 20)
         .unit_deadline(Duration::from_millis(500))
-        .max_concurrent_instances(8)
+        .max_concurrent_instances(4)
         .build()
 }
 
@@ -392,7 +392,7 @@ fn cpu_loop_without_a_fuel_limit_meets_the_epoch_deadline() {
         .fuel_per_unit(u64::MAX / 2)
         .unit_deadline(Duration::from_millis(50))
         .memory_per_instance(4 << 20)
-        .max_concurrent_instances(8)
+        .max_concurrent_instances(4)
         .build();
     let mut r = Range::with(sandbox, Duration::from_secs(600));
     r.faulted(
@@ -411,7 +411,7 @@ fn cpu_slow_units_meet_the_job_deadline() {
         .fuel_per_unit(200_000_000)
         .unit_deadline(Duration::from_secs(2))
         .memory_per_instance(4 << 20)
-        .max_concurrent_instances(8)
+        .max_concurrent_instances(4)
         .build();
     let mut r = Range::with(sandbox, Duration::from_millis(500));
     let spin = "(local $i i32) (loop (local.set $i (i32.add (local.get $i) (i32.const 1))) \

@@ -178,6 +178,27 @@ fn state_does_not_carry_between_units() {
             "state leaked between instances"
         );
     }
+    // A runner shares a store between consecutive units (16 by default), never an instance: a
+    // memory cell and a global set by one unit are unset for the next, across store changes.
+    let marker = sb
+        .compile(&module_with(
+            r#"(global $g (mut i32) (i32.const 0))
+               (data (i32.const 0) "\01\00\00\00\00\00\00\00\00\00\00\00")"#,
+            "(if (i32.or (global.get $g) (i32.load (i32.const 4000))) (then unreachable)) \
+             (global.set $g (i32.const 1)) (i32.store (i32.const 4000) (i32.const 1)) \
+             (if (local.get $len) (then unreachable)) i64.const 12",
+        ))
+        .unwrap();
+    let mut runner = marker.runner();
+    for unit in 0..40 {
+        assert!(
+            runner.run_unit(&[]).result.is_ok(),
+            "unit {unit} saw the previous unit's state"
+        );
+    }
+    // A unit that marks its state and then traps (non-empty input) leaves nothing for the next.
+    assert!(runner.run_unit(&[1]).result.is_err());
+    assert!(runner.run_unit(&[]).result.is_ok());
 }
 
 /// Engine-level: a looping module on a real dataset. The job fails with a code, the host lives

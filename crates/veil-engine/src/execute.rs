@@ -391,6 +391,7 @@ fn run_worker<F: Fn(&'static str)>(
 ) -> (Bounder, Vec<String>, BTreeMap<&'static str, u64>) {
     let mut bounder = Bounder::new(ctx.plan.clone());
     let mut enc = UnitEncoder::new(abi_columns);
+    let mut runner = ctx.module.runner();
     let mut log = Vec::new();
     let mut codes: BTreeMap<&'static str, u64> = BTreeMap::new();
     let note = |line: String, log: &mut Vec<String>| {
@@ -421,7 +422,7 @@ fn run_worker<F: Fn(&'static str)>(
                     c.encode(row, &mut enc);
                 }
             }
-            let outcome = ctx.module.run_unit(enc.finish());
+            let outcome = runner.run_unit(enc.finish());
             if !outcome.log.is_empty() {
                 note(
                     format!("unit {unit_id}: module log: {}", outcome.log.trim_end()),
