@@ -158,6 +158,7 @@ fn main() {
         epsilon: Epsilon(1_000_000),
         max_groups_per_unit: 1,
         min_units_per_group: 50,
+        blocks: None,
     });
     let contributions: Vec<Vec<Contribution>> = (0..people)
         .map(|u| {

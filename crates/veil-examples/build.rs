@@ -10,6 +10,7 @@ const GUESTS: &[&str] = &[
     "column_probe",
     "trivial",
     "leaky",
+    "median_income",
 ];
 const TARGET: &str = "wasm32-unknown-unknown";
 

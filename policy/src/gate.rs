@@ -177,9 +177,23 @@ pub struct Release {
     /// The rule that withheld groups, stated without saying how many it withheld.
     pub suppression_rule: String,
     pub granularity: f64,
+    /// Sample-and-aggregate jobs release one estimate per value instead of grouped rows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub estimates: Vec<BlockEstimate>,
 }
 
-fn cell(
+/// One value released by sample-and-aggregate: the noisy average of the blocks' clamped outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockEstimate {
+    pub name: String,
+    pub estimate: NoisyCell,
+    /// Number of disjoint blocks averaged (fixed by the manifest, not by the data).
+    pub blocks: u32,
+    /// The range each block's output was clamped to.
+    pub bounds: [f64; 2],
+}
+
+pub(crate) fn cell(
     true_value: i128,
     mech: &DiscreteLaplace,
     unit: f64,
@@ -321,6 +335,7 @@ pub async fn release<R: Rng + CryptoRng>(
             plan.min_units_per_group
         ),
         granularity: unit,
+        estimates: Vec::new(),
     };
     Ok((release, stats))
 }
@@ -347,6 +362,7 @@ mod tests {
             epsilon: Epsilon(1_000_000),
             max_groups_per_unit: max_groups,
             min_units_per_group: min_units,
+            blocks: None,
         })
     }
 

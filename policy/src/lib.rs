@@ -22,6 +22,6 @@ pub mod mechanisms;
 pub mod model;
 
 pub use error::{PolicyError, Result};
-pub use gate::{Bounder, BoundingStats, GateContribution, Release};
+pub use gate::{BlockEstimate, Bounder, BoundingStats, GateContribution, Release};
 pub use manifest::{Aggregate, DeliveredColumn, DeliveredType, JobManifest, JobPlan, precheck};
 pub use model::{Approval, ColumnClass, ColumnRule, Epsilon, Policy, document_hash};

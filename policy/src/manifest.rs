@@ -11,6 +11,9 @@ use crate::model::{ColumnClass, Epsilon, MAX_EPSILON, Policy, check_bounds, is_n
 /// Most key parts and values a job may declare; keeps the gate's work and the output shape bounded.
 pub const MAX_KEY_PARTS: usize = 8;
 pub const MAX_VALUES: usize = 16;
+/// Range of `blocks` in sample-and-aggregate mode.
+pub const MIN_BLOCKS: u32 = 2;
+pub const MAX_BLOCKS: u32 = 100_000;
 
 /// How a released value column is presented. Both release a noisy sum; `mean` adds the ratio of the
 /// noisy sum to the noisy count (post-processing, no extra privacy cost).
@@ -40,6 +43,8 @@ pub struct JobManifest {
     pub epsilon: Epsilon,
     pub keys: Vec<String>,
     pub values: Vec<ValueSpec>,
+    /// Sample-and-aggregate mode with this many blocks (`None`: one run per privacy unit).
+    pub blocks: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -50,6 +55,7 @@ struct RawManifest {
     purpose: Option<String>,
     columns: Spanned<Vec<String>>,
     epsilon: Spanned<f64>,
+    blocks: Option<Spanned<i64>>,
     output: RawOutput,
 }
 
@@ -144,6 +150,29 @@ impl JobManifest {
                 format!("`{bad}` is not a valid name"),
             );
         }
+        let blocks = match raw.blocks {
+            None => None,
+            Some(b) => {
+                let n = *b.get_ref();
+                if !(i64::from(MIN_BLOCKS)..=i64::from(MAX_BLOCKS)).contains(&n) {
+                    return invalid(
+                        text,
+                        b.span(),
+                        "blocks",
+                        format!("must be a whole number from {MIN_BLOCKS} to {MAX_BLOCKS}"),
+                    );
+                }
+                if !keys.is_empty() {
+                    return invalid(
+                        text,
+                        keys_span,
+                        "output.keys",
+                        "sample-and-aggregate jobs release one estimate per value: declare no keys",
+                    );
+                }
+                Some(n as u32)
+            }
+        };
         let values_span = raw.output.values.span();
         let raw_values = raw.output.values.into_inner();
         if raw_values.is_empty() || raw_values.len() > MAX_VALUES {
@@ -175,6 +204,16 @@ impl JobManifest {
                 return invalid(text, span, &format!("{field}.bounds"), m);
             }
             let aggregate = match v.aggregate.as_deref() {
+                // In block mode each value is the noisy average of the blocks' clamped outputs.
+                None | Some("mean") if blocks.is_some() => Aggregate::Mean,
+                Some(_) if blocks.is_some() => {
+                    return invalid(
+                        text,
+                        span,
+                        &format!("{field}.aggregate"),
+                        "sample-and-aggregate values are averages over blocks: use \"mean\" or leave it out",
+                    );
+                }
                 None | Some("sum") => Aggregate::Sum,
                 Some("mean") => Aggregate::Mean,
                 Some(other) => {
@@ -200,6 +239,7 @@ impl JobManifest {
             epsilon,
             keys,
             values,
+            blocks,
         })
     }
 }
@@ -240,6 +280,8 @@ pub struct JobPlan {
     pub epsilon: Epsilon,
     pub max_groups_per_unit: u32,
     pub min_units_per_group: u64,
+    /// Sample-and-aggregate mode: the number of blocks (see [`crate::mechanisms::SampleAggregate`]).
+    pub blocks: Option<u32>,
 }
 
 /// The pre-check: may `consumer` run `manifest` under `policy` on a dataset with `schema`?
@@ -320,6 +362,7 @@ pub fn precheck(
         epsilon: manifest.epsilon,
         max_groups_per_unit: policy.max_groups_per_unit,
         min_units_per_group: policy.min_units_per_group,
+        blocks: manifest.blocks,
     })
 }
 

@@ -705,6 +705,17 @@ pub struct UnitRunner<'a> {
 impl UnitRunner<'_> {
     /// Runs the module on one privacy unit in a fresh instance.
     pub fn run_unit(&mut self, input: &[u8]) -> UnitOutcome {
+        self.run_weighted(input, 1)
+    }
+
+    /// Runs the module once on the rows of `units` privacy units together (a block in
+    /// sample-and-aggregate mode), in a fresh instance, with `units` times a unit's fuel and
+    /// deadline. Memory and output limits stay those of one unit.
+    pub fn run_block(&mut self, input: &[u8], units: u32) -> UnitOutcome {
+        self.run_weighted(input, units)
+    }
+
+    fn run_weighted(&mut self, input: &[u8], weight: u32) -> UnitOutcome {
         let module = self.module;
         if self.units_in_store >= module.config.units_per_store {
             self.store = None;
@@ -720,7 +731,7 @@ impl UnitRunner<'_> {
         let state = store.data_mut();
         state.log.clear();
         state.log_truncated = false;
-        let result = module.run_in(self.shard, store, input);
+        let result = module.run_in(self.shard, store, input, weight);
         let state = store.data_mut();
         let mut log = String::from_utf8_lossy(&state.log).into_owned();
         if state.log_truncated {
@@ -794,15 +805,18 @@ impl CompiledModule {
         shard: &ShardModule,
         store: &mut Store<UnitState>,
         input: &[u8],
+        weight: u32,
     ) -> Result<Vec<Contribution>, UnitFault> {
-        let ticks = self
+        let weight = u64::from(weight.max(1));
+        let ticks = (self
             .config
             .unit_deadline
             .as_millis()
             .div_ceil(TICK.as_millis())
-            .max(1) as u64;
+            .max(1) as u64)
+            .saturating_mul(weight);
         store
-            .set_fuel(self.config.fuel_per_unit)
+            .set_fuel(self.config.fuel_per_unit.saturating_mul(weight))
             .map_err(classify)?;
         store.set_epoch_deadline(ticks);
         // A start function runs inside `instantiate`, under the fuel and deadline just set.

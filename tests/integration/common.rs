@@ -219,3 +219,25 @@ pub fn wat_module(extra: &str, body: &str) -> Vec<u8> {
     ))
     .expect("valid WAT")
 }
+
+/// A WAT data segment at offset 0 holding `contributions` as the ABI encodes them, and the map
+/// body that returns it.
+pub fn emitting(contributions: &[veil_abi::Contribution]) -> (String, String) {
+    let mut bytes = Vec::new();
+    veil_abi::encode_contributions(contributions, &mut bytes);
+    (
+        format!("(data (i32.const 0) \"{}\")", wat_bytes(&bytes)),
+        format!("i64.const {}", bytes.len()),
+    )
+}
+
+pub fn wat_bytes(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("\\{b:02x}")).collect()
+}
+
+pub fn contribution(key: &[&str], values: &[f64]) -> veil_abi::Contribution {
+    veil_abi::Contribution {
+        key: key.iter().map(|k| k.to_string()).collect(),
+        values: values.to_vec(),
+    }
+}

@@ -4,6 +4,7 @@ mod common;
 
 mod audit;
 mod bad_input;
+mod blocks;
 mod crash;
 mod demo;
 mod pipeline;

@@ -17,6 +17,7 @@
 use std::time::Duration;
 
 use veil_abi::{Contribution, encode_contributions};
+
 use veil_engine::{AuditEntry, EngineConfig, EngineError, JobInfo, JobState, Release, Veil};
 use veil_sandbox::{SandboxConfig, SandboxError};
 
@@ -299,28 +300,6 @@ impl Range {
 
 fn micro(eps: &str) -> u64 {
     (eps.parse::<f64>().unwrap() * 1e6).round() as u64
-}
-
-/// A WAT data segment at offset 0 holding `contributions` as the ABI encodes them, and the map
-/// body that returns it.
-fn emitting(contributions: &[Contribution]) -> (String, String) {
-    let mut bytes = Vec::new();
-    encode_contributions(contributions, &mut bytes);
-    (
-        format!("(data (i32.const 0) \"{}\")", wat_bytes(&bytes)),
-        format!("i64.const {}", bytes.len()),
-    )
-}
-
-fn wat_bytes(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("\\{b:02x}")).collect()
-}
-
-fn contribution(key: &[&str], values: &[f64]) -> Contribution {
-    Contribution {
-        key: key.iter().map(|k| k.to_string()).collect(),
-        values: values.to_vec(),
-    }
 }
 
 /// The map body returns a fixed, valid output after running `prelude`.

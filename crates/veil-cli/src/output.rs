@@ -148,7 +148,34 @@ fn fmt_num(x: f64) -> String {
     }
 }
 
+/// A sample-and-aggregate release: one estimate per value.
+fn estimates_table(r: &Release) {
+    println!("value  estimate (95% CI)  blocks  clamp range");
+    for e in &r.estimates {
+        println!(
+            "{}  {} [{}, {}]  {}  [{}, {}]",
+            e.name,
+            fmt_num(e.estimate.value),
+            fmt_num(e.estimate.ci95[0]),
+            fmt_num(e.estimate.ci95[1]),
+            e.blocks,
+            fmt_num(e.bounds[0]),
+            fmt_num(e.bounds[1]),
+        );
+    }
+    let scales: Vec<String> = r
+        .estimates
+        .iter()
+        .map(|e| format!("{} ±{}", e.name, fmt_num(e.estimate.noise_scale)))
+        .collect();
+    println!("noise: {}, scale: {}", r.mechanism, scales.join(", "));
+    println!("ε = {}; {}", r.epsilon, r.suppression_rule);
+}
+
 pub fn release_table(r: &Release) {
+    if !r.estimates.is_empty() {
+        return estimates_table(r);
+    }
     let mut header: Vec<String> = r.key_names.clone();
     header.push("units (95% CI)".into());
     let names: Vec<String> = r
@@ -248,6 +275,23 @@ fn csv_field(s: &str) -> String {
 }
 
 pub fn release_csv(r: &Release) {
+    if !r.estimates.is_empty() {
+        println!("value,estimate,ci95_low,ci95_high,noise_scale,blocks,clamp_low,clamp_high");
+        for e in &r.estimates {
+            println!(
+                "{},{},{},{},{},{},{},{}",
+                csv_field(&e.name),
+                e.estimate.value,
+                e.estimate.ci95[0],
+                e.estimate.ci95[1],
+                e.estimate.noise_scale,
+                e.blocks,
+                e.bounds[0],
+                e.bounds[1]
+            );
+        }
+        return;
+    }
     let mut header: Vec<String> = r.key_names.clone();
     header.extend(
         [

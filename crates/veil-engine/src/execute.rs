@@ -23,6 +23,7 @@ use rand_chacha::ChaCha20Rng;
 use veil_abi::{ColumnType, UnitEncoder};
 use veil_catalog::DatasetRecord;
 use veil_policy::gate::{self, Bounder};
+use veil_policy::mechanisms::{SampleAggregate, assign_blocks};
 use veil_policy::{DeliveredType, JobPlan, Release};
 use veil_sandbox::CompiledModule;
 
@@ -271,6 +272,18 @@ impl Veil {
             .collect();
 
         let started = Instant::now();
+        if let Some(sample_aggregate) = SampleAggregate::for_plan(&plan) {
+            let run = BlockRun {
+                module: &module,
+                columns: &columns,
+                ranges: &ranges,
+                abi_columns: &abi_columns,
+                workers,
+                deadline,
+                started,
+            };
+            return run.release(&sample_aggregate, null_units);
+        }
         let next = AtomicUsize::new(0);
         let faults = AtomicU64::new(0);
         let abort = AtomicBool::new(false);
@@ -448,4 +461,144 @@ fn run_worker<F: Fn(&'static str)>(
         }
     }
     (bounder, log, codes)
+}
+
+/// What one block worker produced: (block index, the block's values if usable) and holder log lines.
+type BlockWorkerOutput = (Vec<(usize, Option<Vec<f64>>)>, Vec<String>);
+
+/// Sample-and-aggregate: one run per block of randomly assigned units (see
+/// [`veil_policy::mechanisms::SampleAggregate`]). A faulting block counts as the midpoint of each
+/// value's range and never stops the job, so failures say nothing to the consumer.
+struct BlockRun<'a> {
+    module: &'a CompiledModule,
+    columns: &'a [Column],
+    ranges: &'a [(usize, usize)],
+    abi_columns: &'a [(&'a str, ColumnType)],
+    workers: usize,
+    deadline: std::time::Duration,
+    started: Instant,
+}
+
+impl BlockRun<'_> {
+    fn release(
+        &self,
+        mechanism: &SampleAggregate<'_>,
+        null_units: usize,
+    ) -> Result<RunOutput, ExecutionFailure> {
+        let mut rng = ChaCha20Rng::from_os_rng();
+        let blocks = assign_blocks(self.ranges.len(), mechanism.blocks(), &mut rng);
+        let next = AtomicUsize::new(0);
+        let over_time = AtomicBool::new(false);
+        let results: Vec<BlockWorkerOutput> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..self.workers)
+                .map(|_| {
+                    let (next, over_time, blocks) = (&next, &over_time, &blocks);
+                    scope.spawn(move || self.worker(blocks, next, over_time))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("worker panicked"))
+                .collect()
+        });
+        let mut outputs = vec![None; blocks.len()];
+        let mut holder_log = Vec::new();
+        for (done, log) in results {
+            for (b, out) in done {
+                outputs[b] = out;
+            }
+            holder_log.extend(log);
+        }
+        let faults = outputs.iter().filter(|o| o.is_none()).count() as u64;
+        let units = self.ranges.len() as u64;
+        let sizes = blocks.iter().map(Vec::len);
+        holder_log.push(format!(
+            "sample-and-aggregate: {} units in {} blocks ({}–{} units each); {faults} blocks counted as the midpoint",
+            units,
+            blocks.len(),
+            sizes.clone().min().unwrap_or(0),
+            sizes.max().unwrap_or(0),
+        ));
+        if null_units > 0 {
+            holder_log.push(format!(
+                "{null_units} rows with a null privacy unit were not used"
+            ));
+        }
+        if over_time.load(Ordering::Relaxed) {
+            return Err(ExecutionFailure {
+                code: "deadline",
+                public_reason: "the job exceeded its time limit".into(),
+                holder_log,
+                units,
+                unit_faults: faults,
+            });
+        }
+        Ok(RunOutput {
+            release: mechanism.release(&outputs, &mut rng),
+            units,
+            unit_faults: faults,
+            holder_log,
+        })
+    }
+
+    fn worker(
+        &self,
+        blocks: &[Vec<usize>],
+        next: &AtomicUsize,
+        over_time: &AtomicBool,
+    ) -> BlockWorkerOutput {
+        let mut runner = self.module.runner();
+        let mut enc = UnitEncoder::new(self.abi_columns);
+        let (mut done, mut log) = (Vec::new(), Vec::new());
+        loop {
+            let b = next.fetch_add(1, Ordering::Relaxed);
+            if b >= blocks.len() || over_time.load(Ordering::Relaxed) {
+                break;
+            }
+            if self.started.elapsed() > self.deadline {
+                over_time.store(true, Ordering::Relaxed);
+                break;
+            }
+            enc.reset();
+            for &unit in &blocks[b] {
+                let (lo, hi) = self.ranges[unit];
+                for row in lo..hi {
+                    enc.begin_row();
+                    for c in self.columns {
+                        c.encode(row, &mut enc);
+                    }
+                }
+            }
+            let weight = u32::try_from(blocks[b].len()).unwrap_or(u32::MAX);
+            let outcome = runner.run_block(enc.finish(), weight);
+            let keep = log.len() < MAX_LOG_LINES_PER_WORKER;
+            if keep && !outcome.log.is_empty() {
+                log.push(format!("block {b}: module log: {}", outcome.log.trim_end()));
+            }
+            let output = match outcome.result {
+                Ok(mut contributions)
+                    if contributions.len() == 1 && contributions[0].key.is_empty() =>
+                {
+                    Some(contributions.pop().expect("one").values)
+                }
+                Ok(contributions) => {
+                    if keep {
+                        log.push(format!(
+                            "block {b}: expected one contribution without a key, got {}",
+                            contributions.len()
+                        ));
+                    }
+                    None
+                }
+                Err(fault) => {
+                    if keep {
+                        log.push(format!("block {b}: {}: {}", fault.code(), fault.detail()));
+                    }
+                    None
+                }
+            };
+            done.push((b, output));
+        }
+        (done, log)
+    }
 }

@@ -14,6 +14,9 @@ pub const COLUMN_PROBE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/column
 /// The smallest guest: one constant contribution per unit; measures isolation cost (`examples/trivial`).
 pub const TRIVIAL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/trivial.wasm"));
 
+/// Median weekly income, for sample-and-aggregate mode (`examples/median-income`).
+pub const MEDIAN_INCOME: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/median_income.wasm"));
+
 /// Red-team fixture: leaks a raw value through stdout, the log and a panic (`examples/leaky`).
 pub const LEAKY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/leaky.wasm"));
 
@@ -24,6 +27,7 @@ pub const ALL: &[(&str, &[u8])] = &[
     ("column_probe.wasm", COLUMN_PROBE),
     ("trivial.wasm", TRIVIAL),
     ("leaky.wasm", LEAKY),
+    ("median_income.wasm", MEDIAN_INCOME),
 ];
 
 /// Writes every example module into `dir`.
