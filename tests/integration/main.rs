@@ -7,6 +7,7 @@ mod bad_input;
 mod blocks;
 mod crash;
 mod demo;
+mod languages;
 mod pipeline;
 mod redteam;
 mod sandbox;
