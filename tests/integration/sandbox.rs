@@ -252,7 +252,26 @@ fn hostile_job_fails_cleanly_and_host_lives_on() {
         JobState::Released
     );
     veil.verify_audit().unwrap();
+    // Compiled code went to the store's on-disk module cache, so other processes skip compiling.
+    let cached = walk_files(&env.data_dir().join("module-cache"));
+    assert!(cached > 0, "no compiled modules cached on disk");
     // The consumer's view through the binary shows only the code.
     let status = env.ok(&["--as", CONSUMER, "job", "status", "job-000001"]);
     assert_eq!(status.trim(), "job-000001 failed (module_faults)");
+}
+
+fn walk_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        walk_files(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
