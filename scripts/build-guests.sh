@@ -21,4 +21,18 @@ for src in examples/c/*.c; do
   clang --target=wasm32-unknown-unknown -O2 -nostdlib -Wall -Werror \
     -Wl,--no-entry -Wl,-z,stack-size=16384 -o "target/guests/${name}_c.wasm" "$src"
 done
+# Python guests (examples/python): components built by componentize-py for the `map-block` world,
+# with the SDK in crates/veil-guest/python. componentize-py lives in a venv beside the build.
+componentize_version=0.25.1
+venv="$target_dir/py-tools"
+if [ ! -x "$venv/bin/componentize-py" ] || \
+   ! "$venv/bin/pip" show componentize-py 2>/dev/null | grep -q "^Version: $componentize_version$"; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$componentize_version"
+fi
+for app in examples/python/*/; do
+  name="$(basename "$app")"
+  "$venv/bin/componentize-py" -d wit -w map-block componentize app \
+    -p "$app" -p crates/veil-guest/python -o "target/guests/${name}_py.wasm" >/dev/null
+done
 ls -l target/guests/*.wasm

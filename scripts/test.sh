@@ -13,6 +13,8 @@ command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v clang >/dev/null 2>&1 || missing+=(clang)
 command -v wasm-ld >/dev/null 2>&1 || missing+=(lld)
+# python3 -m venv holds componentize-py, which builds the Python example guests.
+python3 -m venv --help >/dev/null 2>&1 && python3 -c "import ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq

@@ -39,6 +39,10 @@
 //!   consumer only ever sees [`UnitFault::code`] summaries decided by the engine.
 #![forbid(unsafe_code)]
 
+mod component;
+pub use component::{COMPONENT_EXPORT, COMPONENT_LOG};
+use component::{CompiledComponent, ComponentHost};
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -86,6 +90,8 @@ pub struct SandboxConfig {
     engine_shards: usize,
     compiled_cache_entries: usize,
     disk_cache_dir: Option<PathBuf>,
+    max_component_bytes: usize,
+    component_memory: usize,
 }
 
 impl Default for SandboxConfig {
@@ -111,6 +117,8 @@ impl Default for SandboxConfig {
                 .unwrap_or(1),
             compiled_cache_entries: 32,
             disk_cache_dir: None,
+            max_component_bytes: 64 << 20,
+            component_memory: 256 << 20,
         }
     }
 }
@@ -136,6 +144,9 @@ impl SandboxConfig {
     }
     pub fn disk_cache_dir(&self) -> Option<&Path> {
         self.disk_cache_dir.as_deref()
+    }
+    pub fn component_memory(&self) -> usize {
+        self.component_memory
     }
     /// A builder starting from these settings, to change a few of them.
     pub fn into_builder(self) -> SandboxConfigBuilder {
@@ -216,6 +227,17 @@ impl SandboxConfigBuilder {
     /// directory holds native code: it must be as trusted as the store itself.
     pub fn disk_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.0.disk_cache_dir = Some(dir.into());
+        self
+    }
+    /// Largest component accepted (components carry their language's runtime: a CPython
+    /// component is about 18 MB).
+    pub fn max_component_bytes(mut self, bytes: usize) -> Self {
+        self.0.max_component_bytes = bytes;
+        self
+    }
+    /// Linear memory cap for each memory of a component instance.
+    pub fn component_memory(mut self, bytes: usize) -> Self {
+        self.0.component_memory = bytes;
         self
     }
     pub fn build(self) -> SandboxConfig {
@@ -301,6 +323,7 @@ struct Shard {
 /// the cache of compiled modules.
 pub struct Sandbox {
     shards: Vec<Shard>,
+    components: ComponentHost,
     config: SandboxConfig,
     compiled: Mutex<CompiledCache>,
     _ticker: EpochTicker,
@@ -349,6 +372,11 @@ impl Sandbox {
             // Where the kernel can say which pages a unit dirtied (Linux 6.7+), reset only those
             // instead of zeroing the whole kept-resident prefix (a 64 KiB memset per unit).
             .pagemap_scan(Enabled::Auto);
+        // Components (block mode) get their own engine with on-demand allocation; same limits
+        // on fuel, deadline, stack and NaN, same compiled-code cache.
+        let mut component_cfg = cfg.clone();
+        component_cfg.wasm_component_model(true);
+        let components = ComponentHost::new(Engine::new(&component_cfg).map_err(config_error)?)?;
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
 
         let mut shards = Vec::with_capacity(config.engine_shards);
@@ -362,7 +390,11 @@ impl Sandbox {
         }
 
         let stop = Arc::new(AtomicBool::new(false));
-        let ticker_engines: Vec<Engine> = shards.iter().map(|s| s.engine.clone()).collect();
+        let ticker_engines: Vec<Engine> = shards
+            .iter()
+            .map(|s| s.engine.clone())
+            .chain([components.engine.clone()])
+            .collect();
         let ticker_stop = stop.clone();
         let handle = std::thread::Builder::new()
             .name("veil-epoch".into())
@@ -377,6 +409,7 @@ impl Sandbox {
             .map_err(|e| SandboxError::Config(e.to_string()))?;
         Ok(Sandbox {
             shards,
+            components,
             config,
             compiled: Mutex::new(CompiledCache::default()),
             _ticker: EpochTicker {
@@ -417,6 +450,21 @@ impl Sandbox {
 
     fn compile_uncached(&self, wasm: &[u8], hash: String) -> Result<CompiledModule, SandboxError> {
         let reject = |m: String| Err(SandboxError::ModuleRejected(m));
+        if is_component(wasm) {
+            if wasm.len() > self.config.max_component_bytes {
+                return reject(format!(
+                    "component is {} bytes; the limit is {} bytes",
+                    wasm.len(),
+                    self.config.max_component_bytes
+                ));
+            }
+            return Ok(CompiledModule {
+                shards: Vec::new(),
+                component: Some(self.components.compile(wasm)?),
+                config: self.config.clone(),
+                hash,
+            });
+        }
         if wasm.len() > self.config.max_module_bytes {
             return reject(format!(
                 "module is {} bytes; the limit is {} bytes",
@@ -596,6 +644,7 @@ impl Sandbox {
         }
         Ok(CompiledModule {
             shards,
+            component: None,
             config: self.config.clone(),
             hash,
         })
@@ -645,6 +694,11 @@ fn check_function_body(body: &wasmparser::FunctionBody<'_>) -> Result<(), String
     Ok(())
 }
 
+/// Whether the bytes are a WebAssembly component (layer 1) rather than a core module.
+fn is_component(wasm: &[u8]) -> bool {
+    wasm.len() >= 8 && wasm[..4] == *b"\0asm" && wasm[6..8] == [0x01, 0x00]
+}
+
 /// SHA-256 of a module's bytes, hex: the module's identity in manifests, approvals and the log.
 pub fn module_hash(wasm: &[u8]) -> String {
     hex::encode(Sha256::digest(wasm))
@@ -684,6 +738,8 @@ struct ShardModule {
 /// A module that passed validation, linked and ready to instantiate once per unit.
 pub struct CompiledModule {
     shards: Vec<ShardModule>,
+    /// Set for a component (block mode only); then `shards` is empty.
+    component: Option<CompiledComponent>,
     config: SandboxConfig,
     hash: String,
 }
@@ -697,7 +753,8 @@ pub struct CompiledModule {
 /// After a fault the store is discarded.
 pub struct UnitRunner<'a> {
     module: &'a CompiledModule,
-    shard: &'a ShardModule,
+    /// `None` for a component.
+    shard: Option<&'a ShardModule>,
     store: Option<Store<UnitState>>,
     units_in_store: u32,
 }
@@ -717,6 +774,9 @@ impl UnitRunner<'_> {
 
     fn run_weighted(&mut self, input: &[u8], weight: u32) -> UnitOutcome {
         let module = self.module;
+        let Some(shard) = self.shard else {
+            return module.run_component(input, weight);
+        };
         if self.units_in_store >= module.config.units_per_store {
             self.store = None;
         }
@@ -724,14 +784,14 @@ impl UnitRunner<'_> {
             Some(store) => store,
             None => {
                 self.units_in_store = 0;
-                self.store.insert(module.new_store(self.shard))
+                self.store.insert(module.new_store(shard))
             }
         };
         self.units_in_store += 1;
         let state = store.data_mut();
         state.log.clear();
         state.log_truncated = false;
-        let result = module.run_in(self.shard, store, input, weight);
+        let result = module.run_in(shard, store, input, weight);
         let state = store.data_mut();
         let mut log = String::from_utf8_lossy(&state.log).into_owned();
         if state.log_truncated {
@@ -766,11 +826,39 @@ impl CompiledModule {
         self.runner().run_unit(input)
     }
 
+    /// Whether this is a component (Python and other interpreted guests): block mode only.
+    pub fn is_component(&self) -> bool {
+        self.component.is_some()
+    }
+
+    fn budget(&self, weight: u32) -> (u64, u64) {
+        let weight = u64::from(weight.max(1));
+        let ticks = (self
+            .config
+            .unit_deadline
+            .as_millis()
+            .div_ceil(TICK.as_millis())
+            .max(1) as u64)
+            .saturating_mul(weight);
+        (self.config.fuel_per_unit.saturating_mul(weight), ticks)
+    }
+
+    fn run_component(&self, input: &[u8], weight: u32) -> UnitOutcome {
+        let component = self.component.as_ref().expect("called for components only");
+        let (fuel, ticks) = self.budget(weight);
+        let (bytes, log) = component.run(&self.config, input, fuel, ticks);
+        let result = bytes.and_then(|b| {
+            decode_contributions(&b, &self.config.decode_limits)
+                .map_err(|e| UnitFault::BadOutput(format!("undecodable output: {e}")))
+        });
+        UnitOutcome { result, log }
+    }
+
     /// A runner for this thread: runs units one after another, each in a fresh instance.
     pub fn runner(&self) -> UnitRunner<'_> {
         UnitRunner {
             module: self,
-            shard: &self.shards[thread_shard(self.shards.len())],
+            shard: (!self.shards.is_empty()).then(|| &self.shards[thread_shard(self.shards.len())]),
             store: None,
             units_in_store: 0,
         }
@@ -807,17 +895,8 @@ impl CompiledModule {
         input: &[u8],
         weight: u32,
     ) -> Result<Vec<Contribution>, UnitFault> {
-        let weight = u64::from(weight.max(1));
-        let ticks = (self
-            .config
-            .unit_deadline
-            .as_millis()
-            .div_ceil(TICK.as_millis())
-            .max(1) as u64)
-            .saturating_mul(weight);
-        store
-            .set_fuel(self.config.fuel_per_unit.saturating_mul(weight))
-            .map_err(classify)?;
+        let (fuel, ticks) = self.budget(weight);
+        store.set_fuel(fuel).map_err(classify)?;
         store.set_epoch_deadline(ticks);
         // A start function runs inside `instantiate`, under the fuel and deadline just set.
         let instance = shard.pre.instantiate(&mut *store).map_err(classify)?;

@@ -284,6 +284,14 @@ impl Veil {
             };
             return run.release(&sample_aggregate, null_units);
         }
+        if module.is_component() {
+            // Submission refuses this; a policy change cannot make it reachable, but stay safe.
+            return Err(failure(
+                "module_rejected",
+                "the module was rejected",
+                vec!["components run in block mode only".into()],
+            ));
+        }
         let next = AtomicUsize::new(0);
         let faults = AtomicU64::new(0);
         let abort = AtomicBool::new(false);

@@ -180,7 +180,15 @@ impl Veil {
             ))
         })?;
         // Validate and compile before recording anything: a bad module is bad input.
-        let module_hash = self.sandbox()?.compile(&wasm)?.hash().to_owned();
+        let compiled = self.sandbox()?.compile(&wasm)?;
+        if compiled.is_component() && manifest.blocks.is_none() {
+            return Err(bad(
+                "the module is a WebAssembly component (Python and other interpreted guests): \
+                 components run in sample-and-aggregate mode only; add `blocks = N` to the \
+                 manifest (docs/jobs.md)",
+            ));
+        }
+        let module_hash = compiled.hash().to_owned();
         let manifest_hash = document_hash(&text);
         let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
 
