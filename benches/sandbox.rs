@@ -1,6 +1,7 @@
 //! Sandbox stage alone: privacy units per second, one fresh instance per unit, spread over all
 //! cores. Guests: a hand-written WAT module (the floor: instance set-up only), the trivial Rust
-//! guest, and the example modules.
+//! guest, and the example modules. A component (a Python guest given in `VEIL_BENCH_GUESTS`) is
+//! measured in blocks per second instead, as it runs only in block mode.
 //!
 //! Run with `cargo bench -p veil-benches --bench sandbox`. `VEIL_BENCH_UNITS` sets the number of
 //! units per guest (default 400,000); `VEIL_BENCH_GUESTS=a.wasm,b.wasm` measures other modules instead
@@ -43,6 +44,42 @@ fn run(module: &CompiledModule, units: u64, workers: usize) -> Duration {
         }
     });
     t.elapsed()
+}
+
+/// Components (Python) run once per block: blocks per second, 100 rows each, fresh instance each.
+fn run_blocks(name: &str, module: &CompiledModule, cores: usize) {
+    let blocks: u64 = 200;
+    let mut enc = UnitEncoder::new(&[("weekly_income", ColumnType::Float)]);
+    for r in 0..100 {
+        enc.begin_row();
+        enc.push_float(700.0 + r as f64);
+    }
+    let input = enc.finish().to_vec();
+    let go = |workers: usize| {
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| {
+                    let mut runner = module.runner();
+                    for _ in 0..blocks / workers as u64 {
+                        let out = runner.run_block(&input, 100);
+                        assert!(out.result.is_ok(), "{:?} {}", out.result, out.log);
+                    }
+                });
+            }
+        });
+        t.elapsed().as_secs_f64()
+    };
+    go(cores);
+    for workers in [1, cores] {
+        let mut runs: Vec<f64> = (0..3).map(|_| go(workers)).collect();
+        runs.sort_by(f64::total_cmp);
+        println!(
+            "{name:<22} {workers} core(s) {:>9.0} blocks/s {:>6.2} ms/block/core",
+            blocks as f64 / runs[1],
+            runs[1] * 1e3 * workers as f64 / blocks as f64,
+        );
+    }
 }
 
 fn main() {
@@ -89,6 +126,10 @@ fn main() {
     }
     for (name, wasm) in &guests {
         let module = sandbox.compile(wasm).expect("compile");
+        if module.is_component() {
+            run_blocks(name, &module, cores);
+            continue;
+        }
         // Warm the pool and the caches first.
         run(&module, 2_000, cores);
         for workers in [1, cores] {
