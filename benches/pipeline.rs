@@ -10,7 +10,7 @@ use veil_abi::{ColumnType, Contribution, UnitEncoder};
 use veil_engine::{EngineConfig, Veil};
 use veil_policy::gate::{Bounder, release};
 use veil_policy::manifest::GateValue;
-use veil_policy::{Aggregate, Epsilon, JobPlan};
+use veil_policy::{Aggregate, Charge, Delta, Epsilon, JobPlan, Noise};
 use veil_sandbox::{Sandbox, SandboxConfig};
 
 const POLICY: &str = r#"privacy_unit = "person_id"
@@ -159,6 +159,13 @@ fn main() {
         max_groups_per_unit: 1,
         min_units_per_group: 50,
         blocks: None,
+        noise: Noise::Laplace,
+        charge: Charge {
+            epsilon_pure: Epsilon(1_000_000),
+            delta_selection: Delta(10_000_000),
+            ..Charge::default()
+        },
+        public_groups: None,
     });
     let contributions: Vec<Vec<Contribution>> = (0..people)
         .map(|u| {

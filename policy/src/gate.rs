@@ -3,27 +3,41 @@
 //! Everything here is trusted code; the module's word counts for nothing:
 //! 1. [`Bounder::add_unit`] tags each contribution with the privacy unit it came from (the host knows
 //!    which unit it was running — a module cannot claim another unit), drops contributions whose
-//!    shape does not match the manifest, merges repeated keys, keeps at most `max_groups_per_unit`
-//!    groups per unit (the first ones emitted), and clamps each merged value to the manifest's bounds
-//!    in fixed point ([`crate::fixed`]).
-//! 2. [`release`] aggregates with DataFusion — `COUNT(DISTINCT unit)` and exact `SUM`s per group —
-//!    then adds discrete Laplace noise ([`crate::mechanisms::DiscreteLaplace`]) and withholds groups
-//!    whose noisy unit count is below the policy minimum.
+//!    shape does not match the manifest (or whose key lies outside the holder's public partitions),
+//!    merges repeated keys, keeps at most `max_groups_per_unit` groups per unit (the first ones
+//!    emitted), and clamps each merged value to the manifest's bounds in fixed point
+//!    ([`crate::fixed`]).
+//! 2. [`aggregate`] computes exact aggregates with DataFusion — `COUNT(DISTINCT unit)` and exact
+//!    `SUM`s per group ([`ExactGroups`]).
+//! 3. [`add_noise`] adds exact discrete Laplace or discrete Gaussian noise
+//!    ([`crate::mechanisms`]) to every aggregate and decides which groups to release: all of the
+//!    public groups, or — when keys come from the data — those whose noisy unit count passes the
+//!    partition-selection threshold. [`release`] is steps 2 and 3.
 //!
 //! # Sensitivity argument
 //! Adding or removing one privacy unit changes at most `G = max_groups_per_unit` groups. In each it
 //! changes the distinct-unit count by exactly 1 and each value sum by at most `M = max(|lo|, |hi|)`
-//! fixed-point units, because the unit's merged value was clamped to `[lo, hi]`. So the L1
-//! sensitivity of the vector of counts is `G`, and of each value's vector of sums is `G·M`. The job's
-//! ε is split evenly between the count and the `m` value sums (basic composition), so each is
-//! released with discrete Laplace noise of scale `Δ·(1 + m)/ε`, and the whole release is ε-DP for
-//! the *released values given the set of groups*.
+//! fixed-point units, because the unit's merged value was clamped to `[lo, hi]`. So the count
+//! vector has L1 sensitivity `G` and L2 sensitivity `√G`; each value's vector of sums has `G·M` and
+//! `M·√G`. The job's budget is split evenly between the count and the `m` value sums: with Laplace
+//! noise each gets scale `Δ₁·(1 + m)/ε` (basic composition: ε-DP in all); with Gaussian noise each
+//! gets `σ² = Δ₂²·(1 + m)/(2ρ)` (zCDP composition: ρ-zCDP in all).
 //!
-//! # What is not yet covered
-//! Group keys come from the module, so the set of groups is data-dependent. Thresholding the noisy
-//! count hides small groups in practice, but a formal (ε, δ) guarantee for key selection needs a
-//! calibrated partition-selection threshold (tracked separately). Until then, holders should keep
-//! `min_units_per_group` well above the count's noise scale.
+//! # Partition selection
+//! When keys come from the module, the set of groups itself depends on the data. A group is
+//! released only if its noisy unit count reaches `τ = max(min_units_per_group, τ_δ)`, where `τ_δ`
+//! is the smallest threshold with `G · P[1 + noise ≥ τ_δ] ≤ δ_selection`. A neighbouring dataset
+//! differs by one unit, which alone can create at most `G` groups, each with true count 1: the
+//! chance that any of them is released is at most `δ_selection`; groups present in both datasets
+//! are covered by the noise on their counts. So the release is (ε, δ_selection)-DP (Korolova,
+//! Kenthapadi, Mishra, Ntoulas, "Releasing search queries and clicks privately", WWW 2009; Wilson
+//! et al., "Differentially private SQL with bounded user contribution", PETS 2020). When the holder
+//! declares the key domain (public partitions) or the job has no keys, exactly those groups are
+//! released — empty ones too, with noise — and no δ is spent.
+//!
+//! # Intervals and suppression
+//! Every released cell carries its mechanism, its noise scale and an exact 95% interval for that
+//! mechanism's noise. The consumer learns the rule that withheld groups, never how many it withheld.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -37,10 +51,13 @@ use datafusion::prelude::SessionContext;
 use rand::{CryptoRng, Rng};
 use serde::{Deserialize, Serialize};
 
+use num_bigint::BigUint;
+
+use crate::accountant::{Delta, RHO_PER_ONE};
 use crate::error::{PolicyError, Result};
 use crate::fixed;
-use crate::manifest::{Aggregate, JobPlan};
-use crate::mechanisms::DiscreteLaplace;
+use crate::manifest::{Aggregate, JobPlan, Noise};
+use crate::mechanisms::{DiscreteGaussian, DiscreteLaplace, normal_upper_quantile};
 /// The gate takes contributions in the ABI's own type, as decoded from the module.
 pub use veil_abi::Contribution as GateContribution;
 
@@ -51,6 +68,8 @@ pub struct BoundingStats {
     pub contributions: u64,
     pub malformed_dropped: u64,
     pub over_group_limit_dropped: u64,
+    /// Contributions whose key is not one of the holder's public partitions.
+    pub outside_partitions_dropped: u64,
     pub values_clamped: u64,
 }
 
@@ -64,6 +83,7 @@ pub struct Bounder {
     rows: usize,
     pub stats: BoundingStats,
     scratch: Vec<(Vec<String>, Vec<f64>)>,
+    public: Option<std::collections::HashSet<Vec<String>>>,
 }
 
 impl Bounder {
@@ -71,13 +91,17 @@ impl Bounder {
         let keys = plan.keys.iter().map(|_| StringBuilder::new()).collect();
         let values = plan.values.iter().map(|_| Int64Builder::new()).collect();
         Bounder {
-            plan,
             units: UInt64Builder::new(),
             keys,
             values,
             rows: 0,
             stats: BoundingStats::default(),
             scratch: Vec::new(),
+            public: plan
+                .public_groups
+                .as_ref()
+                .map(|g| g.iter().cloned().collect()),
+            plan,
         }
     }
 
@@ -91,6 +115,10 @@ impl Bounder {
         for c in contributions {
             if c.key.len() != nkeys || c.values.len() != nvals {
                 self.stats.malformed_dropped += 1;
+                continue;
+            }
+            if self.public.as_ref().is_some_and(|p| !p.contains(&c.key)) {
+                self.stats.outside_partitions_dropped += 1;
                 continue;
             }
             // Repeated keys merge, so a unit cannot escape the clamp by splitting its value.
@@ -145,7 +173,10 @@ impl Bounder {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NoisyCell {
     pub value: f64,
-    /// Scale `b` of the discrete Laplace noise, in the cell's units.
+    /// `"discrete Laplace"` or `"discrete Gaussian"`.
+    #[serde(default)]
+    pub mechanism: String,
+    /// Scale of the noise in the cell's units: `b` for Laplace, `σ` for Gaussian.
     pub noise_scale: f64,
     /// Exact 95% interval for the noiseless value: `value ± k` with `P[|noise| ≤ k] ≥ 0.95`.
     pub ci95: [f64; 2],
@@ -174,6 +205,9 @@ pub struct Release {
     pub rows: Vec<ReleasedRow>,
     pub mechanism: String,
     pub epsilon: String,
+    /// δ the job spent (partition selection, Gaussian conversion); "0" for pure-DP jobs.
+    #[serde(default)]
+    pub delta: String,
     /// The rule that withheld groups, stated without saying how many it withheld.
     pub suppression_rule: String,
     pub granularity: f64,
@@ -193,27 +227,150 @@ pub struct BlockEstimate {
     pub bounds: [f64; 2],
 }
 
+/// An additive noise mechanism on integers, as the gate uses it.
+pub trait IntegerNoise {
+    fn sample_noise(&self, rng: &mut dyn GateRng) -> i128;
+    /// Smallest `k` with `P[|noise| > k] ≤ 1 − confidence`.
+    fn half_width(&self, confidence: f64) -> u128;
+    /// `b` (Laplace) or `σ` (Gaussian), in integer units.
+    fn scale(&self) -> f64;
+    fn name(&self) -> &'static str;
+    /// Smallest `τ` with `groups · P[1 + noise ≥ τ] ≤ delta`: the partition-selection threshold.
+    fn selection_threshold(&self, groups: u32, delta: Delta) -> u64;
+}
+
+/// The dyn-compatible CSPRNG the gate's mechanisms draw from.
+pub trait GateRng: rand::RngCore + CryptoRng {}
+impl<T: rand::RngCore + CryptoRng> GateRng for T {}
+
+impl IntegerNoise for DiscreteLaplace {
+    fn sample_noise(&self, rng: &mut dyn GateRng) -> i128 {
+        self.sample(&mut DynRng(rng))
+    }
+    fn half_width(&self, confidence: f64) -> u128 {
+        DiscreteLaplace::half_width(self, confidence)
+    }
+    fn scale(&self) -> f64 {
+        DiscreteLaplace::scale(self)
+    }
+    fn name(&self) -> &'static str {
+        "discrete Laplace"
+    }
+    fn selection_threshold(&self, groups: u32, delta: Delta) -> u64 {
+        // P[Y ≥ k] = q^k / (1 + q) for k ≥ 1, q = exp(−1/b).
+        let q = (-1.0 / self.scale()).exp();
+        let target = delta.as_f64() * (1.0 + q) / f64::from(groups);
+        let k = (target.ln() / q.ln()).ceil().max(1.0);
+        // One more for floating-point slack: a higher threshold only spends less δ.
+        k as u64 + 2
+    }
+}
+
+impl IntegerNoise for DiscreteGaussian {
+    fn sample_noise(&self, rng: &mut dyn GateRng) -> i128 {
+        self.sample(&mut DynRng(rng))
+    }
+    fn half_width(&self, confidence: f64) -> u128 {
+        DiscreteGaussian::half_width(self, confidence)
+    }
+    fn scale(&self) -> f64 {
+        self.sigma()
+    }
+    fn name(&self) -> &'static str {
+        "discrete Gaussian"
+    }
+    fn selection_threshold(&self, groups: u32, delta: Delta) -> u64 {
+        // P[Y ≥ m] ≤ P[N(0, σ²) ≥ m − 1] (CKS20, Proposition 25): with m = τ − 1, τ = 2 + σ·z.
+        let z = normal_upper_quantile(delta.as_f64() / f64::from(groups));
+        (self.sigma() * z).ceil() as u64 + 2
+    }
+}
+
+/// Lets the samplers' generic `R: Rng + CryptoRng` take a `&mut dyn GateRng`.
+struct DynRng<'a>(&'a mut dyn GateRng);
+impl rand::RngCore for DynRng<'_> {
+    fn next_u32(&mut self) -> u32 {
+        self.0.next_u32()
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        self.0.fill_bytes(dst)
+    }
+}
+impl CryptoRng for DynRng<'_> {}
+
 pub(crate) fn cell(
     true_value: i128,
-    mech: &DiscreteLaplace,
+    mech: &dyn IntegerNoise,
     unit: f64,
-    rng: &mut (impl Rng + CryptoRng),
+    rng: &mut dyn GateRng,
 ) -> NoisyCell {
-    let noisy = true_value + mech.sample(rng);
+    let noisy = true_value + mech.sample_noise(rng);
     let k = mech.half_width(0.95) as i128;
     NoisyCell {
         value: noisy as f64 * unit,
+        mechanism: mech.name().into(),
         noise_scale: mech.scale() * unit,
         ci95: [(noisy - k) as f64 * unit, (noisy + k) as f64 * unit],
     }
 }
 
-/// Aggregates the bounded contributions of all workers, adds noise and applies the threshold.
-pub async fn release<R: Rng + CryptoRng>(
+/// Exact aggregates per group: distinct units and fixed-point sums. Never leaves the gate.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExactGroups {
+    pub groups: BTreeMap<Vec<String>, (i128, Vec<i128>)>,
+}
+
+/// The noise mechanisms of one plan: one for the counts, one per value.
+pub fn mechanisms(plan: &JobPlan) -> (Box<dyn IntegerNoise>, Vec<Box<dyn IntegerNoise>>) {
+    let g = u128::from(plan.max_groups_per_unit);
+    let shares = 1 + plan.values.len() as u128;
+    let magnitude = |lo: i64, hi: i64| u128::from(lo.unsigned_abs().max(hi.unsigned_abs()));
+    match plan.noise {
+        Noise::Laplace => {
+            let eps = u128::from(plan.charge.epsilon_pure.micro().max(1));
+            let count: Box<dyn IntegerNoise> =
+                Box::new(DiscreteLaplace::new(g * shares * 1_000_000, eps));
+            let values = plan
+                .values
+                .iter()
+                .map(|v| {
+                    Box::new(DiscreteLaplace::new(
+                        g * magnitude(v.lo, v.hi) * shares * 1_000_000,
+                        eps,
+                    )) as Box<dyn IntegerNoise>
+                })
+                .collect();
+            (count, values)
+        }
+        Noise::Gaussian => {
+            // Each share gets ρ / shares: σ² = Δ₂² · shares / (2ρ), ρ in units of 1e-12.
+            let rho = BigUint::from(plan.charge.rho.max(1)) * 2u32;
+            let per_one = BigUint::from(RHO_PER_ONE as u64);
+            let variance = |l2_squared: BigUint| {
+                DiscreteGaussian::with_variance(l2_squared * shares * &per_one, rho.clone())
+            };
+            let count: Box<dyn IntegerNoise> = Box::new(variance(BigUint::from(g)));
+            let values = plan
+                .values
+                .iter()
+                .map(|v| {
+                    let m = BigUint::from(magnitude(v.lo, v.hi));
+                    Box::new(variance(&m * &m * g)) as Box<dyn IntegerNoise>
+                })
+                .collect();
+            (count, values)
+        }
+    }
+}
+
+/// Aggregates the bounded contributions of all workers exactly (DataFusion).
+pub async fn aggregate(
     plan: &JobPlan,
     bounders: Vec<Bounder>,
-    rng: &mut R,
-) -> Result<(Release, BoundingStats)> {
+) -> Result<(ExactGroups, BoundingStats)> {
     let mut stats = BoundingStats::default();
     let mut batches = Vec::new();
     let mut schema = None;
@@ -223,6 +380,7 @@ pub async fn release<R: Rng + CryptoRng>(
         stats.contributions += s.contributions;
         stats.malformed_dropped += s.malformed_dropped;
         stats.over_group_limit_dropped += s.over_group_limit_dropped;
+        stats.outside_partitions_dropped += s.outside_partitions_dropped;
         stats.values_clamped += s.values_clamped;
         schema = Some(batch.schema());
         batches.push(vec![batch]);
@@ -247,7 +405,6 @@ pub async fn release<R: Rng + CryptoRng>(
     }
     let batches = ctx.sql(&sql).await?.collect().await?;
 
-    // Exact aggregates per group, sorted by key so that output order says nothing about the data.
     let mut groups: BTreeMap<Vec<String>, (i128, Vec<i128>)> = BTreeMap::new();
     for batch in &batches {
         let units = batch
@@ -282,27 +439,44 @@ pub async fn release<R: Rng + CryptoRng>(
                     if d.is_null(row) { 0 } else { d.value(row) }
                 })
                 .collect();
-            groups.insert(key, (count, sums));
+            // A global aggregate over no rows yields one row with count 0: not a group.
+            if count > 0 {
+                groups.insert(key, (count, sums));
+            }
         }
     }
+    Ok((ExactGroups { groups }, stats))
+}
 
-    let g = u128::from(plan.max_groups_per_unit);
-    let shares = 1 + plan.values.len() as u128;
-    let eps = plan.epsilon.micro();
-    let count_mech = DiscreteLaplace::new(g * shares * 1_000_000, u128::from(eps));
-    let value_mechs: Vec<DiscreteLaplace> = plan
-        .values
-        .iter()
-        .map(|v| {
-            let m = u128::from(v.lo.unsigned_abs().max(v.hi.unsigned_abs()));
-            DiscreteLaplace::new(g * m * shares * 1_000_000, u128::from(eps))
-        })
-        .collect();
+/// The noisy release of exact aggregates: noise on every cell, then partition selection (or the
+/// public groups). This is where the privacy guarantee is made; see the module docs.
+pub fn add_noise(plan: &JobPlan, exact: &ExactGroups, rng: &mut dyn GateRng) -> Release {
+    let (count_mech, value_mechs) = mechanisms(plan);
     let unit = 1.0 / fixed::SCALE as f64;
-
+    let threshold = match plan.public_groups {
+        Some(_) => None,
+        None => Some(
+            count_mech
+                .selection_threshold(plan.max_groups_per_unit, plan.charge.delta_selection)
+                .max(plan.min_units_per_group),
+        ),
+    };
+    let empty = (0i128, vec![0i128; plan.values.len()]);
+    // Groups in key order, so that output order says nothing about the data.
+    let candidates: Vec<(&Vec<String>, &(i128, Vec<i128>))> = match &plan.public_groups {
+        Some(public) => {
+            let mut public: Vec<&Vec<String>> = public.iter().collect();
+            public.sort();
+            public
+                .into_iter()
+                .map(|k| (k, exact.groups.get(k).unwrap_or(&empty)))
+                .collect()
+        }
+        None => exact.groups.iter().collect(),
+    };
     let mut rows = Vec::new();
-    for (key, (count, sums)) in groups {
-        let units = cell(count, &count_mech, 1.0, rng);
+    for (key, (count, sums)) in candidates {
+        let units = cell(*count, count_mech.as_ref(), 1.0, rng);
         // Noise every value even for a group about to be withheld, so the work done per group (and
         // hence timing) does not depend on the threshold decision.
         let values: Vec<ReleasedValue> = plan
@@ -311,7 +485,7 @@ pub async fn release<R: Rng + CryptoRng>(
             .zip(&value_mechs)
             .zip(sums)
             .map(|((spec, mech), sum)| {
-                let sum = cell(sum, mech, unit, rng);
+                let sum = cell(*sum, mech.as_ref(), unit, rng);
                 let mean = (spec.aggregate == Aggregate::Mean && units.value >= 1.0)
                     .then(|| sum.value / units.value);
                 ReleasedValue {
@@ -321,23 +495,46 @@ pub async fn release<R: Rng + CryptoRng>(
                 }
             })
             .collect();
-        if units.value >= plan.min_units_per_group as f64 {
-            rows.push(ReleasedRow { key, units, values });
+        if threshold.is_none_or(|t| units.value >= t as f64) {
+            rows.push(ReleasedRow {
+                key: key.clone(),
+                units,
+                values,
+            });
         }
     }
-    let release = Release {
+    let (epsilon, delta) = plan.epsilon_delta();
+    let suppression_rule = match threshold {
+        None if plan.keys.is_empty() => "none: one group, always released".to_owned(),
+        None => {
+            "none: the holder's public partitions are all released, empty ones included".to_owned()
+        }
+        Some(t) => format!(
+            "groups whose noisy count of distinct units is below {t} are withheld (the larger of \
+             the policy minimum {} and the partition-selection threshold for δ = {})",
+            plan.min_units_per_group, plan.charge.delta_selection
+        ),
+    };
+    Release {
         key_names: plan.keys.clone(),
         rows,
-        mechanism: "discrete Laplace (exact sampler, ChaCha20 CSPRNG)".into(),
-        epsilon: plan.epsilon.to_string(),
-        suppression_rule: format!(
-            "groups whose noisy count of distinct units is below {} are withheld",
-            plan.min_units_per_group
-        ),
+        mechanism: format!("{} (exact sampler, ChaCha20 CSPRNG)", count_mech.name()),
+        epsilon: epsilon.to_string(),
+        delta: delta.to_string(),
+        suppression_rule,
         granularity: unit,
         estimates: Vec::new(),
-    };
-    Ok((release, stats))
+    }
+}
+
+/// Aggregates the bounded contributions of all workers, adds noise and selects the groups.
+pub async fn release<R: Rng + CryptoRng>(
+    plan: &JobPlan,
+    bounders: Vec<Bounder>,
+    rng: &mut R,
+) -> Result<(Release, BoundingStats)> {
+    let (exact, stats) = aggregate(plan, bounders).await?;
+    Ok((add_noise(plan, &exact, rng), stats))
 }
 
 #[cfg(test)]
@@ -363,6 +560,13 @@ mod tests {
             max_groups_per_unit: max_groups,
             min_units_per_group: min_units,
             blocks: None,
+            noise: Noise::Laplace,
+            charge: crate::Charge {
+                epsilon_pure: Epsilon(1_000_000),
+                delta_selection: Delta(1_000),
+                ..Default::default()
+            },
+            public_groups: None,
         })
     }
 

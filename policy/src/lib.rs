@@ -14,6 +14,7 @@
 //! has committed the debit.
 #![forbid(unsafe_code)]
 
+pub mod accountant;
 pub mod error;
 pub mod fixed;
 pub mod gate;
@@ -21,7 +22,10 @@ pub mod manifest;
 pub mod mechanisms;
 pub mod model;
 
+pub use accountant::{Charge, Delta, Spent};
 pub use error::{PolicyError, Result};
 pub use gate::{BlockEstimate, Bounder, BoundingStats, GateContribution, Release};
-pub use manifest::{Aggregate, DeliveredColumn, DeliveredType, JobManifest, JobPlan, precheck};
+pub use manifest::{
+    Aggregate, DeliveredColumn, DeliveredType, JobManifest, JobPlan, Noise, precheck,
+};
 pub use model::{Approval, ColumnClass, ColumnRule, Epsilon, Policy, document_hash};

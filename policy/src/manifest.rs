@@ -4,6 +4,7 @@ use datafusion::arrow::datatypes::{DataType, Schema};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::accountant::{Charge, Delta, rho_for};
 use crate::error::{Location, PolicyError, Result, line_of};
 use crate::fixed;
 use crate::model::{ColumnClass, Epsilon, MAX_EPSILON, Policy, check_bounds, is_numeric};
@@ -22,6 +23,18 @@ pub const MAX_BLOCKS: u32 = 100_000;
 pub enum Aggregate {
     Sum,
     Mean,
+}
+
+/// Which noise the gate adds. Both are exact discrete samplers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Noise {
+    /// Discrete Laplace: pure ε-DP; ε adds up over jobs.
+    #[default]
+    Laplace,
+    /// Discrete Gaussian: ρ-zCDP calibrated so the job alone is (ε, δ)-DP; ρ adds up over jobs and
+    /// is converted once, so many jobs cost less, and noise grows with sqrt(groups per unit).
+    Gaussian,
 }
 
 /// One numeric output of the module, with the range the gate clamps it to.
@@ -45,6 +58,10 @@ pub struct JobManifest {
     pub values: Vec<ValueSpec>,
     /// Sample-and-aggregate mode with this many blocks (`None`: one run per privacy unit).
     pub blocks: Option<u32>,
+    pub noise: Noise,
+    /// δ the job may spend (partition selection, Gaussian conversion); `None`: the policy's
+    /// per-job δ, if the job needs any.
+    pub delta: Option<Delta>,
 }
 
 #[derive(Deserialize)]
@@ -56,6 +73,8 @@ struct RawManifest {
     columns: Spanned<Vec<String>>,
     epsilon: Spanned<f64>,
     blocks: Option<Spanned<i64>>,
+    noise: Option<Spanned<String>>,
+    delta: Option<Spanned<f64>>,
     output: RawOutput,
 }
 
@@ -173,6 +192,43 @@ impl JobManifest {
                 Some(n as u32)
             }
         };
+        let noise = match raw.noise {
+            None => Noise::Laplace,
+            Some(n) => match n.get_ref().as_str() {
+                "laplace" => Noise::Laplace,
+                "gaussian" if blocks.is_some() => {
+                    return invalid(
+                        text,
+                        n.span(),
+                        "noise",
+                        "sample-and-aggregate jobs use Laplace noise",
+                    );
+                }
+                "gaussian" => Noise::Gaussian,
+                other => {
+                    return invalid(
+                        text,
+                        n.span(),
+                        "noise",
+                        format!("`{other}` is not one of \"laplace\", \"gaussian\""),
+                    );
+                }
+            },
+        };
+        let delta = match raw.delta {
+            None => None,
+            Some(d) => match Delta::from_f64(*d.get_ref()) {
+                Some(d) => Some(d),
+                None => {
+                    return invalid(
+                        text,
+                        d.span(),
+                        "delta",
+                        format!("must be a number in [{:e}, {:e}]", Delta::MIN, Delta::MAX),
+                    );
+                }
+            },
+        };
         let values_span = raw.output.values.span();
         let raw_values = raw.output.values.into_inner();
         if raw_values.is_empty() || raw_values.len() > MAX_VALUES {
@@ -240,6 +296,8 @@ impl JobManifest {
             keys,
             values,
             blocks,
+            noise,
+            delta,
         })
     }
 }
@@ -282,6 +340,20 @@ pub struct JobPlan {
     pub min_units_per_group: u64,
     /// Sample-and-aggregate mode: the number of blocks (see [`crate::mechanisms::SampleAggregate`]).
     pub blocks: Option<u32>,
+    pub noise: Noise,
+    /// What the job costs (decided here, charged by the ledger before the run).
+    pub charge: Charge,
+    /// The groups to release when the keys are public (policy partitions, or no keys at all): every
+    /// one is released, empty or not. `None`: keys come from the data and pass partition
+    /// selection, spending `charge.delta_selection`.
+    pub public_groups: Option<Vec<Vec<String>>>,
+}
+
+impl JobPlan {
+    /// The job's own (ε, δ), as the per-job caps see it.
+    pub fn epsilon_delta(&self) -> (Epsilon, Delta) {
+        self.charge.standalone()
+    }
 }
 
 /// The pre-check: may `consumer` run `manifest` under `policy` on a dataset with `schema`?
@@ -341,6 +413,64 @@ pub fn precheck(
             clamp: rule.bounds,
         });
     }
+    // Public groups: no keys (one group), or every key's domain declared by the holder.
+    let public_groups = if manifest.keys.is_empty() {
+        Some(vec![Vec::new()])
+    } else if manifest
+        .keys
+        .iter()
+        .all(|k| policy.partitions.contains_key(k))
+    {
+        let mut groups: Vec<Vec<String>> = vec![Vec::new()];
+        for k in &manifest.keys {
+            groups = groups
+                .iter()
+                .flat_map(|g| {
+                    policy.partitions[k].iter().map(move |v| {
+                        let mut g = g.clone();
+                        g.push(v.clone());
+                        g
+                    })
+                })
+                .collect();
+        }
+        Some(groups)
+    } else {
+        None
+    };
+    let needs_delta = public_groups.is_none() || manifest.noise == Noise::Gaussian;
+    let delta = if needs_delta {
+        let d = manifest.delta.unwrap_or(policy.delta_per_job);
+        if d > policy.delta_per_job {
+            return Err(PolicyError::Refused(format!(
+                "the job asks for δ = {d} but the policy caps each job at δ = {}",
+                policy.delta_per_job
+            )));
+        }
+        d
+    } else {
+        Delta(0)
+    };
+    let charge = match (manifest.noise, public_groups.is_none()) {
+        (Noise::Laplace, selection) => Charge {
+            epsilon_pure: manifest.epsilon,
+            delta_selection: if selection { delta } else { Delta(0) },
+            ..Charge::default()
+        },
+        (Noise::Gaussian, selection) => {
+            let (conversion, selection) = if selection {
+                (delta.half(), Delta(delta.0 - delta.half().0))
+            } else {
+                (delta, Delta(0))
+            };
+            Charge {
+                rho: rho_for(manifest.epsilon, conversion),
+                delta_conversion: conversion,
+                delta_selection: selection,
+                ..Charge::default()
+            }
+        }
+    };
     let values = manifest
         .values
         .iter()
@@ -363,6 +493,9 @@ pub fn precheck(
         max_groups_per_unit: policy.max_groups_per_unit,
         min_units_per_group: policy.min_units_per_group,
         blocks: manifest.blocks,
+        noise: manifest.noise,
+        charge,
+        public_groups,
     })
 }
 

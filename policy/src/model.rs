@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
+use crate::accountant::Delta;
 use crate::error::{Location, PolicyError, Result, line_of};
 
 /// Largest ε the model accepts anywhere; beyond it "differential privacy" means nothing.
@@ -113,7 +114,32 @@ pub struct Policy {
     pub max_groups_per_unit: u32,
     pub epsilon_per_job: Epsilon,
     pub epsilon_total: Epsilon,
+    /// Largest δ one job may spend (on partition selection or Gaussian conversion).
+    #[serde(default = "default_delta_per_job")]
+    pub delta_per_job: Delta,
+    /// Total δ each consumer may spend on this dataset.
+    #[serde(default = "default_delta_total")]
+    pub delta_total: Delta,
+    /// Public partitions: for an output key name, every value it may take. When all of a job's keys
+    /// are listed here, exactly these groups are released (empty ones too, with noise) and no δ is
+    /// spent choosing them.
+    #[serde(default)]
+    pub partitions: BTreeMap<String, Vec<String>>,
     pub columns: BTreeMap<String, ColumnRule>,
+}
+
+/// δ per job when the policy does not say.
+pub const DEFAULT_DELTA_PER_JOB: f64 = 1e-8;
+/// δ per consumer and dataset when the policy does not say.
+pub const DEFAULT_DELTA_TOTAL: f64 = 1e-6;
+/// Most groups a policy's public partitions may describe (the product of the domains).
+pub const MAX_PUBLIC_GROUPS: usize = 10_000;
+
+fn default_delta_per_job() -> Delta {
+    Delta::from_f64(DEFAULT_DELTA_PER_JOB).expect("valid default")
+}
+fn default_delta_total() -> Delta {
+    Delta::from_f64(DEFAULT_DELTA_TOTAL).expect("valid default")
 }
 
 #[derive(Deserialize)]
@@ -125,6 +151,8 @@ struct RawPolicy {
     min_units_per_group: Spanned<i64>,
     max_groups_per_unit: Spanned<i64>,
     dp: RawDp,
+    #[serde(default)]
+    partitions: BTreeMap<String, Spanned<Vec<String>>>,
     columns: BTreeMap<Spanned<String>, Spanned<RawColumn>>,
 }
 
@@ -133,6 +161,8 @@ struct RawPolicy {
 struct RawDp {
     epsilon_per_job: Spanned<f64>,
     epsilon_total: Spanned<f64>,
+    delta_per_job: Option<Spanned<f64>>,
+    delta_total: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -255,6 +285,67 @@ impl Policy {
             );
         }
 
+        let delta = |s: &Option<Spanned<f64>>, field: &str, default: Delta| -> Result<Delta> {
+            match s {
+                None => Ok(default),
+                Some(s) => match Delta::from_f64(*s.get_ref()) {
+                    Some(d) => Ok(d),
+                    None => src.err(
+                        s.span(),
+                        field,
+                        format!("must be a number in [{:e}, {:e}]", Delta::MIN, Delta::MAX),
+                    ),
+                },
+            }
+        };
+        let delta_per_job = delta(
+            &raw.dp.delta_per_job,
+            "dp.delta_per_job",
+            default_delta_per_job(),
+        )?;
+        let delta_total = delta(&raw.dp.delta_total, "dp.delta_total", default_delta_total())?;
+        if delta_per_job > delta_total {
+            let span = raw
+                .dp
+                .delta_per_job
+                .as_ref()
+                .or(raw.dp.delta_total.as_ref())
+                .map(|s| s.span())
+                .unwrap_or(0..0);
+            return src.err(
+                span,
+                "dp.delta_per_job",
+                format!("{delta_per_job} exceeds dp.delta_total ({delta_total})"),
+            );
+        }
+
+        let mut partitions = BTreeMap::new();
+        let mut groups: usize = 1;
+        for (name, values) in raw.partitions {
+            let field = format!("partitions.{name}");
+            let span = values.span();
+            let values = values.into_inner();
+            if values.is_empty() {
+                return src.err(span, &field, "list at least one value");
+            }
+            if let Some(dup) = values
+                .iter()
+                .enumerate()
+                .find(|(i, v)| values[..*i].contains(v))
+            {
+                return src.err(span, &field, format!("`{}` is listed twice", dup.1));
+            }
+            groups = groups.saturating_mul(values.len());
+            if groups > MAX_PUBLIC_GROUPS {
+                return src.err(
+                    span,
+                    &field,
+                    format!("the public partitions describe more than {MAX_PUBLIC_GROUPS} groups"),
+                );
+            }
+            partitions.insert(name, values);
+        }
+
         let mut columns = BTreeMap::new();
         for (name, rule) in raw.columns {
             let field = format!("columns.{}", name.get_ref());
@@ -301,6 +392,9 @@ impl Policy {
             max_groups_per_unit: max_groups as u32,
             epsilon_per_job,
             epsilon_total,
+            delta_per_job,
+            delta_total,
+            partitions,
             columns,
         })
     }

@@ -68,7 +68,15 @@ fn end_to_end_release_with_small_group_withheld() {
         // Sum noise has scale 2000·2/1 = 4000 on a sum near 200·expected: ±600 is > 28 scales.
         assert!((mean - expected).abs() < 600.0, "{mean} vs {expected}");
     }
-    assert!(r["suppression_rule"].as_str().unwrap().contains("below 20"));
+    // The threshold is the larger of the policy's 20 and partition selection's: with count noise
+    // of scale 2 (q = e^-1/2) and the default δ = 1e-8, the smallest k with q^k/(1+q) ≤ δ is 36,
+    // plus the gate's 2 of slack: 38.
+    let rule = r["suppression_rule"].as_str().unwrap();
+    assert!(
+        rule.contains("below 38") && rule.contains("δ = 1e-8"),
+        "{rule}"
+    );
+    assert_eq!(r["delta"].as_str(), Some("1e-8"));
 
     // CSV and table renderings for people and machines.
     let csv = env.ok(&["--as", CONSUMER, "job", "result", &job, "--format", "csv"]);

@@ -66,6 +66,17 @@ pub enum AuditEvent {
         epsilon_micro: u64,
         spent_micro_after: u64,
         total_micro: u64,
+        /// The job's charge beyond pure ε (Gaussian ρ in 1e-12, δ in 1e-15), when there is one;
+        /// absent fields are zero, so entries of pure-ε jobs keep their original form.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        rho_pico: u64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        delta_conversion_femto: u64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        delta_selection_femto: u64,
+        /// Total δ spent by the consumer on the dataset after this job.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        spent_delta_femto_after: u64,
     },
     JobFinished {
         job: String,
@@ -163,4 +174,8 @@ impl Entry {
 /// Hex SHA-256 of some bytes (helper for callers building events).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+fn is_zero(x: &u64) -> bool {
+    *x == 0
 }

@@ -6,8 +6,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use veil_audit::{AuditEvent, AuditLog};
 use veil_policy::{
-    Approval, Epsilon, JobManifest, PolicyError, Release, document_hash, model::valid_principal,
-    precheck,
+    Approval, Delta, Epsilon, JobManifest, PolicyError, Release, Spent, document_hash,
+    model::valid_principal, precheck,
 };
 
 use crate::error::bad;
@@ -87,10 +87,14 @@ pub struct SubmitOutcome {
 #[derive(Debug, Clone, Serialize)]
 pub struct BudgetLine {
     pub dataset: String,
+    /// ε spent: pure ε plus the (ε, δ) conversion of the zCDP ρ spent (see `veil_policy::accountant`).
     pub spent: String,
     pub remaining: String,
     pub total: String,
     pub per_job_cap: String,
+    pub delta_spent: String,
+    pub delta_remaining: String,
+    pub delta_total: String,
 }
 
 const JOB_COLUMNS: &str = "id, consumer, dataset, state, code, module_hash, manifest_hash, manifest, epsilon_micro, policy_version, result_hash, created_at, updated_at";
@@ -130,15 +134,24 @@ fn load_job(conn: &Connection, id: &str) -> Result<JobInfo> {
     Ok(job)
 }
 
-fn spent(conn: &Connection, consumer: &str, dataset: &str) -> Result<Epsilon> {
-    let micro: Option<u64> = conn
+/// The ledger line of `consumer` on `dataset`: the sums of its jobs' charges.
+fn spent(conn: &Connection, consumer: &str, dataset: &str) -> Result<Spent> {
+    let row = conn
         .query_row(
-            "SELECT spent_micro FROM budget WHERE consumer = ?1 AND dataset = ?2",
+            "SELECT spent_micro, rho_pico, delta_conversion_femto, delta_selection_femto
+             FROM budget WHERE consumer = ?1 AND dataset = ?2",
             [consumer, dataset],
-            |r| r.get(0),
+            |r| {
+                Ok(Spent {
+                    epsilon_pure: Epsilon(r.get(0)?),
+                    rho: r.get(1)?,
+                    delta_conversion: Delta(r.get(2)?),
+                    delta_selection: Delta(r.get(3)?),
+                })
+            },
         )
         .optional()?;
-    Ok(Epsilon(micro.unwrap_or(0)))
+    Ok(row.unwrap_or_default())
 }
 
 fn set_state(conn: &Connection, job: &str, state: JobState, code: Option<&str>) -> Result<()> {
@@ -225,14 +238,19 @@ impl Veil {
         let refusal = match precheck(&stored.policy, &manifest, &schema, consumer) {
             Err(PolicyError::Refused(reason)) => Some(("policy", reason)),
             Err(other) => return Err(other.into()),
-            Ok(_) => {
+            Ok(plan) => {
                 let used = spent(&tx, consumer, &manifest.dataset)?;
-                let remaining = stored.policy.epsilon_total.saturating_sub(used);
-                (manifest.epsilon > remaining).then(|| {
-                    ("budget", format!(
-                        "the job needs ε = {} but only ε = {remaining} of {} remains for `{consumer}` on `{}`",
-                        manifest.epsilon, stored.policy.epsilon_total, manifest.dataset
-                    ))
+                used.admit(
+                    &plan.charge,
+                    stored.policy.epsilon_total,
+                    stored.policy.delta_total,
+                )
+                .err()
+                .map(|why| {
+                    (
+                        "budget",
+                        format!("{why} for `{consumer}` on `{}`", manifest.dataset),
+                    )
                 })
             }
         };
@@ -356,18 +374,22 @@ impl Veil {
             )));
         }
         let used = spent(&tx, &job.consumer, &job.dataset)?;
-        let remaining = stored.policy.epsilon_total.saturating_sub(used);
-        let refusal = match &plan {
-            Err(PolicyError::Refused(reason)) => Some(("policy", reason.clone())),
-            Err(e) => return Err(EngineError::Internal(e.to_string())),
-            Ok(_) if manifest.epsilon > remaining => Some((
-                "budget",
-                format!(
-                    "the job needs ε = {} but only ε = {remaining} of {} remains for `{}` on `{}`",
-                    manifest.epsilon, stored.policy.epsilon_total, job.consumer, job.dataset
-                ),
+        let admitted = match &plan {
+            Ok(plan) => Some(used.admit(
+                &plan.charge,
+                stored.policy.epsilon_total,
+                stored.policy.delta_total,
             )),
-            Ok(_) => None,
+            Err(_) => None,
+        };
+        let refusal = match (&plan, &admitted) {
+            (Err(PolicyError::Refused(reason)), _) => Some(("policy", reason.clone())),
+            (Err(e), _) => return Err(EngineError::Internal(e.to_string())),
+            (Ok(_), Some(Err(why))) => Some((
+                "budget",
+                format!("{why} for `{}` on `{}`", job.consumer, job.dataset),
+            )),
+            (Ok(_), _) => None,
         };
         if let Some((code, reason)) = refusal {
             set_state(&tx, job_id, JobState::Refused, Some(code))?;
@@ -388,11 +410,24 @@ impl Veil {
             });
         }
         let plan = plan.expect("refusals handled above");
-        let after = Epsilon(used.micro() + manifest.epsilon.micro());
+        let after = admitted
+            .expect("a plan was made")
+            .expect("refusals handled above");
+        let (after_epsilon, after_delta) = after.totals();
         tx.execute(
-            "INSERT INTO budget (consumer, dataset, spent_micro) VALUES (?1, ?2, ?3)
-             ON CONFLICT(consumer, dataset) DO UPDATE SET spent_micro = excluded.spent_micro",
-            params![job.consumer, job.dataset, after.micro()],
+            "INSERT INTO budget (consumer, dataset, spent_micro, rho_pico, delta_conversion_femto, delta_selection_femto)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(consumer, dataset) DO UPDATE SET spent_micro = excluded.spent_micro,
+               rho_pico = excluded.rho_pico, delta_conversion_femto = excluded.delta_conversion_femto,
+               delta_selection_femto = excluded.delta_selection_femto",
+            params![
+                job.consumer,
+                job.dataset,
+                after.epsilon_pure.micro(),
+                after.rho,
+                after.delta_conversion.0,
+                after.delta_selection.0
+            ],
         )?;
         tx.execute(
             "UPDATE jobs SET state = ?2, policy_version = ?3, runner_pid = ?4, updated_at = ?5 WHERE id = ?1",
@@ -410,8 +445,12 @@ impl Veil {
                 policy_hash: stored.hash.clone(),
                 module_hash: job.module_hash.clone(),
                 epsilon_micro: manifest.epsilon.micro(),
-                spent_micro_after: after.micro(),
+                spent_micro_after: after_epsilon.micro(),
                 total_micro: stored.policy.epsilon_total.micro(),
+                rho_pico: plan.charge.rho,
+                delta_conversion_femto: plan.charge.delta_conversion.0,
+                delta_selection_femto: plan.charge.delta_selection.0,
+                spent_delta_femto_after: after_delta.0,
             },
         )?;
         tx.commit()?;
@@ -601,15 +640,19 @@ impl Veil {
                 continue;
             };
             let used = spent(&self.conn, consumer, &d.name)?;
-            if !p.policy.allows_consumer(consumer) && used.micro() == 0 {
+            if !p.policy.allows_consumer(consumer) && used == Spent::default() {
                 continue;
             }
+            let (eps, delta) = used.totals();
             out.push(BudgetLine {
                 dataset: d.name,
-                spent: used.to_string(),
-                remaining: p.policy.epsilon_total.saturating_sub(used).to_string(),
+                spent: eps.to_string(),
+                remaining: p.policy.epsilon_total.saturating_sub(eps).to_string(),
                 total: p.policy.epsilon_total.to_string(),
                 per_job_cap: p.policy.epsilon_per_job.to_string(),
+                delta_spent: delta.to_string(),
+                delta_remaining: p.policy.delta_total.saturating_sub(delta).to_string(),
+                delta_total: p.policy.delta_total.to_string(),
             });
         }
         Ok(out)

@@ -53,6 +53,9 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
              consumer    TEXT NOT NULL,
              dataset     TEXT NOT NULL,
              spent_micro INTEGER NOT NULL,
+             rho_pico    INTEGER NOT NULL DEFAULT 0,
+             delta_conversion_femto INTEGER NOT NULL DEFAULT 0,
+             delta_selection_femto  INTEGER NOT NULL DEFAULT 0,
              PRIMARY KEY (consumer, dataset)
          );
          CREATE TABLE IF NOT EXISTS job_logs (
@@ -62,6 +65,22 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
              PRIMARY KEY (job, seq)
          );",
     )?;
+    // Stores made before the zCDP/δ ledger columns existed get them, zero-filled.
+    let budget_columns: Vec<String> = tx
+        .prepare("SELECT name FROM pragma_table_info('budget')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for column in [
+        "rho_pico",
+        "delta_conversion_femto",
+        "delta_selection_femto",
+    ] {
+        if !budget_columns.iter().any(|c| c == column) {
+            tx.execute_batch(&format!(
+                "ALTER TABLE budget ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
+            ))?;
+        }
+    }
     tx.commit()?;
     Ok(conn)
 }

@@ -32,6 +32,8 @@
 use num_bigint::BigUint;
 use rand::{CryptoRng, Rng};
 
+use super::normal_upper_quantile;
+
 /// `N_Z(0, n / d)`: the discrete Gaussian with variance parameter `σ² = n / d`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiscreteGaussian {
@@ -45,8 +47,12 @@ pub struct DiscreteGaussian {
 impl DiscreteGaussian {
     /// `σ² = n / d`.
     pub fn new(n: u128, d: u128) -> Self {
-        assert!(d > 0, "variance denominator must be positive");
-        let (n, d) = (BigUint::from(n), BigUint::from(d));
+        Self::with_variance(BigUint::from(n), BigUint::from(d))
+    }
+
+    /// `σ² = n / d` for variances whose terms exceed `u128`.
+    pub fn with_variance(n: BigUint, d: BigUint) -> Self {
+        assert!(d > BigUint::ZERO, "variance denominator must be positive");
         // ⌊σ⌋ = ⌊sqrt(⌊n / d⌋)⌋ (exact: floor of sqrt of a rational equals isqrt of its floor).
         let t = (&n / &d).sqrt() + 1u32;
         DiscreteGaussian { n, d, t }
@@ -133,31 +139,6 @@ fn big_to_f64(x: &BigUint) -> f64 {
     x.to_u64_digits().iter().rev().fold(0.0, |acc, &digit| {
         acc * 18_446_744_073_709_551_616.0 + digit as f64
     })
-}
-
-/// Upper `p` quantile of the standard normal (Acklam's rational approximation, |error| < 1.2e-9),
-/// rounded up a little so intervals stay conservative.
-fn normal_upper_quantile(p: f64) -> f64 {
-    let q = (-2.0 * p.ln()).sqrt();
-    let (c, d) = (
-        [
-            -7.784894002430293e-03,
-            -3.223964580411365e-01,
-            -2.400758277161838e+00,
-            -2.549732539343734e+00,
-            4.374664141464968e+00,
-            2.938163982698783e+00,
-        ],
-        [
-            7.784695709041462e-03,
-            3.224671290700398e-01,
-            2.445134137142996e+00,
-            3.754408661907416e+00,
-        ],
-    );
-    let x = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5])
-        / ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0);
-    -x + 1e-6
 }
 
 /// A uniform integer in `[0, n)`, by rejection from the CSPRNG's bytes (exact, no modulo bias).

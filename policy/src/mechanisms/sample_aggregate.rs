@@ -118,6 +118,7 @@ impl<'a> SampleAggregate<'a> {
                     name: v.name.clone(),
                     estimate: crate::gate::NoisyCell {
                         value: noisy_sum.value / l,
+                        mechanism: noisy_sum.mechanism,
                         noise_scale: noisy_sum.noise_scale / l,
                         ci95: [noisy_sum.ci95[0] / l, noisy_sum.ci95[1] / l],
                     },
@@ -133,6 +134,7 @@ impl<'a> SampleAggregate<'a> {
                 "sample-and-aggregate (GUPT) with discrete Laplace (exact sampler, ChaCha20 CSPRNG)"
                     .into(),
             epsilon: format!("{}", crate::model::Epsilon(self.epsilon_micro)),
+            delta: "0".into(),
             suppression_rule: "none: one estimate per value, averaged over blocks".into(),
             granularity: unit,
             estimates,
@@ -162,6 +164,12 @@ mod tests {
             max_groups_per_unit: 1,
             min_units_per_group: 1,
             blocks: Some(blocks),
+            noise: crate::Noise::Laplace,
+            charge: crate::Charge {
+                epsilon_pure: Epsilon(1_000_000),
+                ..Default::default()
+            },
+            public_groups: Some(vec![vec![]]),
         }
     }
 
