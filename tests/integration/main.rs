@@ -9,5 +9,6 @@ mod crash;
 mod demo;
 mod languages;
 mod pipeline;
+mod privacy_audit;
 mod redteam;
 mod sandbox;
