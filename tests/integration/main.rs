@@ -2,6 +2,7 @@
 //! wasmtime, DataFusion and SQLite; nothing of ours is mocked.
 mod common;
 
+mod accounting;
 mod audit;
 mod bad_input;
 mod blocks;

@@ -42,13 +42,13 @@ pub fn budget(consumer: &str, lines: &[BudgetLine], json: bool) {
         println!("`{consumer}` may use no dataset");
     }
     println!(
-        "{:<20} {:>10} {:>10} {:>10} {:>10}",
-        "dataset", "spent ε", "left ε", "total ε", "per job"
+        "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "dataset", "spent ε", "left ε", "total ε", "per job", "spent δ", "total δ"
     );
     for l in lines {
         println!(
-            "{:<20} {:>10} {:>10} {:>10} {:>10}",
-            l.dataset, l.spent, l.remaining, l.total, l.per_job_cap
+            "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            l.dataset, l.spent, l.remaining, l.total, l.per_job_cap, l.delta_spent, l.delta_total
         );
     }
 }
@@ -169,7 +169,7 @@ fn estimates_table(r: &Release) {
         .map(|e| format!("{} ±{}", e.name, fmt_num(e.estimate.noise_scale)))
         .collect();
     println!("noise: {}, scale: {}", r.mechanism, scales.join(", "));
-    println!("ε = {}; {}", r.epsilon, r.suppression_rule);
+    println!("ε = {}, δ = {}; {}", r.epsilon, r.delta, r.suppression_rule);
 }
 
 pub fn release_table(r: &Release) {
