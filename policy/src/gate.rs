@@ -57,7 +57,7 @@ use crate::accountant::{Delta, RHO_PER_ONE};
 use crate::error::{PolicyError, Result};
 use crate::fixed;
 use crate::manifest::{Aggregate, JobPlan, Noise};
-use crate::mechanisms::{DiscreteGaussian, DiscreteLaplace, normal_upper_quantile};
+use crate::mechanisms::{DiscreteGaussian, DiscreteLaplace, normal_upper_quantile, quantile};
 /// The gate takes contributions in the ABI's own type, as decoded from the module.
 pub use veil_abi::Contribution as GateContribution;
 
@@ -185,9 +185,27 @@ pub struct NoisyCell {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReleasedValue {
     pub name: String,
-    pub sum: NoisyCell,
+    /// The noisy sum (for `sum` and `mean` values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sum: Option<NoisyCell>,
     /// `sum / units` when the manifest asked for a mean (post-processing of two noisy cells).
     pub mean: Option<f64>,
+    /// The quantile, for `median` and `quantile` values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantile: Option<QuantileCell>,
+}
+
+/// A quantile read from a noisy histogram ([`crate::mechanisms::quantile`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantileCell {
+    /// Which quantile (0.5 for a median).
+    pub q: f64,
+    pub value: f64,
+    pub mechanism: String,
+    /// Noise scale of each bin count (units).
+    pub noise_scale: f64,
+    /// Width of the histogram's bins: the estimate's resolution.
+    pub bin_width: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -317,17 +335,32 @@ pub(crate) fn cell(
     }
 }
 
-/// Exact aggregates per group: distinct units and fixed-point sums. Never leaves the gate.
+/// Exact aggregates of one group. Never leaves the gate.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExactGroup {
+    /// Distinct privacy units.
+    pub units: i128,
+    /// Per value: the fixed-point sum (0 for quantile values).
+    pub sums: Vec<i128>,
+    /// Per value: the histogram of units' values over the quantile bins (empty unless quantile).
+    pub bins: Vec<Vec<i128>>,
+}
+
+/// Exact aggregates per group.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ExactGroups {
-    pub groups: BTreeMap<Vec<String>, (i128, Vec<i128>)>,
+    pub groups: BTreeMap<Vec<String>, ExactGroup>,
 }
 
 /// The noise mechanisms of one plan: one for the counts, one per value.
 pub fn mechanisms(plan: &JobPlan) -> (Box<dyn IntegerNoise>, Vec<Box<dyn IntegerNoise>>) {
     let g = u128::from(plan.max_groups_per_unit);
     let shares = 1 + plan.values.len() as u128;
-    let magnitude = |lo: i64, hi: i64| u128::from(lo.unsigned_abs().max(hi.unsigned_abs()));
+    // A unit moves a sum by at most max(|lo|, |hi|), a quantile histogram by one entry.
+    let magnitude = |v: &crate::manifest::GateValue| match v.aggregate {
+        Aggregate::Quantile(_) => 1,
+        _ => u128::from(v.lo.unsigned_abs().max(v.hi.unsigned_abs())),
+    };
     match plan.noise {
         Noise::Laplace => {
             let eps = u128::from(plan.charge.epsilon_pure.micro().max(1));
@@ -338,7 +371,7 @@ pub fn mechanisms(plan: &JobPlan) -> (Box<dyn IntegerNoise>, Vec<Box<dyn Integer
                 .iter()
                 .map(|v| {
                     Box::new(DiscreteLaplace::new(
-                        g * magnitude(v.lo, v.hi) * shares * 1_000_000,
+                        g * magnitude(v) * shares * 1_000_000,
                         eps,
                     )) as Box<dyn IntegerNoise>
                 })
@@ -357,7 +390,7 @@ pub fn mechanisms(plan: &JobPlan) -> (Box<dyn IntegerNoise>, Vec<Box<dyn Integer
                 .values
                 .iter()
                 .map(|v| {
-                    let m = BigUint::from(magnitude(v.lo, v.hi));
+                    let m = BigUint::from(magnitude(v));
                     Box::new(variance(&m * &m * g)) as Box<dyn IntegerNoise>
                 })
                 .collect();
@@ -405,7 +438,7 @@ pub async fn aggregate(
     }
     let batches = ctx.sql(&sql).await?.collect().await?;
 
-    let mut groups: BTreeMap<Vec<String>, (i128, Vec<i128>)> = BTreeMap::new();
+    let mut groups: BTreeMap<Vec<String>, ExactGroup> = BTreeMap::new();
     for batch in &batches {
         let units = batch
             .column(keys.len())
@@ -441,7 +474,67 @@ pub async fn aggregate(
                 .collect();
             // A global aggregate over no rows yields one row with count 0: not a group.
             if count > 0 {
-                groups.insert(key, (count, sums));
+                groups.insert(
+                    key,
+                    ExactGroup {
+                        units: count,
+                        sums,
+                        bins: vec![Vec::new(); plan.values.len()],
+                    },
+                );
+            }
+        }
+    }
+    // Quantile values: the number of units per (group, bin). Each unit has one merged row per
+    // group, so rows are distinct units.
+    for (i, v) in plan.values.iter().enumerate() {
+        if !matches!(v.aggregate, Aggregate::Quantile(_)) {
+            continue;
+        }
+        let width = i128::from(v.hi) - i128::from(v.lo) + 1;
+        let bin = format!(
+            "CAST((CAST(v{i} AS DECIMAL(38,0)) - {lo}) * {b} / {width} AS BIGINT)",
+            lo = v.lo,
+            b = quantile::QUANTILE_BINS,
+        );
+        let mut select = keys.clone();
+        select.push(format!("{bin} AS bin"));
+        select.push("COUNT(*) AS n".into());
+        let mut group_by = keys.clone();
+        group_by.push("bin".into());
+        let sql = format!(
+            "SELECT {} FROM contributions GROUP BY {}",
+            select.join(", "),
+            group_by.join(", ")
+        );
+        for batch in ctx.sql(&sql).await?.collect().await? {
+            let bins = batch
+                .column(keys.len())
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| PolicyError::Aggregation("bin is not Int64".into()))?;
+            let counts = batch
+                .column(keys.len() + 1)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| PolicyError::Aggregation("count is not Int64".into()))?;
+            for row in 0..batch.num_rows() {
+                let key: Vec<String> = (0..keys.len())
+                    .map(|k| {
+                        let a = batch
+                            .column(k)
+                            .as_any()
+                            .downcast_ref::<StringArray>()
+                            .expect("k is utf8");
+                        a.value(row).to_owned()
+                    })
+                    .collect();
+                if let Some(group) = groups.get_mut(&key) {
+                    let hist = &mut group.bins[i];
+                    hist.resize(quantile::QUANTILE_BINS as usize, 0);
+                    let b = (bins.value(row).clamp(0, quantile::QUANTILE_BINS - 1)) as usize;
+                    hist[b] += i128::from(counts.value(row));
+                }
             }
         }
     }
@@ -461,9 +554,13 @@ pub fn add_noise(plan: &JobPlan, exact: &ExactGroups, rng: &mut dyn GateRng) -> 
                 .max(plan.min_units_per_group),
         ),
     };
-    let empty = (0i128, vec![0i128; plan.values.len()]);
+    let empty = ExactGroup {
+        units: 0,
+        sums: vec![0; plan.values.len()],
+        bins: vec![Vec::new(); plan.values.len()],
+    };
     // Groups in key order, so that output order says nothing about the data.
-    let candidates: Vec<(&Vec<String>, &(i128, Vec<i128>))> = match &plan.public_groups {
+    let candidates: Vec<(&Vec<String>, &ExactGroup)> = match &plan.public_groups {
         Some(public) => {
             let mut public: Vec<&Vec<String>> = public.iter().collect();
             public.sort();
@@ -475,23 +572,46 @@ pub fn add_noise(plan: &JobPlan, exact: &ExactGroups, rng: &mut dyn GateRng) -> 
         None => exact.groups.iter().collect(),
     };
     let mut rows = Vec::new();
-    for (key, (count, sums)) in candidates {
-        let units = cell(*count, count_mech.as_ref(), 1.0, rng);
+    for (key, group) in candidates {
+        let units = cell(group.units, count_mech.as_ref(), 1.0, rng);
         // Noise every value even for a group about to be withheld, so the work done per group (and
         // hence timing) does not depend on the threshold decision.
         let values: Vec<ReleasedValue> = plan
             .values
             .iter()
             .zip(&value_mechs)
-            .zip(sums)
-            .map(|((spec, mech), sum)| {
-                let sum = cell(*sum, mech.as_ref(), unit, rng);
-                let mean = (spec.aggregate == Aggregate::Mean && units.value >= 1.0)
-                    .then(|| sum.value / units.value);
-                ReleasedValue {
-                    name: spec.name.clone(),
-                    sum,
-                    mean,
+            .enumerate()
+            .map(|(i, (spec, mech))| match spec.aggregate {
+                Aggregate::Quantile(q_micro) => {
+                    let exact = &group.bins[i];
+                    let noisy: Vec<i128> = (0..quantile::QUANTILE_BINS as usize)
+                        .map(|b| exact.get(b).copied().unwrap_or(0) + mech.sample_noise(rng))
+                        .collect();
+                    let q = f64::from(q_micro) / 1e6;
+                    ReleasedValue {
+                        name: spec.name.clone(),
+                        sum: None,
+                        mean: None,
+                        quantile: Some(QuantileCell {
+                            q,
+                            value: quantile::estimate(&noisy, q, spec.lo, spec.hi) * unit,
+                            mechanism: mech.name().into(),
+                            noise_scale: mech.scale(),
+                            bin_width: (spec.hi - spec.lo + 1) as f64 * unit
+                                / quantile::QUANTILE_BINS as f64,
+                        }),
+                    }
+                }
+                Aggregate::Sum | Aggregate::Mean => {
+                    let sum = cell(group.sums[i], mech.as_ref(), unit, rng);
+                    let mean = (spec.aggregate == Aggregate::Mean && units.value >= 1.0)
+                        .then(|| sum.value / units.value);
+                    ReleasedValue {
+                        name: spec.name.clone(),
+                        sum: Some(sum),
+                        mean,
+                        quantile: None,
+                    }
                 }
             })
             .collect();
@@ -616,10 +736,10 @@ mod tests {
         assert_eq!(row.key, vec!["big".to_string()]);
         // Count noise scale = G·(1+m)/ε = 2; sum scale = 2·10 = 20 (real units).
         assert_eq!(row.units.noise_scale, 2.0);
-        assert!((row.values[0].sum.noise_scale - 20.0).abs() < 1e-9);
+        assert!((row.values[0].sum.as_ref().unwrap().noise_scale - 20.0).abs() < 1e-9);
         assert!(row.units.ci95[0] <= 1000.0 + 40.0 && row.units.ci95[1] >= 1000.0 - 40.0);
         assert!((row.units.value - 1000.0).abs() < 40.0);
-        assert!((row.values[0].sum.value - 10_000.0).abs() < 400.0);
+        assert!((row.values[0].sum.as_ref().unwrap().value - 10_000.0).abs() < 400.0);
         let mean = row.values[0].mean.unwrap();
         assert!((mean - 10.0).abs() < 1.0, "{mean}");
     }

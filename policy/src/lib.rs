@@ -24,7 +24,9 @@ pub mod model;
 
 pub use accountant::{Charge, Delta, Spent};
 pub use error::{PolicyError, Result};
-pub use gate::{BlockEstimate, Bounder, BoundingStats, GateContribution, Release};
+pub use gate::{
+    BlockEstimate, Bounder, BoundingStats, GateContribution, QuantileCell, Release, ReleasedValue,
+};
 pub use manifest::{
     Aggregate, DeliveredColumn, DeliveredType, JobManifest, JobPlan, Noise, precheck,
 };

@@ -16,13 +16,16 @@ pub const MAX_VALUES: usize = 16;
 pub const MIN_BLOCKS: u32 = 2;
 pub const MAX_BLOCKS: u32 = 100_000;
 
-/// How a released value column is presented. Both release a noisy sum; `mean` adds the ratio of the
-/// noisy sum to the noisy count (post-processing, no extra privacy cost).
+/// How a released value column is aggregated. `sum` and `mean` release a noisy sum; `mean` adds
+/// the ratio of the noisy sum to the noisy count (post-processing, no extra privacy cost).
+/// `quantile` releases the q-quantile (in millionths) of the units' values from a noisy histogram
+/// ([`crate::mechanisms::quantile`]); `aggregate = "median"` is q = 0.5.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Aggregate {
     Sum,
     Mean,
+    Quantile(u32),
 }
 
 /// Which noise the gate adds. Both are exact discrete samplers.
@@ -91,6 +94,8 @@ struct RawValue {
     name: String,
     bounds: [f64; 2],
     aggregate: Option<String>,
+    /// For `aggregate = "quantile"`: which one, in (0, 1).
+    quantile: Option<f64>,
 }
 
 const WHAT: &str = "manifest";
@@ -272,15 +277,39 @@ impl JobManifest {
                 }
                 None | Some("sum") => Aggregate::Sum,
                 Some("mean") => Aggregate::Mean,
+                Some("median") => Aggregate::Quantile(500_000),
+                Some("quantile") => match v.quantile {
+                    Some(q) if q > 0.0 && q < 1.0 => {
+                        Aggregate::Quantile(((q * 1e6).round() as u32).clamp(1, 999_999))
+                    }
+                    _ => {
+                        return invalid(
+                            text,
+                            span,
+                            &format!("{field}.quantile"),
+                            "`aggregate = \"quantile\"` needs `quantile = q` with 0 < q < 1",
+                        );
+                    }
+                },
                 Some(other) => {
                     return invalid(
                         text,
                         span,
                         &format!("{field}.aggregate"),
-                        format!("`{other}` is not one of \"sum\", \"mean\""),
+                        format!(
+                            "`{other}` is not one of \"sum\", \"mean\", \"median\", \"quantile\""
+                        ),
                     );
                 }
             };
+            if v.quantile.is_some() && !matches!(aggregate, Aggregate::Quantile(_)) {
+                return invalid(
+                    text,
+                    span,
+                    &format!("{field}.quantile"),
+                    "`quantile` applies only with `aggregate = \"quantile\"`",
+                );
+            }
             values.push(ValueSpec {
                 name: v.name,
                 bounds: (lo, hi),
@@ -594,7 +623,7 @@ ssn = { class = "forbidden" }
             e.to_string().contains("line 6") && e.to_string().contains("epsilon"),
             "{e}"
         );
-        let e = JobManifest::from_toml(&MANIFEST.replace("\"mean\"", "\"median\"")).unwrap_err();
+        let e = JobManifest::from_toml(&MANIFEST.replace("\"mean\"", "\"mode\"")).unwrap_err();
         assert!(e.to_string().contains("output.values[0].aggregate"), "{e}");
         let e = JobManifest::from_toml("dataset = 3").unwrap_err();
         assert!(matches!(e, PolicyError::Syntax { .. }), "{e}");

@@ -337,3 +337,73 @@ values = [{ name = "rows", bounds = [0, 1] }]
         assert!((units - 29_501.0).abs() < 50.0, "{row}");
     }
 }
+
+#[test]
+fn median_and_quantile_values_come_from_a_noisy_histogram() {
+    let env = Env::new();
+    env.setup_with_policy(&policy("auto").replace("epsilon_total = 1.5", "epsilon_total = 10.0"));
+    // Each person's mean weekly income: high school 700–709, bachelor 1300–1309.
+    let manifest = income_manifest(1.0).replace(
+        r#"values = [{ name = "weekly_income", bounds = [0, 2000], aggregate = "mean" }]"#,
+        r#"values = [
+  { name = "median_income", bounds = [0, 2000], aggregate = "median" },
+  { name = "p90_income", bounds = [0, 2000], aggregate = "quantile", quantile = 0.9 },
+]"#,
+    );
+    let out = submit(&env, &manifest, "median.toml");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let job = text(&out.stdout).trim().to_owned();
+    let r = result_json(&env, &job);
+    for row in r["rows"].as_array().unwrap() {
+        let expected = if row["key"][0] == "bachelor" {
+            1305.0
+        } else {
+            705.0
+        };
+        for v in row["values"].as_array().unwrap() {
+            let q = &v["quantile"];
+            assert!(
+                v.get("sum").is_none(),
+                "a quantile spends no share on a sum: {v}"
+            );
+            // 64 bins of 31.26 over [0, 2000]; noise scale 3 per bin on ~200 units in one bin.
+            assert!(
+                (q["bin_width"].as_f64().unwrap() - 31.265625).abs() < 1e-9,
+                "{q}"
+            );
+            assert_eq!(q["noise_scale"].as_f64().unwrap(), 3.0, "G·(1+m)/ε = 3");
+            let value = q["value"].as_f64().unwrap();
+            assert!(
+                (value - expected).abs() < 40.0,
+                "{} = {value}, expected ≈ {expected}",
+                v["name"]
+            );
+        }
+    }
+    // The renderings show the quantile columns.
+    let table = env.ok(&["--as", CONSUMER, "job", "result", &job]);
+    assert!(
+        table.contains("median_income q0.5") && table.contains("p90_income q0.9"),
+        "{table}"
+    );
+    let csv = env.ok(&["--as", CONSUMER, "job", "result", &job, "--format", "csv"]);
+    assert!(
+        csv.lines()
+            .next()
+            .unwrap()
+            .contains("median_income_quantile"),
+        "{csv}"
+    );
+    // A quantile needs its q.
+    let bad = submit(
+        &env,
+        &manifest.replace(", quantile = 0.9", ""),
+        "bad_quantile.toml",
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains("needs `quantile = q`"),
+        "{}",
+        text(&bad.stderr)
+    );
+}

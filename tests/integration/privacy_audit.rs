@@ -216,7 +216,11 @@ fn count_feature(r: &Release) -> String {
 
 fn sum_feature(r: &Release) -> String {
     match r.rows.first() {
-        Some(row) => value_bin(row.values[0].sum.value, 5.0, fixed::to_f64(1)),
+        Some(row) => value_bin(
+            row.values[0].sum.as_ref().unwrap().value,
+            5.0,
+            fixed::to_f64(1),
+        ),
         None => "withheld".into(),
     }
 }
@@ -254,6 +258,30 @@ fn count_sum_and_mean_meet_their_epsilon() {
         );
         assert!(audit.passes(), "release {i}: proven ε {}", audit.proven);
     }
+}
+
+#[test]
+fn median_meets_its_epsilon() {
+    let plan = plan(
+        Noise::Laplace,
+        income(0.0, 10.0, Aggregate::Quantile(500_000)),
+        Some(vec![vec![]]),
+    );
+    // D': one more unit at the top of the range, pulling the median up.
+    let (d, d2) = neighbours("", 10.0);
+    let feature = |r: &Release| {
+        let q = r.rows[0].values[0].quantile.as_ref().unwrap().value;
+        format!("{}", (q * 2.0).floor())
+    };
+    let audit = audit_exact(
+        150,
+        &plan,
+        &exact(&plan, &d),
+        &exact(&plan, &d2),
+        0.0,
+        feature,
+    );
+    assert!(audit.passes(), "proven ε {}", audit.proven);
 }
 
 #[test]
@@ -368,8 +396,8 @@ fn control_skipped_clamping_is_caught() {
     let a = exact(&plan, &d);
     // The neighbour's extra unit reports 1,000 and nobody clamps it to 10.
     let mut b = exact(&plan, &d2);
-    let (_, sums) = b.groups.get_mut(&Vec::<String>::new()).unwrap();
-    sums[0] += (1000 - 10) * fixed::SCALE as i128;
+    let group = b.groups.get_mut(&Vec::<String>::new()).unwrap();
+    group.sums[0] += (1000 - 10) * fixed::SCALE as i128;
     let audit = audit_exact(600, &plan, &a, &b, 0.0, sum_feature);
     assert!(!audit.passes(), "proven ε {} should exceed 1", audit.proven);
 }
@@ -387,7 +415,7 @@ fn control_floating_point_laplace_is_caught() {
     d.clear();
     let d2 = d2[..1].to_vec();
     let (a, b) = (exact(&plan, &d), exact(&plan, &d2));
-    let true_count = |e: &ExactGroups| e.groups.values().next().map_or(0, |(c, _)| *c) as f64;
+    let true_count = |e: &ExactGroups| e.groups.values().next().map_or(0, |g| g.units) as f64;
     let (ca, cb) = (true_count(&a), true_count(&b));
     let scale = 2.0; // the same b = G·(1+m)/ε as the exact mechanism
     let (ha, hb) = histograms(

@@ -266,7 +266,9 @@ impl Range {
         for row in &release.rows {
             assert!(row.units.value.is_finite());
             for v in &row.values {
-                assert!(v.sum.value.is_finite() && v.mean.is_none_or(f64::is_finite));
+                assert!(
+                    v.sum.as_ref().unwrap().value.is_finite() && v.mean.is_none_or(f64::is_finite)
+                );
             }
         }
         self.survives();

@@ -183,13 +183,21 @@ pub fn release_table(r: &Release) {
         .first()
         .map(|row| row.values.iter().map(|v| v.name.clone()).collect())
         .unwrap_or_default();
-    let has_mean: Vec<bool> = r
+    let first_values: Vec<&veil_engine::ReleasedValue> = r
         .rows
         .first()
-        .map(|row| row.values.iter().map(|v| v.mean.is_some()).collect())
+        .map(|row| row.values.iter().collect())
         .unwrap_or_default();
-    for (n, m) in names.iter().zip(&has_mean) {
-        if *m {
+    for (n, v) in names.iter().zip(&first_values) {
+        if let Some(q) = &v.quantile {
+            header.push(format!(
+                "{n} q{} (bin {})",
+                fmt_num(q.q),
+                fmt_num(q.bin_width)
+            ));
+            continue;
+        }
+        if v.mean.is_some() {
             header.push(format!("{n} mean"));
         }
         header.push(format!("{n} sum (95% CI)"));
@@ -204,15 +212,20 @@ pub fn release_table(r: &Release) {
             fmt_num(row.units.ci95[1])
         ));
         for v in &row.values {
+            if let Some(q) = &v.quantile {
+                cells.push(fmt_num(q.value));
+            }
             if let Some(m) = v.mean {
                 cells.push(format!("{m:.2}"));
             }
-            cells.push(format!(
-                "{} [{}, {}]",
-                fmt_num(v.sum.value),
-                fmt_num(v.sum.ci95[0]),
-                fmt_num(v.sum.ci95[1])
-            ));
+            if let Some(sum) = &v.sum {
+                cells.push(format!(
+                    "{} [{}, {}]",
+                    fmt_num(sum.value),
+                    fmt_num(sum.ci95[0]),
+                    fmt_num(sum.ci95[1])
+                ));
+            }
         }
         rows.push(cells);
     }
@@ -248,12 +261,15 @@ pub fn release_table(r: &Release) {
     if let Some(first) = r.rows.first() {
         let scales: Vec<String> =
             std::iter::once(format!("units ±{}", fmt_num(first.units.noise_scale)))
-                .chain(
-                    first
-                        .values
-                        .iter()
-                        .map(|v| format!("{} sum ±{}", v.name, fmt_num(v.sum.noise_scale))),
-                )
+                .chain(first.values.iter().map(|v| match (&v.sum, &v.quantile) {
+                    (Some(sum), _) => {
+                        format!("{} sum ±{}", v.name, fmt_num(sum.noise_scale))
+                    }
+                    (None, Some(q)) => {
+                        format!("{} bins ±{}", v.name, fmt_num(q.noise_scale))
+                    }
+                    (None, None) => v.name.clone(),
+                }))
                 .collect();
         println!(
             "noise: {}, scale per cell: {}",
@@ -310,6 +326,7 @@ pub fn release_csv(r: &Release) {
                 "sum_ci95_high",
                 "sum_noise_scale",
                 "mean",
+                "quantile",
             ] {
                 header.push(format!("{}_{suffix}", v.name));
             }
@@ -335,11 +352,19 @@ pub fn release_csv(r: &Release) {
             .map(|x| x.to_string()),
         );
         for v in &row.values {
-            cells.extend(
-                [v.sum.value, v.sum.ci95[0], v.sum.ci95[1], v.sum.noise_scale]
-                    .map(|x| x.to_string()),
-            );
+            match &v.sum {
+                Some(sum) => cells.extend(
+                    [sum.value, sum.ci95[0], sum.ci95[1], sum.noise_scale].map(|x| x.to_string()),
+                ),
+                None => cells.extend(std::iter::repeat_n(String::new(), 4)),
+            }
             cells.push(v.mean.map(|m| m.to_string()).unwrap_or_default());
+            cells.push(
+                v.quantile
+                    .as_ref()
+                    .map(|q| q.value.to_string())
+                    .unwrap_or_default(),
+            );
         }
         println!("{}", cells.join(","));
     }

@@ -45,7 +45,7 @@ pub use error::{EngineError, Result};
 pub use jobs::{BudgetLine, JobInfo, JobState, SubmitOutcome};
 pub use veil_audit::Entry as AuditEntry;
 pub use veil_catalog::DatasetRecord;
-pub use veil_policy::{Epsilon, Release};
+pub use veil_policy::{Epsilon, QuantileCell, Release, ReleasedValue};
 
 /// Operator settings for an engine. Build with [`EngineConfig::builder`] or use the defaults.
 #[derive(Debug, Clone)]

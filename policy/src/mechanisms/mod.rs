@@ -2,6 +2,7 @@
 //! and its sources next to the code, and tests its sampler statistically.
 mod discrete_gaussian;
 mod discrete_laplace;
+pub mod quantile;
 mod sample_aggregate;
 
 pub use discrete_gaussian::DiscreteGaussian;
