@@ -594,7 +594,13 @@ pub fn add_noise(plan: &JobPlan, exact: &ExactGroups, rng: &mut dyn GateRng) -> 
                         mean: None,
                         quantile: Some(QuantileCell {
                             q,
-                            value: quantile::estimate(&noisy, q, spec.lo, spec.hi) * unit,
+                            value: quantile::estimate(
+                                &noisy,
+                                q,
+                                spec.lo,
+                                spec.hi,
+                                mech.half_width(0.99),
+                            ) * unit,
                             mechanism: mech.name().into(),
                             noise_scale: mech.scale(),
                             bin_width: (spec.hi - spec.lo + 1) as f64 * unit
@@ -742,6 +748,29 @@ mod tests {
         assert!((row.values[0].sum.as_ref().unwrap().value - 10_000.0).abs() < 400.0);
         let mean = row.values[0].mean.unwrap();
         assert!((mean - 10.0).abs() < 1.0, "{mean}");
+    }
+
+    #[test]
+    fn quantiles_come_from_the_units_histogram() {
+        let mut p = (*plan(5, 1)).clone();
+        p.values[0].aggregate = Aggregate::Quantile(900_000);
+        p.values[0].hi = 2_000_000; // [0, 2000]
+        let p = Arc::new(p);
+        let (mut a, mut b) = (Bounder::new(p.clone()), Bounder::new(p.clone()));
+        for u in 0..400u64 {
+            let (bounder, key, v) = if u % 2 == 0 {
+                (&mut a, "hs", 700.0)
+            } else {
+                (&mut b, "ba", 1300.0)
+            };
+            bounder.add_unit(u, vec![c(key, v + (u % 10) as f64)]);
+        }
+        let (rel, _) = run(&p, vec![a, b]);
+        for (row, range) in rel.rows.iter().zip([1281.0..1313.0, 687.0..719.0]) {
+            let q = row.values[0].quantile.as_ref().unwrap();
+            assert!(range.contains(&q.value), "{:?}: {q:?}", row.key);
+            assert!(row.values[0].sum.is_none());
+        }
     }
 
     #[test]

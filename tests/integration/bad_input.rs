@@ -151,7 +151,7 @@ fn malformed_manifests_and_modules_are_rejected_without_trace() {
             "field `epsilon`",
         ),
         (
-            good.replace("aggregate = \"mean\"", "aggregate = \"median\""),
+            good.replace("aggregate = \"mean\"", "aggregate = \"mode\""),
             "output.values[0].aggregate",
         ),
         (

@@ -343,61 +343,71 @@ fn median_and_quantile_values_come_from_a_noisy_histogram() {
     let env = Env::new();
     env.setup_with_policy(&policy("auto").replace("epsilon_total = 1.5", "epsilon_total = 10.0"));
     // Each person's mean weekly income: high school 700–709, bachelor 1300–1309.
-    let manifest = income_manifest(1.0).replace(
-        r#"values = [{ name = "weekly_income", bounds = [0, 2000], aggregate = "mean" }]"#,
-        r#"values = [
-  { name = "median_income", bounds = [0, 2000], aggregate = "median" },
-  { name = "p90_income", bounds = [0, 2000], aggregate = "quantile", quantile = 0.9 },
-]"#,
+    let with_value = |value: &str| {
+        income_manifest(1.0).replace(
+            r#"values = [{ name = "weekly_income", bounds = [0, 2000], aggregate = "mean" }]"#,
+            &format!("values = [{value}]"),
+        )
+    };
+    let median =
+        with_value(r#"{ name = "median_income", bounds = [0, 2000], aggregate = "median" }"#);
+    let p90 = with_value(
+        r#"{ name = "p90_income", bounds = [0, 2000], aggregate = "quantile", quantile = 0.9 }"#,
     );
-    let out = submit(&env, &manifest, "median.toml");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let job = text(&out.stdout).trim().to_owned();
-    let r = result_json(&env, &job);
-    for row in r["rows"].as_array().unwrap() {
-        let expected = if row["key"][0] == "bachelor" {
-            1305.0
-        } else {
-            705.0
-        };
-        for v in row["values"].as_array().unwrap() {
-            let q = &v["quantile"];
+    for (manifest, name, q) in [(&median, "median_income", 0.5), (&p90, "p90_income", 0.9)] {
+        let out = submit(&env, manifest, "quantile.toml");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let job = text(&out.stdout).trim().to_owned();
+        let r = result_json(&env, &job);
+        let rows = r["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 2, "{r}");
+        for row in rows {
+            // All of a group's units sit in one bin (e.g. [687.5, 718.75) for 700–709), so any
+            // quantile interpolates inside it.
+            let (lo, hi) = if row["key"][0] == "bachelor" {
+                (1281.0, 1313.0)
+            } else {
+                (687.0, 720.0)
+            };
+            let v = &row["values"][0];
+            assert_eq!(v["name"], name);
             assert!(
                 v.get("sum").is_none(),
                 "a quantile spends no share on a sum: {v}"
             );
-            // 64 bins of 31.26 over [0, 2000]; noise scale 3 per bin on ~200 units in one bin.
+            let cell = &v["quantile"];
+            assert_eq!(cell["q"].as_f64(), Some(q));
+            // 64 bins over [0, 2000] (2,000,001 grid points of 0.001); each bin count gets noise
+            // of scale G·(1+m)/ε = 2.
             assert!(
-                (q["bin_width"].as_f64().unwrap() - 31.265625).abs() < 1e-9,
-                "{q}"
+                (cell["bin_width"].as_f64().unwrap() - 31.250_015_625).abs() < 1e-9,
+                "{cell}"
             );
-            assert_eq!(q["noise_scale"].as_f64().unwrap(), 3.0, "G·(1+m)/ε = 3");
-            let value = q["value"].as_f64().unwrap();
+            assert_eq!(cell["noise_scale"].as_f64(), Some(2.0));
+            assert_eq!(cell["mechanism"], "discrete Laplace");
+            let value = cell["value"].as_f64().unwrap();
+            // ~200 units in one bin against noise of scale 2 in 63 others: the estimate stays
+            // within a bin of the truth unless the noise sum is wildly off.
             assert!(
-                (value - expected).abs() < 40.0,
-                "{} = {value}, expected ≈ {expected}",
-                v["name"]
+                (lo - 32.0..hi + 32.0).contains(&value),
+                "{name} = {value}, expected in [{lo}, {hi}]"
             );
         }
+        let table = env.ok(&["--as", CONSUMER, "job", "result", &job]);
+        assert!(table.contains(&format!("{name} q{q}")), "{table}");
+        let csv = env.ok(&["--as", CONSUMER, "job", "result", &job, "--format", "csv"]);
+        assert!(
+            csv.lines()
+                .next()
+                .unwrap()
+                .contains(&format!("{name}_quantile")),
+            "{csv}"
+        );
     }
-    // The renderings show the quantile columns.
-    let table = env.ok(&["--as", CONSUMER, "job", "result", &job]);
-    assert!(
-        table.contains("median_income q0.5") && table.contains("p90_income q0.9"),
-        "{table}"
-    );
-    let csv = env.ok(&["--as", CONSUMER, "job", "result", &job, "--format", "csv"]);
-    assert!(
-        csv.lines()
-            .next()
-            .unwrap()
-            .contains("median_income_quantile"),
-        "{csv}"
-    );
     // A quantile needs its q.
     let bad = submit(
         &env,
-        &manifest.replace(", quantile = 0.9", ""),
+        &p90.replace(", quantile = 0.9", ""),
         "bad_quantile.toml",
     );
     assert_eq!(bad.status.code(), Some(1));

@@ -26,7 +26,7 @@
 //!
 //! # Accuracy
 //! The error has two parts: the bin width `(hi − lo) / 64` (resolution) and the noise, which moves
-//! the noisy CDF by about `scale · sqrt(bins)` units — small against groups of thousands of units,
+//! the noisy CDF (the estimator soft-thresholds each bin by the 99% half-width of its noise first) by about `scale · sqrt(bins)` units — small against groups of thousands of units,
 //! large against groups of tens. No exact confidence interval is given for a quantile: the
 //! released figure carries its bin width and the noise scale of its bin counts instead.
 
@@ -41,9 +41,15 @@ pub fn bin_of(value: i64, lo: i64, hi: i64) -> usize {
 }
 
 /// The `q`-quantile (0 < q < 1) read from noisy bin counts over `[lo, hi]` (fixed-point units),
-/// in fixed-point units. With no mass left after clipping, the midpoint of the range.
-pub fn estimate(noisy_bins: &[i128], q: f64, lo: i64, hi: i64) -> f64 {
-    let clipped: Vec<f64> = noisy_bins.iter().map(|&c| c.max(0) as f64).collect();
+/// in fixed-point units. Each count is first lowered by `floor` and clipped at zero (soft
+/// thresholding), so that the positive noise of many empty bins does not add up to spurious mass;
+/// the gate passes the 99% half-width of the bin noise. With no mass left, the range's midpoint.
+pub fn estimate(noisy_bins: &[i128], q: f64, lo: i64, hi: i64, floor: u128) -> f64 {
+    let floor = i128::try_from(floor).unwrap_or(i128::MAX);
+    let clipped: Vec<f64> = noisy_bins
+        .iter()
+        .map(|&c| c.saturating_sub(floor).max(0) as f64)
+        .collect();
     let total: f64 = clipped.iter().sum();
     let (lo, hi) = (lo as f64, hi as f64);
     if total <= 0.0 {
@@ -83,13 +89,23 @@ mod tests {
     fn estimate_interpolates_the_cdf() {
         // Uniform mass over [0, 6399]: the median is near 3200, the 90th percentile near 5760.
         let bins = vec![100i128; 64];
-        assert!((estimate(&bins, 0.5, 0, 6399) - 3200.0).abs() < 1.0);
-        assert!((estimate(&bins, 0.9, 0, 6399) - 5760.0).abs() < 1.0);
+        assert!((estimate(&bins, 0.5, 0, 6399, 0) - 3200.0).abs() < 1.0);
+        assert!((estimate(&bins, 0.9, 0, 6399, 0) - 5760.0).abs() < 1.0);
         // Negative noisy counts are clipped; all-negative falls back to the midpoint.
         let mut skew = vec![-3i128; 64];
         skew[10] = 50;
-        let m = estimate(&skew, 0.5, 0, 6399);
+        let m = estimate(&skew, 0.5, 0, 6399, 0);
         assert!((1000.0..1100.0).contains(&m), "{m}");
-        assert_eq!(estimate(&[-1, -2], 0.5, 0, 99), 49.5);
+        assert_eq!(estimate(&[-1, -2], 0.5, 0, 99, 0), 49.5);
+        // Soft thresholding: small positive noise in empty bins no longer drags the 90th
+        // percentile away from the one bin that holds the mass.
+        let mut noisy = vec![3i128; 64];
+        noisy[10] = 200;
+        let unfloored = estimate(&noisy, 0.9, 0, 6399, 0);
+        let floored = estimate(&noisy, 0.9, 0, 6399, 5);
+        assert!(
+            unfloored > 1100.0 && (1000.0..1100.0).contains(&floored),
+            "{unfloored} {floored}"
+        );
     }
 }
