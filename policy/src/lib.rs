@@ -4,14 +4,17 @@
 //! 1. [`Policy::from_toml`] parses the holder's release policy and
 //!    [`Policy::validate_against`] checks it against the dataset's schema.
 //! 2. [`JobManifest::from_toml`] parses the consumer's manifest; [`precheck`] decides whether the
-//!    consumer may run it (access, forbidden columns, per-job ε cap) and produces a [`JobPlan`].
+//!    consumer may run it (access, forbidden columns, per-job ε and δ caps) and produces a
+//!    [`JobPlan`] that carries the job's price ([`accountant::Charge`]: pure ε, zCDP ρ, δ).
 //! 3. After the sandbox has run the module once per privacy unit, each unit's contributions go
-//!    through a [`gate::Bounder`] (tagging, group limit, clamping) and [`gate::release`] aggregates
-//!    them with DataFusion, adds exact discrete Laplace noise ([`mechanisms`]) and withholds small
-//!    groups.
+//!    through a [`gate::Bounder`] (tagging, group limit, clamping), [`gate::aggregate`] computes
+//!    exact aggregates with DataFusion, and [`gate::add_noise`] adds exact discrete Laplace or
+//!    Gaussian noise ([`mechanisms`]) and selects the groups to release (partition selection, or
+//!    the holder's public partitions).
 //!
-//! Budget accounting and the audit record live in `veil-engine`, which calls the gate only after it
-//! has committed the debit.
+//! [`accountant`] is pure arithmetic; the ledger itself and the audit record live in
+//! `veil-engine`, which calls the gate only after it has committed the debit. docs/privacy.md
+//! states the promise this crate implements.
 #![forbid(unsafe_code)]
 
 pub mod accountant;
