@@ -158,6 +158,7 @@ fn main() {
         epsilon: Epsilon(1_000_000),
         max_groups_per_unit: 1,
         min_units_per_group: 50,
+        max_rows_per_unit: 1000,
         blocks: None,
         noise: Noise::Laplace,
         charge: Charge {

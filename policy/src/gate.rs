@@ -685,6 +685,7 @@ mod tests {
             epsilon: Epsilon(1_000_000),
             max_groups_per_unit: max_groups,
             min_units_per_group: min_units,
+            max_rows_per_unit: 1000,
             blocks: None,
             noise: Noise::Laplace,
             charge: crate::Charge {

@@ -366,6 +366,8 @@ pub struct JobPlan {
     pub values: Vec<GateValue>,
     pub epsilon: Epsilon,
     pub max_groups_per_unit: u32,
+    /// Rows of one unit delivered to the module (a random subset beyond it).
+    pub max_rows_per_unit: u32,
     pub min_units_per_group: u64,
     /// Sample-and-aggregate mode: the number of blocks (see [`crate::mechanisms::SampleAggregate`]).
     pub blocks: Option<u32>,
@@ -521,6 +523,7 @@ pub fn precheck(
         epsilon: manifest.epsilon,
         max_groups_per_unit: policy.max_groups_per_unit,
         min_units_per_group: policy.min_units_per_group,
+        max_rows_per_unit: policy.max_rows_per_unit,
         blocks: manifest.blocks,
         noise: manifest.noise,
         charge,

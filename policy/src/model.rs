@@ -112,6 +112,10 @@ pub struct Policy {
     pub min_units_per_group: u64,
     /// Contributions of one unit beyond this many groups are dropped by the gate.
     pub max_groups_per_unit: u32,
+    /// A unit with more rows than this has that many of them, chosen at random, delivered to the
+    /// module.
+    #[serde(default = "default_max_rows_per_unit")]
+    pub max_rows_per_unit: u32,
     pub epsilon_per_job: Epsilon,
     pub epsilon_total: Epsilon,
     /// Largest δ one job may spend (on partition selection or Gaussian conversion).
@@ -135,6 +139,13 @@ pub const DEFAULT_DELTA_TOTAL: f64 = 1e-6;
 /// Most groups a policy's public partitions may describe (the product of the domains).
 pub const MAX_PUBLIC_GROUPS: usize = 10_000;
 
+/// Rows of one unit delivered to a module when the policy does not say.
+pub const DEFAULT_MAX_ROWS_PER_UNIT: u32 = 1000;
+
+fn default_max_rows_per_unit() -> u32 {
+    DEFAULT_MAX_ROWS_PER_UNIT
+}
+
 fn default_delta_per_job() -> Delta {
     Delta::from_f64(DEFAULT_DELTA_PER_JOB).expect("valid default")
 }
@@ -150,6 +161,7 @@ struct RawPolicy {
     approval: Spanned<String>,
     min_units_per_group: Spanned<i64>,
     max_groups_per_unit: Spanned<i64>,
+    max_rows_per_unit: Option<Spanned<i64>>,
     dp: RawDp,
     #[serde(default)]
     partitions: BTreeMap<String, Spanned<Vec<String>>>,
@@ -265,6 +277,17 @@ impl Policy {
                 "must be between 1 and 10000",
             );
         }
+        let max_rows = match &raw.max_rows_per_unit {
+            None => DEFAULT_MAX_ROWS_PER_UNIT,
+            Some(m) if (1..=1_000_000).contains(m.get_ref()) => *m.get_ref() as u32,
+            Some(m) => {
+                return src.err(
+                    m.span(),
+                    "max_rows_per_unit",
+                    "must be between 1 and 1000000",
+                );
+            }
+        };
         let eps = |s: &Spanned<f64>, field: &str| -> Result<Epsilon> {
             match Epsilon::from_f64(*s.get_ref()) {
                 Some(e) => Ok(e),
@@ -390,6 +413,7 @@ impl Policy {
             approval,
             min_units_per_group: min_units as u64,
             max_groups_per_unit: max_groups as u32,
+            max_rows_per_unit: max_rows,
             epsilon_per_job,
             epsilon_total,
             delta_per_job,

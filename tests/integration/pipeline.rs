@@ -417,3 +417,46 @@ fn median_and_quantile_values_come_from_a_noisy_histogram() {
         text(&bad.stderr)
     );
 }
+
+#[test]
+fn rows_beyond_the_policy_cap_are_not_delivered() {
+    let env = Env::new();
+    // Odd-numbered people have two yearly rows; the policy lets one of them through.
+    env.setup_with_policy(&policy("manual").replace(
+        "max_groups_per_unit = 1",
+        "max_groups_per_unit = 1\nmax_rows_per_unit = 1",
+    ));
+    let out = submit(&env, &income_manifest(0.5), "income.toml");
+    let job = text(&out.stdout).trim().to_owned();
+    env.ok(&["--as", HOLDER, "job", "approve", &job]);
+    let logs = env.ok(&["--as", HOLDER, "job", "logs", &job]);
+    assert!(
+        logs.contains("201 units had more than 1 rows"),
+        "the holder is told how many units were capped: {logs}"
+    );
+    // The consumer learns nothing of it.
+    let r = result_json(&env, &job);
+    assert!(!r.to_string().contains("201"), "{r}");
+    // A cap outside its range is a policy error naming the field.
+    let bad = env.write(
+        "bad_policy.toml",
+        &policy("auto").replace(
+            "max_groups_per_unit = 1",
+            "max_groups_per_unit = 1\nmax_rows_per_unit = 0",
+        ),
+    );
+    let out = env.veil(&[
+        "--as",
+        HOLDER,
+        "policy",
+        "set",
+        "people",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("max_rows_per_unit"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -123,6 +123,7 @@ fn plan(noise: Noise, values: Vec<GateValue>, public: Option<Vec<Vec<String>>>) 
         epsilon: Epsilon(1_000_000),
         max_groups_per_unit: 1,
         min_units_per_group: 1,
+        max_rows_per_unit: 1000,
         blocks: None,
         noise,
         charge,

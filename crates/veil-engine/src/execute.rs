@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt32Array,
 };
 use datafusion::arrow::compute::kernels::cmp::neq;
 use datafusion::arrow::compute::{
@@ -213,6 +213,44 @@ fn units_of(batch: RecordBatch, has_unit: bool) -> Result<GroupedByUnit, String>
     })
 }
 
+/// Keeps at most `max` rows of each unit, chosen uniformly at random with a CSPRNG (in the dataset's
+/// order within the unit), so that no unit's input — and the module's work on it — is unbounded.
+/// Returns the grouping and how many units were capped.
+fn cap_rows_per_unit(grouped: GroupedByUnit, max: usize) -> Result<(GroupedByUnit, usize), String> {
+    let max = max.max(1);
+    if grouped.ranges.iter().all(|(lo, hi)| hi - lo <= max) {
+        return Ok((grouped, 0));
+    }
+    let mut rng = ChaCha20Rng::from_os_rng();
+    let mut indices: Vec<u32> = Vec::with_capacity(grouped.batch.num_rows());
+    let mut ranges = Vec::with_capacity(grouped.ranges.len());
+    let mut capped = 0;
+    for &(lo, hi) in &grouped.ranges {
+        let start = indices.len();
+        if hi - lo > max {
+            capped += 1;
+            let mut chosen: Vec<usize> = rand::seq::index::sample(&mut rng, hi - lo, max)
+                .into_iter()
+                .collect();
+            chosen.sort_unstable();
+            indices.extend(chosen.into_iter().map(|i| (lo + i) as u32));
+        } else {
+            indices.extend((lo..hi).map(|i| i as u32));
+        }
+        ranges.push((start, indices.len()));
+    }
+    let batch = take_record_batch(&grouped.batch, &UInt32Array::from(indices))
+        .map_err(|e| e.to_string())?;
+    Ok((
+        GroupedByUnit {
+            batch,
+            ranges,
+            null_unit_rows: grouped.null_unit_rows,
+        },
+        capped,
+    ))
+}
+
 impl Veil {
     pub(crate) fn execute(&mut self, req: RunRequest<'_>) -> Result<RunOutput, ExecutionFailure> {
         let workers = self.config.workers;
@@ -252,11 +290,23 @@ impl Veil {
         let batch =
             concat_batches(&first.schema(), &batches).map_err(|e| internal(e.to_string()))?;
         let has_unit = plan.privacy_unit.is_some();
-        let GroupedByUnit {
-            batch,
-            ranges,
-            null_unit_rows: null_units,
-        } = units_of(batch, has_unit).map_err(internal)?;
+        let grouped = units_of(batch, has_unit).map_err(internal)?;
+        // Holder-only notes about the data's preparation (they describe the data).
+        let mut prep_notes = Vec::new();
+        if grouped.null_unit_rows > 0 {
+            prep_notes.push(format!(
+                "{} rows with a null privacy unit were not used",
+                grouped.null_unit_rows
+            ));
+        }
+        let (GroupedByUnit { batch, ranges, .. }, capped) =
+            cap_rows_per_unit(grouped, plan.max_rows_per_unit as usize).map_err(internal)?;
+        if capped > 0 {
+            prep_notes.push(format!(
+                "{capped} units had more than {} rows; that many of each, chosen at random, were used",
+                plan.max_rows_per_unit
+            ));
+        }
         let offset = usize::from(has_unit);
         let columns: Vec<Column> = plan
             .columns
@@ -282,7 +332,7 @@ impl Veil {
                 deadline,
                 started,
             };
-            return run.release(&sample_aggregate, null_units);
+            return run.release(&sample_aggregate, prep_notes);
         }
         if module.is_component() {
             // Submission refuses this; a policy change cannot make it reachable, but stay safe.
@@ -347,11 +397,7 @@ impl Veil {
         }
         let unit_faults = faults.load(Ordering::Relaxed);
         let units = ranges.len() as u64;
-        if null_units > 0 {
-            holder_log.push(format!(
-                "{null_units} rows with a null privacy unit were not used"
-            ));
-        }
+        holder_log.extend(prep_notes.iter().cloned());
         if !by_code.is_empty() {
             holder_log.push(format!("unit faults by kind: {by_code:?}"));
         }
@@ -491,7 +537,7 @@ impl BlockRun<'_> {
     fn release(
         &self,
         mechanism: &SampleAggregate<'_>,
-        null_units: usize,
+        prep_notes: Vec<String>,
     ) -> Result<RunOutput, ExecutionFailure> {
         let mut rng = ChaCha20Rng::from_os_rng();
         let blocks = assign_blocks(self.ranges.len(), mechanism.blocks(), &mut rng);
@@ -527,11 +573,7 @@ impl BlockRun<'_> {
             sizes.clone().min().unwrap_or(0),
             sizes.max().unwrap_or(0),
         ));
-        if null_units > 0 {
-            holder_log.push(format!(
-                "{null_units} rows with a null privacy unit were not used"
-            ));
-        }
+        holder_log.extend(prep_notes.iter().cloned());
         if over_time.load(Ordering::Relaxed) {
             return Err(ExecutionFailure {
                 code: "deadline",
@@ -608,5 +650,80 @@ impl BlockRun<'_> {
             done.push((b, output));
         }
         (done, log)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::UInt64Array;
+    use datafusion::arrow::datatypes::{Field, Schema};
+
+    fn grouped(unit_rows: &[usize]) -> GroupedByUnit {
+        let mut units = Vec::new();
+        let mut ranges = Vec::new();
+        for (u, &n) in unit_rows.iter().enumerate() {
+            ranges.push((units.len(), units.len() + n));
+            units.extend(std::iter::repeat_n(u as u64, n));
+        }
+        let rows: Vec<u64> = (0..units.len() as u64).collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("unit", DataType::UInt64, false),
+            Field::new("row", DataType::UInt64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(UInt64Array::from(units)),
+                Arc::new(UInt64Array::from(rows)),
+            ],
+        )
+        .unwrap();
+        GroupedByUnit {
+            batch,
+            ranges,
+            null_unit_rows: 0,
+        }
+    }
+
+    #[test]
+    fn caps_each_unit_to_a_random_subset_of_its_rows() {
+        let (g, capped) = cap_rows_per_unit(grouped(&[2, 50, 3, 1000]), 3).unwrap();
+        assert_eq!(capped, 2);
+        let lens: Vec<usize> = g.ranges.iter().map(|(lo, hi)| hi - lo).collect();
+        assert_eq!(lens, [2, 3, 3, 3]);
+        let units = g
+            .batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .unwrap();
+        let rows = g
+            .batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .unwrap();
+        for (u, &(lo, hi)) in g.ranges.iter().enumerate() {
+            // Every kept row belongs to its unit, in the dataset's order.
+            assert!((lo..hi).all(|i| units.value(i) == u as u64));
+            assert!((lo + 1..hi).all(|i| rows.value(i) > rows.value(i - 1)));
+        }
+        // Random, not the first rows: over many draws of the 1000-row unit, kept rows spread out.
+        let mut seen_late = false;
+        for _ in 0..20 {
+            let (g, _) = cap_rows_per_unit(grouped(&[1000]), 3).unwrap();
+            let rows = g
+                .batch
+                .column(1)
+                .as_any()
+                .downcast_ref::<UInt64Array>()
+                .unwrap();
+            seen_late |= rows.values().iter().any(|&r| r >= 500);
+        }
+        assert!(seen_late);
+        // Under the cap, nothing changes.
+        let (g, capped) = cap_rows_per_unit(grouped(&[1, 2]), 3).unwrap();
+        assert_eq!((capped, g.ranges), (0, vec![(0, 1), (1, 3)]));
     }
 }

@@ -163,6 +163,7 @@ mod tests {
             epsilon: Epsilon(1_000_000),
             max_groups_per_unit: 1,
             min_units_per_group: 1,
+            max_rows_per_unit: 1000,
             blocks: Some(blocks),
             noise: crate::Noise::Laplace,
             charge: crate::Charge {
