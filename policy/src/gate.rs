@@ -399,6 +399,19 @@ pub fn mechanisms(plan: &JobPlan) -> (Box<dyn IntegerNoise>, Vec<Box<dyn Integer
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Lets tests exercise the DECIMAL path without billions of rows.
+    static FORCE_DECIMAL_SUMS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn force_decimal_sums() -> bool {
+    #[cfg(test)]
+    return FORCE_DECIMAL_SUMS.with(|f| f.get());
+    #[cfg(not(test))]
+    false
+}
+
 /// Aggregates the bounded contributions of all workers exactly (DataFusion).
 pub async fn aggregate(
     plan: &JobPlan,
@@ -419,6 +432,7 @@ pub async fn aggregate(
         batches.push(vec![batch]);
     }
     let schema = schema.ok_or_else(|| PolicyError::Aggregation("no workers".into()))?;
+    let rows: i128 = batches.iter().flatten().map(|b| b.num_rows() as i128).sum();
     let ctx = SessionContext::new();
     ctx.register_table(
         "contributions",
@@ -428,9 +442,23 @@ pub async fn aggregate(
     let keys: Vec<String> = (0..plan.keys.len()).map(|i| format!("k{i}")).collect();
     let mut select = keys.clone();
     select.push("COUNT(DISTINCT unit) AS units".into());
-    for i in 0..plan.values.len() {
-        // DECIMAL(38,0) sums are exact and cannot overflow for any realistic input.
-        select.push(format!("SUM(CAST(v{i} AS DECIMAL(38,0))) AS s{i}"));
+    // Sums are exact. When no sum can exceed i64 (rows × max |value| < 2^63, both known before
+    // aggregating), SUM runs on Int64; otherwise on DECIMAL(38,0), which cannot overflow for any
+    // realistic input but is several times slower.
+    let int64_sums: Vec<bool> = plan
+        .values
+        .iter()
+        .map(|v| {
+            let m = i128::from(v.lo.unsigned_abs().max(v.hi.unsigned_abs()));
+            m.saturating_mul(rows) < i128::from(i64::MAX) && !force_decimal_sums()
+        })
+        .collect();
+    for (i, &int64) in int64_sums.iter().enumerate() {
+        select.push(if int64 {
+            format!("SUM(v{i}) AS s{i}")
+        } else {
+            format!("SUM(CAST(v{i} AS DECIMAL(38,0))) AS s{i}")
+        });
     }
     let mut sql = format!("SELECT {} FROM contributions", select.join(", "));
     if !keys.is_empty() {
@@ -465,11 +493,17 @@ pub async fn aggregate(
             let sums = (0..plan.values.len())
                 .map(|i| {
                     let a = batch.column(keys.len() + 1 + i);
-                    let d = a
-                        .as_any()
-                        .downcast_ref::<Decimal128Array>()
-                        .expect("sum is decimal");
-                    if d.is_null(row) { 0 } else { d.value(row) }
+                    if a.is_null(row) {
+                        0
+                    } else if let Some(d) = a.as_any().downcast_ref::<Decimal128Array>() {
+                        d.value(row)
+                    } else {
+                        let d = a
+                            .as_any()
+                            .downcast_ref::<Int64Array>()
+                            .expect("sum is Int64 or Decimal128");
+                        i128::from(d.value(row))
+                    }
                 })
                 .collect();
             // A global aggregate over no rows yields one row with count 0: not a group.
@@ -772,6 +806,27 @@ mod tests {
             assert!(range.contains(&q.value), "{:?}: {q:?}", row.key);
             assert!(row.values[0].sum.is_none());
         }
+    }
+
+    #[test]
+    fn int64_and_decimal_sums_agree() {
+        let p = plan(5, 1);
+        let exact_with = |decimal: bool| {
+            FORCE_DECIMAL_SUMS.with(|f| f.set(decimal));
+            let mut b = Bounder::new(p.clone());
+            for u in 0..300u64 {
+                b.add_unit(u, vec![c(["x", "y"][u as usize % 2], (u % 7) as f64 + 0.5)]);
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let out = rt.block_on(aggregate(&p, vec![b])).unwrap().0;
+            FORCE_DECIMAL_SUMS.with(|f| f.set(false));
+            out
+        };
+        let (int64, decimal) = (exact_with(false), exact_with(true));
+        assert_eq!(int64, decimal);
+        assert_eq!(int64.groups[&vec!["x".to_string()]].units, 150);
     }
 
     #[test]
