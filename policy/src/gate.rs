@@ -73,6 +73,9 @@ pub struct BoundingStats {
     pub values_clamped: u64,
 }
 
+/// Rows per batch the bounder hands to DataFusion.
+const BATCH_ROWS: usize = 1 << 16;
+
 /// Collects bounded, unit-tagged contributions. One per worker; combine them in [`release`].
 #[derive(Debug)]
 pub struct Bounder {
@@ -81,6 +84,9 @@ pub struct Bounder {
     keys: Vec<StringBuilder>,
     values: Vec<Int64Builder>,
     rows: usize,
+    /// Batches already cut from the builders (DataFusion aggregates many moderate batches faster
+    /// than one huge one).
+    done: Vec<RecordBatch>,
     pub stats: BoundingStats,
     scratch: Vec<(Vec<String>, Vec<f64>)>,
     public: Option<std::collections::HashSet<Vec<String>>>,
@@ -95,6 +101,7 @@ impl Bounder {
             keys,
             values,
             rows: 0,
+            done: Vec::new(),
             stats: BoundingStats::default(),
             scratch: Vec::new(),
             public: plan
@@ -139,21 +146,22 @@ impl Bounder {
             }
             for ((builder, spec), v) in self.values.iter_mut().zip(&self.plan.values).zip(&sums) {
                 let x = fixed::to_fixed(*v, spec.lo, spec.hi);
-                let unclamped = if v.is_finite() {
-                    (v * fixed::SCALE as f64).round()
-                } else {
-                    f64::NAN
-                };
-                if unclamped != x as f64 {
+                // Counted as clamped when the quantized value is not the value itself.
+                if !v.is_finite() || (v * fixed::SCALE as f64).round() != x as f64 {
                     self.stats.values_clamped += 1;
                 }
                 builder.append_value(x);
             }
             self.rows += 1;
         }
+        if self.rows >= BATCH_ROWS {
+            let batch = self.cut();
+            self.done.push(batch);
+        }
     }
 
-    fn finish(mut self) -> Result<(RecordBatch, BoundingStats)> {
+    /// Turns the rows in the builders into a batch and empties them.
+    fn cut(&mut self) -> RecordBatch {
         let mut fields = vec![Field::new("unit", DataType::UInt64, false)];
         let mut columns: Vec<ArrayRef> = vec![Arc::new(self.units.finish())];
         for (i, b) in self.keys.iter_mut().enumerate() {
@@ -164,8 +172,18 @@ impl Bounder {
             fields.push(Field::new(format!("v{i}"), DataType::Int64, false));
             columns.push(Arc::new(b.finish()));
         }
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
-        Ok((batch, self.stats))
+        self.rows = 0;
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+            .expect("columns match the schema by construction")
+    }
+
+    fn finish(mut self) -> Result<(Vec<RecordBatch>, BoundingStats)> {
+        let last = self.cut();
+        let mut batches = std::mem::take(&mut self.done);
+        if last.num_rows() > 0 || batches.is_empty() {
+            batches.push(last);
+        }
+        Ok((batches, self.stats))
     }
 }
 
@@ -421,15 +439,15 @@ pub async fn aggregate(
     let mut batches = Vec::new();
     let mut schema = None;
     for b in bounders {
-        let (batch, s) = b.finish()?;
+        let (bounded, s) = b.finish()?;
         stats.units += s.units;
         stats.contributions += s.contributions;
         stats.malformed_dropped += s.malformed_dropped;
         stats.over_group_limit_dropped += s.over_group_limit_dropped;
         stats.outside_partitions_dropped += s.outside_partitions_dropped;
         stats.values_clamped += s.values_clamped;
-        schema = Some(batch.schema());
-        batches.push(vec![batch]);
+        schema = Some(bounded[0].schema());
+        batches.push(bounded);
     }
     let schema = schema.ok_or_else(|| PolicyError::Aggregation("no workers".into()))?;
     let rows: i128 = batches.iter().flatten().map(|b| b.num_rows() as i128).sum();
