@@ -6,7 +6,9 @@
 //! smaller than `n`. The domain-separation bytes keep a leaf from being passed off as a node.
 //!
 //! Inclusion proofs (RFC 6962 §2.1.1, verified as in RFC 9162 §2.1.3.2) let a reviewer check one entry
-//! against a signed checkpoint without the rest of the log.
+//! against a signed checkpoint without the rest of the log. Consistency proofs (RFC 6962 §2.1.2,
+//! verified as in RFC 9162 §2.1.4.2) show that a later checkpoint extends an earlier one — that the
+//! log was only appended to — and so expose a forked or rewritten history.
 #![forbid(unsafe_code)]
 
 use sha2::{Digest, Sha256};
@@ -114,6 +116,87 @@ pub fn verify_inclusion(
     snode == 0 && &r == expected
 }
 
+/// The consistency proof between the tree of the first `old_size` leaves and the tree of all
+/// `leaves` (RFC 6962 §2.1.2, `PROOF(m, D[n])`). Returns `None` unless `0 < old_size <= n`.
+pub fn consistency_proof(leaves: &[Hash], old_size: usize) -> Option<Vec<Hash>> {
+    if old_size == 0 || old_size > leaves.len() {
+        return None;
+    }
+    let mut proof = Vec::new();
+    subproof(old_size, leaves, true, &mut proof);
+    Some(proof)
+}
+
+/// `SUBPROOF(m, D[n], b)` of RFC 6962 §2.1.2.
+fn subproof(m: usize, leaves: &[Hash], complete: bool, proof: &mut Vec<Hash>) {
+    let n = leaves.len();
+    if m == n {
+        if !complete {
+            proof.push(root(leaves));
+        }
+        return;
+    }
+    let k = split(n);
+    if m <= k {
+        subproof(m, &leaves[..k], complete, proof);
+        proof.push(root(&leaves[k..]));
+    } else {
+        subproof(m - k, &leaves[k..], false, proof);
+        proof.push(root(&leaves[..k]));
+    }
+}
+
+/// Checks that the tree of `new_size` leaves with root `new_root` extends the tree of `old_size`
+/// leaves with root `old_root` (RFC 9162 §2.1.4.2). Equal sizes need an empty proof and equal
+/// roots; an empty old tree is not a meaningful claim and fails.
+pub fn verify_consistency(
+    old_size: u64,
+    new_size: u64,
+    proof: &[Hash],
+    old_root: &Hash,
+    new_root: &Hash,
+) -> bool {
+    if old_size == 0 || old_size > new_size {
+        return false;
+    }
+    if old_size == new_size {
+        return proof.is_empty() && old_root == new_root;
+    }
+    // When the old tree is a complete subtree, its root is the first node of the path.
+    let mut path: Vec<Hash> = Vec::with_capacity(proof.len() + 1);
+    if old_size.is_power_of_two() {
+        path.push(*old_root);
+    }
+    path.extend_from_slice(proof);
+    let Some((first, rest)) = path.split_first() else {
+        return false;
+    };
+    let (mut fnode, mut snode) = (old_size - 1, new_size - 1);
+    while fnode & 1 == 1 {
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    let (mut fr, mut sr) = (*first, *first);
+    for c in rest {
+        if snode == 0 {
+            return false;
+        }
+        if fnode & 1 == 1 || fnode == snode {
+            fr = node_hash(c, &fr);
+            sr = node_hash(c, &sr);
+            while fnode & 1 == 0 && fnode != 0 {
+                fnode >>= 1;
+                snode >>= 1;
+            }
+        } else {
+            sr = node_hash(&sr, c);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    snode == 0 && &fr == old_root && &sr == new_root
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,5 +284,89 @@ mod tests {
             }
         }
         assert!(inclusion_proof(&leaves[..3], 3).is_none());
+    }
+
+    /// Consistency proofs of the certificate-transparency reference tree (RFC 6962 vectors).
+    #[test]
+    fn rfc6962_consistency_vectors() {
+        let leaves: Vec<Hash> = vector_leaves().iter().map(|l| leaf_hash(l)).collect();
+        let cases: [(usize, usize, &[&str]); 4] = [
+            (1, 1, &[]),
+            (
+                1,
+                8,
+                &[
+                    "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+                    "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                    "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+                ],
+            ),
+            (
+                6,
+                8,
+                &[
+                    "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+                    "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+                    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+                ],
+            ),
+            (
+                2,
+                5,
+                &[
+                    "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                    "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+                ],
+            ),
+        ];
+        for (m, n, want) in cases {
+            let proof = consistency_proof(&leaves[..n], m).unwrap();
+            let got: Vec<String> = proof.iter().map(hex::encode).collect();
+            assert_eq!(got, want, "PROOF({m}, D[{n}])");
+            assert!(verify_consistency(
+                m as u64,
+                n as u64,
+                &proof,
+                &root(&leaves[..m]),
+                &root(&leaves[..n])
+            ));
+        }
+    }
+
+    #[test]
+    fn consistency_proofs_verify_and_forks_do_not() {
+        let leaves: Vec<Hash> = (0u32..40).map(|i| leaf_hash(&i.to_le_bytes())).collect();
+        for n in 1..=leaves.len() {
+            let new_root = naive_root(&leaves[..n]);
+            for m in 1..=n {
+                let old_root = naive_root(&leaves[..m]);
+                let proof = consistency_proof(&leaves[..n], m).unwrap();
+                assert!(
+                    verify_consistency(m as u64, n as u64, &proof, &old_root, &new_root),
+                    "{m} -> {n}"
+                );
+                // A history that rewrote any of the first m entries is not consistent.
+                let mut forked = leaves[..n].to_vec();
+                forked[(m - 1) / 2] = leaf_hash(b"rewritten");
+                let forked_root = naive_root(&forked);
+                assert!(
+                    !verify_consistency(m as u64, n as u64, &proof, &old_root, &forked_root),
+                    "fork {m} -> {n}"
+                );
+                // Nor is a tampered proof. (Sizes are bound by the signed checkpoints, not by the path.)
+                if let Some(first) = proof.first() {
+                    let mut bad = proof.clone();
+                    bad[0] = node_hash(first, first);
+                    assert!(!verify_consistency(
+                        m as u64, n as u64, &bad, &old_root, &new_root
+                    ));
+                }
+            }
+        }
+        assert!(consistency_proof(&leaves[..3], 0).is_none());
+        assert!(consistency_proof(&leaves[..3], 4).is_none());
+        let r = root(&leaves[..3]);
+        assert!(!verify_consistency(0, 3, &[], &empty_root(), &r));
+        assert!(!verify_consistency(3, 3, &[r], &r, &r));
     }
 }
