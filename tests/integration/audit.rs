@@ -122,3 +122,158 @@ fn rusqlite_free_edit(db: &std::path::Path) -> bool {
         .map(|s| s.success())
         .unwrap_or(false)
 }
+
+/// Runs `veil audit verify-proof` on `proof` (JSON text); returns the exit code and output.
+fn verify_proof(env: &Env, proof: &str, key: &str, old: Option<&std::path::Path>) -> (i32, String) {
+    let path = env.path().join("proof.json");
+    std::fs::write(&path, proof).unwrap();
+    let mut args = vec![
+        "audit",
+        "verify-proof",
+        "--proof",
+        path.to_str().unwrap(),
+        "--public-key",
+        key,
+    ];
+    if let Some(old) = old {
+        args.extend(["--old-checkpoint", old.to_str().unwrap()]);
+    }
+    let out = env.veil(&args);
+    (
+        out.status.code().unwrap(),
+        text(&out.stdout) + &text(&out.stderr),
+    )
+}
+
+#[test]
+fn inclusion_proofs_verify_offline_and_tampered_ones_fail() {
+    let env = Env::new();
+    let (lines, key) = exported(&env);
+    let entries = lines.len() - 1; // the last line is the checkpoint
+    for i in 0..entries {
+        let proof = env.ok(&["audit", "prove", "--entry", &i.to_string()]);
+        let (code, msg) = verify_proof(&env, &proof, &key, None);
+        assert_eq!(code, 0, "entry {i}: {msg}");
+        assert!(
+            msg.contains(&format!("entry {i} is in the signed log")),
+            "{msg}"
+        );
+        // The proof carries the entry exactly as exported.
+        let v: serde_json::Value = serde_json::from_str(&proof).unwrap();
+        assert_eq!(v["entry"].as_str().unwrap(), lines[i]);
+    }
+    // Against an earlier tree size too.
+    let proof = env.ok(&["audit", "prove", "--entry", "1", "--size", "3"]);
+    assert!(
+        verify_proof(&env, &proof, &key, None)
+            .1
+            .contains("log of 3 entries")
+    );
+
+    let proof = env.ok(&["audit", "prove", "--entry", "2"]);
+    let mut v: serde_json::Value = serde_json::from_str(&proof).unwrap();
+    // An edited entry, a wrong index, a broken path, another domain's key: each fails, named.
+    let mut edited = v.clone();
+    let line = edited["entry"]
+        .as_str()
+        .unwrap()
+        .replacen("\"v\":1", "\"v\":2", 1);
+    edited["entry"] = line.into();
+    let (code, msg) = verify_proof(&env, &edited.to_string(), &key, None);
+    assert_eq!(code, 1, "{msg}");
+    assert!(msg.contains("entry 2"), "{msg}");
+    let mut moved = v.clone();
+    moved["index"] = 3.into();
+    assert_eq!(verify_proof(&env, &moved.to_string(), &key, None).0, 1);
+    if let Some(first) = v["path"].as_array_mut().and_then(|p| p.first_mut()) {
+        *first = "00".repeat(32).into();
+        let (code, msg) = verify_proof(&env, &v.to_string(), &key, None);
+        assert_eq!(code, 1);
+        assert!(msg.contains("does not lead to the checkpoint"), "{msg}");
+    }
+    let other = Env::new();
+    other.ok(&["init"]);
+    let other_key = other.ok(&["keys", "public"]).trim().to_owned();
+    assert_eq!(verify_proof(&env, &proof, &other_key, None).0, 1);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn consistency_proofs_show_growth_and_expose_a_forked_log() {
+    let env = Env::new();
+    let (_, key) = exported(&env);
+    // Reviewer A keeps the checkpoint they saw.
+    let seen = env.path().join("seen-by-a.note");
+    env.ok(&["audit", "checkpoint", "--out", seen.to_str().unwrap()]);
+    let seen_size: u64 = std::fs::read_to_string(&seen)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // The operator forks the store: one copy goes on honestly, the other rewrites history from a
+    // point before A's checkpoint (here: it drops the last job and runs a different one).
+    let fork = Env::new();
+    let fork_dir = fork.data_dir();
+    std::fs::remove_dir_all(&fork_dir).ok();
+    copy_dir(&env.data_dir(), &fork_dir);
+
+    let m = env.write("more.toml", &income_manifest(0.25));
+    env.ok(&["--as", CONSUMER, "job", "submit", m.to_str().unwrap()]);
+    // Honest growth: the proof from A's size holds against A's own checkpoint.
+    let proof = env.ok(&["audit", "prove", "--from", &seen_size.to_string()]);
+    let (code, msg) = verify_proof(&env, &proof, &key, Some(&seen));
+    assert_eq!(code, 0, "{msg}");
+    assert!(
+        msg.contains(&format!("extends the one of {seen_size}")),
+        "{msg}"
+    );
+
+    // The fork: the copy (key included, as an operator has it) drops its last two entries in
+    // SQLite, so its history differs inside A's checkpoint from then on.
+    let db = fork_dir.join("veil.db");
+    let conn_ok = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3; c = sqlite3.connect('{}'); \
+             c.execute(\"DELETE FROM audit_log WHERE idx >= {}\"); c.commit()",
+            db.display(),
+            seen_size - 2
+        ))
+        .status()
+        .unwrap()
+        .success();
+    assert!(conn_ok);
+    // The forked store appends its own, validly signed, different entries.
+    let m2 = fork.write("other.toml", &income_manifest(0.25));
+    fork.ok(&["--as", CONSUMER, "job", "submit", m2.to_str().unwrap()]);
+    // B reviews the fork: its log verifies on its own...
+    assert!(fork.ok(&["audit", "verify"]).contains("intact"));
+    // ...but when A and B compare, the fork cannot prove it extends what A saw.
+    let forked_proof = fork.ok(&["audit", "prove", "--from", &seen_size.to_string()]);
+    let (code, msg) = verify_proof(&fork, &forked_proof, &key, Some(&seen));
+    assert_eq!(code, 1, "a forked log must not pass: {msg}");
+    assert!(msg.contains("NOT an extension"), "{msg}");
+    // Bad sizes are clear errors.
+    let out = env.veil(&["audit", "prove", "--from", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("a proof needs a size"),
+        "{}",
+        text(&out.stderr)
+    );
+}

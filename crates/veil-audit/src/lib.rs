@@ -17,11 +17,13 @@
 mod entry;
 mod keys;
 mod note;
+mod proof;
 mod store;
 
 pub use entry::{AuditEvent, Entry, sha256_hex};
 pub use keys::{DomainKey, VerifierKey};
 pub use note::Checkpoint;
+pub use proof::{Proof, ProofVerdict, prove_consistency, prove_inclusion};
 pub use store::{AuditLog, export_lines};
 
 use veil_merkle::Hash;

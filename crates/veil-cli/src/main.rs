@@ -150,6 +150,37 @@ enum AuditCmd {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Print a fresh signed checkpoint (C2SP signed note) over the whole log.
+    Checkpoint {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write an inclusion proof (`--entry I`) or a consistency proof (`--from M`) as JSON.
+    Prove {
+        /// Prove that this entry is in the log.
+        #[arg(long, conflicts_with = "from", required_unless_present = "from")]
+        entry: Option<u64>,
+        /// Prove that the log extends its first M entries.
+        #[arg(long)]
+        from: Option<u64>,
+        /// The size of the tree to prove against (default: the whole log).
+        #[arg(long)]
+        size: Option<u64>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check a proof offline with only the public key; exit 0 if it holds, 1 if not.
+    VerifyProof {
+        #[arg(long)]
+        proof: PathBuf,
+        /// The public key (as printed by `veil keys public`) or a file containing it.
+        #[arg(long)]
+        public_key: String,
+        /// For a consistency proof: the older checkpoint you already hold (a file). Without it the
+        /// proof is checked against its own copy of the old checkpoint.
+        #[arg(long)]
+        old_checkpoint: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -295,6 +326,61 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
+        Command::Audit(AuditCmd::Checkpoint { out }) => {
+            let note = open(&dir)?.audit_checkpoint()?;
+            write_or_print(out.as_deref(), &note)?;
+        }
+        Command::Audit(AuditCmd::Prove {
+            entry,
+            from,
+            size,
+            out,
+        }) => {
+            let veil = open(&dir)?;
+            let proof = match (entry, from) {
+                (Some(index), _) => veil.prove_inclusion(index, size)?,
+                (None, Some(old)) => veil.prove_consistency(old, size)?,
+                (None, None) => unreachable!("clap requires one"),
+            };
+            let text = serde_json::to_string_pretty(&proof)? + "\n";
+            write_or_print(out.as_deref(), &text)?;
+        }
+        Command::Audit(AuditCmd::VerifyProof {
+            proof,
+            public_key,
+            old_checkpoint,
+        }) => {
+            let key_text = if Path::new(&public_key).is_file() {
+                std::fs::read_to_string(&public_key)?
+            } else {
+                public_key
+            };
+            let key = veil_audit::VerifierKey::parse(&key_text)?;
+            let text = std::fs::read_to_string(&proof)
+                .with_context(|| format!("reading {}", proof.display()))?;
+            let proof: veil_audit::Proof =
+                serde_json::from_str(&text).context("the file is not a Veil audit proof")?;
+            let old = match old_checkpoint {
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                ),
+                None => None,
+            };
+            match proof.verify(&key, old.as_deref()) {
+                Ok(veil_audit::ProofVerdict::Included { index, size, .. }) => {
+                    println!("proof holds: entry {index} is in the signed log of {size} entries")
+                }
+                Ok(veil_audit::ProofVerdict::Consistent { old_size, new_size }) => println!(
+                    "proof holds: the signed log of {new_size} entries extends the one of {old_size}"
+                ),
+                Ok(_) => println!("proof holds"),
+                Err(e) => {
+                    println!("proof does NOT hold: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
         Command::Audit(AuditCmd::Log { format }) => {
             let veil = open(&dir)?;
             output::audit_log(&veil.audit_entries()?, format == Format::Json);
@@ -380,4 +466,15 @@ fn visible_job(veil: &Veil, job: &str, principal: &str) -> Result<veil_engine::J
         Some(j) => Ok(j),
         None => bail!("no job `{job}` visible to `{principal}`"),
     }
+}
+
+/// Writes `text` to `out`, or to standard output.
+fn write_or_print(out: Option<&Path>, text: &str) -> Result<()> {
+    match out {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
 }

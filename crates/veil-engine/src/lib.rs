@@ -207,6 +207,29 @@ impl Veil {
         Ok(veil_audit::verify_export(&text, &self.key.verifier())?)
     }
 
+    /// A fresh signed checkpoint (C2SP signed note) over the whole log.
+    pub fn audit_checkpoint(&self) -> Result<String> {
+        Ok(AuditLog::checkpoint(&self.conn, &self.key)?.note)
+    }
+
+    /// Proof that entry `index` is in the first `size` entries (default: all of them).
+    pub fn prove_inclusion(&self, index: u64, size: Option<u64>) -> Result<veil_audit::Proof> {
+        Ok(veil_audit::prove_inclusion(
+            &self.conn, &self.key, index, size,
+        )?)
+    }
+
+    /// Proof that the first `new_size` entries (default: all) extend the first `old_size`.
+    pub fn prove_consistency(
+        &self,
+        old_size: u64,
+        new_size: Option<u64>,
+    ) -> Result<veil_audit::Proof> {
+        Ok(veil_audit::prove_consistency(
+            &self.conn, &self.key, old_size, new_size,
+        )?)
+    }
+
     /// All audit entries, for display.
     pub fn audit_entries(&self) -> Result<Vec<AuditEntry>> {
         Ok(AuditLog::entries(&self.conn)?)
