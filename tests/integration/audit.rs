@@ -277,3 +277,80 @@ fn consistency_proofs_show_growth_and_expose_a_forked_log() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn job_receipts_verify_offline_and_bind_what_ran() {
+    let env = Env::new();
+    env.setup("auto");
+    let m = env.write("m.toml", &income_manifest(0.5));
+    let job = env.ok(&["--as", CONSUMER, "job", "submit", m.to_str().unwrap()]);
+    let job = job.trim();
+    let key = env.ok(&["keys", "public"]).trim().to_owned();
+    let path = env.path().join("receipt.json");
+    env.ok(&[
+        "--as",
+        CONSUMER,
+        "job",
+        "receipt",
+        job,
+        "--out",
+        path.to_str().unwrap(),
+    ]);
+    let verify = |text: &str| {
+        let p = env.path().join("check.json");
+        std::fs::write(&p, text).unwrap();
+        let out = env.veil(&[
+            "receipt",
+            "verify",
+            p.to_str().unwrap(),
+            "--public-key",
+            &key,
+        ]);
+        (out.status.code().unwrap(), text_of(&out))
+    };
+    let original = std::fs::read_to_string(&path).unwrap();
+    let (code, msg) = verify(&original);
+    assert_eq!(code, 0, "{msg}");
+    assert!(
+        msg.contains(&format!("job {job} by {CONSUMER}")) && msg.contains("ε = 0.5"),
+        "{msg}"
+    );
+
+    // The receipt binds what the log says: the module, the dataset version, the charge, the result.
+    let r: serde_json::Value = serde_json::from_str(&original).unwrap();
+    let module_file = std::fs::read(env.path().join("modules/income_by_education.wasm")).unwrap();
+    assert_eq!(
+        r["facts"]["module_hash"],
+        veil_audit::sha256_hex(&module_file)
+    );
+    assert_eq!(r["facts"]["epsilon_micro"], 500_000);
+    let result_json = env.ok(&["--as", CONSUMER, "job", "result", job, "--format", "json"]);
+    let shown: serde_json::Value = serde_json::from_str(&result_json).unwrap();
+    let carried: serde_json::Value = serde_json::from_str(r["result"].as_str().unwrap()).unwrap();
+    assert_eq!(shown, carried, "the receipt carries the released result");
+
+    // Any change is caught: a fact (signature), the result, a swapped proof.
+    for (pointer, value) in [
+        ("/facts/epsilon_micro", serde_json::json!(1)),
+        ("/facts/module_hash", serde_json::json!("00".repeat(32))),
+        ("/result", serde_json::json!("{}")),
+    ] {
+        let mut t = r.clone();
+        *t.pointer_mut(pointer).unwrap() = value;
+        let (code, msg) = verify(&t.to_string());
+        assert_eq!(code, 1, "{pointer}: {msg}");
+    }
+    let mut swapped = r.clone();
+    let proofs = swapped["proofs"].as_array_mut().unwrap();
+    proofs.swap(0, 2);
+    let (code, msg) = verify(&swapped.to_string());
+    assert_eq!(code, 1);
+    assert!(msg.contains("disagrees with the receipt"), "{msg}");
+    // Only the job's consumer gets a receipt.
+    let out = env.veil(&["--as", "someone-else", "job", "receipt", job]);
+    assert_ne!(out.status.code(), Some(0));
+}
+
+fn text_of(out: &std::process::Output) -> String {
+    text(&out.stdout) + &text(&out.stderr)
+}

@@ -18,12 +18,14 @@ mod entry;
 mod keys;
 mod note;
 mod proof;
+mod receipt;
 mod store;
 
 pub use entry::{AuditEvent, Entry, sha256_hex};
 pub use keys::{DomainKey, VerifierKey};
 pub use note::Checkpoint;
 pub use proof::{Proof, ProofVerdict, prove_consistency, prove_inclusion};
+pub use receipt::{Receipt, ReceiptFacts, issue_receipt};
 pub use store::{AuditLog, export_lines};
 
 use veil_merkle::Hash;

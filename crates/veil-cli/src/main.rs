@@ -69,6 +69,20 @@ enum Command {
     /// The domain's signing key.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Check job receipts.
+    #[command(subcommand)]
+    Receipt(ReceiptCmd),
+}
+
+#[derive(Subcommand)]
+enum ReceiptCmd {
+    /// Check a receipt offline with only the public key; exit 0 if it holds, 1 if not.
+    Verify {
+        receipt: PathBuf,
+        /// The public key (as printed by `veil keys public`) or a file containing it.
+        #[arg(long)]
+        public_key: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -122,6 +136,12 @@ enum JobCmd {
     List,
     /// Holder-only log of a job (module log, traps, bounding statistics).
     Logs { job: String },
+    /// The signed receipt of a released job (`--as CONSUMER`), as JSON.
+    Receipt {
+        job: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// A released result (`--as CONSUMER`).
     Result {
         job: String,
@@ -381,6 +401,41 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
+        Command::Receipt(ReceiptCmd::Verify {
+            receipt,
+            public_key,
+        }) => {
+            let key_text = if Path::new(&public_key).is_file() {
+                std::fs::read_to_string(&public_key)?
+            } else {
+                public_key
+            };
+            let key = veil_audit::VerifierKey::parse(&key_text)?;
+            let text = std::fs::read_to_string(&receipt)
+                .with_context(|| format!("reading {}", receipt.display()))?;
+            let receipt: veil_audit::Receipt =
+                serde_json::from_str(&text).context("the file is not a Veil job receipt")?;
+            match receipt.verify(&key) {
+                Ok(f) => println!(
+                    "receipt holds: job {} by {} ran module {} on dataset {} (content {}) under \
+                     policy version {} ({}); charged ε = {}; released result {}, log entry {}",
+                    f.job,
+                    f.consumer,
+                    f.module_hash,
+                    f.dataset,
+                    f.dataset_hash,
+                    f.policy_version,
+                    f.policy_hash,
+                    veil_engine::Epsilon(f.epsilon_micro),
+                    f.result_hash,
+                    f.log_index
+                ),
+                Err(e) => {
+                    println!("receipt does NOT hold: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
         Command::Audit(AuditCmd::Log { format }) => {
             let veil = open(&dir)?;
             output::audit_log(&veil.audit_entries()?, format == Format::Json);
@@ -444,6 +499,12 @@ fn job(cmd: JobCmd, dir: &Path, who: &Option<String>) -> Result<ExitCode> {
             for line in veil.job_logs(&job, &holder)? {
                 println!("{line}");
             }
+        }
+        JobCmd::Receipt { job, out } => {
+            let consumer = principal(who, "CONSUMER")?;
+            let receipt = open(dir)?.job_receipt(&job, &consumer)?;
+            let text = serde_json::to_string_pretty(&receipt)? + "\n";
+            write_or_print(out.as_deref(), &text)?;
         }
         JobCmd::Result { job, format } => {
             let consumer = principal(who, "CONSUMER")?;

@@ -613,6 +613,23 @@ impl Veil {
         serde_json::from_str(&text).map_err(|e| EngineError::Internal(e.to_string()))
     }
 
+    /// The signed receipt of a released job, for its consumer (see `veil_audit::Receipt`).
+    pub fn job_receipt(&self, id: &str, consumer: &str) -> Result<veil_audit::Receipt> {
+        let job = load_job(&self.conn, id)?;
+        if job.consumer != consumer {
+            return Err(EngineError::Forbidden(format!(
+                "job {id} belongs to another consumer"
+            )));
+        }
+        if job.state != JobState::Released {
+            return Err(bad(format!("job {id} has no receipt: it is {}", job.state)));
+        }
+        let text: String =
+            self.conn
+                .query_row("SELECT result FROM jobs WHERE id = ?1", [id], |r| r.get(0))?;
+        Ok(veil_audit::issue_receipt(&self.conn, &self.key, id, &text)?)
+    }
+
     /// The holder-only log of a job (module log text, trap messages, bounding statistics).
     pub fn job_logs(&self, id: &str, holder: &str) -> Result<Vec<String>> {
         let job = load_job(&self.conn, id)?;

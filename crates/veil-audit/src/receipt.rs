@@ -1,0 +1,232 @@
+//! Job receipts: what a consumer keeps to prove — to anyone holding the domain's public key — which
+//! module ran on which dataset version under which policy, what it was charged and what it
+//! released.
+//!
+//! A receipt binds the module hash, the dataset's content hash, the policy version's hash, the
+//! manifest hash, the privacy charged (ε, and ρ and δ when spent), the result's hash and the log
+//! index of the release, under one Ed25519 signature of the domain key. It also carries inclusion
+//! proofs of the three log entries those facts come from (`job_submitted`, `job_started`,
+//! `release_created`) against one signed checkpoint, and the released result itself, so
+//! [`Receipt::verify`] checks everything offline: the signature, each proof, that the entries say
+//! what the receipt says, and that the result hashes to the logged hash.
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+
+use crate::entry::{AuditEvent, Entry, sha256_hex};
+use crate::keys::{DomainKey, VerifierKey};
+use crate::proof::{Proof, ProofVerdict, prove_inclusion};
+use crate::store::AuditLog;
+use crate::{AuditError, bad};
+
+/// Context prefix of the receipt signature (keeps it from being valid as any other message).
+const RECEIPT_CONTEXT: &[u8] = b"veil-receipt-v1\n";
+
+/// The facts a receipt binds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptFacts {
+    pub job: String,
+    pub consumer: String,
+    pub dataset: String,
+    pub module_hash: String,
+    pub dataset_hash: String,
+    pub policy_version: u64,
+    pub policy_hash: String,
+    pub manifest_hash: String,
+    pub epsilon_micro: u64,
+    pub rho_pico: u64,
+    pub delta_femto: u64,
+    pub result_hash: String,
+    /// Index of the `release_created` entry.
+    pub log_index: u64,
+    /// The signed checkpoint the proofs lead to.
+    pub checkpoint: String,
+}
+
+/// A signed job receipt (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    pub facts: ReceiptFacts,
+    /// Hex Ed25519 signature of the domain key over the facts.
+    pub signature: String,
+    /// Inclusion proofs of the `job_submitted`, `job_started` and `release_created` entries.
+    pub proofs: Vec<Proof>,
+    /// The released result, exactly as stored (its SHA-256 is `facts.result_hash`).
+    pub result: String,
+}
+
+fn facts_bytes(facts: &ReceiptFacts) -> Vec<u8> {
+    let mut bytes = RECEIPT_CONTEXT.to_vec();
+    bytes.extend(serde_json::to_vec(facts).expect("facts serialize"));
+    bytes
+}
+
+/// Issues the receipt of released job `job`, whose stored result text is `result`.
+pub fn issue_receipt(
+    conn: &Connection,
+    key: &DomainKey,
+    job: &str,
+    result: &str,
+) -> Result<Receipt, AuditError> {
+    let entries = AuditLog::entries(conn)?;
+    let size = entries.len() as u64;
+    let find = |want: fn(&AuditEvent, &str) -> bool| {
+        entries
+            .iter()
+            .find(|e| want(&e.event, job))
+            .ok_or_else(|| bad(None, format!("job {job} has no complete record in the log")))
+    };
+    let submitted = find(|e, j| matches!(e, AuditEvent::JobSubmitted { job, .. } if job == j))?;
+    let started = find(|e, j| matches!(e, AuditEvent::JobStarted { job, .. } if job == j))?;
+    let released = find(|e, j| matches!(e, AuditEvent::ReleaseCreated { job, .. } if job == j))?;
+    let (
+        AuditEvent::JobSubmitted {
+            consumer,
+            dataset,
+            manifest_hash,
+            ..
+        },
+        AuditEvent::JobStarted {
+            module_hash,
+            dataset_hash,
+            policy_version,
+            policy_hash,
+            epsilon_micro,
+            rho_pico,
+            delta_conversion_femto,
+            delta_selection_femto,
+            ..
+        },
+        AuditEvent::ReleaseCreated { result_hash, .. },
+    ) = (&submitted.event, &started.event, &released.event)
+    else {
+        unreachable!("found by kind");
+    };
+    let proofs = [submitted, started, released]
+        .iter()
+        .map(|e| prove_inclusion(conn, key, e.index, Some(size)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(Proof::Inclusion { checkpoint, .. }) = proofs.first() else {
+        unreachable!("inclusion proofs");
+    };
+    let facts = ReceiptFacts {
+        job: job.into(),
+        consumer: consumer.clone(),
+        dataset: dataset.clone(),
+        module_hash: module_hash.clone(),
+        dataset_hash: dataset_hash.clone(),
+        policy_version: *policy_version,
+        policy_hash: policy_hash.clone(),
+        manifest_hash: manifest_hash.clone(),
+        epsilon_micro: *epsilon_micro,
+        rho_pico: *rho_pico,
+        delta_femto: delta_conversion_femto + delta_selection_femto,
+        result_hash: result_hash.clone(),
+        log_index: released.index,
+        checkpoint: checkpoint.clone(),
+    };
+    Ok(Receipt {
+        signature: hex::encode(key.sign(&facts_bytes(&facts))),
+        facts,
+        proofs,
+        result: result.into(),
+    })
+}
+
+impl Receipt {
+    /// Checks the receipt offline with only the public key; returns its facts.
+    pub fn verify(&self, key: &VerifierKey) -> Result<&ReceiptFacts, AuditError> {
+        let f = &self.facts;
+        let sig = hex::decode(&self.signature).unwrap_or_default();
+        if !key.verify(&facts_bytes(f), &sig) {
+            return Err(bad(
+                None,
+                "the receipt's signature is not valid for this key",
+            ));
+        }
+        if sha256_hex(self.result.as_bytes()) != f.result_hash {
+            return Err(bad(
+                None,
+                "the result does not hash to the receipt's result hash",
+            ));
+        }
+        if self.proofs.len() != 3 {
+            return Err(bad(
+                None,
+                "a receipt carries exactly three inclusion proofs",
+            ));
+        }
+        let mut entries: Vec<Entry> = Vec::new();
+        for proof in &self.proofs {
+            let Proof::Inclusion { checkpoint, .. } = proof else {
+                return Err(bad(None, "receipt proofs must be inclusion proofs"));
+            };
+            if *checkpoint != f.checkpoint {
+                return Err(bad(
+                    None,
+                    "a proof leads to another checkpoint than the receipt's",
+                ));
+            }
+            match proof.verify(key, None)? {
+                ProofVerdict::Included { entry, .. } => entries.push(entry),
+                _ => return Err(bad(None, "receipt proofs must be inclusion proofs")),
+            }
+        }
+        let mismatch = |what: &str, index: u64| {
+            Err(bad(
+                Some(index),
+                format!("the logged entry disagrees with the receipt on {what}"),
+            ))
+        };
+        match &entries[0].event {
+            AuditEvent::JobSubmitted {
+                job,
+                consumer,
+                dataset,
+                manifest_hash,
+                ..
+            } if *job == f.job
+                && *consumer == f.consumer
+                && *dataset == f.dataset
+                && *manifest_hash == f.manifest_hash => {}
+            _ => return mismatch("the submission", entries[0].index),
+        }
+        match &entries[1].event {
+            AuditEvent::JobStarted {
+                job,
+                module_hash,
+                dataset_hash,
+                policy_version,
+                policy_hash,
+                epsilon_micro,
+                rho_pico,
+                delta_conversion_femto,
+                delta_selection_femto,
+                ..
+            } if *job == f.job
+                && *module_hash == f.module_hash
+                && *dataset_hash == f.dataset_hash
+                && *policy_version == f.policy_version
+                && *policy_hash == f.policy_hash
+                && *epsilon_micro == f.epsilon_micro
+                && *rho_pico == f.rho_pico
+                && delta_conversion_femto + delta_selection_femto == f.delta_femto => {}
+            _ => {
+                return mismatch(
+                    "the start (module, data, policy or charge)",
+                    entries[1].index,
+                );
+            }
+        }
+        match &entries[2].event {
+            AuditEvent::ReleaseCreated {
+                job, result_hash, ..
+            } if *job == f.job
+                && *result_hash == f.result_hash
+                && entries[2].index == f.log_index => {}
+            _ => return mismatch("the release", entries[2].index),
+        }
+        Ok(f)
+    }
+}
