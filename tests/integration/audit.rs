@@ -354,3 +354,53 @@ fn job_receipts_verify_offline_and_bind_what_ran() {
 fn text_of(out: &std::process::Output) -> String {
     text(&out.stdout) + &text(&out.stderr)
 }
+
+#[test]
+fn registration_certificates_verify_offline_for_the_owner_only() {
+    let env = Env::new();
+    env.setup("auto");
+    let key = env.ok(&["keys", "public"]).trim().to_owned();
+    let path = env.path().join("cert.json");
+    env.ok(&[
+        "--as",
+        HOLDER,
+        "dataset",
+        "certificate",
+        "people",
+        "--out",
+        path.to_str().unwrap(),
+    ]);
+    let out = env.veil(&[
+        "certificate",
+        "verify",
+        path.to_str().unwrap(),
+        "--public-key",
+        &key,
+    ]);
+    let msg = text_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{msg}");
+    let listing: serde_json::Value =
+        serde_json::from_str(&env.ok(&["dataset", "list", "--format", "json"])).unwrap();
+    let content = listing[0]["content_hash"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("dataset people of {HOLDER}")) && msg.contains(content),
+        "{msg}"
+    );
+
+    // A changed fact fails.
+    let mut cert: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cert["facts"]["rows"] = 1.into();
+    std::fs::write(&path, cert.to_string()).unwrap();
+    let out = env.veil(&[
+        "certificate",
+        "verify",
+        path.to_str().unwrap(),
+        "--public-key",
+        &key,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text_of(&out));
+    // Someone other than the owner gets none.
+    let out = env.veil(&["--as", CONSUMER, "dataset", "certificate", "people"]);
+    assert_ne!(out.status.code(), Some(0));
+}

@@ -25,7 +25,9 @@ pub use entry::{AuditEvent, Entry, sha256_hex};
 pub use keys::{DomainKey, VerifierKey};
 pub use note::Checkpoint;
 pub use proof::{Proof, ProofVerdict, prove_consistency, prove_inclusion};
-pub use receipt::{Receipt, ReceiptFacts, issue_receipt};
+pub use receipt::{
+    Certificate, CertificateFacts, Receipt, ReceiptFacts, issue_certificate, issue_receipt,
+};
 pub use store::{AuditLog, export_lines};
 
 use veil_merkle::Hash;

@@ -230,3 +230,133 @@ impl Receipt {
         Ok(f)
     }
 }
+
+/// Context prefix of the registration-certificate signature.
+const CERTIFICATE_CONTEXT: &[u8] = b"veil-registration-v1\n";
+
+/// The facts a registration certificate binds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFacts {
+    pub dataset: String,
+    pub owner: String,
+    pub content_hash: String,
+    pub schema_hash: String,
+    pub rows: u64,
+    pub privacy_unit: Option<String>,
+    /// When the registration was logged.
+    pub time: String,
+    pub log_index: u64,
+    pub checkpoint: String,
+}
+
+/// A registration certificate for a dataset's holder: the registration's facts under the domain
+/// key's signature, with the inclusion proof of its `dataset_registered` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    pub facts: CertificateFacts,
+    pub signature: String,
+    pub proof: Proof,
+}
+
+fn certificate_bytes(facts: &CertificateFacts) -> Vec<u8> {
+    let mut bytes = CERTIFICATE_CONTEXT.to_vec();
+    bytes.extend(serde_json::to_vec(facts).expect("facts serialize"));
+    bytes
+}
+
+/// Issues the registration certificate of `dataset` (its registration entry in the log).
+pub fn issue_certificate(
+    conn: &Connection,
+    key: &DomainKey,
+    dataset: &str,
+) -> Result<Certificate, AuditError> {
+    let entries = AuditLog::entries(conn)?;
+    let entry = entries
+        .iter()
+        .rev()
+        .find(|e| matches!(&e.event, AuditEvent::DatasetRegistered { dataset: d, .. } if d == dataset))
+        .ok_or_else(|| bad(None, format!("no registration of `{dataset}` in the log")))?;
+    let AuditEvent::DatasetRegistered {
+        owner,
+        content_hash,
+        schema_hash,
+        rows,
+        privacy_unit,
+        ..
+    } = &entry.event
+    else {
+        unreachable!("found by kind");
+    };
+    let proof = prove_inclusion(conn, key, entry.index, Some(entries.len() as u64))?;
+    let Proof::Inclusion { checkpoint, .. } = &proof else {
+        unreachable!("an inclusion proof");
+    };
+    let facts = CertificateFacts {
+        dataset: dataset.into(),
+        owner: owner.clone(),
+        content_hash: content_hash.clone(),
+        schema_hash: schema_hash.clone(),
+        rows: *rows,
+        privacy_unit: privacy_unit.clone(),
+        time: entry.time.clone(),
+        log_index: entry.index,
+        checkpoint: checkpoint.clone(),
+    };
+    Ok(Certificate {
+        signature: hex::encode(key.sign(&certificate_bytes(&facts))),
+        facts,
+        proof,
+    })
+}
+
+impl Certificate {
+    /// Checks the certificate offline with only the public key; returns its facts.
+    pub fn verify(&self, key: &VerifierKey) -> Result<&CertificateFacts, AuditError> {
+        let f = &self.facts;
+        let sig = hex::decode(&self.signature).unwrap_or_default();
+        if !key.verify(&certificate_bytes(f), &sig) {
+            return Err(bad(
+                None,
+                "the certificate's signature is not valid for this key",
+            ));
+        }
+        let Proof::Inclusion { checkpoint, .. } = &self.proof else {
+            return Err(bad(None, "a certificate carries an inclusion proof"));
+        };
+        if *checkpoint != f.checkpoint {
+            return Err(bad(
+                None,
+                "the proof leads to another checkpoint than the certificate's",
+            ));
+        }
+        let ProofVerdict::Included { entry, .. } = self.proof.verify(key, None)? else {
+            return Err(bad(None, "a certificate carries an inclusion proof"));
+        };
+        match &entry.event {
+            AuditEvent::DatasetRegistered {
+                dataset,
+                owner,
+                content_hash,
+                schema_hash,
+                rows,
+                privacy_unit,
+            } if *dataset == f.dataset
+                && *owner == f.owner
+                && *content_hash == f.content_hash
+                && *schema_hash == f.schema_hash
+                && *rows == f.rows
+                && *privacy_unit == f.privacy_unit
+                && entry.time == f.time
+                && entry.index == f.log_index =>
+            {
+                Ok(f)
+            }
+            _ => Err(bad(
+                Some(entry.index),
+                "the logged registration disagrees with the certificate",
+            )),
+        }
+    }
+}

@@ -72,6 +72,20 @@ enum Command {
     /// Check job receipts.
     #[command(subcommand)]
     Receipt(ReceiptCmd),
+    /// Check dataset registration certificates.
+    #[command(subcommand)]
+    Certificate(CertificateCmd),
+}
+
+#[derive(Subcommand)]
+enum CertificateCmd {
+    /// Check a registration certificate offline with only the public key; exit 0 or 1.
+    Verify {
+        certificate: PathBuf,
+        /// The public key (as printed by `veil keys public`) or a file containing it.
+        #[arg(long)]
+        public_key: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -100,6 +114,12 @@ enum DatasetCmd {
         /// Column names for a CSV file without a header row (comma-separated).
         #[arg(long, value_delimiter = ',')]
         columns: Option<Vec<String>>,
+    },
+    /// The signed registration certificate of a dataset (`--as HOLDER`, its owner), as JSON.
+    Certificate {
+        name: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// List registered datasets (metadata only).
     List {
@@ -263,6 +283,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 r.content_hash
             );
         }
+        Command::Dataset(DatasetCmd::Certificate { name, out }) => {
+            let holder = principal(&cli.as_principal, "HOLDER")?;
+            let cert = open(&dir)?.dataset_certificate(&name, &holder)?;
+            let text = serde_json::to_string_pretty(&cert)? + "\n";
+            write_or_print(out.as_deref(), &text)?;
+        }
         Command::Dataset(DatasetCmd::List { format }) => {
             let veil = open(&dir)?;
             output::datasets(&veil.datasets()?, format == Format::Json);
@@ -397,6 +423,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(_) => println!("proof holds"),
                 Err(e) => {
                     println!("proof does NOT hold: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+        Command::Certificate(CertificateCmd::Verify {
+            certificate,
+            public_key,
+        }) => {
+            let key = veil_audit::VerifierKey::parse(&key_argument(public_key)?)?;
+            let text = std::fs::read_to_string(&certificate)
+                .with_context(|| format!("reading {}", certificate.display()))?;
+            let cert: veil_audit::Certificate =
+                serde_json::from_str(&text).context("the file is not a Veil certificate")?;
+            match cert.verify(&key) {
+                Ok(f) => println!(
+                    "certificate holds: dataset {} of {} registered {} with content {} and \
+                     schema {} ({} rows), log entry {}",
+                    f.dataset, f.owner, f.time, f.content_hash, f.schema_hash, f.rows, f.log_index
+                ),
+                Err(e) => {
+                    println!("certificate does NOT hold: {e}");
                     return Ok(ExitCode::from(1));
                 }
             }
@@ -538,4 +585,13 @@ fn write_or_print(out: Option<&Path>, text: &str) -> Result<()> {
         None => print!("{text}"),
     }
     Ok(())
+}
+
+/// A public key given on the command line, or the file holding it.
+fn key_argument(text: String) -> Result<String> {
+    Ok(if Path::new(&text).is_file() {
+        std::fs::read_to_string(&text)?
+    } else {
+        text
+    })
 }

@@ -207,6 +207,23 @@ impl Veil {
         Ok(veil_audit::verify_export(&text, &self.key.verifier())?)
     }
 
+    /// The registration certificate of `dataset`, for its owner.
+    pub fn dataset_certificate(
+        &self,
+        dataset: &str,
+        holder: &str,
+    ) -> Result<veil_audit::Certificate> {
+        let record = self.dataset(dataset)?;
+        if record.owner != holder {
+            return Err(EngineError::Forbidden(format!(
+                "the certificate of `{dataset}` is for its owner"
+            )));
+        }
+        Ok(veil_audit::issue_certificate(
+            &self.conn, &self.key, dataset,
+        )?)
+    }
+
     /// A fresh signed checkpoint (C2SP signed note) over the whole log.
     pub fn audit_checkpoint(&self) -> Result<String> {
         Ok(AuditLog::checkpoint(&self.conn, &self.key)?.note)
