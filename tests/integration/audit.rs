@@ -404,3 +404,109 @@ fn registration_certificates_verify_offline_for_the_owner_only() {
     let out = env.veil(&["--as", CONSUMER, "dataset", "certificate", "people"]);
     assert_ne!(out.status.code(), Some(0));
 }
+
+#[test]
+fn reviewer_filters_and_summary_flag_what_deserves_a_look() {
+    let env = Env::new();
+    env.setup("auto");
+    let submit = |eps: f64| {
+        let m = env.write("job.toml", &income_manifest(eps));
+        env.veil(&["--as", CONSUMER, "job", "submit", m.to_str().unwrap()])
+    };
+    assert!(submit(1.0).status.success());
+    assert!(submit(0.4).status.success()); // 1.4 of 1.5: nearly spent
+    // Five refusals in a burst, the same manifest each time with the module file swapped.
+    let modules = env.path().join("modules");
+    let variants = [
+        "people_by_age_region.wasm",
+        "column_probe.wasm",
+        "trivial.wasm",
+    ];
+    for i in 0..5 {
+        std::fs::copy(
+            modules.join(variants[i % 3]),
+            modules.join("income_by_education.wasm"),
+        )
+        .unwrap();
+        assert_eq!(submit(0.5).status.code(), Some(3));
+    }
+
+    let summary: serde_json::Value =
+        serde_json::from_str(&env.ok(&["audit", "summary", "--format", "json"])).unwrap();
+    assert_eq!(summary["jobs_by_outcome"]["released"], 2, "{summary}");
+    assert_eq!(summary["jobs_by_outcome"]["refused"], 5, "{summary}");
+    let spend = &summary["spending"][0];
+    assert_eq!(
+        (
+            spend["spent_micro"].as_u64(),
+            spend["jobs_started"].as_u64()
+        ),
+        (Some(1_400_000), Some(2))
+    );
+    assert_eq!(spend["over_time"].as_array().unwrap().len(), 2);
+    let refusals = summary["refusals"].as_object().unwrap();
+    assert_eq!(
+        refusals.values().map(|v| v.as_u64().unwrap()).sum::<u64>(),
+        5
+    );
+    assert!(
+        refusals.keys().all(|k| k.starts_with("budget: ")),
+        "{refusals:?}"
+    );
+    let anomalies: Vec<&str> = summary["anomalies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        anomalies.iter().any(|a| a.contains("93% of its budget")),
+        "{anomalies:?}"
+    );
+    assert!(
+        anomalies
+            .iter()
+            .any(|a| a.contains("jobs refused within an hour")),
+        "{anomalies:?}"
+    );
+    assert!(
+        anomalies
+            .iter()
+            .any(|a| a.contains("3 different module hashes")),
+        "{anomalies:?}"
+    );
+    let table = env.ok(&["audit", "summary"]);
+    assert!(
+        table.contains("anomalies:") && table.contains("! "),
+        "{table}"
+    );
+
+    // Filters.
+    let lines = |args: &[&str]| {
+        let mut all = vec!["audit", "log", "--format", "json"];
+        all.extend_from_slice(args);
+        env.ok(&all).lines().count()
+    };
+    assert_eq!(lines(&["--decision", "refused"]), 5);
+    assert_eq!(
+        lines(&["--decision", "released", "--consumer", CONSUMER]),
+        2
+    );
+    assert_eq!(lines(&["--consumer", "nobody"]), 0);
+    assert_eq!(lines(&["--since", "2999-01-01"]), 0);
+    let all = lines(&[]);
+    assert_eq!(lines(&["--since", "2000-01-01"]), all);
+    let people = lines(&["--dataset", "people"]);
+    // Registration, policy and the seven jobs' entries concern `people`; key events do not.
+    assert!(people >= 2 + 7 && people <= all, "{people} of {all}");
+    assert_eq!(lines(&["--dataset", "elsewhere"]), 0);
+    let trivial = veil_audit::sha256_hex(&std::fs::read(modules.join("trivial.wasm")).unwrap());
+    // The trivial module was in one refused submission (i = 2): submitted + refused.
+    assert_eq!(lines(&["--module", &trivial]), 2);
+    let out = env.veil(&["audit", "log", "--decision", "maybe"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "usage error for an unknown decision"
+    );
+}

@@ -19,6 +19,7 @@ mod keys;
 mod note;
 mod proof;
 mod receipt;
+pub mod review;
 mod store;
 
 pub use entry::{AuditEvent, Entry, sha256_hex};

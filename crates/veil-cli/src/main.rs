@@ -185,8 +185,30 @@ enum AuditCmd {
         #[arg(long)]
         public_key: Option<String>,
     },
-    /// Print the log.
+    /// Print the log, optionally filtered.
     Log {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        #[arg(long)]
+        dataset: Option<String>,
+        #[arg(long)]
+        consumer: Option<String>,
+        /// SHA-256 of a module.
+        #[arg(long)]
+        module: Option<String>,
+        /// One of refused, approved, rejected, released, denied.
+        #[arg(long, value_parser = ["refused", "approved", "rejected", "released", "denied"])]
+        decision: Option<String>,
+        /// Entries at or after this RFC 3339 time or date (2026-11-29).
+        #[arg(long)]
+        since: Option<String>,
+        /// Entries before this RFC 3339 time or date.
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// ε spent per consumer and dataset over time, jobs by outcome, refusals by reason, and
+    /// anomalies a reviewer should look at.
+    Summary {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -483,9 +505,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Audit(AuditCmd::Log { format }) => {
+        Command::Audit(AuditCmd::Log {
+            format,
+            dataset,
+            consumer,
+            module,
+            decision,
+            since,
+            until,
+        }) => {
             let veil = open(&dir)?;
-            output::audit_log(&veil.audit_entries()?, format == Format::Json);
+            let entries = veil.audit_entries()?;
+            let filter = veil_audit::review::Filter {
+                dataset,
+                consumer,
+                module_hash: module,
+                decision,
+                since,
+                until,
+            };
+            let shown: Vec<_> = filter.apply(&entries).into_iter().cloned().collect();
+            output::audit_log(&shown, format == Format::Json);
+        }
+        Command::Audit(AuditCmd::Summary { format }) => {
+            let veil = open(&dir)?;
+            let summary = veil_audit::review::summarize(&veil.audit_entries()?);
+            output::audit_summary(&summary, format == Format::Json);
         }
         Command::Keys(KeysCmd::Public) => {
             let veil = open(&dir)?;

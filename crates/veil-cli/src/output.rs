@@ -92,6 +92,47 @@ pub fn audit_log(entries: &[AuditEntry], json: bool) {
     }
 }
 
+pub fn audit_summary(s: &veil_audit::review::Summary, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s).expect("serializes"));
+        return;
+    }
+    let eps = |m: u64| veil_engine::Epsilon(m).to_string();
+    println!("{} entries", s.entries);
+    println!("\nε spent per consumer and dataset:");
+    for l in &s.spending {
+        let steps: Vec<String> = l
+            .over_time
+            .iter()
+            .map(|(t, m)| format!("{} → {}", &t[..t.len().min(19)], eps(*m)))
+            .collect();
+        println!(
+            "  {:<16} {:<16} {} of {} in {} jobs  ({})",
+            l.consumer,
+            l.dataset,
+            eps(l.spent_micro),
+            eps(l.total_micro),
+            l.jobs_started,
+            steps.join(", ")
+        );
+    }
+    println!("\njobs by outcome:");
+    for (o, n) in &s.jobs_by_outcome {
+        println!("  {o:<20} {n}");
+    }
+    println!("\nrefusals by reason:");
+    for (r, n) in &s.refusals {
+        println!("  {n:>4}  {r}");
+    }
+    println!("\nanomalies:");
+    if s.anomalies.is_empty() {
+        println!("  none");
+    }
+    for a in &s.anomalies {
+        println!("  ! {a}");
+    }
+}
+
 pub fn job_details(j: &JobInfo) {
     println!("job            {}", j.id);
     println!(
