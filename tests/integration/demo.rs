@@ -60,6 +60,21 @@ fn demo_runs_every_step_and_leaves_a_verifiable_store() {
         assert_eq!(ssn.len(), 11, "census rows end with an ssn: {row}");
         assert!(!exported.contains(ssn), "an ssn leaked into the audit log");
     }
+    // As the README runs it: from a working directory, with the default relative `./veil-data`.
+    let cwd = env.path().join("newcomer");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let out = std::process::Command::new(veil_bin())
+        .current_dir(&cwd)
+        .args(["demo", "--people", "2000"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "demo with the default data dir failed:\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(cwd.join("veil-data/module-cache").is_dir());
     // Running it again replaces its own previous store, but never a directory it did not make.
     env.ok(&["demo", "--people", "3000"]);
     let foreign = env.path().join("foreign");

@@ -108,6 +108,15 @@ impl VerifierKey {
         [d[0], d[1], d[2], d[3]]
     }
 
+    /// `SHA256:<hex>` of the raw public key: what a reviewer compares when the key is handed over
+    /// out of band.
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "SHA256:{}",
+            hex::encode(Sha256::digest(self.key.as_bytes()))
+        )
+    }
+
     /// Parses `<name>+<keyid hex>+<base64(0x01 || key)>`.
     pub fn parse(text: &str) -> Result<VerifierKey, AuditError> {
         let bad = |m: &str| AuditError::BadPublicKey(m.into());

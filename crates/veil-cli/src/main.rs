@@ -285,6 +285,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let veil = open(&dir)?;
             println!("initialised {}", veil.data_dir().display());
             println!("audit public key: {}", veil.public_key());
+            println!("key fingerprint:  {}", veil.public_key().fingerprint());
         }
         Command::Demo { people } => demo::run(&dir, people)?,
         Command::Dataset(DatasetCmd::Add {

@@ -188,7 +188,11 @@ impl Veil {
             if config.disk_cache_dir().is_none() {
                 config = config
                     .into_builder()
-                    .disk_cache_dir(self.data_dir.join("module-cache"))
+                    // wasmtime's cache wants an absolute path; the data dir may be relative.
+                    .disk_cache_dir(
+                        std::path::absolute(self.data_dir.join("module-cache"))
+                            .map_err(|e| EngineError::Internal(format!("module cache: {e}")))?,
+                    )
                     .build();
             }
             self.sandbox = Some(Sandbox::new(config)?);
