@@ -45,7 +45,11 @@ pub enum Proof {
 #[non_exhaustive]
 pub enum ProofVerdict {
     /// Entry `index` is in the log of `size` entries.
-    Included { index: u64, size: u64, entry: Entry },
+    Included {
+        index: u64,
+        size: u64,
+        entry: Box<Entry>,
+    },
     /// The log of `new_size` entries extends the log of `old_size` entries.
     Consistent { old_size: u64, new_size: u64 },
 }
@@ -178,7 +182,7 @@ impl Proof {
                 Ok(ProofVerdict::Included {
                     index: *index,
                     size: cp.size,
-                    entry: parsed,
+                    entry: Box::new(parsed),
                 })
             }
             Proof::Consistency {

@@ -169,7 +169,7 @@ impl Receipt {
                 ));
             }
             match proof.verify(key, None)? {
-                ProofVerdict::Included { entry, .. } => entries.push(entry),
+                ProofVerdict::Included { entry, .. } => entries.push(*entry),
                 _ => return Err(bad(None, "receipt proofs must be inclusion proofs")),
             }
         }
