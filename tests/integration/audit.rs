@@ -510,3 +510,109 @@ fn reviewer_filters_and_summary_flag_what_deserves_a_look() {
         "usage error for an unknown decision"
     );
 }
+
+/// Every way of changing one value in an entry.
+fn mutations(value: &serde_json::Value) -> Vec<serde_json::Value> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => {
+            let mut changed = s.clone();
+            match changed.pop() {
+                Some(c) => changed.push(if c == '0' { '1' } else { '0' }),
+                None => changed.push('x'),
+            }
+            vec![Value::String(changed)]
+        }
+        Value::Number(n) => vec![serde_json::json!(n.as_u64().map_or(1, |x| x + 1))],
+        Value::Bool(b) => vec![Value::Bool(!b)],
+        Value::Null => vec![Value::String("x".into())],
+        _ => vec![],
+    }
+}
+
+#[test]
+fn tamper_suite_every_field_of_every_entry_and_the_checkpoint() {
+    let env = Env::new();
+    let (lines, key) = exported(&env);
+    let entries = lines.len() - 1;
+    let mut cases = 0;
+    for (i, line) in lines.iter().enumerate().take(entries) {
+        let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+        // Top-level fields and every field of the event.
+        let mut pointers: Vec<String> = entry
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "event")
+            .map(|k| format!("/{k}"))
+            .collect();
+        pointers.extend(
+            entry["event"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| format!("/event/{k}")),
+        );
+        for pointer in pointers {
+            for value in mutations(entry.pointer(&pointer).unwrap()) {
+                let mut t = entry.clone();
+                *t.pointer_mut(&pointer).unwrap() = value;
+                let mut changed = lines.clone();
+                changed[i] = t.to_string();
+                let (code, msg) = verify(&env, &changed, &key);
+                assert_eq!(code, Some(1), "entry {i}{pointer} changed: {msg}");
+                // The broken entry is named (an edited index names where it was found).
+                assert!(
+                    msg.contains(&format!("entry {i}")),
+                    "entry {i}{pointer}: {msg}"
+                );
+                cases += 1;
+            }
+        }
+    }
+    assert!(cases > 40, "only {cases} mutations");
+
+    // The checkpoint: a replaced signature, another tree size, a checkpoint of another history.
+    let cp_line: serde_json::Value = serde_json::from_str(&lines[entries]).unwrap();
+    let note = cp_line["checkpoint"].as_str().unwrap();
+    let (body, sig) = note.split_once("\n\n").unwrap();
+    let forged_sig = sig.replacen(|c: char| c.is_ascii_alphanumeric(), "A", 3);
+    let size_line = body.lines().nth(1).unwrap().to_owned();
+    let changed_size = body.replacen(
+        &format!("\n{size_line}\n"),
+        &format!("\n{}\n", entries + 1),
+        1,
+    );
+    for bad_note in [
+        format!("{body}\n\n{forged_sig}"),
+        format!("{changed_size}\n\n{sig}"),
+    ] {
+        let mut t = lines.clone();
+        t[entries] = serde_json::json!({ "checkpoint": bad_note }).to_string();
+        let (code, msg) = verify(&env, &t, &key);
+        assert_eq!(code, Some(1), "{msg}");
+        assert!(msg.contains("signature"), "{msg}");
+    }
+    // A forked history: the same key signs a different log; its checkpoint does not fit ours.
+    let fork = Env::new();
+    let fork_dir = fork.data_dir();
+    std::fs::remove_dir_all(&fork_dir).ok();
+    copy_dir(&env.data_dir(), &fork_dir);
+    let m = fork.write("m2.toml", &income_manifest(0.25));
+    fork.ok(&["--as", CONSUMER, "job", "submit", m.to_str().unwrap()]);
+    let fork_export = fork.path().join("fork.jsonl");
+    fork.ok(&["audit", "export", "--out", fork_export.to_str().unwrap()]);
+    let fork_lines: Vec<String> = std::fs::read_to_string(&fork_export)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let mut mixed = lines[..entries].to_vec();
+    mixed.push(fork_lines.last().unwrap().clone());
+    let (code, msg) = verify(&env, &mixed, &key);
+    assert_eq!(code, Some(1));
+    assert!(
+        msg.contains("truncated") || msg.contains("differs"),
+        "{msg}"
+    );
+}
