@@ -616,3 +616,99 @@ fn tamper_suite_every_field_of_every_entry_and_the_checkpoint() {
         "{msg}"
     );
 }
+
+#[test]
+fn key_rotation_hands_over_and_verification_follows_the_chain() {
+    let env = Env::new();
+    env.setup("auto");
+    let first = env.ok(&["keys", "first"]).trim().to_owned();
+    assert_eq!(env.ok(&["keys", "public"]).trim(), first);
+    let m = env.write("m.toml", &income_manifest(0.5));
+    env.ok(&["--as", CONSUMER, "job", "submit", m.to_str().unwrap()]);
+
+    let rotated = env.ok(&["keys", "rotate"]);
+    assert!(
+        rotated.contains("key fingerprint:      SHA256:"),
+        "{rotated}"
+    );
+    let second = env.ok(&["keys", "public"]).trim().to_owned();
+    assert_ne!(second, first);
+    assert_eq!(env.ok(&["keys", "first"]).trim(), first);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(env.data_dir().join("keys/audit-signing.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the new key is private");
+        assert!(!env.data_dir().join("keys/audit-signing.key.next").exists());
+    }
+    // Work goes on under the new key.
+    env.ok(&["--as", CONSUMER, "job", "submit", m.to_str().unwrap()]);
+    assert!(env.ok(&["audit", "verify"]).contains("intact"));
+
+    let out = env.path().join("audit.jsonl");
+    env.ok(&["audit", "export", "--out", out.to_str().unwrap()]);
+    let lines: Vec<String> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    // From the first key, the chain verifies; the new key alone cannot vouch for older entries.
+    let (code, msg) = verify(&env, &lines, &first);
+    assert_eq!(code, Some(0), "{msg}");
+    let (code, msg) = verify(&env, &lines, &second);
+    assert_eq!(code, Some(1), "{msg}");
+    assert!(msg.contains("entry 0"), "{msg}");
+    // A hand-over to some other key breaks the hand-over entry's signature, named.
+    let i = lines
+        .iter()
+        .position(|l| l.contains("\"kind\":\"key_rotated\""))
+        .unwrap();
+    let other = Env::new();
+    other.ok(&["init"]);
+    let intruder = other.ok(&["keys", "public"]).trim().to_owned();
+    let mut forged = lines.clone();
+    let mut entry: serde_json::Value = serde_json::from_str(&forged[i]).unwrap();
+    entry["event"]["new_public_key"] = intruder.into();
+    forged[i] = entry.to_string();
+    let (code, msg) = verify(&env, &forged, &first);
+    assert_eq!(code, Some(1));
+    assert!(msg.contains(&format!("entry {i}")), "{msg}");
+    // Proofs of entries from before the rotation verify under the new key's checkpoint.
+    let proof = env.ok(&["audit", "prove", "--entry", "1"]);
+    let p = env.write("p.json", &proof);
+    let out = env.veil(&[
+        "audit",
+        "verify-proof",
+        "--proof",
+        p.to_str().unwrap(),
+        "--public-key",
+        &second,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out));
+}
+
+#[test]
+fn a_process_holding_a_rotated_key_cannot_sign() {
+    let env = Env::new();
+    env.setup("auto");
+    let config = veil_engine::EngineConfig::builder().workers(1).build();
+    let mut stale = veil_engine::Veil::open(&env.data_dir(), config).unwrap();
+    env.ok(&["keys", "rotate"]);
+    let m = env.write("m.toml", &income_manifest(0.5));
+    let err = stale.submit_job(&m, CONSUMER).unwrap_err();
+    assert!(
+        err.to_string().contains("rotated by another process"),
+        "{err}"
+    );
+    // Nothing was written with the old key; the log still verifies.
+    assert!(env.ok(&["audit", "verify"]).contains("intact"));
+    // A key file left by a rotation that never committed is discarded on the next open.
+    let next = env.data_dir().join("keys/audit-signing.key.next");
+    std::fs::write(&next, "00".repeat(32)).unwrap();
+    let before = env.ok(&["keys", "public"]);
+    assert!(!next.exists());
+    assert_eq!(env.ok(&["keys", "public"]), before);
+}

@@ -17,6 +17,12 @@ pub enum AuditEvent {
     LogCreated {
         public_key: String,
     },
+    /// Key hand-over: signed by the outgoing key, names the key that signs every later entry and
+    /// checkpoint. Verification follows this chain from the log's first key.
+    KeyRotated {
+        new_public_key: String,
+        fingerprint: String,
+    },
     DatasetRegistered {
         dataset: String,
         owner: String,

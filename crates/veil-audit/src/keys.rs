@@ -69,6 +69,38 @@ impl DomainKey {
         ))
     }
 
+    /// A fresh key (not yet saved).
+    pub fn generate(name: &str) -> Result<DomainKey, AuditError> {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| AuditError::Key {
+            path: String::new(),
+            message: format!("no OS randomness: {e}"),
+        })?;
+        Ok(DomainKey {
+            name: name.into(),
+            signing: SigningKey::from_bytes(&secret),
+        })
+    }
+
+    /// Writes the key to a new file at `path` (mode 0600, synced); fails if the file exists.
+    pub fn save_new(&self, path: &Path) -> Result<(), AuditError> {
+        let err = |message: String| AuditError::Key {
+            path: path.display().to_string(),
+            message,
+        };
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut file = opts.open(path).map_err(|e| err(e.to_string()))?;
+        file.write_all(hex::encode(self.signing.to_bytes()).as_bytes())
+            .map_err(|e| err(e.to_string()))?;
+        file.sync_all().map_err(|e| err(e.to_string()))
+    }
+
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.signing.sign(message).to_bytes()
     }

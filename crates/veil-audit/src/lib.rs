@@ -62,10 +62,18 @@ fn bad(entry: Option<u64>, reason: impl Into<String>) -> AuditError {
 pub struct VerifiedLog {
     pub entries: u64,
     pub root: Hash,
+    /// The key that signs the log now, after following every hand-over from the given key.
+    pub current_key: VerifierKey,
+    pub rotations: u64,
 }
 
 /// Verifies an exported log (JSON lines: entries, then one `{"checkpoint": ...}` line).
+///
+/// `key` is the key the reviewer trusts: the log's first key. A `key_rotated` entry, signed by the
+/// key in force, hands over to the key it names for every later entry and the checkpoint.
 pub fn verify_export(text: &str, key: &VerifierKey) -> Result<VerifiedLog, AuditError> {
+    let mut key = key.clone();
+    let mut rotations = 0;
     let mut leaves: Vec<Hash> = Vec::new();
     let mut checkpoint: Option<Checkpoint> = None;
     for (lineno, line) in text
@@ -90,7 +98,7 @@ pub fn verify_export(text: &str, key: &VerifierKey) -> Result<VerifiedLog, Audit
             let note = note
                 .as_str()
                 .ok_or_else(|| bad(None, "checkpoint is not a string"))?;
-            checkpoint = Some(Checkpoint::parse_and_verify(note, key)?);
+            checkpoint = Some(Checkpoint::parse_and_verify(note, &key)?);
             continue;
         }
         let entry: Entry = serde_json::from_value(value).map_err(|e| {
@@ -124,11 +132,21 @@ pub fn verify_export(text: &str, key: &VerifierKey) -> Result<VerifiedLog, Audit
                 "does not chain to the previous entry (an entry before it was changed, removed or reordered)",
             ));
         }
-        if !entry.signature_valid(key) {
+        if !entry.signature_valid(&key) {
             return Err(bad(
                 Some(expected),
-                "signature does not match the entry's contents (the entry was altered)",
+                "signature does not match the entry's contents (the entry was altered, or signed \
+                 by a key the chain of hand-overs does not lead to)",
             ));
+        }
+        if let AuditEvent::KeyRotated { new_public_key, .. } = &entry.event {
+            key = VerifierKey::parse(new_public_key).map_err(|e| {
+                bad(
+                    Some(expected),
+                    format!("hands over to a malformed key: {e}"),
+                )
+            })?;
+            rotations += 1;
         }
         leaves.push(entry.leaf_hash());
     }
@@ -155,5 +173,10 @@ pub fn verify_export(text: &str, key: &VerifierKey) -> Result<VerifiedLog, Audit
             "Merkle root of the entries differs from the signed checkpoint",
         ));
     }
-    Ok(VerifiedLog { entries: n, root })
+    Ok(VerifiedLog {
+        entries: n,
+        root,
+        current_key: key,
+        rotations,
+    })
 }

@@ -6,7 +6,7 @@ use veil_merkle::Hash;
 
 use crate::AuditError;
 use crate::entry::{AuditEvent, Entry};
-use crate::keys::DomainKey;
+use crate::keys::{DomainKey, VerifierKey};
 use crate::note::Checkpoint;
 
 /// Functions over the `audit_log` table. The table is append-only by construction: nothing in Veil
@@ -21,6 +21,10 @@ impl AuditLog {
                  idx  INTEGER PRIMARY KEY,
                  line TEXT NOT NULL,
                  leaf BLOB NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS audit_key (
+                 id         INTEGER PRIMARY KEY CHECK (id = 1),
+                 public_key TEXT NOT NULL
              );
              CREATE TABLE IF NOT EXISTS audit_checkpoints (
                  id   INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -37,6 +41,19 @@ impl AuditLog {
         key: &DomainKey,
         event: AuditEvent,
     ) -> Result<Entry, AuditError> {
+        // A process still holding a key that was rotated away must not sign new entries.
+        let current: Option<String> = conn
+            .query_row("SELECT public_key FROM audit_key WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if current.is_some_and(|c| c != key.verifier().to_string()) {
+            return Err(AuditError::Key {
+                path: String::new(),
+                message: "the audit signing key was rotated by another process; reopen the store"
+                    .into(),
+            });
+        }
         let last: Option<(u64, Vec<u8>)> = conn
             .query_row(
                 "SELECT idx, leaf FROM audit_log ORDER BY idx DESC LIMIT 1",
@@ -62,6 +79,25 @@ impl AuditLog {
             params![index, entry.to_line(), entry.leaf_hash().to_vec()],
         )?;
         Ok(entry)
+    }
+
+    /// Records `key` as the key that signs from now on (first use, or after a rotation entry).
+    pub fn set_current_key(conn: &Connection, key: &VerifierKey) -> Result<(), AuditError> {
+        conn.execute(
+            "INSERT INTO audit_key (id, public_key) VALUES (1, ?1)
+             ON CONFLICT(id) DO UPDATE SET public_key = excluded.public_key",
+            [key.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// The key recorded as current, if any.
+    pub fn current_key(conn: &Connection) -> Result<Option<String>, AuditError> {
+        Ok(conn
+            .query_row("SELECT public_key FROM audit_key WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?)
     }
 
     /// All entries in order, parsed from their stored lines.

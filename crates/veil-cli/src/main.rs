@@ -247,8 +247,12 @@ enum AuditCmd {
 
 #[derive(Subcommand)]
 enum KeysCmd {
-    /// Print the public key that verifies this domain's audit log.
+    /// Print the public key that signs this domain's audit log now.
     Public,
+    /// Print the log's first key: the root a reviewer verifies from.
+    First,
+    /// Rotate the signing key: the old key signs a hand-over entry naming the new one.
+    Rotate,
 }
 
 fn main() -> ExitCode {
@@ -536,6 +540,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keys(KeysCmd::Public) => {
             let veil = open(&dir)?;
             println!("{}", veil.public_key());
+        }
+        Command::Keys(KeysCmd::First) => {
+            let veil = open(&dir)?;
+            println!("{}", veil.first_public_key()?);
+        }
+        Command::Keys(KeysCmd::Rotate) => {
+            let mut veil = open(&dir)?;
+            let key = veil.rotate_key()?;
+            println!("new audit public key: {key}");
+            println!("key fingerprint:      {}", key.fingerprint());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -131,10 +131,8 @@ impl Veil {
     pub fn open(data_dir: &Path, config: EngineConfig) -> Result<Veil> {
         std::fs::create_dir_all(data_dir)?;
         let conn = store::open(&data_dir.join("veil.db"))?;
-        let (key, _created) = DomainKey::load_or_create(
-            &data_dir.join("keys").join("audit-signing.key"),
-            &config.domain,
-        )?;
+        finish_key_rotation(&conn, data_dir, &config.domain)?;
+        let (key, _created) = DomainKey::load_or_create(&key_path(data_dir), &config.domain)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.workers)
             .enable_all()
@@ -164,8 +162,12 @@ impl Veil {
                         public_key: veil.key.verifier().to_string(),
                     },
                 )?;
+                AuditLog::set_current_key(&tx, &veil.key.verifier())?;
             }
             tx.commit()?;
+        } else if AuditLog::current_key(&veil.conn)?.is_none() {
+            // A store from before key rotation existed: its key is the current one.
+            AuditLog::set_current_key(&veil.conn, &veil.key.verifier())?;
         }
         veil.recover_interrupted_jobs()?;
         Ok(veil)
@@ -205,10 +207,56 @@ impl Veil {
         Ok(veil_audit::export_lines(&self.conn, &self.key)?)
     }
 
-    /// Verifies the store's own log, as an offline reviewer would.
+    /// Verifies the store's own log, as an offline reviewer would: from the log's first key,
+    /// following every key hand-over.
     pub fn verify_audit(&self) -> Result<veil_audit::VerifiedLog> {
         let text = self.export_audit()?;
-        Ok(veil_audit::verify_export(&text, &self.key.verifier())?)
+        Ok(veil_audit::verify_export(&text, &self.first_public_key()?)?)
+    }
+
+    /// The key the log started with (named by its first entry): the root of the key chain.
+    pub fn first_public_key(&self) -> Result<veil_audit::VerifierKey> {
+        let first = AuditLog::entries(&self.conn)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| EngineError::Internal("the audit log is empty".into()))?;
+        match first.event {
+            AuditEvent::LogCreated { public_key } => {
+                Ok(veil_audit::VerifierKey::parse(&public_key)?)
+            }
+            _ => Err(EngineError::Internal(
+                "the audit log does not start with its key".into(),
+            )),
+        }
+    }
+
+    /// Rotates the audit signing key: the current key signs a `key_rotated` entry naming a fresh
+    /// key, which signs everything after. The new key is on disk (0600, synced) before the entry
+    /// commits; if the process dies between the two, the next open finishes or discards the
+    /// hand-over to match the log. The old private key is deleted.
+    pub fn rotate_key(&mut self) -> Result<veil_audit::VerifierKey> {
+        let new = DomainKey::generate(self.key.name())?;
+        let next = next_key_path(&self.data_dir);
+        if next.exists() {
+            std::fs::remove_file(&next)?;
+        }
+        new.save_new(&next)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        AuditLog::append(
+            &tx,
+            &self.key,
+            AuditEvent::KeyRotated {
+                new_public_key: new.verifier().to_string(),
+                fingerprint: new.verifier().fingerprint(),
+            },
+        )?;
+        AuditLog::set_current_key(&tx, &new.verifier())?;
+        tx.commit()?;
+        std::fs::rename(&next, key_path(&self.data_dir))?;
+        self.key = new;
+        Ok(self.key.verifier())
     }
 
     /// The registration certificate of `dataset`, for its owner.
@@ -255,4 +303,28 @@ impl Veil {
     pub fn audit_entries(&self) -> Result<Vec<AuditEntry>> {
         Ok(AuditLog::entries(&self.conn)?)
     }
+}
+
+fn key_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("keys").join("audit-signing.key")
+}
+
+fn next_key_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("keys").join("audit-signing.key.next")
+}
+
+/// Completes a key rotation interrupted after the new key was written: installs the new key if
+/// the log already hands over to it, discards it otherwise.
+fn finish_key_rotation(conn: &rusqlite::Connection, data_dir: &Path, name: &str) -> Result<()> {
+    let next = next_key_path(data_dir);
+    if !next.exists() {
+        return Ok(());
+    }
+    let (candidate, _) = DomainKey::load_or_create(&next, name)?;
+    if AuditLog::current_key(conn)?.as_deref() == Some(candidate.verifier().to_string().as_str()) {
+        std::fs::rename(&next, key_path(data_dir))?;
+    } else {
+        std::fs::remove_file(&next)?;
+    }
+    Ok(())
 }
