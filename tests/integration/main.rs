@@ -8,6 +8,7 @@ mod bad_input;
 mod blocks;
 mod crash;
 mod demo;
+mod identity;
 mod languages;
 mod pipeline;
 mod privacy_audit;

@@ -17,6 +17,12 @@ pub enum AuditEvent {
     LogCreated {
         public_key: String,
     },
+    /// An admin created a principal (its token is never logged, not even hashed).
+    PrincipalCreated {
+        name: String,
+        role: String,
+        admin: String,
+    },
     /// Key hand-over: signed by the outgoing key, names the key that signs every later entry and
     /// checkpoint. Verification follows this chain from the log's first key.
     KeyRotated {

@@ -72,9 +72,24 @@ enum Command {
     /// Check job receipts.
     #[command(subcommand)]
     Receipt(ReceiptCmd),
+    /// Administration: principals and their tokens (`--as ADMIN`).
+    #[command(subcommand)]
+    Admin(AdminCmd),
     /// Check dataset registration certificates.
     #[command(subcommand)]
     Certificate(CertificateCmd),
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Create a principal and print its token, once (only its hash is stored).
+    AddPrincipal {
+        name: String,
+        #[arg(long, value_parser = ["holder", "consumer", "reviewer", "admin"])]
+        role: String,
+    },
+    /// List principals and their roles (never tokens).
+    Principals,
 }
 
 #[derive(Subcommand)]
@@ -452,6 +467,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("proof does NOT hold: {e}");
                     return Ok(ExitCode::from(1));
                 }
+            }
+        }
+        Command::Admin(AdminCmd::AddPrincipal { name, role }) => {
+            let admin = principal(&cli.as_principal, "ADMIN")?;
+            let role = veil_engine::Role::parse(&role).expect("clap checked it");
+            let token = open(&dir)?.create_principal(&name, role, &admin)?;
+            println!("{name} ({}) created. Token, shown only now:", role.as_str());
+            println!("{token}");
+        }
+        Command::Admin(AdminCmd::Principals) => {
+            for p in open(&dir)?.principals()? {
+                println!("{:<24} {:<10} {}", p.name, p.role.as_str(), p.created_at);
             }
         }
         Command::Certificate(CertificateCmd::Verify {

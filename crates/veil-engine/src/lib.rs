@@ -32,6 +32,7 @@ mod datasets;
 mod error;
 mod execute;
 mod jobs;
+mod principals;
 mod store;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +44,7 @@ use veil_sandbox::{Sandbox, SandboxConfig};
 
 pub use error::{EngineError, Result};
 pub use jobs::{BudgetLine, JobInfo, JobState, SubmitOutcome};
+pub use principals::{Principal, Role};
 pub use veil_audit::Entry as AuditEntry;
 pub use veil_catalog::DatasetRecord;
 pub use veil_policy::{Epsilon, QuantileCell, Release, ReleasedValue};

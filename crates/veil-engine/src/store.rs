@@ -58,6 +58,12 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
              delta_selection_femto  INTEGER NOT NULL DEFAULT 0,
              PRIMARY KEY (consumer, dataset)
          );
+         CREATE TABLE IF NOT EXISTS principals (
+             name       TEXT PRIMARY KEY,
+             role       TEXT NOT NULL CHECK (role IN ('holder', 'consumer', 'reviewer', 'admin')),
+             token_hash BLOB NOT NULL UNIQUE,
+             created_at TEXT NOT NULL
+         );
          CREATE TABLE IF NOT EXISTS job_logs (
              job  TEXT NOT NULL REFERENCES jobs(id),
              seq  INTEGER NOT NULL,

@@ -1,0 +1,148 @@
+//! Principals — holders, consumers, reviewers and admins — and the bearer tokens that identify
+//! them to the service.
+//!
+//! A token is 32 random bytes from the operating system, shown once when the principal is created
+//! and stored only as its SHA-256: a stolen store yields no usable token, and since tokens carry
+//! 256 bits of entropy a fast hash is enough (there is nothing to brute-force). Creation is
+//! recorded in the audit log without the token.
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use veil_audit::{AuditEvent, AuditLog};
+use veil_policy::model::valid_principal;
+
+use crate::error::bad;
+use crate::store::now;
+use crate::{EngineError, Result, Veil};
+
+/// What a principal may do (enforced per endpoint by the service).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Holder,
+    Consumer,
+    Reviewer,
+    Admin,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "holder" => Role::Holder,
+            "consumer" => Role::Consumer,
+            "reviewer" => Role::Reviewer,
+            "admin" => Role::Admin,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Holder => "holder",
+            Role::Consumer => "consumer",
+            Role::Reviewer => "reviewer",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// An authenticated principal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Principal {
+    pub name: String,
+    pub role: Role,
+    pub created_at: String,
+}
+
+/// Prefix that makes tokens recognisable (in logs to redact, in secret scanners).
+const TOKEN_PREFIX: &str = "veil_";
+
+fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+impl Veil {
+    /// Creates a principal and returns its token — the only time the token exists in the clear.
+    /// `admin` names who did it, for the log.
+    pub fn create_principal(&mut self, name: &str, role: Role, admin: &str) -> Result<String> {
+        if !valid_principal(name) {
+            return Err(bad(format!(
+                "`{name}` is not a principal name (letters, digits, '-', '_', '.')"
+            )));
+        }
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret)
+            .map_err(|e| EngineError::Internal(format!("no OS randomness: {e}")))?;
+        let token = format!("{TOKEN_PREFIX}{}", hex::encode(secret));
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let exists: bool = tx.query_row(
+            "SELECT COUNT(*) > 0 FROM principals WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )?;
+        if exists {
+            return Err(bad(format!("a principal named `{name}` already exists")));
+        }
+        tx.execute(
+            "INSERT INTO principals (name, role, token_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![name, role.as_str(), token_hash(&token), now()],
+        )?;
+        AuditLog::append(
+            &tx,
+            &self.key,
+            AuditEvent::PrincipalCreated {
+                name: name.into(),
+                role: role.as_str().into(),
+                admin: admin.into(),
+            },
+        )?;
+        tx.commit()?;
+        Ok(token)
+    }
+
+    /// The principal a bearer token belongs to. Unknown or malformed tokens are `Forbidden`,
+    /// with one message for both so the answer says nothing about which names exist.
+    pub fn authenticate(&self, token: &str) -> Result<Principal> {
+        let denied = || EngineError::Forbidden("unknown or invalid token".into());
+        if !token.starts_with(TOKEN_PREFIX) || token.len() != TOKEN_PREFIX.len() + 64 {
+            return Err(denied());
+        }
+        let row: Option<(String, String, String)> = self
+            .conn
+            .query_row(
+                "SELECT name, role, created_at FROM principals WHERE token_hash = ?1",
+                [token_hash(token)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let (name, role, created_at) = row.ok_or_else(denied)?;
+        Ok(Principal {
+            name,
+            role: Role::parse(&role)
+                .ok_or_else(|| EngineError::Internal(format!("stored role `{role}`")))?,
+            created_at,
+        })
+    }
+
+    /// Every principal (never their tokens).
+    pub fn principals(&self) -> Result<Vec<Principal>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, role, created_at FROM principals ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, role, created_at) = row?;
+            out.push(Principal {
+                name,
+                role: Role::parse(&role)
+                    .ok_or_else(|| EngineError::Internal(format!("stored role `{role}`")))?,
+                created_at,
+            });
+        }
+        Ok(out)
+    }
+}
