@@ -14,3 +14,4 @@ mod pipeline;
 mod privacy_audit;
 mod redteam;
 mod sandbox;
+mod service;

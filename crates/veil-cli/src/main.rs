@@ -72,6 +72,14 @@ enum Command {
     /// Check job receipts.
     #[command(subcommand)]
     Receipt(ReceiptCmd),
+    /// Serve the HTTP API (`/v1/...`; token authentication). Settings: `--config FILE` (TOML:
+    /// listen, data_dir, workers), then VEIL_LISTEN, VEIL_DATA_DIR, VEIL_WORKERS, then `--listen`.
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Administration: principals and their tokens (`--as ADMIN`).
     #[command(subcommand)]
     Admin(AdminCmd),
@@ -468,6 +476,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     return Ok(ExitCode::from(1));
                 }
             }
+        }
+        Command::Serve { config, listen } => {
+            let mut settings = veil_server::ServerConfig::load(config.as_deref())?;
+            if config.is_none() && std::env::var_os("VEIL_DATA_DIR").is_none() {
+                settings.data_dir = dir.clone();
+            }
+            if let Some(addr) = listen {
+                settings.listen = addr;
+            }
+            veil_server::serve(&settings)?;
         }
         Command::Admin(AdminCmd::AddPrincipal { name, role }) => {
             let admin = principal(&cli.as_principal, "ADMIN")?;
