@@ -56,10 +56,15 @@ pub struct Receipt {
     pub result: String,
 }
 
-fn facts_bytes(facts: &ReceiptFacts) -> Vec<u8> {
-    let mut bytes = RECEIPT_CONTEXT.to_vec();
+/// The signed message: a context line, then the facts' canonical JSON (fixed field order).
+fn signed_message(context: &[u8], facts: &impl Serialize) -> Vec<u8> {
+    let mut bytes = context.to_vec();
     bytes.extend(serde_json::to_vec(facts).expect("facts serialize"));
     bytes
+}
+
+fn signature_holds(key: &VerifierKey, message: &[u8], signature_hex: &str) -> bool {
+    key.verify(message, &hex::decode(signature_hex).unwrap_or_default())
 }
 
 /// Issues the receipt of released job `job`, whose stored result text is `result`.
@@ -127,7 +132,7 @@ pub fn issue_receipt(
         checkpoint: checkpoint.clone(),
     };
     Ok(Receipt {
-        signature: hex::encode(key.sign(&facts_bytes(&facts))),
+        signature: hex::encode(key.sign(&signed_message(RECEIPT_CONTEXT, &facts))),
         facts,
         proofs,
         result: result.into(),
@@ -138,8 +143,7 @@ impl Receipt {
     /// Checks the receipt offline with only the public key; returns its facts.
     pub fn verify(&self, key: &VerifierKey) -> Result<&ReceiptFacts, AuditError> {
         let f = &self.facts;
-        let sig = hex::decode(&self.signature).unwrap_or_default();
-        if !key.verify(&facts_bytes(f), &sig) {
+        if !signature_holds(key, &signed_message(RECEIPT_CONTEXT, f), &self.signature) {
             return Err(bad(
                 None,
                 "the receipt's signature is not valid for this key",
@@ -260,12 +264,6 @@ pub struct Certificate {
     pub proof: Proof,
 }
 
-fn certificate_bytes(facts: &CertificateFacts) -> Vec<u8> {
-    let mut bytes = CERTIFICATE_CONTEXT.to_vec();
-    bytes.extend(serde_json::to_vec(facts).expect("facts serialize"));
-    bytes
-}
-
 /// Issues the registration certificate of `dataset` (its registration entry in the log).
 pub fn issue_certificate(
     conn: &Connection,
@@ -305,7 +303,7 @@ pub fn issue_certificate(
         checkpoint: checkpoint.clone(),
     };
     Ok(Certificate {
-        signature: hex::encode(key.sign(&certificate_bytes(&facts))),
+        signature: hex::encode(key.sign(&signed_message(CERTIFICATE_CONTEXT, &facts))),
         facts,
         proof,
     })
@@ -315,8 +313,11 @@ impl Certificate {
     /// Checks the certificate offline with only the public key; returns its facts.
     pub fn verify(&self, key: &VerifierKey) -> Result<&CertificateFacts, AuditError> {
         let f = &self.facts;
-        let sig = hex::decode(&self.signature).unwrap_or_default();
-        if !key.verify(&certificate_bytes(f), &sig) {
+        if !signature_holds(
+            key,
+            &signed_message(CERTIFICATE_CONTEXT, f),
+            &self.signature,
+        ) {
             return Err(bad(
                 None,
                 "the certificate's signature is not valid for this key",

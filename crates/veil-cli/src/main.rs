@@ -390,13 +390,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Audit(AuditCmd::Verify { log, public_key }) => {
             let result = match log {
                 Some(path) => {
-                    let key_text = public_key.expect("clap requires it");
-                    let key_text = if Path::new(&key_text).is_file() {
-                        std::fs::read_to_string(&key_text)?
-                    } else {
-                        key_text
-                    };
-                    let key = veil_audit::VerifierKey::parse(&key_text)?;
+                    let key = verifier_key(public_key.expect("clap requires it"))?;
                     let text = std::fs::read_to_string(&path)
                         .with_context(|| format!("reading {}", path.display()))?;
                     veil_audit::verify_export(&text, &key)
@@ -446,12 +440,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             public_key,
             old_checkpoint,
         }) => {
-            let key_text = if Path::new(&public_key).is_file() {
-                std::fs::read_to_string(&public_key)?
-            } else {
-                public_key
-            };
-            let key = veil_audit::VerifierKey::parse(&key_text)?;
+            let key = verifier_key(public_key)?;
             let text = std::fs::read_to_string(&proof)
                 .with_context(|| format!("reading {}", proof.display()))?;
             let proof: veil_audit::Proof =
@@ -503,7 +492,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             certificate,
             public_key,
         }) => {
-            let key = veil_audit::VerifierKey::parse(&key_argument(public_key)?)?;
+            let key = verifier_key(public_key)?;
             let text = std::fs::read_to_string(&certificate)
                 .with_context(|| format!("reading {}", certificate.display()))?;
             let cert: veil_audit::Certificate =
@@ -524,12 +513,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             receipt,
             public_key,
         }) => {
-            let key_text = if Path::new(&public_key).is_file() {
-                std::fs::read_to_string(&public_key)?
-            } else {
-                public_key
-            };
-            let key = veil_audit::VerifierKey::parse(&key_text)?;
+            let key = verifier_key(public_key)?;
             let text = std::fs::read_to_string(&receipt)
                 .with_context(|| format!("reading {}", receipt.display()))?;
             let receipt: veil_audit::Receipt =
@@ -692,11 +676,12 @@ fn write_or_print(out: Option<&Path>, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// A public key given on the command line, or the file holding it.
-fn key_argument(text: String) -> Result<String> {
-    Ok(if Path::new(&text).is_file() {
+/// A public key given on the command line, or read from the file it names.
+fn verifier_key(text: String) -> Result<veil_audit::VerifierKey> {
+    let text = if Path::new(&text).is_file() {
         std::fs::read_to_string(&text)?
     } else {
         text
-    })
+    };
+    Ok(veil_audit::VerifierKey::parse(&text)?)
 }
