@@ -347,3 +347,27 @@ pub fn serve(config: &ServerConfig) -> Result<(), ServerError> {
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/veil.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config: ServerConfig = toml::from_str(&text).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:8420".parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/veil"));
+        assert_eq!(config.workers, 2);
+        // Unknown fields are errors that name the field.
+        let err = toml::from_str::<ServerConfig>("listen = \"127.0.0.1:1\"\nworkerz = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("workerz"), "{err}");
+        assert!(matches!(
+            ServerConfig::load(Some(Path::new("/nonexistent/veil.toml"))),
+            Err(ServerError::Config { .. })
+        ));
+    }
+}
