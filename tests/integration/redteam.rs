@@ -845,7 +845,9 @@ fn global_counter_does_not_carry_between_units() {
     );
     let release = r.released(&wasm, &["educ"], 1);
     let mean = release.rows[0].values[0].mean.unwrap();
-    assert!(mean < 30.0, "state carried between units: mean {mean}");
+    // The sum's noise has scale 1000·2/0.5 = 4000 over ~400 people: the mean moves by about 10 per
+    // scale, so 100 (a carried counter gives ~200) is crossed by chance with probability ~2e-5.
+    assert!(mean < 100.0, "state carried between units: mean {mean}");
 }
 
 #[test]
