@@ -1,1 +1,2 @@
-//! Benchmarks live in `pipeline.rs`; results in `README.md`.
+//! Benchmarks live in `pipeline.rs`, `sandbox.rs` and `privacy.rs` (sharing `gate_plan.rs`);
+//! results in `README.md`.

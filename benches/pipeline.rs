@@ -2,15 +2,15 @@
 //!
 //! Run with `cargo bench -p veil-benches` (release profile). Set `VEIL_BENCH_ROWS` to change the
 //! size. Results are recorded by hand in benches/README.md.
+mod gate_plan;
+
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::Instant;
 
 use veil_abi::{ColumnType, Contribution, UnitEncoder};
 use veil_engine::{EngineConfig, Veil};
+use veil_policy::Aggregate;
 use veil_policy::gate::{Bounder, release};
-use veil_policy::manifest::GateValue;
-use veil_policy::{Aggregate, Charge, Delta, Epsilon, JobPlan, Noise};
 use veil_sandbox::{Sandbox, SandboxConfig};
 
 const POLICY: &str = r#"privacy_unit = "person_id"
@@ -145,29 +145,7 @@ fn main() {
     }
 
     // Stage 3: the gate alone — bounding, DataFusion aggregation, noise, threshold.
-    let plan = Arc::new(JobPlan {
-        privacy_unit: Some("person_id".into()),
-        columns: vec![],
-        keys: vec!["education".into()],
-        values: vec![GateValue {
-            name: "weekly_income".into(),
-            aggregate: Aggregate::Mean,
-            lo: 0,
-            hi: 5_000_000,
-        }],
-        epsilon: Epsilon(1_000_000),
-        max_groups_per_unit: 1,
-        min_units_per_group: 50,
-        max_rows_per_unit: 1000,
-        blocks: None,
-        noise: Noise::Laplace,
-        charge: Charge {
-            epsilon_pure: Epsilon(1_000_000),
-            delta_selection: Delta(10_000_000),
-            ..Charge::default()
-        },
-        public_groups: None,
-    });
+    let plan = gate_plan::income_by_education(Aggregate::Mean);
     let contributions: Vec<Vec<Contribution>> = (0..people)
         .map(|u| {
             vec![Contribution {

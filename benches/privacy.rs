@@ -4,6 +4,8 @@
 //! Run with `cargo bench -p veil-benches --bench privacy`. `VEIL_BENCH_ROWS` sets the number of
 //! contributions for the gate comparison (default 20,000,000: one per privacy unit, 13 groups).
 //! Each figure is the median of three runs. Results are recorded by hand in benches/README.md.
+mod gate_plan;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,10 +17,9 @@ use datafusion::prelude::SessionContext;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use veil_abi::Contribution;
+use veil_policy::Aggregate;
 use veil_policy::gate::{self, Bounder};
-use veil_policy::manifest::GateValue;
 use veil_policy::mechanisms::{DiscreteGaussian, DiscreteLaplace};
-use veil_policy::{Aggregate, Charge, Delta, Epsilon, JobPlan, Noise};
 
 fn median_of_three(mut f: impl FnMut() -> f64) -> f64 {
     let mut runs = [f(), f(), f()];
@@ -84,29 +85,7 @@ fn key(u: u64) -> String {
 
 fn gate_against_plain(rows: u64) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let plan = Arc::new(JobPlan {
-        privacy_unit: Some("person_id".into()),
-        columns: vec![],
-        keys: vec!["education".into()],
-        values: vec![GateValue {
-            name: "weekly_income".into(),
-            aggregate: Aggregate::Sum,
-            lo: 0,
-            hi: 5_000_000,
-        }],
-        epsilon: Epsilon(1_000_000),
-        max_groups_per_unit: 1,
-        min_units_per_group: 50,
-        max_rows_per_unit: 1000,
-        blocks: None,
-        noise: Noise::Laplace,
-        charge: Charge {
-            epsilon_pure: Epsilon(1_000_000),
-            delta_selection: Delta(10_000_000),
-            ..Charge::default()
-        },
-        public_groups: None,
-    });
+    let plan = gate_plan::income_by_education(Aggregate::Sum);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
         .build()

@@ -430,6 +430,20 @@ fn force_decimal_sums() -> bool {
     false
 }
 
+/// The group key of `row`: the first `parts` columns of an aggregation result (always Utf8).
+fn key_at(batch: &RecordBatch, parts: usize, row: usize) -> Vec<String> {
+    (0..parts)
+        .map(|i| {
+            let a = batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("k is utf8");
+            a.value(row).to_owned()
+        })
+        .collect()
+}
+
 /// Aggregates the bounded contributions of all workers exactly (DataFusion).
 pub async fn aggregate(
     plan: &JobPlan,
@@ -491,16 +505,7 @@ pub async fn aggregate(
             .as_any()
             .downcast_ref::<Int64Array>();
         for row in 0..batch.num_rows() {
-            let key = (0..keys.len())
-                .map(|i| {
-                    let a = batch
-                        .column(i)
-                        .as_any()
-                        .downcast_ref::<StringArray>()
-                        .expect("k is utf8");
-                    a.value(row).to_owned()
-                })
-                .collect();
+            let key = key_at(batch, keys.len(), row);
             let count = units.map(|a| a.value(row) as i128).unwrap_or_else(|| {
                 let a = batch
                     .column(keys.len())
@@ -571,16 +576,7 @@ pub async fn aggregate(
                 .downcast_ref::<Int64Array>()
                 .ok_or_else(|| PolicyError::Aggregation("count is not Int64".into()))?;
             for row in 0..batch.num_rows() {
-                let key: Vec<String> = (0..keys.len())
-                    .map(|k| {
-                        let a = batch
-                            .column(k)
-                            .as_any()
-                            .downcast_ref::<StringArray>()
-                            .expect("k is utf8");
-                        a.value(row).to_owned()
-                    })
-                    .collect();
+                let key = key_at(&batch, keys.len(), row);
                 if let Some(group) = groups.get_mut(&key) {
                     let hist = &mut group.bins[i];
                     hist.resize(quantile::QUANTILE_BINS as usize, 0);

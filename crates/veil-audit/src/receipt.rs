@@ -67,6 +67,62 @@ fn signature_holds(key: &VerifierKey, message: &[u8], signature_hex: &str) -> bo
     key.verify(message, &hex::decode(signature_hex).unwrap_or_default())
 }
 
+/// The facts that a job's `job_submitted`, `job_started` and `release_created` entries establish,
+/// or `None` when they are not those events of one job. Issuing and verifying both use it, so a
+/// receipt says exactly what its entries say.
+fn job_facts(
+    submitted: &Entry,
+    started: &Entry,
+    released: &Entry,
+    checkpoint: String,
+) -> Option<ReceiptFacts> {
+    let (
+        AuditEvent::JobSubmitted {
+            job,
+            consumer,
+            dataset,
+            manifest_hash,
+            ..
+        },
+        AuditEvent::JobStarted {
+            job: started_job,
+            module_hash,
+            dataset_hash,
+            policy_version,
+            policy_hash,
+            epsilon_micro,
+            rho_pico,
+            delta_conversion_femto,
+            delta_selection_femto,
+            ..
+        },
+        AuditEvent::ReleaseCreated {
+            job: released_job,
+            result_hash,
+            ..
+        },
+    ) = (&submitted.event, &started.event, &released.event)
+    else {
+        return None;
+    };
+    (job == started_job && job == released_job).then(|| ReceiptFacts {
+        job: job.clone(),
+        consumer: consumer.clone(),
+        dataset: dataset.clone(),
+        module_hash: module_hash.clone(),
+        dataset_hash: dataset_hash.clone(),
+        policy_version: *policy_version,
+        policy_hash: policy_hash.clone(),
+        manifest_hash: manifest_hash.clone(),
+        epsilon_micro: *epsilon_micro,
+        rho_pico: *rho_pico,
+        delta_femto: delta_conversion_femto + delta_selection_femto,
+        result_hash: result_hash.clone(),
+        log_index: released.index,
+        checkpoint,
+    })
+}
+
 /// Issues the receipt of released job `job`, whose stored result text is `result`.
 pub fn issue_receipt(
     conn: &Connection,
@@ -85,29 +141,6 @@ pub fn issue_receipt(
     let submitted = find(|e, j| matches!(e, AuditEvent::JobSubmitted { job, .. } if job == j))?;
     let started = find(|e, j| matches!(e, AuditEvent::JobStarted { job, .. } if job == j))?;
     let released = find(|e, j| matches!(e, AuditEvent::ReleaseCreated { job, .. } if job == j))?;
-    let (
-        AuditEvent::JobSubmitted {
-            consumer,
-            dataset,
-            manifest_hash,
-            ..
-        },
-        AuditEvent::JobStarted {
-            module_hash,
-            dataset_hash,
-            policy_version,
-            policy_hash,
-            epsilon_micro,
-            rho_pico,
-            delta_conversion_femto,
-            delta_selection_femto,
-            ..
-        },
-        AuditEvent::ReleaseCreated { result_hash, .. },
-    ) = (&submitted.event, &started.event, &released.event)
-    else {
-        unreachable!("found by kind");
-    };
     let proofs = [submitted, started, released]
         .iter()
         .map(|e| prove_inclusion(conn, key, e.index, Some(size)))
@@ -115,22 +148,12 @@ pub fn issue_receipt(
     let Some(Proof::Inclusion { checkpoint, .. }) = proofs.first() else {
         unreachable!("inclusion proofs");
     };
-    let facts = ReceiptFacts {
-        job: job.into(),
-        consumer: consumer.clone(),
-        dataset: dataset.clone(),
-        module_hash: module_hash.clone(),
-        dataset_hash: dataset_hash.clone(),
-        policy_version: *policy_version,
-        policy_hash: policy_hash.clone(),
-        manifest_hash: manifest_hash.clone(),
-        epsilon_micro: *epsilon_micro,
-        rho_pico: *rho_pico,
-        delta_femto: delta_conversion_femto + delta_selection_femto,
-        result_hash: result_hash.clone(),
-        log_index: released.index,
-        checkpoint: checkpoint.clone(),
-    };
+    let facts = job_facts(submitted, started, released, checkpoint.clone()).ok_or_else(|| {
+        bad(
+            Some(released.index),
+            "the job's entries do not fit together",
+        )
+    })?;
     Ok(Receipt {
         signature: hex::encode(key.sign(&signed_message(RECEIPT_CONTEXT, &facts))),
         facts,
@@ -177,59 +200,15 @@ impl Receipt {
                 _ => return Err(bad(None, "receipt proofs must be inclusion proofs")),
             }
         }
-        let mismatch = |what: &str, index: u64| {
-            Err(bad(
-                Some(index),
-                format!("the logged entry disagrees with the receipt on {what}"),
-            ))
+        let [submitted, started, released] = &entries[..] else {
+            unreachable!("three proofs checked above");
         };
-        match &entries[0].event {
-            AuditEvent::JobSubmitted {
-                job,
-                consumer,
-                dataset,
-                manifest_hash,
-                ..
-            } if *job == f.job
-                && *consumer == f.consumer
-                && *dataset == f.dataset
-                && *manifest_hash == f.manifest_hash => {}
-            _ => return mismatch("the submission", entries[0].index),
-        }
-        match &entries[1].event {
-            AuditEvent::JobStarted {
-                job,
-                module_hash,
-                dataset_hash,
-                policy_version,
-                policy_hash,
-                epsilon_micro,
-                rho_pico,
-                delta_conversion_femto,
-                delta_selection_femto,
-                ..
-            } if *job == f.job
-                && *module_hash == f.module_hash
-                && *dataset_hash == f.dataset_hash
-                && *policy_version == f.policy_version
-                && *policy_hash == f.policy_hash
-                && *epsilon_micro == f.epsilon_micro
-                && *rho_pico == f.rho_pico
-                && delta_conversion_femto + delta_selection_femto == f.delta_femto => {}
-            _ => {
-                return mismatch(
-                    "the start (module, data, policy or charge)",
-                    entries[1].index,
-                );
-            }
-        }
-        match &entries[2].event {
-            AuditEvent::ReleaseCreated {
-                job, result_hash, ..
-            } if *job == f.job
-                && *result_hash == f.result_hash
-                && entries[2].index == f.log_index => {}
-            _ => return mismatch("the release", entries[2].index),
+        if job_facts(submitted, started, released, f.checkpoint.clone()).as_ref() != Some(f) {
+            return Err(bad(
+                Some(released.index),
+                "a logged entry disagrees with the receipt (job, module, data, policy, charge or \
+                 result)",
+            ));
         }
         Ok(f)
     }
@@ -264,6 +243,32 @@ pub struct Certificate {
     pub proof: Proof,
 }
 
+/// The facts a `dataset_registered` entry establishes, or `None` for another event.
+fn registration_facts(entry: &Entry, checkpoint: String) -> Option<CertificateFacts> {
+    let AuditEvent::DatasetRegistered {
+        dataset,
+        owner,
+        content_hash,
+        schema_hash,
+        rows,
+        privacy_unit,
+    } = &entry.event
+    else {
+        return None;
+    };
+    Some(CertificateFacts {
+        dataset: dataset.clone(),
+        owner: owner.clone(),
+        content_hash: content_hash.clone(),
+        schema_hash: schema_hash.clone(),
+        rows: *rows,
+        privacy_unit: privacy_unit.clone(),
+        time: entry.time.clone(),
+        log_index: entry.index,
+        checkpoint,
+    })
+}
+
 /// Issues the registration certificate of `dataset` (its registration entry in the log).
 pub fn issue_certificate(
     conn: &Connection,
@@ -276,32 +281,11 @@ pub fn issue_certificate(
         .rev()
         .find(|e| matches!(&e.event, AuditEvent::DatasetRegistered { dataset: d, .. } if d == dataset))
         .ok_or_else(|| bad(None, format!("no registration of `{dataset}` in the log")))?;
-    let AuditEvent::DatasetRegistered {
-        owner,
-        content_hash,
-        schema_hash,
-        rows,
-        privacy_unit,
-        ..
-    } = &entry.event
-    else {
-        unreachable!("found by kind");
-    };
     let proof = prove_inclusion(conn, key, entry.index, Some(entries.len() as u64))?;
     let Proof::Inclusion { checkpoint, .. } = &proof else {
         unreachable!("an inclusion proof");
     };
-    let facts = CertificateFacts {
-        dataset: dataset.into(),
-        owner: owner.clone(),
-        content_hash: content_hash.clone(),
-        schema_hash: schema_hash.clone(),
-        rows: *rows,
-        privacy_unit: privacy_unit.clone(),
-        time: entry.time.clone(),
-        log_index: entry.index,
-        checkpoint: checkpoint.clone(),
-    };
+    let facts = registration_facts(entry, checkpoint.clone()).expect("found by kind");
     Ok(Certificate {
         signature: hex::encode(key.sign(&signed_message(CERTIFICATE_CONTEXT, &facts))),
         facts,
@@ -335,29 +319,12 @@ impl Certificate {
         let ProofVerdict::Included { entry, .. } = self.proof.verify(key, None)? else {
             return Err(bad(None, "a certificate carries an inclusion proof"));
         };
-        match &entry.event {
-            AuditEvent::DatasetRegistered {
-                dataset,
-                owner,
-                content_hash,
-                schema_hash,
-                rows,
-                privacy_unit,
-            } if *dataset == f.dataset
-                && *owner == f.owner
-                && *content_hash == f.content_hash
-                && *schema_hash == f.schema_hash
-                && *rows == f.rows
-                && *privacy_unit == f.privacy_unit
-                && entry.time == f.time
-                && entry.index == f.log_index =>
-            {
-                Ok(f)
-            }
-            _ => Err(bad(
+        if registration_facts(&entry, f.checkpoint.clone()).as_ref() != Some(f) {
+            return Err(bad(
                 Some(entry.index),
                 "the logged registration disagrees with the certificate",
-            )),
+            ));
         }
+        Ok(f)
     }
 }
