@@ -337,14 +337,17 @@ impl rand::RngCore for DynRng<'_> {
 }
 impl CryptoRng for DynRng<'_> {}
 
+/// One noisy cell. `half_width` is `mech.half_width(0.95)`, computed once per mechanism by the
+/// caller (for a discrete Gaussian it sums the pmf).
 pub(crate) fn cell(
     true_value: i128,
     mech: &dyn IntegerNoise,
+    half_width: u128,
     unit: f64,
     rng: &mut dyn GateRng,
 ) -> NoisyCell {
     let noisy = true_value + mech.sample_noise(rng);
-    let k = mech.half_width(0.95) as i128;
+    let k = half_width as i128;
     NoisyCell {
         value: noisy as f64 * unit,
         mechanism: mech.name().into(),
@@ -602,6 +605,10 @@ pub fn add_noise(plan: &JobPlan, exact: &ExactGroups, rng: &mut dyn GateRng) -> 
                 .max(plan.min_units_per_group),
         ),
     };
+    // Interval half-widths and quantile floors depend only on the mechanism: compute them once.
+    let count_k = count_mech.half_width(0.95);
+    let value_ks: Vec<u128> = value_mechs.iter().map(|m| m.half_width(0.95)).collect();
+    let floors: Vec<u128> = value_mechs.iter().map(|m| m.half_width(0.99)).collect();
     let empty = ExactGroup {
         units: 0,
         sums: vec![0; plan.values.len()],
@@ -621,7 +628,7 @@ pub fn add_noise(plan: &JobPlan, exact: &ExactGroups, rng: &mut dyn GateRng) -> 
     };
     let mut rows = Vec::new();
     for (key, group) in candidates {
-        let units = cell(group.units, count_mech.as_ref(), 1.0, rng);
+        let units = cell(group.units, count_mech.as_ref(), count_k, 1.0, rng);
         // Noise every value even for a group about to be withheld, so the work done per group (and
         // hence timing) does not depend on the threshold decision.
         let values: Vec<ReleasedValue> = plan
@@ -642,13 +649,8 @@ pub fn add_noise(plan: &JobPlan, exact: &ExactGroups, rng: &mut dyn GateRng) -> 
                         mean: None,
                         quantile: Some(QuantileCell {
                             q,
-                            value: quantile::estimate(
-                                &noisy,
-                                q,
-                                spec.lo,
-                                spec.hi,
-                                mech.half_width(0.99),
-                            ) * unit,
+                            value: quantile::estimate(&noisy, q, spec.lo, spec.hi, floors[i])
+                                * unit,
                             mechanism: mech.name().into(),
                             noise_scale: mech.scale(),
                             bin_width: (spec.hi - spec.lo + 1) as f64 * unit
@@ -657,7 +659,7 @@ pub fn add_noise(plan: &JobPlan, exact: &ExactGroups, rng: &mut dyn GateRng) -> 
                     }
                 }
                 Aggregate::Sum | Aggregate::Mean => {
-                    let sum = cell(group.sums[i], mech.as_ref(), unit, rng);
+                    let sum = cell(group.sums[i], mech.as_ref(), value_ks[i], unit, rng);
                     let mean = (spec.aggregate == Aggregate::Mean && units.value >= 1.0)
                         .then(|| sum.value / units.value);
                     ReleasedValue {

@@ -190,6 +190,27 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Authenticates the request's bearer token, checks the caller has one of `roles` (any role
+    /// when empty), then runs `f` on the engine as that principal.
+    async fn as_principal<T: Send + 'static>(
+        &self,
+        headers: &HeaderMap,
+        roles: &'static [Role],
+        f: impl FnOnce(&mut Veil, Principal) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let token = bearer(headers)?;
+        self.with(move |veil| {
+            let who = authenticate(veil, &token)?;
+            if !roles.is_empty() {
+                require(&who, roles)?;
+            }
+            f(veil, who)
+        })
+        .await
+    }
+}
+
 fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
     headers
         .get(header::AUTHORIZATION)
@@ -245,9 +266,8 @@ async fn whoami(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Principal>, ApiError> {
-    let token = bearer(&headers)?;
     state
-        .with(move |veil| Ok(Json(authenticate(veil, &token)?)))
+        .as_principal(&headers, &[], |_, who| Ok(Json(who)))
         .await
 }
 
@@ -255,10 +275,8 @@ async fn datasets(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let token = bearer(&headers)?;
     state
-        .with(move |veil| {
-            let who = authenticate(veil, &token)?;
+        .as_principal(&headers, &[], |veil, who| {
             let mut visible = Vec::new();
             for d in veil.datasets()? {
                 let show = match who.role {
@@ -281,11 +299,8 @@ async fn budget(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let token = bearer(&headers)?;
     state
-        .with(move |veil| {
-            let who = authenticate(veil, &token)?;
-            require(&who, &[Role::Consumer])?;
+        .as_principal(&headers, &[Role::Consumer], |veil, who| {
             Ok(Json(json!({ "budget": veil.budget(&who.name)? })))
         })
         .await
@@ -295,11 +310,8 @@ async fn audit_log(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let token = bearer(&headers)?;
     state
-        .with(move |veil| {
-            let who = authenticate(veil, &token)?;
-            require(&who, &[Role::Reviewer, Role::Admin])?;
+        .as_principal(&headers, &[Role::Reviewer, Role::Admin], |veil, _| {
             Ok(Json(json!({ "entries": veil.audit_entries()? })))
         })
         .await

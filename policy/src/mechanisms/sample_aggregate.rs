@@ -113,7 +113,8 @@ impl<'a> SampleAggregate<'a> {
                     })
                     .sum();
                 // Noise the sum over blocks in fixed point, then scale by 1/ℓ (post-processing).
-                let noisy_sum = cell(sum, &self.mechanism(j), unit, rng);
+                let mech = self.mechanism(j);
+                let noisy_sum = cell(sum, &mech, mech.half_width(0.95), unit, rng);
                 BlockEstimate {
                     name: v.name.clone(),
                     estimate: crate::gate::NoisyCell {
