@@ -104,21 +104,33 @@ impl Veil {
         Ok(veil_catalog::list(&self.conn)?)
     }
 
-    pub(crate) fn dataset(&self, name: &str) -> Result<DatasetRecord> {
+    /// One dataset's catalog record.
+    pub fn dataset(&self, name: &str) -> Result<DatasetRecord> {
         veil_catalog::get(&self.conn, name)?
             .ok_or_else(|| bad(format!("no dataset named `{name}`")))
     }
 
     /// Sets a new version of the policy on `dataset`, as its owner.
     pub fn set_policy(&mut self, dataset: &str, file: &Path, holder: &str) -> Result<StoredPolicy> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| bad(format!("cannot read {}: {e}", file.display())))?;
+        self.set_policy_text(dataset, &text, holder)
+    }
+
+    /// Sets a new version of the policy on `dataset` from its TOML text, as its owner.
+    pub fn set_policy_text(
+        &mut self,
+        dataset: &str,
+        text: &str,
+        holder: &str,
+    ) -> Result<StoredPolicy> {
         let record = self.dataset(dataset)?;
         if record.owner != holder {
             return Err(EngineError::Forbidden(format!(
                 "only the owner of `{dataset}` may set its policy"
             )));
         }
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| bad(format!("cannot read {}: {e}", file.display())))?;
+        let text = text.to_owned();
         let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
         let policy =
             Policy::from_toml(&text)?.validate_against(&schema, record.privacy_unit.as_deref())?;

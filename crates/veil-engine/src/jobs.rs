@@ -19,6 +19,8 @@ use crate::{EngineError, Result, Veil};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
+    /// Admitted (pre-check passed, approved if the policy asks for it), waiting for a worker.
+    Queued,
     AwaitingApproval,
     Running,
     Released,
@@ -30,6 +32,7 @@ pub enum JobState {
 impl JobState {
     fn as_str(self) -> &'static str {
         match self {
+            JobState::Queued => "queued",
             JobState::AwaitingApproval => "awaiting_approval",
             JobState::Running => "running",
             JobState::Released => "released",
@@ -38,8 +41,17 @@ impl JobState {
             JobState::Failed => "failed",
         }
     }
+    /// True once the job can change no more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Released | JobState::Refused | JobState::Rejected | JobState::Failed
+        )
+    }
+
     fn parse(s: &str) -> Result<Self> {
         Ok(match s {
+            "queued" => JobState::Queued,
             "awaiting_approval" => JobState::AwaitingApproval,
             "running" => JobState::Running,
             "released" => JobState::Released,
@@ -74,6 +86,57 @@ pub struct JobInfo {
     pub result_hash: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// What a consumer may learn about a job: a coarse state and a generic reason code — never module
+/// logs, trap text, unit counts or timings.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsumerJobView {
+    pub id: String,
+    pub dataset: String,
+    /// One of `queued`, `awaiting_approval`, `running`, `released`, `refused`.
+    pub state: &'static str,
+    /// Why a job was refused: `policy`, `budget`, `rejected` (by the holder) or `failed` (the run
+    /// did not produce a releasable result; its budget stays spent).
+    pub code: Option<&'static str>,
+    pub module_hash: String,
+    pub manifest_hash: String,
+    pub epsilon: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl JobInfo {
+    /// The consumer's coarse view of this job.
+    pub fn consumer_view(&self) -> ConsumerJobView {
+        let (state, code) = match self.state {
+            JobState::Queued => ("queued", None),
+            JobState::AwaitingApproval => ("awaiting_approval", None),
+            JobState::Running => ("running", None),
+            JobState::Released => ("released", None),
+            JobState::Refused => (
+                "refused",
+                Some(if self.code.as_deref() == Some("budget") {
+                    "budget"
+                } else {
+                    "policy"
+                }),
+            ),
+            JobState::Rejected => ("refused", Some("rejected")),
+            JobState::Failed => ("refused", Some("failed")),
+        };
+        ConsumerJobView {
+            id: self.id.clone(),
+            dataset: self.dataset.clone(),
+            state,
+            code,
+            module_hash: self.module_hash.clone(),
+            manifest_hash: self.manifest_hash.clone(),
+            epsilon: self.epsilon.clone(),
+            created_at: self.created_at.clone(),
+            updated_at: self.updated_at.clone(),
+        }
+    }
 }
 
 /// What `submit_job` did.
@@ -163,15 +226,10 @@ fn set_state(conn: &Connection, job: &str, state: JobState, code: Option<&str>) 
 }
 
 impl Veil {
-    /// Submits the job described by the manifest at `manifest_path` as `consumer`.
-    ///
-    /// Malformed manifests, unreadable or invalid modules and unknown datasets are errors that change
-    /// nothing. A job the policy or the budget refuses is recorded (with its audit entries) and
-    /// returned as [`EngineError::Refused`]. Otherwise the job waits for approval or runs at once.
+    /// Submits the job described by the manifest at `manifest_path` (its `module` is read relative
+    /// to the manifest) as `consumer`, and runs it at once if no approval is needed: the local
+    /// CLI's way. The service records jobs with [`Veil::submit`] and leaves running to its workers.
     pub fn submit_job(&mut self, manifest_path: &Path, consumer: &str) -> Result<SubmitOutcome> {
-        if !valid_principal(consumer) {
-            return Err(bad(format!("`{consumer}` is not a valid principal name")));
-        }
         let text = std::fs::read_to_string(manifest_path).map_err(|e| {
             bad(format!(
                 "cannot read manifest {}: {e}",
@@ -185,6 +243,27 @@ impl Veil {
             .join(&manifest.module);
         let wasm = std::fs::read(&module_path)
             .map_err(|e| bad(format!("cannot read module {}: {e}", module_path.display())))?;
+        let outcome = self.submit(&text, &wasm, consumer)?;
+        if outcome.state == JobState::Queued {
+            let state = self.run_job(&outcome.job)?;
+            return Ok(SubmitOutcome {
+                job: outcome.job,
+                state,
+            });
+        }
+        Ok(outcome)
+    }
+
+    /// Records a job: manifest text (TOML; its `module` field is ignored) and module bytes, as
+    /// `consumer`. Malformed manifests, invalid modules and unknown datasets are errors that change
+    /// nothing. A job the policy or the budget refuses is recorded (with its audit entries) and
+    /// returned as [`EngineError::Refused`]. Otherwise the job is `queued` for a worker
+    /// ([`Veil::run_job`]) or `awaiting_approval`.
+    pub fn submit(&mut self, text: &str, wasm: &[u8], consumer: &str) -> Result<SubmitOutcome> {
+        if !valid_principal(consumer) {
+            return Err(bad(format!("`{consumer}` is not a valid principal name")));
+        }
+        let manifest = JobManifest::from_toml(text)?;
         let record = self.dataset(&manifest.dataset)?;
         let stored = self.policy(&manifest.dataset)?.ok_or_else(|| {
             bad(format!(
@@ -193,7 +272,7 @@ impl Veil {
             ))
         })?;
         // Validate and compile before recording anything: a bad module is bad input.
-        let compiled = self.sandbox()?.compile(&wasm)?;
+        let compiled = self.sandbox()?.compile(wasm)?;
         if compiled.is_component() && manifest.blocks.is_none() {
             return Err(bad(
                 "the module is a WebAssembly component (Python and other interpreted guests): \
@@ -202,7 +281,7 @@ impl Veil {
             ));
         }
         let module_hash = compiled.hash().to_owned();
-        let manifest_hash = document_hash(&text);
+        let manifest_hash = document_hash(text);
         let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
 
         let tx = self
@@ -272,23 +351,25 @@ impl Veil {
                 reason,
             });
         }
+        let state = match stored.policy.approval {
+            Approval::Manual => JobState::AwaitingApproval,
+            Approval::Auto => JobState::Queued,
+        };
+        set_state(&tx, &job, state, None)?;
         tx.commit()?;
-        match stored.policy.approval {
-            Approval::Manual => Ok(SubmitOutcome {
-                job,
-                state: JobState::AwaitingApproval,
-            }),
-            Approval::Auto => {
-                let state = self.run_job(&job)?;
-                Ok(SubmitOutcome { job, state })
-            }
-        }
+        Ok(SubmitOutcome { job, state })
     }
 
-    /// Approves a job waiting for `holder` (the dataset's owner) and runs it.
+    /// Approves a job waiting for `holder` (the dataset's owner) and runs it at once: the local
+    /// CLI's way. The service queues it with [`Veil::approve`].
     pub fn approve_job(&mut self, job: &str, holder: &str) -> Result<JobState> {
-        self.decide(job, holder, None)?;
+        self.approve(job, holder)?;
         self.run_job(job)
+    }
+
+    /// Approves a job waiting for `holder` (the dataset's owner): it is queued for a worker.
+    pub fn approve(&mut self, job: &str, holder: &str) -> Result<()> {
+        self.decide(job, holder, None)
     }
 
     /// Rejects a job waiting for `holder`. Nothing is charged.
@@ -330,6 +411,7 @@ impl Veil {
                 )?;
             }
             None => {
+                set_state(&tx, job_id, JobState::Queued, None)?;
                 AuditLog::append(
                     &tx,
                     &self.key,
@@ -346,7 +428,11 @@ impl Veil {
 
     /// Charges the budget (committed with `job_started`), runs the module, passes the output through
     /// the gate, and commits the release with its audit record.
-    fn run_job(&mut self, job_id: &str) -> Result<JobState> {
+    ///
+    /// Only a `queued` job starts; the check and the debit share one write transaction, so of two
+    /// workers (or processes) that try the same job exactly one runs it. If the job is closed
+    /// meanwhile (graceful shutdown gave up on it), its outcome is discarded: it stays failed.
+    pub fn run_job(&mut self, job_id: &str) -> Result<JobState> {
         // 1. Debit and start, in one transaction, before anything runs.
         let tx = self
             .conn
@@ -367,7 +453,7 @@ impl Veil {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Re-read under the write lock: another process may have run or charged meanwhile.
         let job = load_job(&tx, job_id)?;
-        if job.state != JobState::AwaitingApproval {
+        if job.state != JobState::Queued {
             return Err(bad(format!(
                 "job {job_id} is {}, it cannot start",
                 job.state
@@ -430,8 +516,8 @@ impl Veil {
             ],
         )?;
         tx.execute(
-            "UPDATE jobs SET state = ?2, policy_version = ?3, runner_pid = ?4, updated_at = ?5 WHERE id = ?1",
-            params![job_id, JobState::Running.as_str(), stored.version, std::process::id(), now()],
+            "UPDATE jobs SET state = ?2, policy_version = ?3, runner_pid = ?4, runner_start = ?5, updated_at = ?6 WHERE id = ?1",
+            params![job_id, JobState::Running.as_str(), stored.version, std::process::id(), process_start(std::process::id()), now()],
         )?;
         AuditLog::append(
             &tx,
@@ -472,6 +558,11 @@ impl Veil {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now_state = load_job(&tx, job_id)?.state;
+        if now_state != JobState::Running {
+            // Closed while running (graceful shutdown gave up on it): nothing may be released.
+            return Ok(now_state);
+        }
         let state = match outcome {
             Ok(run) => {
                 write_logs(&tx, job_id, &run.holder_log)?;
@@ -533,30 +624,68 @@ impl Veil {
     }
 
     /// Closes jobs left `running` by a process that no longer exists (a crash): failed, budget kept
-    /// spent, recorded in the log.
+    /// spent, recorded in the log. A runner is named by its pid and the kernel's start time for
+    /// that pid, so a restarted server that happens to get the old pid (pid 1 in a container) still
+    /// recognises the jobs as orphaned.
     pub(crate) fn recover_interrupted_jobs(&mut self) -> Result<()> {
+        let orphaned = |pid: Option<u32>, start: Option<u64>| {
+            let alive = match (pid, start) {
+                (None, _) => false,
+                (Some(p), Some(s)) => process_start(p) == Some(s),
+                // A row from before start times were recorded.
+                (Some(p), None) => Path::new(&format!("/proc/{p}")).exists(),
+            };
+            !alive
+        };
+        self.close_running(
+            orphaned,
+            "interrupted",
+            "the run was interrupted; its budget stays spent",
+        )
+        .map(|_| ())
+    }
+
+    /// Closes the jobs this process is running, as failed with code `shutdown` (budget spent,
+    /// recorded in the log); their workers' outcomes are then discarded. For a graceful shutdown
+    /// that has waited long enough. Returns how many jobs were closed.
+    pub fn close_own_running_jobs(&mut self) -> Result<usize> {
+        let me = std::process::id();
+        let my_start = process_start(me);
+        self.close_running(
+            |pid, start| pid == Some(me) && start == my_start,
+            "shutdown",
+            "the service shut down before the run finished; its budget stays spent",
+        )
+    }
+
+    fn close_running(
+        &mut self,
+        select: impl Fn(Option<u32>, Option<u64>) -> bool,
+        code: &str,
+        reason: &str,
+    ) -> Result<usize> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let running: Vec<(String, Option<u32>)> = {
-            let mut stmt = tx.prepare("SELECT id, runner_pid FROM jobs WHERE state = 'running'")?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        let running: Vec<(String, Option<u32>, Option<u64>)> = {
+            let mut stmt = tx.prepare(
+                "SELECT id, runner_pid, runner_start FROM jobs WHERE state = 'running' ORDER BY seq",
+            )?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<Result<_, _>>()?
         };
-        for (job, pid) in running {
-            let alive = pid.is_some_and(|p| {
-                p == std::process::id() || Path::new(&format!("/proc/{p}")).exists()
-            });
-            if alive {
+        let mut closed = 0;
+        for (job, pid, start) in running {
+            if !select(pid, start) {
                 continue;
             }
-            set_state(&tx, &job, JobState::Failed, Some("interrupted"))?;
+            set_state(&tx, &job, JobState::Failed, Some(code))?;
             AuditLog::append(
                 &tx,
                 &self.key,
                 AuditEvent::JobFinished {
                     job: job.clone(),
-                    status: "failed:interrupted".into(),
+                    status: format!("failed:{code}"),
                     units: 0,
                     unit_faults: 0,
                 },
@@ -566,13 +695,43 @@ impl Veil {
                 &self.key,
                 AuditEvent::ReleaseDenied {
                     job,
-                    code: "interrupted".into(),
-                    reason: "the run was interrupted; its budget stays spent".into(),
+                    code: code.into(),
+                    reason: reason.into(),
                 },
             )?;
+            closed += 1;
         }
         tx.commit()?;
-        Ok(())
+        Ok(closed)
+    }
+
+    /// The oldest queued jobs, at most `limit`, for a worker pool to run.
+    pub fn queued_jobs(&self, limit: usize) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT ?1")?;
+        let ids = stmt
+            .query_map([limit as i64], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(ids)
+    }
+
+    /// Jobs in each state, for metrics.
+    pub fn job_counts(&self) -> Result<Vec<(JobState, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(s, n)| Ok((JobState::parse(&s)?, n)))
+            .collect()
+    }
+
+    /// Every job's metadata (never results or logs), for reviewers.
+    pub fn all_jobs(&self) -> Result<Vec<JobInfo>> {
+        self.query_jobs("TRUE", &[])
     }
 
     /// A job's metadata, for its consumer, the dataset's owner, or a reviewer.
@@ -582,11 +741,18 @@ impl Veil {
 
     /// Jobs visible to `principal`: their own, and those on datasets they own.
     pub fn jobs_for(&self, principal: &str) -> Result<Vec<JobInfo>> {
+        self.query_jobs(
+            "consumer = ?1 OR dataset IN (SELECT name FROM datasets WHERE owner = ?1)",
+            &[principal],
+        )
+    }
+
+    fn query_jobs(&self, condition: &str, args: &[&str]) -> Result<Vec<JobInfo>> {
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE consumer = ?1 OR dataset IN (SELECT name FROM datasets WHERE owner = ?1) ORDER BY seq"
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE {condition} ORDER BY seq"
         ))?;
         let rows = stmt
-            .query_map([principal], job_from_row)?
+            .query_map(rusqlite::params_from_iter(args), job_from_row)?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
             .map(|(mut j, s)| {
@@ -684,4 +850,17 @@ fn write_logs(conn: &Connection, job: &str, lines: &[String]) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The kernel's start time (clock ticks since boot) of process `pid`, which with the pid names
+/// one process for good; `None` where `/proc` cannot tell (the process is gone, or not Linux).
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22; the command name (field 2) may hold spaces, so count after its closing ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }

@@ -44,6 +44,7 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
              state          TEXT NOT NULL,
              code           TEXT,
              runner_pid     INTEGER,
+             runner_start   INTEGER,
              result         TEXT,
              result_hash    TEXT,
              created_at     TEXT NOT NULL,
@@ -87,6 +88,16 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
             ))?;
         }
     }
+    // Stores made before runners were named by pid and start time get the column.
+    let has_runner_start: bool = tx.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('jobs') WHERE name = 'runner_start'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_runner_start {
+        tx.execute_batch("ALTER TABLE jobs ADD COLUMN runner_start INTEGER")?;
+    }
+    tx.execute_batch("CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq)")?;
     tx.commit()?;
     Ok(conn)
 }
