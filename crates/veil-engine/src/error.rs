@@ -42,3 +42,40 @@ pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 pub(crate) fn bad(msg: impl Into<String>) -> EngineError {
     EngineError::BadRequest(msg.into())
 }
+
+/// What kind of failure an error is: how a service should answer it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The request was malformed or invalid; nothing changed.
+    BadInput,
+    /// The caller may not do this; nothing changed.
+    Forbidden,
+    /// The request names something that does not exist.
+    NotFound,
+    /// The request clashes with what exists (a duplicate name).
+    Conflict,
+    /// The job was refused by policy or budget (and the refusal recorded).
+    Refused,
+    /// Veil's own fault; the message is for the operator's log, not the caller.
+    Internal,
+}
+
+impl EngineError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::BadRequest(_) => ErrorKind::BadInput,
+            EngineError::Forbidden(_) => ErrorKind::Forbidden,
+            EngineError::Refused { .. } => ErrorKind::Refused,
+            EngineError::Policy(PolicyError::Aggregation(_)) => ErrorKind::Internal,
+            EngineError::Policy(_) => ErrorKind::BadInput,
+            EngineError::Catalog(CatalogError::BadInput(_) | CatalogError::Read(_)) => {
+                ErrorKind::BadInput
+            }
+            EngineError::Catalog(CatalogError::Duplicate(_)) => ErrorKind::Conflict,
+            EngineError::Catalog(CatalogError::NotFound(_)) => ErrorKind::NotFound,
+            EngineError::Sandbox(SandboxError::ModuleRejected(_)) => ErrorKind::BadInput,
+            _ => ErrorKind::Internal,
+        }
+    }
+}

@@ -139,6 +139,15 @@ impl JobInfo {
     }
 }
 
+/// What one run of a job did: its final state, the privacy units it went through and the time
+/// its sandbox stage took (operator metrics; never shown to consumers).
+#[derive(Debug, Clone, Copy)]
+pub struct JobRun {
+    pub state: JobState,
+    pub units: u64,
+    pub sandbox_time: std::time::Duration,
+}
+
 /// What `submit_job` did.
 #[derive(Debug, Clone)]
 pub struct SubmitOutcome {
@@ -245,7 +254,7 @@ impl Veil {
             .map_err(|e| bad(format!("cannot read module {}: {e}", module_path.display())))?;
         let outcome = self.submit(&text, &wasm, consumer)?;
         if outcome.state == JobState::Queued {
-            let state = self.run_job(&outcome.job)?;
+            let state = self.run_job(&outcome.job)?.state;
             return Ok(SubmitOutcome {
                 job: outcome.job,
                 state,
@@ -364,7 +373,7 @@ impl Veil {
     /// CLI's way. The service queues it with [`Veil::approve`].
     pub fn approve_job(&mut self, job: &str, holder: &str) -> Result<JobState> {
         self.approve(job, holder)?;
-        self.run_job(job)
+        Ok(self.run_job(job)?.state)
     }
 
     /// Approves a job waiting for `holder` (the dataset's owner): it is queued for a worker.
@@ -432,7 +441,7 @@ impl Veil {
     /// Only a `queued` job starts; the check and the debit share one write transaction, so of two
     /// workers (or processes) that try the same job exactly one runs it. If the job is closed
     /// meanwhile (graceful shutdown gave up on it), its outcome is discarded: it stays failed.
-    pub fn run_job(&mut self, job_id: &str) -> Result<JobState> {
+    pub fn run_job(&mut self, job_id: &str) -> Result<JobRun> {
         // 1. Debit and start, in one transaction, before anything runs.
         let tx = self
             .conn
@@ -552,7 +561,13 @@ impl Veil {
             record: &record,
             wasm: &wasm,
         };
+        let started = std::time::Instant::now();
         let outcome = self.execute(request);
+        let sandbox_time = started.elapsed();
+        let units = match &outcome {
+            Ok(run) => run.units,
+            Err(failure) => failure.units,
+        };
 
         // 3. Close the job: release or denial, with its audit record, in one transaction.
         let tx = self
@@ -561,7 +576,11 @@ impl Veil {
         let now_state = load_job(&tx, job_id)?.state;
         if now_state != JobState::Running {
             // Closed while running (graceful shutdown gave up on it): nothing may be released.
-            return Ok(now_state);
+            return Ok(JobRun {
+                state: now_state,
+                units,
+                sandbox_time,
+            });
         }
         let state = match outcome {
             Ok(run) => {
@@ -620,7 +639,11 @@ impl Veil {
             }
         };
         tx.commit()?;
-        Ok(state)
+        Ok(JobRun {
+            state,
+            units,
+            sandbox_time,
+        })
     }
 
     /// Closes jobs left `running` by a process that no longer exists (a crash): failed, budget kept
@@ -714,6 +737,26 @@ impl Veil {
             .query_map([limit as i64], |r| r.get(0))?
             .collect::<Result<Vec<String>, _>>()?;
         Ok(ids)
+    }
+
+    /// ε spent on each dataset, summed over its consumers (each consumer's ledger converted as
+    /// `veil budget` shows it), for metrics.
+    pub fn spent_by_dataset(&self) -> Result<Vec<(String, Epsilon)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT consumer, dataset FROM budget ORDER BY dataset")?;
+        let lines = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out: Vec<(String, Epsilon)> = Vec::new();
+        for (consumer, dataset) in lines {
+            let (eps, _) = spent(&self.conn, &consumer, &dataset)?.totals();
+            match out.last_mut() {
+                Some((d, total)) if *d == dataset => total.0 += eps.0,
+                _ => out.push((dataset, eps)),
+            }
+        }
+        Ok(out)
     }
 
     /// Jobs in each state, for metrics.

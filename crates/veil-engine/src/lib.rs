@@ -42,8 +42,8 @@ use rusqlite::Connection;
 use veil_audit::{AuditEvent, AuditLog, DomainKey, VerifierKey};
 use veil_sandbox::{Sandbox, SandboxConfig};
 
-pub use error::{EngineError, Result};
-pub use jobs::{BudgetLine, ConsumerJobView, JobInfo, JobState, SubmitOutcome};
+pub use error::{EngineError, ErrorKind, Result};
+pub use jobs::{BudgetLine, ConsumerJobView, JobInfo, JobRun, JobState, SubmitOutcome};
 pub use principals::{Principal, Role};
 pub use veil_audit::Entry as AuditEntry;
 pub use veil_catalog::DatasetRecord;

@@ -1,175 +1,70 @@
-//! Veil's HTTP service: the engine behind a versioned JSON API (`/v1/...`).
+//! Veil's HTTP service: the engine behind a versioned JSON API (`/v1/...`), a pool of job workers,
+//! and the operator's view (`/metrics`, a structured log).
 //!
-//! Every request except `GET /v1/health`, `GET /v1/public-key` and `GET /v1/audit/checkpoint`
-//! (published on purpose: reviewers compare checkpoints to detect a forked log) carries
+//! ```text
+//!  holder ──PUT policy / POST dataset──┐
+//!  consumer ──POST /v1/jobs───────────▶│ request engine ──▶ store (SQLite: jobs, ledger, audit)
+//!  reviewer ──GET /v1/audit/...───────┘        │ wake                  ▲
+//!                                              ▼                       │ debit + job_started,
+//!                                    worker pool (N engines) ──────────┘ release + audit entry
+//! ```
+//!
+//! Every request except `GET /v1/health`, `/v1/public-key`, `/v1/audit/checkpoint` (published on
+//! purpose: reviewers compare checkpoints to detect a forked log) and `/v1/openapi.json` carries
 //! `Authorization: Bearer <token>`; the token names a principal and its role
-//! ([`veil_engine::Role`]). Each endpoint checks the role and, per object, ownership: holders see
-//! their own datasets, consumers the datasets their policies admit them to and their own budget,
-//! reviewers the audit log. Errors are JSON with a stable `code`:
+//! ([`veil_engine::Role`]). Each endpoint checks the role and, per object, ownership: an object the
+//! caller may not see answers `404` exactly like one that does not exist. Errors are JSON with a
+//! stable `code` (see [`ApiError`]):
 //!
 //! ```json
 //! {"error": {"code": "unauthenticated", "message": "unknown or invalid token"}}
 //! ```
 //!
-//! The engine owns one SQLite connection, so requests take turns on it (`spawn_blocking` under a
-//! mutex); the store's own locking keeps several server or CLI processes consistent.
+//! Jobs are durable: a submission or approval only records the job as `queued` in the store, and
+//! the [worker pool](workers) runs it. The engine's ordering guarantees (budget debited before a
+//! run, result readable only with its audit record, orphaned runs closed on restart) hold for the
+//! service because it uses the same engine. The API is described in `openapi.json` beside this
+//! crate, served at `/v1/openapi.json`.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+mod api;
+mod config;
+mod error;
+mod telemetry;
+mod workers;
+
 use std::sync::{Arc, Mutex};
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
-use veil_engine::{EngineConfig, EngineError, Principal, Role, Veil};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderMap;
+use axum::http::header;
+use axum::routing::{get, post};
+use tokio::sync::watch;
+use veil_engine::{EngineConfig, Principal, Role, Veil};
 
-/// Server settings: a TOML file, then `VEIL_LISTEN`, `VEIL_DATA_DIR` and `VEIL_WORKERS`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerConfig {
-    #[serde(default = "default_listen")]
-    pub listen: SocketAddr,
-    #[serde(default = "default_data_dir")]
-    pub data_dir: PathBuf,
-    /// Worker threads for job execution.
-    #[serde(default = "default_workers")]
-    pub workers: usize,
-}
+pub use config::{LogFormat, ServerConfig};
+pub use error::{ApiError, ServerError};
+pub use telemetry::init_logging;
 
-fn default_listen() -> SocketAddr {
-    "127.0.0.1:8420".parse().expect("valid address")
-}
-fn default_data_dir() -> PathBuf {
-    PathBuf::from("./veil-data")
-}
-fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
+use telemetry::Metrics;
+use workers::Pool;
 
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            listen: default_listen(),
-            data_dir: default_data_dir(),
-            workers: default_workers(),
-        }
-    }
-}
-
-/// Errors of the server crate.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServerError {
-    #[error("config {path}: {message}")]
-    Config { path: String, message: String },
-    #[error("environment variable {name}: {message}")]
-    Env { name: &'static str, message: String },
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-impl ServerConfig {
-    /// Reads the optional config file, then applies environment overrides.
-    pub fn load(path: Option<&Path>) -> Result<ServerConfig, ServerError> {
-        let mut config = match path {
-            Some(path) => {
-                let err = |message: String| ServerError::Config {
-                    path: path.display().to_string(),
-                    message,
-                };
-                let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-                toml::from_str(&text).map_err(|e| err(e.to_string()))?
-            }
-            None => ServerConfig::default(),
-        };
-        if let Ok(v) = std::env::var("VEIL_LISTEN") {
-            config.listen = v.parse().map_err(|e| ServerError::Env {
-                name: "VEIL_LISTEN",
-                message: format!("{e}"),
-            })?;
-        }
-        if let Ok(v) = std::env::var("VEIL_DATA_DIR") {
-            config.data_dir = v.into();
-        }
-        if let Ok(v) = std::env::var("VEIL_WORKERS") {
-            config.workers = v.parse().ok().filter(|n| *n > 0).ok_or(ServerError::Env {
-                name: "VEIL_WORKERS",
-                message: "must be a positive integer".into(),
-            })?;
-        }
-        Ok(config)
-    }
-}
-
-/// A JSON error with an HTTP status and a stable code.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-    fn unauthenticated() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "unknown or invalid token",
-        )
-    }
-    fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
-    }
-}
-
-impl From<EngineError> for ApiError {
-    fn from(e: EngineError) -> Self {
-        match e {
-            EngineError::BadRequest(m) => Self::new(StatusCode::BAD_REQUEST, "bad_request", m),
-            EngineError::Forbidden(m) => Self::forbidden(m),
-            other => {
-                tracing::error!(error = %other, "internal error");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
-                )
-            }
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({ "error": { "code": self.code, "message": self.message } })),
-        )
-            .into_response()
-    }
-}
+/// The OpenAPI 3.1 description of the API, as served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
 
 #[derive(Clone)]
-struct AppState {
+pub(crate) struct AppState {
     veil: Arc<Mutex<Veil>>,
+    pool: Pool,
+    metrics: Arc<Metrics>,
+    config: Arc<ServerConfig>,
+    /// Becomes `true` when the server starts shutting down; long polls end early.
+    shutdown: watch::Receiver<bool>,
 }
 
 impl AppState {
-    /// Runs `f` on the engine off the async threads.
+    /// Runs `f` on the request engine, off the async threads.
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Veil) -> Result<T, ApiError> + Send + 'static,
@@ -180,17 +75,9 @@ impl AppState {
             f(&mut guard)
         })
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-        })?
+        .map_err(|_| ApiError::internal())?
     }
-}
 
-impl AppState {
     /// Authenticates the request's bearer token, checks the caller has one of `roles` (any role
     /// when empty), then runs `f` on the engine as that principal.
     async fn as_principal<T: Send + 'static>(
@@ -201,10 +88,10 @@ impl AppState {
     ) -> Result<T, ApiError> {
         let token = bearer(headers)?;
         self.with(move |veil| {
-            let who = authenticate(veil, &token)?;
-            if !roles.is_empty() {
-                require(&who, roles)?;
-            }
+            let who = veil
+                .authenticate(&token)
+                .map_err(|_| ApiError::unauthenticated())?;
+            require(&who, roles)?;
             f(veil, who)
         })
         .await
@@ -220,166 +107,122 @@ fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
         .ok_or_else(ApiError::unauthenticated)
 }
 
-fn authenticate(veil: &Veil, token: &str) -> Result<Principal, ApiError> {
-    veil.authenticate(token)
-        .map_err(|_| ApiError::unauthenticated())
-}
-
 fn require(who: &Principal, roles: &[Role]) -> Result<(), ApiError> {
-    if roles.contains(&who.role) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(format!(
-            "this needs the role {}",
-            roles
-                .iter()
-                .map(|r| r.as_str())
-                .collect::<Vec<_>>()
-                .join(" or ")
-        )))
+    if roles.is_empty() || roles.contains(&who.role) {
+        return Ok(());
     }
+    let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    Err(ApiError::forbidden(format!(
+        "this needs the role {}",
+        names.join(" or ")
+    )))
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok", "api": "v1" }))
-}
-
-async fn public_key(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    state
-        .with(|veil| {
-            let current = veil.public_key();
-            let first = veil.first_public_key()?;
-            Ok(Json(json!({
-                "public_key": current.to_string(),
-                "fingerprint": current.fingerprint(),
-                "first_public_key": first.to_string(),
-            })))
-        })
-        .await
-}
-
-async fn checkpoint(State(state): State<AppState>) -> Result<String, ApiError> {
-    state.with(|veil| Ok(veil.audit_checkpoint()?)).await
-}
-
-async fn whoami(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<Principal>, ApiError> {
-    state
-        .as_principal(&headers, &[], |_, who| Ok(Json(who)))
-        .await
-}
-
-async fn datasets(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    state
-        .as_principal(&headers, &[], |veil, who| {
-            let mut visible = Vec::new();
-            for d in veil.datasets()? {
-                let show = match who.role {
-                    Role::Holder => d.owner == who.name,
-                    Role::Consumer => veil
-                        .policy(&d.name)?
-                        .is_some_and(|p| p.policy.allows_consumer(&who.name)),
-                    Role::Reviewer | Role::Admin => true,
-                };
-                if show {
-                    visible.push(d);
-                }
-            }
-            Ok(Json(json!({ "datasets": visible })))
-        })
-        .await
-}
-
-async fn budget(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    state
-        .as_principal(&headers, &[Role::Consumer], |veil, who| {
-            Ok(Json(json!({ "budget": veil.budget(&who.name)? })))
-        })
-        .await
-}
-
-async fn audit_log(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    state
-        .as_principal(&headers, &[Role::Reviewer, Role::Admin], |veil, _| {
-            Ok(Json(json!({ "entries": veil.audit_entries()? })))
-        })
-        .await
-}
-
-async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
-}
-
-/// The API's routes over an open engine.
-pub fn router(veil: Veil) -> Router {
-    let state = AppState {
-        veil: Arc::new(Mutex::new(veil)),
-    };
+/// The whole application: routes, request ids and metrics, body limits.
+fn app(state: AppState) -> Router {
+    let upload_limit = DefaultBodyLimit::disable(); // the upload handler counts bytes itself
+    let body_limit = DefaultBodyLimit::max(state.config.max_request_bytes);
     Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/public-key", get(public_key))
-        .route("/v1/audit/checkpoint", get(checkpoint))
-        .route("/v1/audit/log", get(audit_log))
-        .route("/v1/whoami", get(whoami))
-        .route("/v1/datasets", get(datasets))
-        .route("/v1/budget", get(budget))
-        .fallback(not_found)
+        .route("/v1/health", get(api::health))
+        .route("/v1/openapi.json", get(api::openapi))
+        .route("/v1/public-key", get(api::public_key))
+        .route("/v1/whoami", get(api::whoami))
+        .route(
+            "/v1/datasets",
+            get(api::datasets)
+                .post(api::upload_dataset)
+                .layer(upload_limit),
+        )
+        .route("/v1/datasets/{name}", get(api::dataset))
+        .route(
+            "/v1/datasets/{name}/policy",
+            get(api::policy).put(api::set_policy),
+        )
+        .route("/v1/datasets/{name}/certificate", get(api::certificate))
+        .route("/v1/jobs", get(api::jobs).post(api::submit_job))
+        .route("/v1/jobs/{id}", get(api::job))
+        .route("/v1/jobs/{id}/approve", post(api::approve_job))
+        .route("/v1/jobs/{id}/reject", post(api::reject_job))
+        .route("/v1/jobs/{id}/result", get(api::job_result))
+        .route("/v1/jobs/{id}/receipt", get(api::job_receipt))
+        .route("/v1/jobs/{id}/logs", get(api::job_logs))
+        .route("/v1/budget", get(api::budget))
+        .route("/v1/audit/checkpoint", get(api::checkpoint))
+        .route("/v1/audit/log", get(api::audit_log))
+        .route("/v1/audit/summary", get(api::audit_summary))
+        .route("/v1/audit/export", get(api::audit_export))
+        .route("/v1/audit/proof", get(api::audit_proof))
+        .route(
+            "/v1/admin/principals",
+            get(api::principals).post(api::add_principal),
+        )
+        .route("/metrics", get(api::metrics))
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(body_limit)
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            telemetry::observe,
+        ))
         .with_state(state)
 }
 
-/// Opens the store and serves until the process ends. Prints `listening on ADDR` once bound (the
-/// actual port when the configured one is 0).
+/// Opens the store, starts `config.workers` job workers and serves until SIGTERM or SIGINT.
+/// Prints `listening on ADDR` once bound (the actual port when the configured one is 0).
+///
+/// Shutdown: stop accepting connections and finish requests in flight; stop taking jobs and let
+/// running ones finish within `shutdown_grace_secs`; close any still running as failed (their
+/// budget stays spent, the audit log says `shutdown`); exit.
 pub fn serve(config: &ServerConfig) -> Result<(), ServerError> {
-    let veil = Veil::open(
-        &config.data_dir,
-        EngineConfig::builder().workers(config.workers).build(),
-    )?;
-    let app = router(veil);
+    init_logging(config.log_format);
+    // Opening the store closes jobs a crashed predecessor left running.
+    let veil = Veil::open(&config.data_dir, EngineConfig::default())?;
+    let metrics = Arc::new(Metrics::new());
+    let pool = Pool::start(config.data_dir.clone(), config.workers, metrics.clone())?;
+    let (stop, shutdown) = watch::channel(false);
+    let state = AppState {
+        veil: Arc::new(Mutex::new(veil)),
+        pool: pool.clone(),
+        metrics,
+        config: Arc::new(config.clone()),
+        shutdown: shutdown.clone(),
+    };
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    let signals_handle = signals.handle();
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            tracing::info!(signal, "shutting down");
+            let _ = stop.send(true);
+        }
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
-        println!("listening on {}", listener.local_addr()?);
+        let addr = listener.local_addr()?;
+        println!("listening on {addr}");
         use std::io::Write as _;
         std::io::stdout().flush()?;
-        axum::serve(listener, app).await?;
-        Ok(())
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_shipped_example_config_parses() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/veil.toml");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let config: ServerConfig = toml::from_str(&text).unwrap();
-        assert_eq!(config.listen, "127.0.0.1:8420".parse().unwrap());
-        assert_eq!(config.data_dir, PathBuf::from("/var/lib/veil"));
-        assert_eq!(config.workers, 2);
-        // Unknown fields are errors that name the field.
-        let err = toml::from_str::<ServerConfig>("listen = \"127.0.0.1:1\"\nworkerz = 3\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("workerz"), "{err}");
-        assert!(matches!(
-            ServerConfig::load(Some(Path::new("/nonexistent/veil.toml"))),
-            Err(ServerError::Config { .. })
-        ));
+        tracing::info!(%addr, workers = config.workers, data_dir = %config.data_dir.display(), "serving");
+        let mut shutdown = shutdown;
+        axum::serve(listener, app(state))
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|stopping| *stopping).await;
+            })
+            .await
+    })?;
+    signals_handle.close();
+    let left = pool.stop(config.shutdown_grace());
+    if left > 0 {
+        let mut veil = Veil::open(&config.data_dir, EngineConfig::default())?;
+        let closed = veil.close_own_running_jobs()?;
+        tracing::warn!(closed, "closed jobs still running after the shutdown grace");
     }
+    tracing::info!("stopped");
+    Ok(())
 }

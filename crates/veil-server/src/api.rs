@@ -1,0 +1,675 @@
+//! The endpoint handlers. Each authenticates and checks roles through
+//! [`AppState::as_principal`], then checks per-object visibility: an object the caller may not see
+//! answers exactly like one that does not exist.
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use veil_engine::{DatasetRecord, EngineError, JobInfo, JobState, Principal, Role, Veil};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+const ANY: &[Role] = &[];
+const HOLDER: &[Role] = &[Role::Holder];
+const CONSUMER: &[Role] = &[Role::Consumer];
+const AUDITORS: &[Role] = &[Role::Reviewer, Role::Admin];
+const ADMIN: &[Role] = &[Role::Admin];
+
+/// Longest a `GET /v1/jobs/{id}?wait=` may wait.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+type ApiResult<T = Json<Value>> = Result<T, ApiError>;
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
+}
+
+/// The dataset `name` if `who` may see it: its owner, a consumer its policy admits, a reviewer or
+/// an admin.
+fn visible_dataset(veil: &Veil, who: &Principal, name: &str) -> Result<DatasetRecord, ApiError> {
+    let hidden = || ApiError::not_found(format!("no dataset named `{name}`"));
+    let record = veil.dataset(name).map_err(|_| hidden())?;
+    let visible = match who.role {
+        Role::Holder => record.owner == who.name,
+        Role::Consumer => veil
+            .policy(name)?
+            .is_some_and(|p| p.policy.allows_consumer(&who.name)),
+        Role::Reviewer | Role::Admin => true,
+    };
+    if visible { Ok(record) } else { Err(hidden()) }
+}
+
+/// The job `id` if `who` may see it: its consumer, the owner of its dataset, a reviewer or an admin.
+fn visible_job(veil: &Veil, who: &Principal, id: &str) -> Result<JobInfo, ApiError> {
+    let hidden = || ApiError::not_found(format!("no job `{id}`"));
+    let job = veil.job(id).map_err(|_| hidden())?;
+    let visible = match who.role {
+        Role::Consumer => job.consumer == who.name,
+        Role::Holder => veil
+            .dataset(&job.dataset)
+            .is_ok_and(|d| d.owner == who.name),
+        Role::Reviewer | Role::Admin => true,
+    };
+    if visible { Ok(job) } else { Err(hidden()) }
+}
+
+/// A job as `who` may see it: consumers get the coarse view, holders and reviewers the metadata.
+fn job_view(who: &Principal, job: &JobInfo) -> Value {
+    match who.role {
+        Role::Consumer => json!(job.consumer_view()),
+        _ => json!(job),
+    }
+}
+
+pub(crate) async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok", "api": "v1" }))
+}
+
+pub(crate) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI).into_response()
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}
+
+pub(crate) async fn public_key(State(state): State<AppState>) -> ApiResult {
+    state
+        .with(|veil| {
+            let current = veil.public_key();
+            let first = veil.first_public_key()?;
+            Ok(Json(json!({
+                "public_key": current.to_string(),
+                "fingerprint": current.fingerprint(),
+                "first_public_key": first.to_string(),
+            })))
+        })
+        .await
+}
+
+pub(crate) async fn whoami(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    state
+        .as_principal(&headers, ANY, |_, who| Ok(Json(json!(who))))
+        .await
+}
+
+// ---- datasets and policies ----
+
+pub(crate) async fn datasets(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    state
+        .as_principal(&headers, ANY, |veil, who| {
+            let mut visible = Vec::new();
+            for d in veil.datasets()? {
+                if visible_dataset(veil, &who, &d.name).is_ok() {
+                    visible.push(d);
+                }
+            }
+            Ok(Json(json!({ "datasets": visible })))
+        })
+        .await
+}
+
+pub(crate) async fn dataset(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    state
+        .as_principal(&headers, ANY, move |veil, who| {
+            Ok(Json(json!(visible_dataset(veil, &who, &name)?)))
+        })
+        .await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct UploadQuery {
+    name: String,
+    privacy_unit: Option<String>,
+    /// Column names for a CSV file without a header row, comma-separated.
+    columns: Option<String>,
+}
+
+/// Registers the request body (CSV, Parquet or Arrow IPC; detected from its first bytes) as a
+/// dataset owned by the calling holder. The body streams to a temporary file in the data directory
+/// and is refused with 413 past `max_upload_bytes`; nothing is registered unless all of it is
+/// valid.
+pub(crate) async fn upload_dataset(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let who = state
+        .as_principal(&headers, HOLDER, |_, who| Ok(who))
+        .await?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = state.config.max_upload_bytes;
+    let too_large = || ApiError::too_large(format!("the upload limit is {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let uploads = state.config.data_dir.join("uploads");
+    std::fs::create_dir_all(&uploads).map_err(|e| internal(e.into()))?;
+    let mut file = tempfile::NamedTempFile::new_in(&uploads).map_err(|e| internal(e.into()))?;
+    let mut received: u64 = 0;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
+        received += chunk.len() as u64;
+        if received > limit {
+            return Err(too_large());
+        }
+        use std::io::Write as _;
+        file.write_all(&chunk).map_err(|e| internal(e.into()))?;
+    }
+    let columns = query
+        .columns
+        .map(|c| c.split(',').map(|s| s.trim().to_owned()).collect());
+    let record = state
+        .with(move |veil| {
+            let record = veil.register_dataset(
+                file.path(),
+                &query.name,
+                &who.name,
+                query.privacy_unit.as_deref(),
+                columns,
+            )?;
+            drop(file);
+            Ok(record)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!(record))))
+}
+
+fn internal(e: EngineError) -> ApiError {
+    ApiError::from(EngineError::Internal(e.to_string()))
+}
+
+pub(crate) async fn policy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    state
+        .as_principal(&headers, ANY, move |veil, who| {
+            visible_dataset(veil, &who, &name)?;
+            let p = veil.policy(&name)?.ok_or_else(|| {
+                ApiError::not_found(format!("dataset `{name}` has no policy yet"))
+            })?;
+            Ok(Json(json!({
+                "dataset": name,
+                "version": p.version,
+                "hash": p.hash,
+                "holder": p.holder,
+                "toml": p.text,
+            })))
+        })
+        .await
+}
+
+/// Sets a new policy version from the TOML request body, as the dataset's owner.
+pub(crate) async fn set_policy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    state
+        .as_principal(&headers, HOLDER, move |veil, who| {
+            visible_dataset(veil, &who, &name)?;
+            let text = std::str::from_utf8(&body)
+                .map_err(|_| ApiError::bad_request("the policy must be UTF-8 TOML"))?;
+            let p = veil.set_policy_text(&name, text, &who.name)?;
+            Ok(Json(
+                json!({ "dataset": name, "version": p.version, "hash": p.hash }),
+            ))
+        })
+        .await
+}
+
+pub(crate) async fn certificate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    state
+        .as_principal(&headers, ANY, move |veil, who| {
+            visible_dataset(veil, &who, &name)?;
+            Ok(Json(json!(veil.dataset_certificate(&name, &who.name)?)))
+        })
+        .await
+}
+
+// ---- jobs ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitJob {
+    /// The job manifest (TOML); its `module` field is ignored.
+    manifest: String,
+    /// The WebAssembly module or component, base64 (standard alphabet, padded).
+    module: String,
+}
+
+/// Records a job as the calling consumer: `queued` (a worker runs it), `awaiting_approval`, or
+/// `refused` (policy or budget; recorded in the audit log). Answers 201 with the consumer's view.
+pub(crate) async fn submit_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let pool = state.pool.clone();
+    let view = state
+        .as_principal(&headers, CONSUMER, move |veil, who| {
+            let request: SubmitJob = parse_body(&body)?;
+            let wasm = base64::engine::general_purpose::STANDARD
+                .decode(request.module.as_bytes())
+                .map_err(|e| ApiError::bad_request(format!("`module` is not base64: {e}")))?;
+            let id = match veil.submit(&request.manifest, &wasm, &who.name) {
+                Ok(outcome) => outcome.job,
+                Err(EngineError::Refused { job, .. }) => job,
+                Err(e) => return Err(e.into()),
+            };
+            Ok(veil.job(&id)?.consumer_view())
+        })
+        .await?;
+    if view.state == "queued" {
+        pool.wake();
+    }
+    Ok((StatusCode::CREATED, Json(json!(view))))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct JobsQuery {
+    state: Option<String>,
+}
+
+/// Jobs the caller may see: a consumer's own (coarse view), those on a holder's datasets (its
+/// approval queue with `?state=awaiting_approval`), or all of them for reviewers.
+pub(crate) async fn jobs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<JobsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    state
+        .as_principal(&headers, ANY, move |veil, who| {
+            let all = match who.role {
+                Role::Reviewer | Role::Admin => veil.all_jobs()?,
+                Role::Holder => veil
+                    .jobs_for(&who.name)?
+                    .into_iter()
+                    .filter(|j| visible_job(veil, &who, &j.id).is_ok())
+                    .collect(),
+                Role::Consumer => veil
+                    .jobs_for(&who.name)?
+                    .into_iter()
+                    .filter(|j| j.consumer == who.name)
+                    .collect(),
+            };
+            let views: Vec<Value> = all.iter().map(|j| job_view(&who, j)).collect();
+            let views = match &query.state {
+                Some(s) => views.into_iter().filter(|v| v["state"] == *s).collect(),
+                None => views,
+            };
+            Ok(Json(json!({ "jobs": views })))
+        })
+        .await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct WaitQuery {
+    /// Seconds to wait for the job to leave `queued` / `running` (at most 30).
+    wait: Option<u64>,
+}
+
+/// A job as the caller may see it. With `?wait=S`, answers when the job is no longer queued or
+/// running, or after S seconds (at most 30), whichever comes first.
+pub(crate) async fn job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let wait = Duration::from_secs(query.wait.unwrap_or(0)).min(MAX_WAIT);
+    let deadline = Instant::now() + wait;
+    let mut finished = state.pool.subscribe();
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        finished.mark_unchanged();
+        let id = id.clone();
+        let (view, settled) = state
+            .as_principal(&headers, ANY, move |veil, who| {
+                let job = visible_job(veil, &who, &id)?;
+                let settled = !matches!(job.state, JobState::Queued | JobState::Running);
+                Ok((job_view(&who, &job), settled))
+            })
+            .await?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if settled || left.is_zero() || *shutdown.borrow() {
+            return Ok(Json(view));
+        }
+        tokio::select! {
+            _ = tokio::time::timeout(left, finished.changed()) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+async fn decide(
+    state: AppState,
+    headers: HeaderMap,
+    id: String,
+    reject: Option<String>,
+) -> ApiResult {
+    let pool = state.pool.clone();
+    let view = state
+        .as_principal(&headers, HOLDER, move |veil, who| {
+            let job = visible_job(veil, &who, &id)?;
+            if job.state != JobState::AwaitingApproval {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    format!("job {id} is {}, not awaiting approval", job.state),
+                ));
+            }
+            match reject {
+                Some(reason) => veil.reject_job(&id, &who.name, &reason)?,
+                None => veil.approve(&id, &who.name)?,
+            }
+            Ok(job_view(&who, &veil.job(&id)?))
+        })
+        .await?;
+    pool.wake();
+    Ok(Json(view))
+}
+
+/// Approves a job on the caller's dataset: it is queued for a worker.
+pub(crate) async fn approve_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    decide(state, headers, id, None).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RejectJob {
+    reason: Option<String>,
+}
+
+/// Rejects a job on the caller's dataset (body: optional `{"reason": "..."}`). Nothing is charged.
+pub(crate) async fn reject_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let request: RejectJob = if body.is_empty() {
+        RejectJob::default()
+    } else {
+        parse_body(&body)?
+    };
+    let reason = request
+        .reason
+        .unwrap_or_else(|| "rejected by the data holder".into());
+    decide(state, headers, id, Some(reason)).await
+}
+
+/// The job `id` for its consumer only; others who may see it are told results are not theirs.
+fn own_released_job(veil: &Veil, who: &Principal, id: &str) -> Result<JobInfo, ApiError> {
+    let job = visible_job(veil, who, id)?;
+    if job.consumer != who.name {
+        return Err(ApiError::forbidden(
+            "results are for the job's consumer only",
+        ));
+    }
+    if job.state != JobState::Released {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_ready",
+            format!(
+                "job {id} has no result: it is {}",
+                job.consumer_view().state
+            ),
+        ));
+    }
+    Ok(job)
+}
+
+pub(crate) async fn job_result(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    state
+        .as_principal(&headers, ANY, move |veil, who| {
+            own_released_job(veil, &who, &id)?;
+            Ok(Json(json!(veil.job_result(&id, &who.name)?)))
+        })
+        .await
+}
+
+pub(crate) async fn job_receipt(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    state
+        .as_principal(&headers, ANY, move |veil, who| {
+            own_released_job(veil, &who, &id)?;
+            Ok(Json(json!(veil.job_receipt(&id, &who.name)?)))
+        })
+        .await
+}
+
+/// The holder-side log of a job (module log lines, traps, bounding statistics): for the dataset's
+/// owner and for reviewers, never for consumers.
+pub(crate) async fn job_logs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    state
+        .as_principal(&headers, ANY, move |veil, who| {
+            let job = visible_job(veil, &who, &id)?;
+            if who.role == Role::Consumer {
+                return Err(ApiError::forbidden(
+                    "job logs are for the data holder and reviewers",
+                ));
+            }
+            let owner = veil.dataset(&job.dataset)?.owner;
+            Ok(Json(
+                json!({ "job": id, "lines": veil.job_logs(&id, &owner)? }),
+            ))
+        })
+        .await
+}
+
+pub(crate) async fn budget(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    state
+        .as_principal(&headers, CONSUMER, |veil, who| {
+            Ok(Json(json!({ "budget": veil.budget(&who.name)? })))
+        })
+        .await
+}
+
+// ---- audit ----
+
+pub(crate) async fn checkpoint(State(state): State<AppState>) -> Result<String, ApiError> {
+    state.with(|veil| Ok(veil.audit_checkpoint()?)).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogQuery {
+    dataset: Option<String>,
+    consumer: Option<String>,
+    module: Option<String>,
+    decision: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+pub(crate) async fn audit_log(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if let Some(d) = &q.decision
+        && !["refused", "approved", "rejected", "released", "denied"].contains(&d.as_str())
+    {
+        return Err(ApiError::bad_request(
+            "decision is one of refused, approved, rejected, released, denied",
+        ));
+    }
+    state
+        .as_principal(&headers, AUDITORS, move |veil, _| {
+            let entries = veil.audit_entries()?;
+            let filter = veil_audit::review::Filter {
+                dataset: q.dataset,
+                consumer: q.consumer,
+                module_hash: q.module,
+                decision: q.decision,
+                since: q.since,
+                until: q.until,
+            };
+            let shown: Vec<_> = filter.apply(&entries);
+            Ok(Json(json!({ "entries": shown })))
+        })
+        .await
+}
+
+pub(crate) async fn audit_summary(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    state
+        .as_principal(&headers, AUDITORS, |veil, _| {
+            Ok(Json(json!(veil_audit::review::summarize(
+                &veil.audit_entries()?
+            ))))
+        })
+        .await
+}
+
+/// The whole log as JSON lines with a fresh signed checkpoint: what `veil audit verify --log`
+/// checks offline.
+pub(crate) async fn audit_export(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let text = state
+        .as_principal(&headers, AUDITORS, |veil, _| Ok(veil.export_audit()?))
+        .await?;
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], text).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProofQuery {
+    entry: Option<u64>,
+    from: Option<u64>,
+    size: Option<u64>,
+}
+
+/// An inclusion proof (`?entry=I`) or a consistency proof (`?from=M`), against the first `size`
+/// entries (default: all). Proofs hold only hashes and a signed checkpoint; any principal may ask.
+pub(crate) async fn audit_proof(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ProofQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    state
+        .as_principal(&headers, ANY, move |veil, _| {
+            let proof = match (q.entry, q.from) {
+                (Some(index), None) => veil.prove_inclusion(index, q.size)?,
+                (None, Some(old)) => veil.prove_consistency(old, q.size)?,
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "give exactly one of `entry` (inclusion) or `from` (consistency)",
+                    ));
+                }
+            };
+            Ok(Json(json!(proof)))
+        })
+        .await
+}
+
+// ---- administration and operations ----
+
+pub(crate) async fn principals(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    state
+        .as_principal(&headers, ADMIN, |veil, _| {
+            Ok(Json(json!({ "principals": veil.principals()? })))
+        })
+        .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddPrincipal {
+    name: String,
+    role: String,
+}
+
+/// Creates a principal and answers its token, once (only its hash is stored).
+pub(crate) async fn add_principal(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    state
+        .as_principal(&headers, ADMIN, move |veil, admin| {
+            let request: AddPrincipal = parse_body(&body)?;
+            let role = Role::parse(&request.role).ok_or_else(|| {
+                ApiError::bad_request("role is one of holder, consumer, reviewer, admin")
+            })?;
+            let token = veil.create_principal(&request.name, role, &admin.name)?;
+            Ok((
+                StatusCode::CREATED,
+                Json(json!({ "name": request.name, "role": role, "token": token })),
+            ))
+        })
+        .await
+}
+
+/// Prometheus metrics, for reviewers and admins (a scraper uses such a token).
+pub(crate) async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let metrics = state.metrics.clone();
+    let text = state
+        .as_principal(&headers, AUDITORS, move |veil, _| Ok(metrics.render(veil)?))
+        .await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}

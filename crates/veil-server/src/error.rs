@@ -1,0 +1,95 @@
+//! The server's errors: startup failures ([`ServerError`]) and API answers ([`ApiError`]), which
+//! are JSON with a stable `code`.
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use veil_engine::{EngineError, ErrorKind};
+
+/// Errors of the server crate (starting, configuring, serving).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error("config {path}: {message}")]
+    Config { path: String, message: String },
+    #[error("environment variable {name}: {message}")]
+    Env { name: &'static str, message: String },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// An API error: HTTP status, stable machine-readable code, and a message for the caller.
+///
+/// Codes: `unauthenticated` (401), `forbidden` (403), `not_found` (404), `bad_request` (400),
+/// `conflict` (409), `not_ready` (409: a job without a result yet), `too_large` (413),
+/// `unsupported_media_type` (415), `internal` (500; details go to the operator's log only).
+#[derive(Debug)]
+pub struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub(crate) fn unauthenticated() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "unknown or invalid token",
+        )
+    }
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    pub(crate) fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+    }
+    pub(crate) fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e.kind() {
+            ErrorKind::BadInput => Self::bad_request(e.to_string()),
+            ErrorKind::Forbidden => Self::forbidden(e.to_string()),
+            ErrorKind::NotFound => Self::not_found(e.to_string()),
+            ErrorKind::Conflict => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            // Refusals are answered as the job's state, not as errors; reaching here is a bug.
+            _ => {
+                tracing::error!(error = %e, "internal error");
+                Self::internal()
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({ "error": { "code": self.code, "message": self.message } })),
+        )
+            .into_response()
+    }
+}
