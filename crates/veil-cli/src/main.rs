@@ -1,4 +1,6 @@
-//! `veil`: the command line for data holders, consumers and reviewers (local mode), and the demo.
+//! `veil`: the command line for data holders, consumers and reviewers — on a data directory
+//! (local mode, `--as NAME`) or against a server (remote mode, `--server URL` with the token in
+//! `VEIL_TOKEN`) — and the demo.
 //!
 //! Exit codes: 0 success; 1 error (including a failed audit verification); 2 usage error;
 //! 3 job refused by policy or budget (recorded in the audit log).
@@ -6,6 +8,7 @@
 
 mod demo;
 mod output;
+mod remote;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,6 +31,10 @@ struct Cli {
     /// Principal to act as (holder, consumer or reviewer) in local mode.
     #[arg(long = "as", global = true, value_name = "PRINCIPAL")]
     as_principal: Option<String>,
+    /// Work against this Veil server (remote mode), e.g. http://127.0.0.1:8420; the token is read
+    /// from VEIL_TOKEN.
+    #[arg(long, global = true, env = "VEIL_SERVER", value_name = "URL")]
+    server: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -86,6 +93,8 @@ enum Command {
     /// Check dataset registration certificates.
     #[command(subcommand)]
     Certificate(CertificateCmd),
+    /// Show who the token in VEIL_TOKEN names (remote mode).
+    Whoami,
 }
 
 #[derive(Subcommand)]
@@ -129,8 +138,9 @@ enum DatasetCmd {
         file: PathBuf,
         #[arg(long)]
         name: String,
+        /// The holder who owns it (local mode; in remote mode the token's principal owns it).
         #[arg(long)]
-        owner: String,
+        owner: Option<String>,
         /// Column identifying the person (privacy unit); without it each row is a unit.
         #[arg(long)]
         privacy_unit: Option<String>,
@@ -305,9 +315,30 @@ fn open(dir: &Path) -> Result<Veil> {
         .with_context(|| format!("opening data directory {}", dir.display()))
 }
 
+/// Commands that check signed documents offline: the same in local and remote mode.
+fn is_offline(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Receipt(_)
+            | Command::Certificate(_)
+            | Command::Audit(AuditCmd::VerifyProof { .. })
+            | Command::Audit(AuditCmd::Verify { log: Some(_), .. })
+    )
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
+    if let Some(server) = &cli.server
+        && !is_offline(&cli.command)
+    {
+        if cli.as_principal.is_some() {
+            bail!("--as is for local mode; with --server the token in VEIL_TOKEN says who you are");
+        }
+        let token = std::env::var("VEIL_TOKEN").ok().filter(|t| !t.is_empty());
+        return remote::run(cli.command, server, token);
+    }
     let dir = cli.data_dir.clone();
     match cli.command {
+        Command::Whoami => bail!("whoami asks a server: give --server URL and VEIL_TOKEN"),
         Command::Init => {
             let veil = open(&dir)?;
             println!("initialised {}", veil.data_dir().display());
@@ -322,6 +353,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             privacy_unit,
             columns,
         }) => {
+            let Some(owner) = owner else {
+                bail!("dataset add needs --owner HOLDER in local mode");
+            };
             let mut veil = open(&dir)?;
             let r =
                 veil.register_dataset(&file, &name, &owner, privacy_unit.as_deref(), columns)?;

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use veil_audit::{AuditEvent, AuditLog};
 use veil_policy::{
     Approval, Delta, Epsilon, JobManifest, PolicyError, Release, Spent, document_hash,
@@ -16,7 +16,7 @@ use crate::store::now;
 use crate::{EngineError, Result, Veil};
 
 /// Where a job is. Consumers see only this and a generic code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Admitted (pre-check passed, approved if the policy asks for it), waiting for a worker.
@@ -70,7 +70,7 @@ impl std::fmt::Display for JobState {
 }
 
 /// A job's metadata (never its result or logs).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobInfo {
     pub id: String,
     pub consumer: String,
@@ -156,7 +156,7 @@ pub struct SubmitOutcome {
 }
 
 /// One line of `veil budget`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BudgetLine {
     pub dataset: String,
     /// ε spent: pure ε plus the (ε, δ) conversion of the zCDP ρ spent (see `veil_policy::accountant`).
