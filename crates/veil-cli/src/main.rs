@@ -289,8 +289,12 @@ enum KeysCmd {
 }
 
 fn main() -> ExitCode {
-    sigpipe::reset();
     let cli = Cli::parse();
+    // A server must see EPIPE from a vanished peer, not die of SIGPIPE; everything else may end
+    // quietly when its reader goes away (`veil audit log | head`).
+    if !matches!(cli.command, Command::Serve { .. }) {
+        sigpipe::reset();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

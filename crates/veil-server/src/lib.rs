@@ -198,6 +198,9 @@ pub fn serve(config: &ServerConfig) -> Result<(), ServerError> {
             let _ = stop.send(true);
         }
     });
+    // The engine owns a runtime of its own, which must not be dropped inside this one: keep a
+    // handle so the last reference goes away after `block_on`.
+    let engine = state.veil.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -216,6 +219,8 @@ pub fn serve(config: &ServerConfig) -> Result<(), ServerError> {
             })
             .await
     })?;
+    drop(runtime);
+    drop(engine);
     signals_handle.close();
     let left = pool.stop(config.shutdown_grace());
     if left > 0 {
