@@ -241,3 +241,162 @@ pub fn contribution(key: &[&str], values: &[f64]) -> veil_abi::Contribution {
         values: values.to_vec(),
     }
 }
+
+/// A `veil serve` process on a loopback port, its log in the environment's folder. Killed (SIGKILL)
+/// when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    pub addr: String,
+}
+
+impl Server {
+    /// Starts `veil serve` on `data_dir` with an OS-chosen port and waits until it listens.
+    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        use std::io::BufRead;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("server.log"))
+            .expect("server log");
+        let mut child = Command::new(veil_bin())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start veil serve");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().expect("piped"))
+            .read_line(&mut line)
+            .expect("read the server's first line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_owned();
+        Server { child, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        self.child.wait().expect("wait for the server")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A small HTTP client for the tests: every answer as (status, body), errors included.
+pub struct Http {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Http {
+    pub fn new(server: &Server) -> Http {
+        Http {
+            base: server.url(),
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into(),
+        }
+    }
+
+    /// One request; `body` is sent as is with `content_type`.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, &[u8])>,
+    ) -> (u16, String) {
+        let url = format!("{}{path}", self.base);
+        let request = ureq::http::Request::builder().method(method).uri(&url);
+        let request = match token {
+            Some(t) => request.header("Authorization", format!("Bearer {t}")),
+            None => request,
+        };
+        let result = match body {
+            Some((content_type, bytes)) => self.agent.run(
+                request
+                    .header("Content-Type", content_type)
+                    .body(bytes.to_vec())
+                    .expect("request"),
+            ),
+            None => self.agent.run(request.body(()).expect("request")),
+        };
+        let mut response = result.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()
+            .expect("body");
+        (status, text)
+    }
+
+    pub fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        self.call("GET", path, token, None)
+    }
+
+    /// GET that must answer 200 with JSON.
+    pub fn json(&self, path: &str, token: &str) -> serde_json::Value {
+        let (status, body) = self.get(path, Some(token));
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// Submits a job (manifest text and module bytes) as `token`; returns the answer's JSON.
+    pub fn submit(&self, token: &str, manifest: &str, wasm: &[u8]) -> serde_json::Value {
+        use base64::Engine as _;
+        let body = serde_json::json!({
+            "manifest": manifest,
+            "module": base64::engine::general_purpose::STANDARD.encode(wasm),
+        })
+        .to_string();
+        let (status, text) = self.call(
+            "POST",
+            "/v1/jobs",
+            Some(token),
+            Some(("application/json", body.as_bytes())),
+        );
+        assert_eq!(status, 201, "submit: {text}");
+        serde_json::from_str(&text).expect("JSON")
+    }
+}
+
+/// Creates a principal with the local admin command; returns its token.
+pub fn token_for(env: &Env, name: &str, role: &str) -> String {
+    let out = env.ok(&[
+        "--as",
+        "root",
+        "admin",
+        "add-principal",
+        name,
+        "--role",
+        role,
+    ]);
+    out.lines().last().expect("token line").trim().to_owned()
+}

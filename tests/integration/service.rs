@@ -1,166 +1,434 @@
-//! The HTTP service over real loopback HTTP: authentication, roles and per-object visibility for
-//! each endpoint, and JSON errors with stable codes.
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-
+//! The HTTP service over real loopback HTTP: the endpoint × caller matrix (no token, a wrong token,
+//! each role, another party's object), the whole flow, bad input, what a consumer may learn, and
+//! metrics.
 use serde_json::Value;
 
 use crate::common::*;
 
-struct Server {
-    child: Child,
-    addr: String,
+/// The people dataset with a manual-approval policy, and one released job by the consumer.
+struct World {
+    env: Env,
+    server: Server,
+    http: Http,
+    holder: String,
+    other_holder: String,
+    consumer: String,
+    stranger: String,
+    reviewer: String,
+    admin: String,
+    job: String,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+fn world() -> World {
+    let env = Env::new();
+    env.setup("manual");
+    let holder = token_for(&env, HOLDER, "holder");
+    let other_holder = token_for(&env, "hospital", "holder");
+    let consumer = token_for(&env, CONSUMER, "consumer");
+    let stranger = token_for(&env, "stranger", "consumer");
+    let reviewer = token_for(&env, "rev", "reviewer");
+    let admin = token_for(&env, "ops", "admin");
+    let server = Server::start(&env.data_dir(), &[]);
+    let http = Http::new(&server);
+    let wasm = std::fs::read(env.path().join("modules/income_by_education.wasm")).unwrap();
+    let submitted = http.submit(&consumer, &income_manifest(1.0), &wasm);
+    assert_eq!(submitted["state"], "awaiting_approval", "{submitted}");
+    let job = submitted["id"].as_str().unwrap().to_owned();
+    let (status, body) = http.call(
+        "POST",
+        &format!("/v1/jobs/{job}/approve"),
+        Some(&holder),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let done = http.json(&format!("/v1/jobs/{job}?wait=30"), &consumer);
+    assert_eq!(done["state"], "released", "{done}");
+    World {
+        env,
+        server,
+        http,
+        holder,
+        other_holder,
+        consumer,
+        stranger,
+        reviewer,
+        admin,
+        job,
     }
-}
-
-fn start(env: &Env) -> Server {
-    let mut child = Command::new(veil_bin())
-        .arg("--data-dir")
-        .arg(env.data_dir())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start veil serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
-    Server { child, addr }
-}
-
-/// One HTTP/1.1 GET; returns the status and the body.
-fn get(server: &Server, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut stream = TcpStream::connect(&server.addr).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: veil\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn token_for(env: &Env, name: &str, role: &str) -> String {
-    let out = env.ok(&[
-        "--as",
-        "root",
-        "admin",
-        "add-principal",
-        name,
-        "--role",
-        role,
-    ]);
-    out.lines().last().unwrap().trim().to_owned()
 }
 
 #[test]
 fn every_endpoint_checks_token_role_and_ownership() {
-    let env = Env::new();
-    env.setup("auto");
-    let holder = token_for(&env, HOLDER, "holder");
-    let consumer = token_for(&env, CONSUMER, "consumer");
-    let stranger = token_for(&env, "stranger", "consumer");
-    let reviewer = token_for(&env, "rev", "reviewer");
-    let server = start(&env);
-
-    // Public endpoints.
-    assert_eq!(get(&server, "/v1/health", None).0, 200);
-    let (status, body) = get(&server, "/v1/public-key", None);
-    assert_eq!(status, 200);
-    let keys: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(
-        keys["public_key"].as_str().unwrap(),
-        env.ok(&["keys", "public"]).trim()
-    );
-    let (status, note) = get(&server, "/v1/audit/checkpoint", None);
-    assert_eq!(status, 200);
-    assert!(
-        note.starts_with("veil.local/audit\n") && note.contains("\n\n\u{2014} "),
-        "{note}"
-    );
-
-    // The matrix: endpoint × caller → status.
+    let w = world();
     let wrong = "veil_".to_owned() + &"0".repeat(64);
-    let callers: [(&str, Option<&str>); 6] = [
+    let callers: [(&str, Option<&str>); 8] = [
         ("no token", None),
         ("wrong token", Some(&wrong)),
-        ("holder", Some(&holder)),
-        ("consumer", Some(&consumer)),
-        ("stranger", Some(&stranger)),
-        ("reviewer", Some(&reviewer)),
+        ("holder", Some(&w.holder)),
+        ("other holder", Some(&w.other_holder)),
+        ("consumer", Some(&w.consumer)),
+        ("stranger", Some(&w.stranger)),
+        ("reviewer", Some(&w.reviewer)),
+        ("admin", Some(&w.admin)),
     ];
-    let expected: [(&str, [u16; 6]); 4] = [
-        ("/v1/whoami", [401, 401, 200, 200, 200, 200]),
-        ("/v1/datasets", [401, 401, 200, 200, 200, 200]),
-        ("/v1/budget", [401, 401, 403, 200, 200, 403]),
-        ("/v1/audit/log", [401, 401, 403, 403, 403, 200]),
+    let job = &w.job;
+    let policy_text = policy("manual");
+    let csv = people_csv();
+    let wasm = std::fs::read(w.env.path().join("modules/income_by_education.wasm")).unwrap();
+    let submit_body = {
+        use base64::Engine as _;
+        serde_json::json!({
+            "manifest": income_manifest(0.5),
+            "module": base64::engine::general_purpose::STANDARD.encode(&wasm),
+        })
+        .to_string()
+    };
+    let principal_body = r#"{"name": "newcomer", "role": "consumer"}"#;
+    let reject_body = r#"{"reason": "no"}"#;
+    type Row<'a> = (&'a str, String, Option<(&'a str, &'a [u8])>, [u16; 8]);
+    #[rustfmt::skip]
+    let matrix: Vec<Row> = vec![
+        ("GET", "/v1/whoami".into(), None,                                   [401, 401, 200, 200, 200, 200, 200, 200]),
+        ("GET", "/v1/datasets".into(), None,                                 [401, 401, 200, 200, 200, 200, 200, 200]),
+        ("POST", "/v1/datasets?name=people".into(), Some(("text/csv", csv.as_bytes())),
+                                                                             [401, 401, 409, 409, 403, 403, 403, 403]),
+        ("GET", "/v1/datasets/people".into(), None,                          [401, 401, 200, 404, 200, 404, 200, 200]),
+        ("GET", "/v1/datasets/people/policy".into(), None,                   [401, 401, 200, 404, 200, 404, 200, 200]),
+        ("PUT", "/v1/datasets/people/policy".into(), Some(("application/toml", policy_text.as_bytes())),
+                                                                             [401, 401, 200, 404, 403, 403, 403, 403]),
+        ("GET", "/v1/datasets/people/certificate".into(), None,              [401, 401, 200, 404, 403, 404, 403, 403]),
+        ("GET", "/v1/jobs".into(), None,                                     [401, 401, 200, 200, 200, 200, 200, 200]),
+        ("POST", "/v1/jobs".into(), Some(("application/json", submit_body.as_bytes())),
+                                                                             [401, 401, 403, 403, 201, 201, 403, 403]),
+        ("GET", format!("/v1/jobs/{job}"), None,                             [401, 401, 200, 404, 200, 404, 200, 200]),
+        ("POST", format!("/v1/jobs/{job}/approve"), None,                    [401, 401, 409, 404, 403, 403, 403, 403]),
+        ("POST", format!("/v1/jobs/{job}/reject"), Some(("application/json", reject_body.as_bytes())),
+                                                                             [401, 401, 409, 404, 403, 403, 403, 403]),
+        ("GET", format!("/v1/jobs/{job}/result"), None,                      [401, 401, 403, 404, 200, 404, 403, 403]),
+        ("GET", format!("/v1/jobs/{job}/receipt"), None,                     [401, 401, 403, 404, 200, 404, 403, 403]),
+        ("GET", format!("/v1/jobs/{job}/logs"), None,                        [401, 401, 200, 404, 403, 404, 200, 200]),
+        ("GET", "/v1/budget".into(), None,                                   [401, 401, 403, 403, 200, 200, 403, 403]),
+        ("GET", "/v1/audit/log".into(), None,                                [401, 401, 403, 403, 403, 403, 200, 200]),
+        ("GET", "/v1/audit/summary".into(), None,                            [401, 401, 403, 403, 403, 403, 200, 200]),
+        ("GET", "/v1/audit/export".into(), None,                             [401, 401, 403, 403, 403, 403, 200, 200]),
+        ("GET", "/v1/audit/proof?entry=0".into(), None,                      [401, 401, 200, 200, 200, 200, 200, 200]),
+        ("GET", "/v1/admin/principals".into(), None,                         [401, 401, 403, 403, 403, 403, 403, 200]),
+        ("POST", "/v1/admin/principals".into(), Some(("application/json", principal_body.as_bytes())),
+                                                                             [401, 401, 403, 403, 403, 403, 403, 201]),
+        ("GET", "/metrics".into(), None,                                     [401, 401, 403, 403, 403, 403, 200, 200]),
+        ("GET", "/v1/health".into(), None,                                   [200; 8]),
+        ("GET", "/v1/public-key".into(), None,                               [200; 8]),
+        ("GET", "/v1/audit/checkpoint".into(), None,                         [200; 8]),
+        ("GET", "/v1/openapi.json".into(), None,                             [200; 8]),
+        ("GET", "/v2/anything".into(), None,                                 [404; 8]),
+        ("DELETE", "/v1/jobs".into(), None,                                  [405; 8]),
     ];
-    for (path, statuses) in expected {
+    for (method, path, body, statuses) in &matrix {
         for ((who, token), want) in callers.iter().zip(statuses) {
-            let (status, body) = get(&server, path, *token);
-            assert_eq!(status, want, "{path} as {who}: {body}");
-            let v: Value =
-                serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+            let (status, text) = w.http.call(method, path, *token, *body);
+            assert_eq!(status, *want, "{method} {path} as {who}: {text}");
             if status >= 400 {
-                let code = v["error"]["code"].as_str().unwrap();
-                assert_eq!(
-                    code,
-                    if status == 401 {
-                        "unauthenticated"
-                    } else {
-                        "forbidden"
-                    }
-                );
+                let v: Value = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{method} {path} as {who}: {e}: {text}"));
+                let code = v["error"]["code"].as_str().unwrap_or_default();
+                let expected: &[&str] = match status {
+                    401 => &["unauthenticated"],
+                    403 => &["forbidden"],
+                    404 => &["not_found"],
+                    405 => &["method_not_allowed"],
+                    409 => &["conflict", "not_ready"],
+                    _ => &[],
+                };
+                assert!(expected.contains(&code), "{method} {path} as {who}: {text}");
             }
         }
     }
-    // Per-object visibility: the catalog shows only what each principal may use.
-    let count = |token: &str| {
-        let (_, body) = get(&server, "/v1/datasets", Some(token));
-        let v: Value = serde_json::from_str(&body).unwrap();
-        v["datasets"].as_array().unwrap().len()
+
+    // Per-object visibility in lists: each principal sees what it may use, and no rows.
+    let names = |token: &str| -> Vec<String> {
+        w.http.json("/v1/datasets", token)["datasets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap().to_owned())
+            .collect()
     };
+    assert_eq!(names(&w.holder), ["people"]);
+    assert_eq!(names(&w.consumer), ["people"]);
+    assert!(names(&w.other_holder).is_empty());
+    assert!(names(&w.stranger).is_empty());
+    assert_eq!(names(&w.reviewer), ["people"]);
+    let jobs = |token: &str| {
+        w.http.json("/v1/jobs", token)["jobs"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    // The consumer's job and their matrix submission (awaiting approval); the stranger's refused one.
+    assert_eq!((jobs(&w.consumer), jobs(&w.stranger)), (2, 1));
     assert_eq!(
-        (
-            count(&holder),
-            count(&consumer),
-            count(&stranger),
-            count(&reviewer)
-        ),
-        (1, 1, 0, 1)
+        (jobs(&w.holder), jobs(&w.other_holder), jobs(&w.reviewer)),
+        (3, 0, 3)
     );
-    let (_, body) = get(&server, "/v1/datasets", Some(&consumer));
-    assert!(!body.contains("900-00-"), "the catalog never shows rows");
-    let (_, body) = get(&server, "/v1/whoami", Some(&reviewer));
-    let me: Value = serde_json::from_str(&body).unwrap();
+    let queue = w.http.json("/v1/jobs?state=awaiting_approval", &w.holder)["jobs"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(queue, 1, "the holder's approval queue");
+    let me = w.http.json("/v1/whoami", &w.reviewer);
     assert_eq!(
         (me["name"].as_str(), me["role"].as_str()),
         (Some("rev"), Some("reviewer"))
     );
-    // Unknown paths are JSON errors too.
-    let (status, body) = get(&server, "/v2/anything", Some(&holder));
-    assert_eq!(status, 404);
-    assert!(body.contains("\"code\":\"not_found\""), "{body}");
+    // Responses carry a request id: the caller's own when it is plain, a fresh one otherwise.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let id_of = |sent: &str| {
+        let response = agent
+            .get(format!("{}/v1/whoami", w.server.url()))
+            .header("x-request-id", sent)
+            .call()
+            .unwrap();
+        response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(id_of("trace-42"), "trace-42");
+    let fresh = id_of("bad id\twith junk");
+    assert_eq!(fresh.len(), 16, "{fresh}");
+    assert!(fresh.bytes().all(|b| b.is_ascii_hexdigit()));
+}
+
+#[test]
+fn the_flow_over_http_and_what_each_party_sees() {
+    let w = world();
+    let job = &w.job;
+    // The consumer's view is coarse: state and code, no logs, figures or manifest internals.
+    let mine = w.http.json(&format!("/v1/jobs/{job}"), &w.consumer);
+    let keys: Vec<&str> = mine
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "code",
+            "created_at",
+            "dataset",
+            "epsilon",
+            "id",
+            "manifest_hash",
+            "module_hash",
+            "state",
+            "updated_at"
+        ]
+    );
+    // The holder and reviewer see the metadata (manifest, policy version), never the result.
+    let theirs = w.http.json(&format!("/v1/jobs/{job}"), &w.reviewer);
+    assert!(theirs["manifest"].as_str().unwrap().contains("income"));
+    assert!(theirs.get("result").is_none());
+
+    // Result and receipt for the consumer; the receipt verifies offline with the public key.
+    let result = w.http.json(&format!("/v1/jobs/{job}/result"), &w.consumer);
+    assert!(!result["rows"].as_array().unwrap().is_empty(), "{result}");
+    let receipt = w.http.json(&format!("/v1/jobs/{job}/receipt"), &w.consumer);
+    let path = w.env.write("receipt.json", &receipt.to_string());
+    let key = w.http.json("/v1/public-key", &w.consumer)["public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = w.env.ok(&[
+        "receipt",
+        "verify",
+        path.to_str().unwrap(),
+        "--public-key",
+        &key,
+    ]);
+    assert!(out.starts_with("receipt holds"), "{out}");
+
+    // The reviewer's export verifies offline from the log's first key, and holds the whole story.
+    let (status, export) = w.http.get("/v1/audit/export", Some(&w.reviewer));
+    assert_eq!(status, 200);
+    let path = w.env.write("export.jsonl", &export);
+    let first = w.env.ok(&["keys", "first"]);
+    let out = w.env.ok(&[
+        "audit",
+        "verify",
+        "--log",
+        path.to_str().unwrap(),
+        "--public-key",
+        first.trim(),
+    ]);
+    assert!(out.starts_with("audit log intact"), "{out}");
+    for kind in [
+        "job_submitted",
+        "job_approved",
+        "job_started",
+        "release_created",
+    ] {
+        assert!(export.contains(kind), "{kind} missing from the export");
+    }
+    // Proofs from the API check offline too.
+    let proof = w.http.json("/v1/audit/proof?entry=3", &w.consumer);
+    let path = w.env.write("proof.json", &proof.to_string());
+    let out = w.env.ok(&[
+        "audit",
+        "verify-proof",
+        "--proof",
+        path.to_str().unwrap(),
+        "--public-key",
+        first.trim(),
+    ]);
+    assert!(out.starts_with("proof holds"), "{out}");
+
+    // The budget was spent once.
+    let budget = w.http.json("/v1/budget", &w.consumer);
+    assert_eq!(budget["budget"][0]["spent"], "1", "{budget}");
+
+    // Metrics: jobs by state, budget spent, sandbox units, request latency.
+    let (status, metrics) = w.http.get("/metrics", Some(&w.reviewer));
+    assert_eq!(status, 200);
+    for line in [
+        "veil_jobs{state=\"released\"} 1",
+        "veil_budget_spent_epsilon{dataset=\"people\"} 1.0",
+        "veil_sandbox_units_total 402",
+        "veil_http_request_duration_seconds_count{",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    // A rejected job: nothing charged, the consumer sees `refused (rejected)`.
+    let wasm = std::fs::read(w.env.path().join("modules/income_by_education.wasm")).unwrap();
+    let second = w.http.submit(&w.consumer, &income_manifest(0.5), &wasm);
+    let id = second["id"].as_str().unwrap();
+    let (status, _) = w.http.call(
+        "POST",
+        &format!("/v1/jobs/{id}/reject"),
+        Some(&w.holder),
+        Some(("application/json", br#"{"reason": "not this quarter"}"#)),
+    );
+    assert_eq!(status, 200);
+    let seen = w.http.json(&format!("/v1/jobs/{id}"), &w.consumer);
+    assert_eq!(
+        (seen["state"].as_str(), seen["code"].as_str()),
+        (Some("refused"), Some("rejected"))
+    );
+    let budget = w.http.json("/v1/budget", &w.consumer);
+    assert_eq!(budget["budget"][0]["spent"], "1");
+}
+
+#[test]
+fn a_failed_run_tells_the_consumer_only_a_generic_code() {
+    let env = Env::new();
+    env.setup("auto");
+    let consumer = token_for(&env, CONSUMER, "consumer");
+    let holder = token_for(&env, HOLDER, "holder");
+    let server = Server::start(&env.data_dir(), &[]);
+    let http = Http::new(&server);
+    // Every unit traps with a message the module chose.
+    let trap = wat_module(
+        r#"(import "veil_abi_v1" "log" (func $log (param i32 i32)))
+           (data (i32.const 16) "SECRET-FROM-ROW")"#,
+        "(call $log (i32.const 16) (i32.const 15)) unreachable",
+    );
+    let submitted = http.submit(&consumer, &manifest_for("m.wasm", &["educ"], 1, 0.1), &trap);
+    let id = submitted["id"].as_str().unwrap();
+    let seen = http.json(&format!("/v1/jobs/{id}?wait=30"), &consumer);
+    assert_eq!(
+        (seen["state"].as_str(), seen["code"].as_str()),
+        (Some("refused"), Some("failed")),
+        "{seen}"
+    );
+    let (status, body) = http.get(&format!("/v1/jobs/{id}/result"), Some(&consumer));
+    assert_eq!(status, 409, "{body}");
+    let (status, _) = http.get(&format!("/v1/jobs/{id}/logs"), Some(&consumer));
+    assert_eq!(status, 403);
+    // Nothing the consumer can read mentions the trap, the module's log or unit counts.
+    for path in [
+        format!("/v1/jobs/{id}"),
+        "/v1/jobs".into(),
+        format!("/v1/jobs/{id}/result"),
+    ] {
+        let (_, body) = http.get(&path, Some(&consumer));
+        for secret in [
+            "SECRET",
+            "unreachable",
+            "trap",
+            "fuel",
+            "units",
+            "module_faults",
+        ] {
+            assert!(!body.contains(secret), "{path} shows {secret}: {body}");
+        }
+    }
+    // The holder's log has the details.
+    let logs = http.json(&format!("/v1/jobs/{id}/logs"), &holder);
+    assert!(
+        logs["lines"].to_string().contains("SECRET-FROM-ROW"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn bad_requests_get_json_errors_and_change_nothing() {
+    let env = Env::new();
+    env.setup("auto");
+    let holder = token_for(&env, HOLDER, "holder");
+    let consumer = token_for(&env, CONSUMER, "consumer");
+    let server = Server::start(&env.data_dir(), &[("VEIL_MAX_UPLOAD_BYTES", "4096")]);
+    let http = Http::new(&server);
+    let before = env.snapshot();
+    let wasm = std::fs::read(env.path().join("modules/income_by_education.wasm")).unwrap();
+    let b64 = |bytes: &[u8]| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    };
+    let big = "a,b\n".to_owned() + &"1,2\n".repeat(2000);
+    let cases: Vec<(&str, String, &str, Vec<u8>, u16, &str)> = vec![
+        ("POST", "/v1/datasets?name=junk".into(), &holder, b"\x00\x01 not a table".to_vec(), 400, "bad_request"),
+        ("POST", "/v1/datasets?name=big".into(), &holder, big.into_bytes(), 413, "too_large"),
+        ("POST", "/v1/datasets?name=bad%20name".into(), &holder, b"a\n1\n".to_vec(), 400, "bad_request"),
+        ("POST", "/v1/datasets".into(), &holder, b"a\n1\n".to_vec(), 400, "bad_request"),
+        ("POST", "/v1/datasets?name=x&privacy_unit=nope".into(), &holder, b"a\n1\n".to_vec(), 400, "bad_request"),
+        ("PUT", "/v1/datasets/people/policy".into(), &holder, b"epsilon = \"lots\"".to_vec(), 400, "bad_request"),
+        ("PUT", "/v1/datasets/people/policy".into(), &holder, vec![0xff, 0xfe], 400, "bad_request"),
+        ("POST", "/v1/jobs".into(), &consumer, b"{not json".to_vec(), 400, "bad_request"),
+        ("POST", "/v1/jobs".into(), &consumer, br#"{"manifest": "x"}"#.to_vec(), 400, "bad_request"),
+        ("POST", "/v1/jobs".into(), &consumer,
+            serde_json::json!({"manifest": income_manifest(1.0), "module": "%%%"}).to_string().into_bytes(), 400, "bad_request"),
+        ("POST", "/v1/jobs".into(), &consumer,
+            serde_json::json!({"manifest": income_manifest(1.0), "module": b64(b"not wasm")}).to_string().into_bytes(), 400, "bad_request"),
+        ("POST", "/v1/jobs".into(), &consumer,
+            serde_json::json!({"manifest": "dataset = 3", "module": b64(&wasm)}).to_string().into_bytes(), 400, "bad_request"),
+        ("POST", "/v1/jobs".into(), &consumer,
+            serde_json::json!({"manifest": income_manifest(1.0).replace("\"people\"", "\"nobody\""), "module": b64(&wasm)}).to_string().into_bytes(), 400, "bad_request"),
+        ("GET", "/v1/audit/log?decision=maybe".into(), &consumer, vec![], 400, "bad_request"),
+        ("GET", "/v1/jobs/job-000001?wait=soon".into(), &consumer, vec![], 400, "bad_request"),
+        ("GET", "/v1/audit/proof?entry=1&from=1".into(), &consumer, vec![], 400, "bad_request"),
+        ("GET", "/v1/audit/proof?entry=999".into(), &consumer, vec![], 400, "bad_request"),
+    ];
+    for (method, path, token, body, want, code) in &cases {
+        let body = (!body.is_empty()).then_some(("application/octet-stream", body.as_slice()));
+        let (status, text) = http.call(method, path, Some(token), body);
+        assert_eq!(status, *want, "{method} {path}: {text}");
+        let v: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"));
+        assert_eq!(v["error"]["code"], *code, "{method} {path}: {text}");
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+    }
+    drop(server);
+    assert_eq!(env.snapshot(), before, "a bad request changed the store");
+    // Uploads left no temporary files behind.
+    let uploads = env.data_dir().join("uploads");
+    let left = std::fs::read_dir(&uploads).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(
+        left,
+        0,
+        "temporary upload files left in {}",
+        uploads.display()
+    );
 }

@@ -75,6 +75,8 @@ impl EngineError {
             EngineError::Catalog(CatalogError::Duplicate(_)) => ErrorKind::Conflict,
             EngineError::Catalog(CatalogError::NotFound(_)) => ErrorKind::NotFound,
             EngineError::Sandbox(SandboxError::ModuleRejected(_)) => ErrorKind::BadInput,
+            // Asking for a proof the log cannot give (an entry or size beyond it).
+            EngineError::Audit(AuditError::Verification { .. }) => ErrorKind::BadInput,
             _ => ErrorKind::Internal,
         }
     }
