@@ -8,6 +8,7 @@ mod bad_input;
 mod blocks;
 mod crash;
 mod demo;
+mod durability;
 mod identity;
 mod languages;
 mod pipeline;

@@ -388,7 +388,9 @@ fn bad_requests_get_json_errors_and_change_nothing() {
         base64::engine::general_purpose::STANDARD.encode(bytes)
     };
     let big = "a,b\n".to_owned() + &"1,2\n".repeat(2000);
-    let cases: Vec<(&str, String, &str, Vec<u8>, u16, &str)> = vec![
+    /// Method, path, token, body, expected status and code.
+    type Case<'a> = (&'a str, String, &'a str, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("POST", "/v1/datasets?name=junk".into(), &holder, b"\x00\x01 not a table".to_vec(), 400, "bad_request"),
         ("POST", "/v1/datasets?name=big".into(), &holder, big.into_bytes(), 413, "too_large"),
         ("POST", "/v1/datasets?name=bad%20name".into(), &holder, b"a\n1\n".to_vec(), 400, "bad_request"),

@@ -36,7 +36,8 @@ pub struct ServerConfig {
     /// Largest other request body (a job with its module, base64-encoded), in bytes.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
-    /// On SIGTERM, how long running jobs may take to finish before they are closed as failed.
+    /// On SIGTERM, how long running jobs may take to finish before they are closed as failed
+    /// (`VEIL_SHUTDOWN_GRACE_SECS`).
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
     /// `text` or `json` (`VEIL_LOG_FORMAT`).
@@ -108,6 +109,12 @@ impl ServerConfig {
         }
         if let Some(v) = env("VEIL_MAX_UPLOAD_BYTES") {
             config.max_upload_bytes = positive("VEIL_MAX_UPLOAD_BYTES", &v)?;
+        }
+        if let Some(v) = env("VEIL_SHUTDOWN_GRACE_SECS") {
+            config.shutdown_grace_secs = v.parse().map_err(|_| ServerError::Env {
+                name: "VEIL_SHUTDOWN_GRACE_SECS",
+                message: "must be a whole number of seconds".into(),
+            })?;
         }
         if let Some(v) = env("VEIL_LOG_FORMAT") {
             config.log_format = match v.as_str() {
