@@ -27,6 +27,17 @@ rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
 
 scripts/build-guests.sh
 
+# schemathesis checks the HTTP API against its OpenAPI document (tests/integration/api_schema.rs);
+# it lives in a venv beside the build.
+schemathesis_version=4.32.5
+target_dir="${CARGO_TARGET_DIR:-target}"
+api_tools="$target_dir/api-tools"
+if ! "$api_tools/bin/schemathesis" --version 2>/dev/null | grep -q "version $schemathesis_version$"; then
+  python3 -m venv "$api_tools"
+  "$api_tools/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
+fi
+export VEIL_SCHEMATHESIS="$api_tools/bin/schemathesis"
+
 # The integration tests drive the real `veil` binary.
 cargo build -p veil-cli
 cargo test --workspace

@@ -3,6 +3,7 @@
 mod common;
 
 mod accounting;
+mod api_schema;
 mod audit;
 mod bad_input;
 mod blocks;

@@ -111,7 +111,8 @@ fn every_endpoint_checks_token_role_and_ownership() {
         ("GET", "/v1/audit/log".into(), None,                                [401, 401, 403, 403, 403, 403, 200, 200]),
         ("GET", "/v1/audit/summary".into(), None,                            [401, 401, 403, 403, 403, 403, 200, 200]),
         ("GET", "/v1/audit/export".into(), None,                             [401, 401, 403, 403, 403, 403, 200, 200]),
-        ("GET", "/v1/audit/proof?entry=0".into(), None,                      [401, 401, 200, 200, 200, 200, 200, 200]),
+        ("GET", "/v1/audit/proof/inclusion?entry=0".into(), None,            [401, 401, 200, 200, 200, 200, 200, 200]),
+        ("GET", "/v1/audit/proof/consistency?from=2".into(), None,           [401, 401, 200, 200, 200, 200, 200, 200]),
         ("GET", "/v1/admin/principals".into(), None,                         [401, 401, 403, 403, 403, 403, 403, 200]),
         ("POST", "/v1/admin/principals".into(), Some(("application/json", principal_body.as_bytes())),
                                                                              [401, 401, 403, 403, 403, 403, 403, 201]),
@@ -274,7 +275,9 @@ fn the_flow_over_http_and_what_each_party_sees() {
         assert!(export.contains(kind), "{kind} missing from the export");
     }
     // Proofs from the API check offline too.
-    let proof = w.http.json("/v1/audit/proof?entry=3", &w.consumer);
+    let proof = w
+        .http
+        .json("/v1/audit/proof/inclusion?entry=3", &w.consumer);
     let path = w.env.write("proof.json", &proof.to_string());
     let out = w.env.ok(&[
         "audit",
@@ -410,8 +413,9 @@ fn bad_requests_get_json_errors_and_change_nothing() {
             serde_json::json!({"manifest": income_manifest(1.0).replace("\"people\"", "\"nobody\""), "module": b64(&wasm)}).to_string().into_bytes(), 400, "bad_request"),
         ("GET", "/v1/audit/log?decision=maybe".into(), &consumer, vec![], 400, "bad_request"),
         ("GET", "/v1/jobs/job-000001?wait=soon".into(), &consumer, vec![], 400, "bad_request"),
-        ("GET", "/v1/audit/proof?entry=1&from=1".into(), &consumer, vec![], 400, "bad_request"),
-        ("GET", "/v1/audit/proof?entry=999".into(), &consumer, vec![], 400, "bad_request"),
+        ("GET", "/v1/audit/proof/inclusion?entry=1&from=1".into(), &consumer, vec![], 400, "bad_request"),
+        ("GET", "/v1/audit/proof/inclusion?entry=999".into(), &consumer, vec![], 404, "not_found"),
+        ("GET", "/v1/jobs/job-000001?wait=31".into(), &consumer, vec![], 400, "bad_request"),
     ];
     for (method, path, token, body, want, code) in &cases {
         let body = (!body.is_empty()).then_some(("application/octet-stream", body.as_slice()));

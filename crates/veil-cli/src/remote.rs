@@ -275,14 +275,18 @@ pub(crate) fn run(command: Command, server: &str, token: Option<String>) -> Resu
             size,
             out,
         }) => {
-            let path = format!(
-                "/v1/audit/proof{}",
-                query(&[
-                    ("entry", entry.map(|e| e.to_string())),
-                    ("from", from.map(|f| f.to_string())),
-                    ("size", size.map(|s| s.to_string())),
-                ])
-            );
+            let size = size.map(|s| s.to_string());
+            let path = match (entry, from) {
+                (Some(e), _) => format!(
+                    "/v1/audit/proof/inclusion{}",
+                    query(&[("entry", Some(e.to_string())), ("size", size)])
+                ),
+                (None, Some(f)) => format!(
+                    "/v1/audit/proof/consistency{}",
+                    query(&[("from", Some(f.to_string())), ("size", size)])
+                ),
+                (None, None) => unreachable!("clap requires one"),
+            };
             let v = client.get_json(&path)?;
             write_or_print(out.as_deref(), &(serde_json::to_string_pretty(&v)? + "\n"))?;
         }

@@ -14,6 +14,9 @@ pub enum EngineError {
     /// The principal may not do this; nothing was changed.
     #[error("not allowed: {0}")]
     Forbidden(String),
+    /// The request clashes with what exists (a name already taken); nothing was changed.
+    #[error("{0}")]
+    Conflict(String),
     /// A job was refused by policy or budget; the refusal is recorded in the audit log.
     #[error("job {job} refused: {reason}")]
     Refused {
@@ -66,6 +69,7 @@ impl EngineError {
         match self {
             EngineError::BadRequest(_) => ErrorKind::BadInput,
             EngineError::Forbidden(_) => ErrorKind::Forbidden,
+            EngineError::Conflict(_) => ErrorKind::Conflict,
             EngineError::Refused { .. } => ErrorKind::Refused,
             EngineError::Policy(PolicyError::Aggregation(_)) => ErrorKind::Internal,
             EngineError::Policy(_) => ErrorKind::BadInput,

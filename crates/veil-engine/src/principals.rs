@@ -82,7 +82,9 @@ impl Veil {
             |r| r.get(0),
         )?;
         if exists {
-            return Err(bad(format!("a principal named `{name}` already exists")));
+            return Err(EngineError::Conflict(format!(
+                "a principal named `{name}` already exists"
+            )));
         }
         tx.execute(
             "INSERT INTO principals (name, role, token_hash, created_at) VALUES (?1, ?2, ?3, ?4)",

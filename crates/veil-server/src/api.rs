@@ -352,7 +352,13 @@ pub(crate) async fn job(
     query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let wait = Duration::from_secs(query.wait.unwrap_or(0)).min(MAX_WAIT);
+    let wait = Duration::from_secs(query.wait.unwrap_or(0));
+    if wait > MAX_WAIT {
+        return Err(ApiError::bad_request(format!(
+            "wait is at most {} seconds",
+            MAX_WAIT.as_secs()
+        )));
+    }
     let deadline = Instant::now() + wait;
     let mut finished = state.pool.subscribe();
     let mut shutdown = state.shutdown.clone();
@@ -587,34 +593,59 @@ pub(crate) async fn audit_export(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ProofQuery {
-    entry: Option<u64>,
-    from: Option<u64>,
+pub(crate) struct InclusionQuery {
+    entry: u64,
     size: Option<u64>,
 }
 
-/// An inclusion proof (`?entry=I`) or a consistency proof (`?from=M`), against the first `size`
-/// entries (default: all). Proofs hold only hashes and a signed checkpoint; any principal may ask.
-pub(crate) async fn audit_proof(
+/// Proof that entry `entry` is in the first `size` entries (default: all). Proofs hold only hashes
+/// and a signed checkpoint; any principal may ask. An entry or size beyond the log is `not_found`.
+pub(crate) async fn inclusion_proof(
     State(state): State<AppState>,
     headers: HeaderMap,
-    query: Result<Query<ProofQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<InclusionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     state
         .as_principal(&headers, ANY, move |veil, _| {
-            let proof = match (q.entry, q.from) {
-                (Some(index), None) => veil.prove_inclusion(index, q.size)?,
-                (None, Some(old)) => veil.prove_consistency(old, q.size)?,
-                _ => {
-                    return Err(ApiError::bad_request(
-                        "give exactly one of `entry` (inclusion) or `from` (consistency)",
-                    ));
-                }
-            };
+            let proof = veil
+                .prove_inclusion(q.entry, q.size)
+                .map_err(beyond_the_log)?;
             Ok(Json(json!(proof)))
         })
         .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConsistencyQuery {
+    from: u64,
+    size: Option<u64>,
+}
+
+/// Proof that the first `size` entries (default: all) extend the first `from`.
+pub(crate) async fn consistency_proof(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    state
+        .as_principal(&headers, ANY, move |veil, _| {
+            let proof = veil
+                .prove_consistency(q.from, q.size)
+                .map_err(beyond_the_log)?;
+            Ok(Json(json!(proof)))
+        })
+        .await
+}
+
+/// A proof the log cannot give names a tree or entry that does not exist.
+fn beyond_the_log(e: EngineError) -> ApiError {
+    match e.kind() {
+        veil_engine::ErrorKind::BadInput => ApiError::not_found(e.to_string()),
+        _ => e.into(),
+    }
 }
 
 // ---- administration and operations ----

@@ -151,7 +151,8 @@ fn app(state: AppState) -> Router {
         .route("/v1/audit/log", get(api::audit_log))
         .route("/v1/audit/summary", get(api::audit_summary))
         .route("/v1/audit/export", get(api::audit_export))
-        .route("/v1/audit/proof", get(api::audit_proof))
+        .route("/v1/audit/proof/inclusion", get(api::inclusion_proof))
+        .route("/v1/audit/proof/consistency", get(api::consistency_proof))
         .route(
             "/v1/admin/principals",
             get(api::principals).post(api::add_principal),

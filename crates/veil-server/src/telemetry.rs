@@ -157,8 +157,9 @@ pub(crate) async fn observe(
         .to_owned();
     let span = tracing::info_span!("request", id = %id, method = %method, route = %route);
     let started = Instant::now();
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
+    let mut response = crate::error::json_errors(response).await;
     let status = response.status().as_u16();
     metrics.request(&method, &route, status, elapsed);
     span.in_scope(|| {
