@@ -17,3 +17,4 @@ mod privacy_audit;
 mod redteam;
 mod sandbox;
 mod service;
+mod walkthrough;

@@ -168,67 +168,117 @@ fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Opens the store, starts `config.workers` job workers and serves until SIGTERM or SIGINT.
-/// Prints `listening on ADDR` once bound (the actual port when the configured one is 0).
+/// A running service: the API on a bound address, the worker pool, the request engine. Start with
+/// [`Service::start`]; stop with [`Service::shutdown`] (what SIGTERM does under [`serve`]).
 ///
-/// Shutdown: stop accepting connections and finish requests in flight; stop taking jobs and let
-/// running ones finish within `shutdown_grace_secs`; close any still running as failed (their
-/// budget stays spent, the audit log says `shutdown`); exit.
+/// ```no_run
+/// # fn main() -> Result<(), veil_server::ServerError> {
+/// let config = veil_server::ServerConfig::load(None)?;
+/// let service = veil_server::Service::start(&config)?;
+/// println!("API on http://{}", service.local_addr());
+/// service.shutdown()?; // finishes running jobs within the configured grace
+/// # Ok(()) }
+/// ```
+pub struct Service {
+    addr: std::net::SocketAddr,
+    stop: watch::Sender<bool>,
+    http: std::thread::JoinHandle<std::io::Result<()>>,
+    pool: Pool,
+    config: ServerConfig,
+}
+
+impl Service {
+    /// Opens the store (closing jobs a crashed predecessor left running), starts the workers and
+    /// binds the listener; requests are served on a thread of its own from here on.
+    pub fn start(config: &ServerConfig) -> Result<Service, ServerError> {
+        let veil = Veil::open(&config.data_dir, EngineConfig::default())?;
+        let metrics = Arc::new(Metrics::new());
+        let pool = Pool::start(config.data_dir.clone(), config.workers, metrics.clone())?;
+        let (stop, shutdown) = watch::channel(false);
+        let state = AppState {
+            veil: Arc::new(Mutex::new(veil)),
+            pool: pool.clone(),
+            metrics,
+            config: Arc::new(config.clone()),
+            shutdown: shutdown.clone(),
+        };
+        let listener = std::net::TcpListener::bind(config.listen)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, workers = config.workers, data_dir = %config.data_dir.display(), "serving");
+        let http = std::thread::Builder::new()
+            .name("veil-http".into())
+            .spawn(move || {
+                // The engine owns a runtime of its own, which must not be dropped inside this one:
+                // keep a handle so the last reference goes away after `block_on`.
+                let engine = state.veil.clone();
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("veil-http")
+                    .enable_all()
+                    .build()?;
+                let served = runtime.block_on(async {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    let mut shutdown = shutdown;
+                    axum::serve(listener, app(state))
+                        .with_graceful_shutdown(async move {
+                            let _ = shutdown.wait_for(|stopping| *stopping).await;
+                        })
+                        .await
+                });
+                drop(runtime);
+                drop(engine);
+                served
+            })?;
+        Ok(Service {
+            addr,
+            stop,
+            http,
+            pool,
+            config: config.clone(),
+        })
+    }
+
+    /// The address the API listens on (the actual port when the configured one was 0).
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting connections and finishes requests in flight; stops taking jobs and lets
+    /// running ones finish within `shutdown_grace_secs`; closes any still running as failed
+    /// (their budget stays spent, the audit log says `shutdown`).
+    pub fn shutdown(self) -> Result<(), ServerError> {
+        let _ = self.stop.send(true);
+        let served = self
+            .http
+            .join()
+            .map_err(|_| ServerError::Io(std::io::Error::other("the HTTP thread panicked")))?;
+        let left = self.pool.stop(self.config.shutdown_grace());
+        if left > 0 {
+            let mut veil = Veil::open(&self.config.data_dir, EngineConfig::default())?;
+            let closed = veil.close_own_running_jobs()?;
+            tracing::warn!(closed, "closed jobs still running after the shutdown grace");
+        }
+        tracing::info!("stopped");
+        Ok(served?)
+    }
+}
+
+/// Starts a [`Service`], prints `listening on ADDR` once bound, and runs until SIGTERM or SIGINT,
+/// then shuts down gracefully (see [`Service::shutdown`]).
 pub fn serve(config: &ServerConfig) -> Result<(), ServerError> {
     init_logging(config.log_format);
-    // Opening the store closes jobs a crashed predecessor left running.
-    let veil = Veil::open(&config.data_dir, EngineConfig::default())?;
-    let metrics = Arc::new(Metrics::new());
-    let pool = Pool::start(config.data_dir.clone(), config.workers, metrics.clone())?;
-    let (stop, shutdown) = watch::channel(false);
-    let state = AppState {
-        veil: Arc::new(Mutex::new(veil)),
-        pool: pool.clone(),
-        metrics,
-        config: Arc::new(config.clone()),
-        shutdown: shutdown.clone(),
-    };
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
     ])?;
-    let signals_handle = signals.handle();
-    std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            tracing::info!(signal, "shutting down");
-            let _ = stop.send(true);
-        }
-    });
-    // The engine owns a runtime of its own, which must not be dropped inside this one: keep a
-    // handle so the last reference goes away after `block_on`.
-    let engine = state.veil.clone();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.listen).await?;
-        let addr = listener.local_addr()?;
-        println!("listening on {addr}");
-        use std::io::Write as _;
-        std::io::stdout().flush()?;
-        tracing::info!(%addr, workers = config.workers, data_dir = %config.data_dir.display(), "serving");
-        let mut shutdown = shutdown;
-        axum::serve(listener, app(state))
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.wait_for(|stopping| *stopping).await;
-            })
-            .await
-    })?;
-    drop(runtime);
-    drop(engine);
-    signals_handle.close();
-    let left = pool.stop(config.shutdown_grace());
-    if left > 0 {
-        let mut veil = Veil::open(&config.data_dir, EngineConfig::default())?;
-        let closed = veil.close_own_running_jobs()?;
-        tracing::warn!(closed, "closed jobs still running after the shutdown grace");
+    let service = Service::start(config)?;
+    println!("listening on {}", service.local_addr());
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    if let Some(signal) = signals.forever().next() {
+        tracing::info!(signal, "shutting down");
     }
-    tracing::info!("stopped");
-    Ok(())
+    signals.handle().close();
+    service.shutdown()
 }
