@@ -225,9 +225,13 @@ fn the_flow_over_http_and_what_each_party_sees() {
             "id",
             "manifest_hash",
             "module_hash",
-            "state",
-            "updated_at"
+            "state"
         ]
+    );
+    let submitted = mine["created_at"].as_str().unwrap();
+    assert!(
+        submitted.ends_with('Z') && !submitted.contains('.'),
+        "{submitted}"
     );
     // The holder and reviewer see the metadata (manifest, policy version), never the result.
     let theirs = w.http.json(&format!("/v1/jobs/{job}"), &w.reviewer);

@@ -102,8 +102,8 @@ pub struct ConsumerJobView {
     pub module_hash: String,
     pub manifest_hash: String,
     pub epsilon: String,
+    /// When the consumer submitted it, to the second. No update time: it would time the run.
     pub created_at: String,
-    pub updated_at: String,
 }
 
 impl JobInfo {
@@ -133,8 +133,7 @@ impl JobInfo {
             module_hash: self.module_hash.clone(),
             manifest_hash: self.manifest_hash.clone(),
             epsilon: self.epsilon.clone(),
-            created_at: self.created_at.clone(),
-            updated_at: self.updated_at.clone(),
+            created_at: to_the_second(&self.created_at),
         }
     }
 }
@@ -906,4 +905,12 @@ fn process_start(pid: u32) -> Option<u64> {
         .nth(19)?
         .parse()
         .ok()
+}
+
+/// An RFC 3339 time cut to whole seconds (`2026-11-30T01:02:03.456Z` → `2026-11-30T01:02:03Z`).
+fn to_the_second(t: &str) -> String {
+    match t.split_once('.') {
+        Some((head, tail)) if tail.ends_with('Z') => format!("{head}Z"),
+        _ => t.to_owned(),
+    }
 }
