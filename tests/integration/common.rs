@@ -73,7 +73,12 @@ impl Env {
     }
     /// Registers the people dataset and sets the given policy text.
     pub fn setup_with_policy(&self, policy_text: &str) {
-        let csv = self.write("people.csv", &people_csv());
+        self.setup_with(&people_csv(), policy_text);
+    }
+    /// Registers `csv` as the dataset `people` (privacy unit `person_id`) owned by the holder, and
+    /// sets the given policy text.
+    pub fn setup_with(&self, csv_text: &str, policy_text: &str) {
+        let csv = self.write("people.csv", csv_text);
         self.ok(&[
             "dataset",
             "add",

@@ -26,30 +26,10 @@ fn census(n: usize) -> String {
 }
 
 fn setup(env: &Env, people: usize) -> String {
-    let csv = env.write("census.csv", &census(people));
-    env.ok(&[
-        "dataset",
-        "add",
-        csv.to_str().unwrap(),
-        "--name",
-        "people",
-        "--owner",
-        HOLDER,
-        "--privacy-unit",
-        "person_id",
-    ]);
-    let text = policy("auto")
+    let policy_text = policy("auto")
         .replace("epsilon_total = 1.5", "epsilon_total = 100.0")
         .replace("min_units_per_group = 20", "min_units_per_group = 5");
-    let p = env.write("policy.toml", &text);
-    env.ok(&[
-        "--as",
-        HOLDER,
-        "policy",
-        "set",
-        "people",
-        p.to_str().unwrap(),
-    ]);
+    env.setup_with(&census(people), &policy_text);
     token_for(env, CONSUMER, "consumer")
 }
 

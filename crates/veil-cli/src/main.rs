@@ -684,11 +684,7 @@ fn job(cmd: JobCmd, dir: &Path, who: &Option<String>) -> Result<ExitCode> {
             let consumer = principal(who, "CONSUMER")?;
             let veil = open(dir)?;
             let release = veil.job_result(&job, &consumer)?;
-            match format {
-                Format::Table => output::release_table(&release),
-                Format::Json => println!("{}", serde_json::to_string_pretty(&release)?),
-                Format::Csv => output::release_csv(&release),
-            }
+            output::release(&release, format);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -213,6 +213,15 @@ fn estimates_table(r: &Release) {
     println!("ε = {}, δ = {}; {}", r.epsilon, r.delta, r.suppression_rule);
 }
 
+/// A released result in the chosen format.
+pub fn release(r: &Release, format: crate::Format) {
+    match format {
+        crate::Format::Table => release_table(r),
+        crate::Format::Json => println!("{}", serde_json::to_string_pretty(r).expect("serializes")),
+        crate::Format::Csv => release_csv(r),
+    }
+}
+
 pub fn release_table(r: &Release) {
     if !r.estimates.is_empty() {
         return estimates_table(r);

@@ -406,11 +406,7 @@ fn job(client: &Client, cmd: JobCmd) -> Result<ExitCode> {
         JobCmd::Result { job, format } => {
             let release: Release =
                 serde_json::from_value(client.get_json(&job_path(&job, "/result"))?)?;
-            match format {
-                Format::Table => output::release_table(&release),
-                Format::Json => println!("{}", serde_json::to_string_pretty(&release)?),
-                Format::Csv => output::release_csv(&release),
-            }
+            output::release(&release, format);
         }
     }
     Ok(ExitCode::SUCCESS)

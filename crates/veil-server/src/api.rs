@@ -606,14 +606,10 @@ pub(crate) async fn inclusion_proof(
     query: Result<Query<InclusionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    state
-        .as_principal(&headers, ANY, move |veil, _| {
-            let proof = veil
-                .prove_inclusion(q.entry, q.size)
-                .map_err(beyond_the_log)?;
-            Ok(Json(json!(proof)))
-        })
-        .await
+    proof(state, headers, move |veil| {
+        veil.prove_inclusion(q.entry, q.size)
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -630,12 +626,20 @@ pub(crate) async fn consistency_proof(
     query: Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    proof(state, headers, move |veil| {
+        veil.prove_consistency(q.from, q.size)
+    })
+    .await
+}
+
+async fn proof(
+    state: AppState,
+    headers: HeaderMap,
+    make: impl FnOnce(&Veil) -> veil_engine::Result<veil_audit::Proof> + Send + 'static,
+) -> ApiResult {
     state
         .as_principal(&headers, ANY, move |veil, _| {
-            let proof = veil
-                .prove_consistency(q.from, q.size)
-                .map_err(beyond_the_log)?;
-            Ok(Json(json!(proof)))
+            Ok(Json(json!(make(veil).map_err(beyond_the_log)?)))
         })
         .await
 }
