@@ -334,7 +334,7 @@ fn a_failed_run_tells_the_consumer_only_a_generic_code() {
     env.setup("auto");
     let consumer = token_for(&env, CONSUMER, "consumer");
     let holder = token_for(&env, HOLDER, "holder");
-    let server = Server::start(&env.data_dir(), &[]);
+    let server = Server::start(&env.data_dir(), &[("VEIL_LOG_FORMAT", "json")]);
     let http = Http::new(&server);
     // Every unit traps with a message the module chose.
     let trap = wat_module(
