@@ -20,6 +20,9 @@ max_groups_per_unit = 1
 [dp]
 epsilon_per_job = 1.0
 epsilon_total = 100.0
+# Public partitions: repeated jobs spend no δ choosing groups (a run submits thousands).
+[partitions]
+education = ["below high school", "high school", "some college", "bachelor", "graduate"]
 [columns]
 educ = { class = "public", bounds = [0, 20] }
 weekly_income = { class = "sensitive", bounds = [0, 10000] }
