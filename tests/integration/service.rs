@@ -116,6 +116,8 @@ fn every_endpoint_checks_token_role_and_ownership() {
         ("GET", "/v1/admin/principals".into(), None,                         [401, 401, 403, 403, 403, 403, 403, 200]),
         ("POST", "/v1/admin/principals".into(), Some(("application/json", principal_body.as_bytes())),
                                                                              [401, 401, 403, 403, 403, 403, 403, 201]),
+        ("DELETE", "/v1/admin/principals/nobody".into(), None,              [401, 401, 403, 403, 403, 403, 403, 404]),
+        ("POST", "/v1/admin/principals/nobody/token".into(), None,          [401, 401, 403, 403, 403, 403, 403, 404]),
         ("GET", "/metrics".into(), None,                                     [401, 401, 403, 403, 403, 403, 200, 200]),
         ("GET", "/v1/health".into(), None,                                   [200; 8]),
         ("GET", "/v1/public-key".into(), None,                               [200; 8]),
@@ -441,4 +443,50 @@ fn bad_requests_get_json_errors_and_change_nothing() {
         "temporary upload files left in {}",
         uploads.display()
     );
+}
+
+#[test]
+fn revoked_tokens_stop_working_at_once_and_reissued_ones_replace_them() {
+    let env = Env::new();
+    env.setup("auto");
+    let consumer = token_for(&env, CONSUMER, "consumer");
+    let admin = token_for(&env, "ops", "admin");
+    let server = Server::start(&env.data_dir(), &[]);
+    let http = Http::new(&server);
+    assert_eq!(http.get("/v1/budget", Some(&consumer)).0, 200);
+
+    let path = format!("/v1/admin/principals/{CONSUMER}");
+    let (status, body) = http.call("DELETE", &path, Some(&admin), None);
+    assert_eq!(status, 200, "{body}");
+    let revoked: Value = serde_json::from_str(&body).unwrap();
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+    assert_eq!(http.get("/v1/budget", Some(&consumer)).0, 401);
+    // Revoking twice is a conflict; the name stays taken.
+    assert_eq!(http.call("DELETE", &path, Some(&admin), None).0, 409);
+    let again = format!(r#"{{"name": "{CONSUMER}", "role": "consumer"}}"#);
+    let (status, _) = http.call(
+        "POST",
+        "/v1/admin/principals",
+        Some(&admin),
+        Some(("application/json", again.as_bytes())),
+    );
+    assert_eq!(status, 409);
+
+    // A reissued token works; the old one stays dead.
+    let (status, body) = http.call("POST", &format!("{path}/token"), Some(&admin), None);
+    assert_eq!(status, 200, "{body}");
+    let fresh = serde_json::from_str::<Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(fresh, consumer);
+    assert_eq!(http.get("/v1/budget", Some(&fresh)).0, 200);
+    assert_eq!(http.get("/v1/budget", Some(&consumer)).0, 401);
+    // The log records both acts, by whom, and never a token.
+    let (_, export) = http.get("/v1/audit/export", Some(&admin));
+    assert!(export.contains("principal_revoked") && export.contains("principal_token_reissued"));
+    assert!(!export.contains(&fresh) && !export.contains(&consumer));
+    drop(server);
+    let out = env.ok(&["audit", "verify"]);
+    assert!(out.starts_with("audit log intact"), "{out}");
 }

@@ -23,6 +23,17 @@ pub enum AuditEvent {
         role: String,
         admin: String,
     },
+    /// A principal's token was replaced by a fresh one (the old one stops working); re-enables a
+    /// revoked principal.
+    PrincipalTokenReissued {
+        name: String,
+        admin: String,
+    },
+    /// A principal's token stopped working; its name stays taken, its history stays in the log.
+    PrincipalRevoked {
+        name: String,
+        admin: String,
+    },
     /// Key hand-over: signed by the outgoing key, names the key that signs every later entry and
     /// checkpoint. Verification follows this chain from the log's first key.
     KeyRotated {

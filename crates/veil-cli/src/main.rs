@@ -107,6 +107,10 @@ enum AdminCmd {
     },
     /// List principals and their roles (never tokens).
     Principals,
+    /// Revoke a principal's token; the name stays taken and its history stays in the log.
+    Revoke { name: String },
+    /// Replace a principal's token with a fresh one, printed once (re-enables a revoked one).
+    ReissueToken { name: String },
 }
 
 #[derive(Subcommand)]
@@ -523,8 +527,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Admin(AdminCmd::Principals) => {
             for p in open(&dir)?.principals()? {
-                println!("{:<24} {:<10} {}", p.name, p.role.as_str(), p.created_at);
+                let revoked = p.revoked_at.map(|t| format!("  revoked {t}"));
+                println!(
+                    "{:<24} {:<10} {}{}",
+                    p.name,
+                    p.role.as_str(),
+                    p.created_at,
+                    revoked.unwrap_or_default()
+                );
             }
+        }
+        Command::Admin(AdminCmd::Revoke { name }) => {
+            let admin = principal(&cli.as_principal, "ADMIN")?;
+            open(&dir)?.revoke_principal(&name, &admin)?;
+            println!("{name} revoked");
+        }
+        Command::Admin(AdminCmd::ReissueToken { name }) => {
+            let admin = principal(&cli.as_principal, "ADMIN")?;
+            let token = open(&dir)?.reissue_token(&name, &admin)?;
+            println!("new token for {name}, shown only now (the old one no longer works):");
+            println!("{token}");
         }
         Command::Certificate(CertificateCmd::Verify {
             certificate,

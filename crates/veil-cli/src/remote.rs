@@ -309,13 +309,32 @@ pub(crate) fn run(command: Command, server: &str, token: Option<String>) -> Resu
         Command::Admin(AdminCmd::Principals) => {
             let v = client.get_json("/v1/admin/principals")?;
             for p in v["principals"].as_array().into_iter().flatten() {
+                let revoked = p["revoked_at"].as_str().map(|t| format!("  revoked {t}"));
                 println!(
-                    "{:<24} {:<10} {}",
+                    "{:<24} {:<10} {}{}",
                     p["name"].as_str().unwrap_or("?"),
                     p["role"].as_str().unwrap_or("?"),
-                    p["created_at"].as_str().unwrap_or("?")
+                    p["created_at"].as_str().unwrap_or("?"),
+                    revoked.unwrap_or_default()
                 );
             }
+        }
+        Command::Admin(AdminCmd::Revoke { name }) => {
+            let response = client
+                .agent
+                .delete(client.url(&format!("/v1/admin/principals/{}", encode(&name))))
+                .header("Authorization", client.auth()?)
+                .call();
+            client.finish(response)?;
+            println!("{name} revoked");
+        }
+        Command::Admin(AdminCmd::ReissueToken { name }) => {
+            let v = client.send_json(
+                &format!("/v1/admin/principals/{}/token", encode(&name)),
+                &json!({}),
+            )?;
+            println!("new token for {name}, shown only now (the old one no longer works):");
+            println!("{}", v["token"].as_str().unwrap_or("?"));
         }
         Command::Init
         | Command::Demo { .. }

@@ -51,6 +51,9 @@ pub struct Principal {
     pub name: String,
     pub role: Role,
     pub created_at: String,
+    /// When its token was revoked; a revoked principal cannot authenticate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
 }
 
 /// Prefix that makes tokens recognisable (in logs to redact, in secret scanners).
@@ -69,10 +72,7 @@ impl Veil {
                 "`{name}` is not a principal name (letters, digits, '-', '_', '.')"
             )));
         }
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret)
-            .map_err(|e| EngineError::Internal(format!("no OS randomness: {e}")))?;
-        let token = format!("{TOKEN_PREFIX}{}", hex::encode(secret));
+        let token = fresh_token()?;
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -103,8 +103,65 @@ impl Veil {
         Ok(token)
     }
 
-    /// The principal a bearer token belongs to. Unknown or malformed tokens are `Forbidden`,
-    /// with one message for both so the answer says nothing about which names exist.
+    /// Replaces `name`'s token with a fresh one, returned once; the old token stops working. A
+    /// revoked principal is active again. Recorded in the audit log (without the token).
+    pub fn reissue_token(&mut self, name: &str, admin: &str) -> Result<String> {
+        let token = fresh_token()?;
+        self.change_principal(
+            name,
+            "UPDATE principals SET token_hash = ?2, revoked_at = NULL WHERE name = ?1",
+            params![name, token_hash(&token)],
+            AuditEvent::PrincipalTokenReissued {
+                name: name.into(),
+                admin: admin.into(),
+            },
+        )?;
+        Ok(token)
+    }
+
+    /// Revokes `name`'s token: it authenticates no more. The name stays taken (the log's history
+    /// keeps meaning one party); [`Veil::reissue_token`] re-enables it with a new token.
+    pub fn revoke_principal(&mut self, name: &str, admin: &str) -> Result<()> {
+        if self
+            .principals()?
+            .iter()
+            .any(|p| p.name == name && p.revoked_at.is_some())
+        {
+            return Err(EngineError::Conflict(format!(
+                "`{name}` is already revoked"
+            )));
+        }
+        self.change_principal(
+            name,
+            "UPDATE principals SET revoked_at = ?2 WHERE name = ?1",
+            params![name, now()],
+            AuditEvent::PrincipalRevoked {
+                name: name.into(),
+                admin: admin.into(),
+            },
+        )
+    }
+
+    fn change_principal(
+        &mut self,
+        name: &str,
+        update: &str,
+        args: impl rusqlite::Params,
+        event: AuditEvent,
+    ) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if tx.execute(update, args)? == 0 {
+            return Err(bad(format!("no principal named `{name}`")));
+        }
+        AuditLog::append(&tx, &self.key, event)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The principal a bearer token belongs to. Unknown, malformed and revoked tokens are
+    /// `Forbidden`, with one message for all so the answer says nothing about which names exist.
     pub fn authenticate(&self, token: &str) -> Result<Principal> {
         let denied = || EngineError::Forbidden("unknown or invalid token".into());
         if !token.starts_with(TOKEN_PREFIX) || token.len() != TOKEN_PREFIX.len() + 64 {
@@ -113,7 +170,8 @@ impl Veil {
         let row: Option<(String, String, String)> = self
             .conn
             .query_row(
-                "SELECT name, role, created_at FROM principals WHERE token_hash = ?1",
+                "SELECT name, role, created_at FROM principals
+                 WHERE token_hash = ?1 AND revoked_at IS NULL",
                 [token_hash(token)],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
@@ -124,6 +182,7 @@ impl Veil {
             role: Role::parse(&role)
                 .ok_or_else(|| EngineError::Internal(format!("stored role `{role}`")))?,
             created_at,
+            revoked_at: None,
         })
     }
 
@@ -131,20 +190,34 @@ impl Veil {
     pub fn principals(&self) -> Result<Vec<Principal>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT name, role, created_at FROM principals ORDER BY name")?;
+            .prepare("SELECT name, role, created_at, revoked_at FROM principals ORDER BY name")?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get(2)?,
+                r.get(3)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, role, created_at) = row?;
+            let (name, role, created_at, revoked_at) = row?;
             out.push(Principal {
                 name,
                 role: Role::parse(&role)
                     .ok_or_else(|| EngineError::Internal(format!("stored role `{role}`")))?,
                 created_at,
+                revoked_at,
             });
         }
         Ok(out)
     }
+}
+
+/// A new token: the prefix and 32 bytes from the operating system, hex-encoded.
+fn fresh_token() -> Result<String> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret)
+        .map_err(|e| EngineError::Internal(format!("no OS randomness: {e}")))?;
+    Ok(format!("{TOKEN_PREFIX}{}", hex::encode(secret)))
 }

@@ -98,6 +98,15 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
         tx.execute_batch("ALTER TABLE jobs ADD COLUMN runner_start INTEGER")?;
     }
     tx.execute_batch("CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq)")?;
+    // Stores made before principals could be revoked get the column (NULL: active).
+    let has_revoked_at: bool = tx.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('principals') WHERE name = 'revoked_at'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_revoked_at {
+        tx.execute_batch("ALTER TABLE principals ADD COLUMN revoked_at TEXT")?;
+    }
     tx.commit()?;
     Ok(conn)
 }

@@ -690,6 +690,46 @@ pub(crate) async fn add_principal(
         .await
 }
 
+/// The principal `name`, for an admin acting on it (404 when there is none).
+fn existing_principal(veil: &Veil, name: &str) -> Result<Principal, ApiError> {
+    veil.principals()?
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("no principal named `{name}`")))
+}
+
+/// Revokes a principal's token (admin). The name stays taken; the log records who did it.
+pub(crate) async fn revoke_principal(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    state
+        .as_principal(&headers, ADMIN, move |veil, admin| {
+            existing_principal(veil, &name)?;
+            veil.revoke_principal(&name, &admin.name)?;
+            Ok(Json(json!(existing_principal(veil, &name)?)))
+        })
+        .await
+}
+
+/// Replaces a principal's token with a fresh one, answered once (admin); re-enables a revoked one.
+pub(crate) async fn reissue_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    state
+        .as_principal(&headers, ADMIN, move |veil, admin| {
+            let who = existing_principal(veil, &name)?;
+            let token = veil.reissue_token(&name, &admin.name)?;
+            Ok(Json(
+                json!({ "name": name, "role": who.role, "token": token }),
+            ))
+        })
+        .await
+}
+
 /// Prometheus metrics, for reviewers and admins (a scraper uses such a token).
 pub(crate) async fn metrics(
     State(state): State<AppState>,

@@ -157,6 +157,14 @@ fn app(state: AppState) -> Router {
             "/v1/admin/principals",
             get(api::principals).post(api::add_principal),
         )
+        .route(
+            "/v1/admin/principals/{name}",
+            axum::routing::delete(api::revoke_principal),
+        )
+        .route(
+            "/v1/admin/principals/{name}/token",
+            post(api::reissue_token),
+        )
         .route("/metrics", get(api::metrics))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
