@@ -12,7 +12,9 @@ use base64::Engine as _;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use veil_engine::{DatasetRecord, EngineError, JobInfo, JobState, Principal, Role, Veil};
+use veil_engine::{
+    DatasetRecord, EngineConfig, EngineError, JobInfo, JobState, Principal, Role, Veil,
+};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -185,19 +187,23 @@ pub(crate) async fn upload_dataset(
     let columns = query
         .columns
         .map(|c| c.split(',').map(|s| s.trim().to_owned()).collect());
-    let record = state
-        .with(move |veil| {
-            let record = veil.register_dataset(
-                file.path(),
-                &query.name,
-                &who.name,
-                query.privacy_unit.as_deref(),
-                columns,
-            )?;
-            drop(file);
-            Ok(record)
-        })
-        .await?;
+    // Reading and converting a large file takes a while: do it on an engine of its own, so the
+    // shared request engine keeps answering everyone else meanwhile.
+    let data_dir = state.config.data_dir.clone();
+    let record = tokio::task::spawn_blocking(move || -> Result<DatasetRecord, ApiError> {
+        let mut veil = Veil::open(&data_dir, EngineConfig::default())?;
+        let record = veil.register_dataset(
+            file.path(),
+            &query.name,
+            &who.name,
+            query.privacy_unit.as_deref(),
+            columns,
+        )?;
+        drop(file);
+        Ok(record)
+    })
+    .await
+    .map_err(|_| ApiError::internal())??;
     Ok((StatusCode::CREATED, Json(json!(record))))
 }
 

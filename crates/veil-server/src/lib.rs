@@ -200,6 +200,12 @@ impl Service {
     /// binds the listener; requests are served on a thread of its own from here on.
     pub fn start(config: &ServerConfig) -> Result<Service, ServerError> {
         let veil = Veil::open(&config.data_dir, EngineConfig::default())?;
+        // Uploads a killed predecessor was receiving: never registered, only taking space.
+        if let Ok(stale) = std::fs::read_dir(config.data_dir.join("uploads")) {
+            for entry in stale.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         let metrics = Arc::new(Metrics::new());
         let pool = Pool::start(config.data_dir.clone(), config.workers, metrics.clone())?;
         let (stop, shutdown) = watch::channel(false);
