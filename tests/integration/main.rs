@@ -15,6 +15,7 @@ mod languages;
 mod pipeline;
 mod privacy_audit;
 mod redteam;
+mod remote_cli;
 mod sandbox;
 mod service;
 mod walkthrough;

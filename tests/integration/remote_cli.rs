@@ -1,0 +1,210 @@
+//! Remote mode: the same `veil` commands against a server (`--server URL`, `VEIL_TOKEN`) answer as
+//! they do on the store (`--as NAME`), and remote mode refuses what only the host may do.
+use std::process::{Command, Output};
+
+use crate::common::*;
+
+fn remote(env: &Env, server: &Server, token: &str, args: &[&str]) -> Output {
+    Command::new(veil_bin())
+        .args(["--server", &server.url()])
+        .args(args)
+        .env("VEIL_TOKEN", token)
+        .env_remove("VEIL_DATA_DIR")
+        .current_dir(env.path())
+        .output()
+        .expect("run veil")
+}
+
+fn remote_ok(env: &Env, server: &Server, token: &str, args: &[&str]) -> String {
+    let out = remote(env, server, token, args);
+    assert!(
+        out.status.success(),
+        "veil --server {args:?} failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+#[test]
+fn remote_commands_answer_like_local_ones() {
+    let env = Env::new();
+    env.setup("manual");
+    let holder = token_for(&env, HOLDER, "holder");
+    let consumer = token_for(&env, CONSUMER, "consumer");
+    let reviewer = token_for(&env, "rev", "reviewer");
+    let admin = token_for(&env, "ops", "admin");
+    let server = Server::start(&env.data_dir(), &[]);
+    let manifest = env.write("job.toml", &income_manifest(0.5));
+    let manifest = manifest.to_str().unwrap();
+
+    // Submit and approve remotely; reject a second one.
+    let job = remote_ok(&env, &server, &consumer, &["job", "submit", manifest]);
+    let job = job.trim();
+    remote_ok(&env, &server, &holder, &["job", "approve", job]);
+    let second = remote_ok(&env, &server, &consumer, &["job", "submit", manifest]);
+    remote_ok(
+        &env,
+        &server,
+        &holder,
+        &["job", "reject", second.trim(), "--reason", "later"],
+    );
+
+    // Read-only commands: remote output equals local output, party by party.
+    let same: Vec<(&str, &str, Vec<&str>)> = vec![
+        (HOLDER, &holder, vec!["dataset", "list", "--format", "json"]),
+        (CONSUMER, &consumer, vec!["dataset", "list"]),
+        (CONSUMER, &consumer, vec!["policy", "show", "people"]),
+        (CONSUMER, &consumer, vec!["budget", "--format", "json"]),
+        (
+            CONSUMER,
+            &consumer,
+            vec!["job", "result", job, "--format", "json"],
+        ),
+        (
+            CONSUMER,
+            &consumer,
+            vec!["job", "result", job, "--format", "csv"],
+        ),
+        (HOLDER, &holder, vec!["job", "list"]),
+        (HOLDER, &holder, vec!["job", "status", job]),
+        (HOLDER, &holder, vec!["job", "show", job]),
+        (HOLDER, &holder, vec!["job", "logs", job]),
+        ("rev", &reviewer, vec!["audit", "log", "--format", "json"]),
+        (
+            "rev",
+            &reviewer,
+            vec!["audit", "log", "--decision", "rejected"],
+        ),
+        (
+            "rev",
+            &reviewer,
+            vec!["audit", "summary", "--format", "json"],
+        ),
+        ("rev", &reviewer, vec!["keys", "public"]),
+        ("rev", &reviewer, vec!["keys", "first"]),
+    ];
+    for (name, token, args) in &same {
+        let mut local_args = vec!["--as", name];
+        local_args.extend(args.iter().copied());
+        let local = env.ok(&local_args);
+        let far = remote_ok(&env, &server, token, args);
+        assert_eq!(
+            far, local,
+            "veil {args:?} differs between remote and local mode"
+        );
+    }
+
+    // Documents fetched remotely verify offline.
+    let receipt = env.path().join("receipt.json");
+    remote_ok(
+        &env,
+        &server,
+        &consumer,
+        &["job", "receipt", job, "--out", receipt.to_str().unwrap()],
+    );
+    let key = remote_ok(&env, &server, &consumer, &["keys", "public"]);
+    let out = env.ok(&[
+        "receipt",
+        "verify",
+        receipt.to_str().unwrap(),
+        "--public-key",
+        key.trim(),
+    ]);
+    assert!(out.starts_with("receipt holds"), "{out}");
+    let cert = env.path().join("cert.json");
+    remote_ok(
+        &env,
+        &server,
+        &holder,
+        &[
+            "dataset",
+            "certificate",
+            "people",
+            "--out",
+            cert.to_str().unwrap(),
+        ],
+    );
+    let out = env.ok(&[
+        "certificate",
+        "verify",
+        cert.to_str().unwrap(),
+        "--public-key",
+        key.trim(),
+    ]);
+    assert!(out.starts_with("certificate holds"), "{out}");
+    let proof = env.path().join("proof.json");
+    remote_ok(
+        &env,
+        &server,
+        &reviewer,
+        &[
+            "audit",
+            "prove",
+            "--from",
+            "3",
+            "--out",
+            proof.to_str().unwrap(),
+        ],
+    );
+    let first = env.ok(&["keys", "first"]);
+    let out = env.ok(&[
+        "audit",
+        "verify-proof",
+        "--proof",
+        proof.to_str().unwrap(),
+        "--public-key",
+        first.trim(),
+    ]);
+    assert!(out.starts_with("proof holds"), "{out}");
+
+    // The consumer's remote status is the coarse one; a rejected job reads `refused (rejected)`.
+    let status = remote_ok(&env, &server, &consumer, &["job", "status", second.trim()]);
+    assert_eq!(
+        status.trim(),
+        format!("{} refused (rejected)", second.trim())
+    );
+    assert_eq!(
+        remote_ok(&env, &server, &admin, &["whoami"]).trim(),
+        "ops (admin)"
+    );
+
+    // Errors carry the server's code; refusals exit 3 like local mode; host-only commands refuse.
+    let out = remote(&env, &server, &consumer, &["job", "logs", job]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("(forbidden, HTTP 403)"),
+        "{}",
+        text(&out.stderr)
+    );
+    let big = env.write("big.toml", &income_manifest(2.0)); // over the per-job cap
+    let out = remote(
+        &env,
+        &server,
+        &consumer,
+        &["job", "submit", big.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let out = remote(&env, &server, &admin, &["keys", "rotate"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("local mode"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = remote(&env, &server, "veil_nonsense", &["whoami"]);
+    assert!(
+        text(&out.stderr).contains("unauthenticated"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = Command::new(veil_bin())
+        .args(["--server", &server.url(), "--as", HOLDER, "dataset", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stderr).contains("--as is for local mode"),
+        "{}",
+        text(&out.stderr)
+    );
+}
