@@ -27,7 +27,10 @@ fn census(n: usize) -> String {
 
 fn setup(env: &Env, people: usize) -> String {
     let policy_text = policy("auto")
-        .replace("epsilon_total = 1.5", "epsilon_total = 100.0")
+        .replace(
+            "epsilon_total = 1.5",
+            "epsilon_total = 100.0\ndelta_total = 1e-3",
+        )
         .replace("min_units_per_group = 20", "min_units_per_group = 5");
     env.setup_with(&census(people), &policy_text);
     token_for(env, CONSUMER, "consumer")
@@ -221,10 +224,11 @@ fn sigkill_at_random_points_leaves_budget_and_log_consistent() {
     }
     assert!(server.terminate().success());
     let end = check_store(&env);
-    assert!(end.released > 0, "{end:?}");
-    // The kills really landed during processing, not only between jobs.
+    // Most submissions got in and ran (the budget never ran dry), and the kills really landed
+    // during processing, not only between jobs.
+    assert!(end.started >= 100 && end.released > 0, "{end:?}");
     assert!(
-        interrupted_runs >= 5,
+        interrupted_runs >= 10,
         "only {interrupted_runs} of {KILLS} kills interrupted a running job"
     );
     eprintln!("{KILLS} kills: {end:?}, runs interrupted by a kill: {interrupted_runs}");
