@@ -27,7 +27,8 @@ pub struct ServerConfig {
     /// The data directory: store, datasets, keys (`VEIL_DATA_DIR`).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// Job workers: jobs run at the same time (`VEIL_WORKERS`).
+    /// Job workers: jobs run at the same time (`VEIL_WORKERS`). The cores are shared out among
+    /// them: each job runs its privacy units on `cores / workers` threads (at least one).
     #[serde(default = "default_workers")]
     pub workers: usize,
     /// Largest dataset upload accepted, in bytes (`VEIL_MAX_UPLOAD_BYTES`).

@@ -47,9 +47,14 @@ impl Pool {
             finished: watch::Sender::new(0),
             threads: Arc::default(),
         };
+        // The cores are shared out: with as many workers as cores each job runs its units on one
+        // thread (small jobs pay no hand-off between threads), with one worker a job gets them all.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads_per_job = (cores / workers.max(1)).max(1);
         for i in 0..workers {
             // Open on this thread so a broken store fails the start, not a worker later.
-            let veil = Veil::open(&data_dir, EngineConfig::default())?;
+            let config = EngineConfig::builder().workers(threads_per_job).build();
+            let veil = Veil::open(&data_dir, config)?;
             let worker = pool.clone();
             let metrics = metrics.clone();
             let handle = std::thread::Builder::new()
