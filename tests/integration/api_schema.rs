@@ -62,9 +62,9 @@ fn the_api_conforms_to_its_openapi_document_for_every_role() {
         .sum();
     // The document in the repository is the one served.
     let served = http.json("/v1/openapi.json", &tokens[0].1);
-    assert_eq!(
-        served, document,
-        "the served document differs from openapi.json"
+    assert!(
+        served == document,
+        "the served document differs from crates/veil-server/openapi.json"
     );
     let schema = server_crate.join("openapi.json");
     for (role, token) in &tokens {

@@ -321,8 +321,11 @@ impl Http {
     pub fn new(server: &Server) -> Http {
         Http {
             base: server.url(),
+            // A fresh connection per request: the server may answer (401, 403, 413) before reading
+            // a large body and then close the connection, which a pooled client would reuse.
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
+                .max_idle_connections(0)
                 .build()
                 .into(),
         }

@@ -490,3 +490,40 @@ fn revoked_tokens_stop_working_at_once_and_reissued_ones_replace_them() {
     let out = env.ok(&["audit", "verify"]);
     assert!(out.starts_with("audit log intact"), "{out}");
 }
+
+#[test]
+fn a_consumer_cannot_flood_the_queue() {
+    let env = Env::new();
+    env.setup("manual");
+    let consumer = token_for(&env, CONSUMER, "consumer");
+    let server = Server::start(&env.data_dir(), &[("VEIL_MAX_OPEN_JOBS", "2")]);
+    let http = Http::new(&server);
+    let wasm = std::fs::read(env.path().join("modules/income_by_education.wasm")).unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            http.submit(&consumer, &income_manifest(0.1), &wasm)["state"],
+            "awaiting_approval"
+        );
+    }
+    let before = env.snapshot();
+    use base64::Engine as _;
+    let body = serde_json::json!({
+        "manifest": income_manifest(0.1),
+        "module": base64::engine::general_purpose::STANDARD.encode(&wasm),
+    })
+    .to_string();
+    let (status, text) = http.call(
+        "POST",
+        "/v1/jobs",
+        Some(&consumer),
+        Some(("application/json", body.as_bytes())),
+    );
+    assert_eq!(status, 429, "{text}");
+    assert!(text.contains("\"code\":\"busy\""), "{text}");
+    drop(server);
+    assert_eq!(
+        env.snapshot(),
+        before,
+        "a refused submission changed the store"
+    );
+}

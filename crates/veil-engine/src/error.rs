@@ -17,6 +17,9 @@ pub enum EngineError {
     /// The request clashes with what exists (a name already taken); nothing was changed.
     #[error("{0}")]
     Conflict(String),
+    /// Too much is already pending for this principal; try again later. Nothing was changed.
+    #[error("{0}")]
+    Busy(String),
     /// A job was refused by policy or budget; the refusal is recorded in the audit log.
     #[error("job {job} refused: {reason}")]
     Refused {
@@ -60,6 +63,8 @@ pub enum ErrorKind {
     Conflict,
     /// The job was refused by policy or budget (and the refusal recorded).
     Refused,
+    /// Too much is pending for the caller; retry later.
+    Busy,
     /// Veil's own fault; the message is for the operator's log, not the caller.
     Internal,
 }
@@ -70,6 +75,7 @@ impl EngineError {
             EngineError::BadRequest(_) => ErrorKind::BadInput,
             EngineError::Forbidden(_) => ErrorKind::Forbidden,
             EngineError::Conflict(_) => ErrorKind::Conflict,
+            EngineError::Busy(_) => ErrorKind::Busy,
             EngineError::Refused { .. } => ErrorKind::Refused,
             EngineError::Policy(PolicyError::Aggregation(_)) => ErrorKind::Internal,
             EngineError::Policy(_) => ErrorKind::BadInput,

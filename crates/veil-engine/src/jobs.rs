@@ -295,6 +295,19 @@ impl Veil {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let open: u64 = tx.query_row(
+            "SELECT COUNT(*) FROM jobs WHERE consumer = ?1
+               AND state IN ('queued', 'awaiting_approval', 'running')",
+            [consumer],
+            |r| r.get(0),
+        )?;
+        if open >= self.config.max_open_jobs {
+            return Err(EngineError::Busy(format!(
+                "`{consumer}` already has {open} jobs queued, awaiting approval or running \
+                 (at most {}); wait for some to finish",
+                self.config.max_open_jobs
+            )));
+        }
         let seq: u64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs", [], |r| {
             r.get(0)
         })?;

@@ -56,6 +56,7 @@ pub struct EngineConfig {
     workers: usize,
     job_deadline: Duration,
     max_unit_faults: u64,
+    max_open_jobs: u64,
     domain: String,
 }
 
@@ -71,6 +72,7 @@ impl Default for EngineConfig {
             workers,
             job_deadline: Duration::from_secs(600),
             max_unit_faults: 100,
+            max_open_jobs: 64,
             domain: "veil.local/audit".into(),
         }
     }
@@ -105,6 +107,13 @@ impl EngineConfigBuilder {
     /// Units that may fault (trap, run out of fuel, ...) before the job is stopped.
     pub fn max_unit_faults(mut self, n: u64) -> Self {
         self.0.max_unit_faults = n;
+        self
+    }
+    /// Jobs one consumer may have queued, awaiting approval or running at once; more are refused
+    /// before anything is recorded ([`EngineError::Busy`]), so nobody can flood the queue or the
+    /// log. Queued jobs are not charged until they start, hence a cap of its own.
+    pub fn max_open_jobs(mut self, n: u64) -> Self {
+        self.0.max_open_jobs = n.max(1);
         self
     }
     /// Name of the audit log's origin and signing key (C2SP note name).

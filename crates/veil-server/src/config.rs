@@ -37,6 +37,10 @@ pub struct ServerConfig {
     /// Largest other request body (a job with its module, base64-encoded), in bytes.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
+    /// Jobs one consumer may have queued, awaiting approval or running at once; more are answered
+    /// 429 `busy` (`VEIL_MAX_OPEN_JOBS`).
+    #[serde(default = "default_max_open_jobs")]
+    pub max_open_jobs: u64,
     /// On SIGTERM, how long running jobs may take to finish before they are closed as failed
     /// (`VEIL_SHUTDOWN_GRACE_SECS`).
     #[serde(default = "default_shutdown_grace_secs")]
@@ -61,6 +65,9 @@ fn default_max_upload_bytes() -> u64 {
 fn default_max_request_bytes() -> usize {
     64 << 20
 }
+fn default_max_open_jobs() -> u64 {
+    64
+}
 fn default_shutdown_grace_secs() -> u64 {
     30
 }
@@ -76,6 +83,7 @@ impl Default for ServerConfig {
             workers: default_workers(),
             max_upload_bytes: default_max_upload_bytes(),
             max_request_bytes: default_max_request_bytes(),
+            max_open_jobs: default_max_open_jobs(),
             shutdown_grace_secs: default_shutdown_grace_secs(),
             log_format: default_log_format(),
         }
@@ -110,6 +118,9 @@ impl ServerConfig {
         }
         if let Some(v) = env("VEIL_MAX_UPLOAD_BYTES") {
             config.max_upload_bytes = positive("VEIL_MAX_UPLOAD_BYTES", &v)?;
+        }
+        if let Some(v) = env("VEIL_MAX_OPEN_JOBS") {
+            config.max_open_jobs = positive("VEIL_MAX_OPEN_JOBS", &v)?;
         }
         if let Some(v) = env("VEIL_SHUTDOWN_GRACE_SECS") {
             config.shutdown_grace_secs = v.parse().map_err(|_| ServerError::Env {
@@ -168,6 +179,7 @@ mod tests {
         assert_eq!(config.workers, 2);
         assert_eq!(config.max_upload_bytes, 4 << 30);
         assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.max_open_jobs, 64);
         // Unknown fields are errors that name the field.
         let err = toml::from_str::<ServerConfig>("listen = \"127.0.0.1:1\"\nworkerz = 3\n")
             .unwrap_err()

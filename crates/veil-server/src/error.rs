@@ -24,7 +24,8 @@ pub enum ServerError {
 ///
 /// Codes: `unauthenticated` (401), `forbidden` (403), `not_found` (404), `bad_request` (400),
 /// `conflict` (409), `not_ready` (409: a job without a result yet), `too_large` (413),
-/// `unsupported_media_type` (415), `internal` (500; details go to the operator's log only).
+/// `unsupported_media_type` (415), `busy` (429: too many of the caller's jobs are open),
+/// `internal` (500; details go to the operator's log only).
 #[derive(Debug)]
 pub struct ApiError {
     pub(crate) status: StatusCode,
@@ -75,6 +76,7 @@ impl From<EngineError> for ApiError {
             ErrorKind::Forbidden => Self::forbidden(e.to_string()),
             ErrorKind::NotFound => Self::not_found(e.to_string()),
             ErrorKind::Conflict => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            ErrorKind::Busy => Self::new(StatusCode::TOO_MANY_REQUESTS, "busy", e.to_string()),
             // Refusals are answered as the job's state, not as errors; reaching here is a bug.
             _ => {
                 tracing::error!(error = %e, "internal error");
@@ -113,6 +115,7 @@ pub(crate) async fn json_errors(response: Response) -> Response {
         StatusCode::CONFLICT => "conflict",
         StatusCode::PAYLOAD_TOO_LARGE => "too_large",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::TOO_MANY_REQUESTS => "busy",
         s if s.is_server_error() => "internal",
         _ => "bad_request",
     };

@@ -199,7 +199,10 @@ impl Service {
     /// Opens the store (closing jobs a crashed predecessor left running), starts the workers and
     /// binds the listener; requests are served on a thread of its own from here on.
     pub fn start(config: &ServerConfig) -> Result<Service, ServerError> {
-        let veil = Veil::open(&config.data_dir, EngineConfig::default())?;
+        let engine_config = EngineConfig::builder()
+            .max_open_jobs(config.max_open_jobs)
+            .build();
+        let veil = Veil::open(&config.data_dir, engine_config)?;
         // Uploads a killed predecessor was receiving: never registered, only taking space.
         if let Ok(stale) = std::fs::read_dir(config.data_dir.join("uploads")) {
             for entry in stale.flatten() {
