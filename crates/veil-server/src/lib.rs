@@ -50,12 +50,36 @@ pub use telemetry::init_logging;
 use telemetry::Metrics;
 use workers::Pool;
 
+/// Engines answering requests at the same time (see `RequestEngines`).
+const REQUEST_ENGINES: usize = 4;
+
 /// The OpenAPI 3.1 description of the API, as served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
+/// The engines that answer requests. Each owns a store connection and a sandbox; a request takes
+/// a free one, so a slow request (compiling a new module, a large query) holds up only its own.
+struct RequestEngines {
+    engines: Vec<Mutex<Veil>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl RequestEngines {
+    /// Runs `f` on a free engine, or waits for one (taken in turn).
+    fn run<T>(&self, f: impl FnOnce(&mut Veil) -> T) -> T {
+        for engine in &self.engines {
+            if let Ok(mut veil) = engine.try_lock() {
+                return f(&mut veil);
+            }
+        }
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.engines.len();
+        let mut veil = self.engines[i].lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut veil)
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct AppState {
-    veil: Arc<Mutex<Veil>>,
+    veil: Arc<RequestEngines>,
     pool: Pool,
     metrics: Arc<Metrics>,
     config: Arc<ServerConfig>,
@@ -64,18 +88,15 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    /// Runs `f` on the request engine, off the async threads.
+    /// Runs `f` on a request engine, off the async threads.
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Veil) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let veil = self.veil.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = veil.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .map_err(|_| ApiError::internal())?
+        let engines = self.veil.clone();
+        tokio::task::spawn_blocking(move || engines.run(f))
+            .await
+            .map_err(|_| ApiError::internal())?
     }
 
     /// Authenticates the request's bearer token, checks the caller has one of `roles` (any role
@@ -202,7 +223,10 @@ impl Service {
         let engine_config = EngineConfig::builder()
             .max_open_jobs(config.max_open_jobs)
             .build();
-        let veil = Veil::open(&config.data_dir, engine_config)?;
+        // Opening the store also closes jobs a crashed predecessor left running.
+        let engines = (0..REQUEST_ENGINES)
+            .map(|_| Veil::open(&config.data_dir, engine_config.clone()).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
         // Uploads a killed predecessor was receiving: never registered, only taking space.
         if let Ok(stale) = std::fs::read_dir(config.data_dir.join("uploads")) {
             for entry in stale.flatten() {
@@ -213,7 +237,10 @@ impl Service {
         let pool = Pool::start(config.data_dir.clone(), config.workers, metrics.clone())?;
         let (stop, shutdown) = watch::channel(false);
         let state = AppState {
-            veil: Arc::new(Mutex::new(veil)),
+            veil: Arc::new(RequestEngines {
+                engines,
+                next: Default::default(),
+            }),
             pool: pool.clone(),
             metrics,
             config: Arc::new(config.clone()),
