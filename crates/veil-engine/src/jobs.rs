@@ -41,14 +41,6 @@ impl JobState {
             JobState::Failed => "failed",
         }
     }
-    /// True once the job can change no more.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            JobState::Released | JobState::Refused | JobState::Rejected | JobState::Failed
-        )
-    }
-
     fn parse(s: &str) -> Result<Self> {
         Ok(match s {
             "queued" => JobState::Queued,
@@ -312,6 +304,11 @@ impl Veil {
             r.get(0)
         })?;
         let job = format!("job-{seq:06}");
+        // The state the job has unless the pre-check below refuses it.
+        let admitted = match stored.policy.approval {
+            Approval::Manual => JobState::AwaitingApproval,
+            Approval::Auto => JobState::Queued,
+        };
         tx.execute(
             "INSERT OR IGNORE INTO modules (hash, bytes) VALUES (?1, ?2)",
             params![module_hash, wasm],
@@ -320,7 +317,7 @@ impl Veil {
         tx.execute(
             "INSERT INTO jobs (id, seq, consumer, dataset, manifest, manifest_hash, module_hash, epsilon_micro, policy_version, state, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
-            params![job, seq, consumer, manifest.dataset, text, manifest_hash, module_hash, manifest.epsilon.micro(), stored.version, JobState::AwaitingApproval.as_str(), ts],
+            params![job, seq, consumer, manifest.dataset, text, manifest_hash, module_hash, manifest.epsilon.micro(), stored.version, admitted.as_str(), ts],
         )?;
         AuditLog::append(
             &tx,
@@ -372,13 +369,11 @@ impl Veil {
                 reason,
             });
         }
-        let state = match stored.policy.approval {
-            Approval::Manual => JobState::AwaitingApproval,
-            Approval::Auto => JobState::Queued,
-        };
-        set_state(&tx, &job, state, None)?;
         tx.commit()?;
-        Ok(SubmitOutcome { job, state })
+        Ok(SubmitOutcome {
+            job,
+            state: admitted,
+        })
     }
 
     /// Approves a job waiting for `holder` (the dataset's owner) and runs it at once: the local

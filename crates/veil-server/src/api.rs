@@ -188,7 +188,7 @@ pub(crate) async fn upload_dataset(
         .columns
         .map(|c| c.split(',').map(|s| s.trim().to_owned()).collect());
     // Reading and converting a large file takes a while: do it on an engine of its own, so the
-    // shared request engine keeps answering everyone else meanwhile.
+    // request engines keep answering everyone else meanwhile.
     let data_dir = state.config.data_dir.clone();
     let record = tokio::task::spawn_blocking(move || -> Result<DatasetRecord, ApiError> {
         let mut veil = Veil::open(&data_dir, EngineConfig::default())?;

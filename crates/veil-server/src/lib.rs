@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  holder ──PUT policy / POST dataset──┐
-//!  consumer ──POST /v1/jobs───────────▶│ request engine ──▶ store (SQLite: jobs, ledger, audit)
+//!  consumer ──POST /v1/jobs───────────▶│ request engines ─▶ store (SQLite: jobs, ledger, audit)
 //!  reviewer ──GET /v1/audit/...───────┘        │ wake                  ▲
 //!                                              ▼                       │ debit + job_started,
 //!                                    worker pool (N engines) ──────────┘ release + audit entry
@@ -197,7 +197,7 @@ fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// A running service: the API on a bound address, the worker pool, the request engine. Start with
+/// A running service: the API on a bound address, the worker pool, the request engines. Start with
 /// [`Service::start`]; stop with [`Service::shutdown`] (what SIGTERM does under [`serve`]).
 ///
 /// ```no_run
