@@ -36,8 +36,26 @@ fn setup(env: &Env, people: usize) -> String {
     token_for(env, CONSUMER, "consumer")
 }
 
-/// What the store says after a crash, as a restarted server would find it (opening the store runs
-/// the same recovery). Panics on any inconsistency.
+/// Waits until none of the consumer's jobs is queued or running.
+fn drain(http: &Http, consumer: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let jobs = http.json("/v1/jobs", consumer);
+        let busy = jobs["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["state"] == "queued" || j["state"] == "running");
+        if !busy {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the queue did not drain");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What the store says after a crash and a restart, read while the restarted server is idle.
+/// Panics on any inconsistency.
 #[derive(Debug, Default)]
 struct Checked {
     started: usize,
@@ -167,8 +185,9 @@ fn sigkill_at_random_points_leaves_budget_and_log_consistent() {
     const KILLS: usize = 50;
     let mut last = Checked::default();
     let mut interrupted_runs = 0;
+    let workers = [("VEIL_WORKERS", "2")];
+    let mut server = Server::start(&env.data_dir(), &workers);
     for round in 0..KILLS {
-        let mut server = Server::start(&env.data_dir(), &[("VEIL_WORKERS", "2")]);
         // Submit in the background while the workers run; the kill may land mid-request too.
         let url = server.url();
         let (token, text, module) = (consumer.clone(), manifest.clone(), wasm.clone());
@@ -197,6 +216,9 @@ fn sigkill_at_random_points_leaves_budget_and_log_consistent() {
         std::thread::sleep(Duration::from_millis(rng.random_range(0..400)));
         server.kill();
         let _ = submitter.join();
+        // Restart: opening the store closes the runs the kill interrupted; queued jobs then run.
+        server = Server::start(&env.data_dir(), &workers);
+        drain(&Http::new(&server), &consumer);
         let now = check_store(&env);
         assert!(
             now.started >= last.started,
@@ -204,23 +226,6 @@ fn sigkill_at_random_points_leaves_budget_and_log_consistent() {
         );
         interrupted_runs += now.interrupted - last.interrupted;
         last = now;
-    }
-    // A final restart drains the queue; then everything queued has run exactly once.
-    let mut server = Server::start(&env.data_dir(), &[]);
-    let http = Http::new(&server);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let jobs = http.json("/v1/jobs", &consumer);
-        let busy = jobs["jobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|j| j["state"] == "queued" || j["state"] == "running");
-        if !busy {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the queue did not drain");
-        std::thread::sleep(Duration::from_millis(100));
     }
     assert!(server.terminate().success());
     let end = check_store(&env);
