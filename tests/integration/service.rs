@@ -99,7 +99,7 @@ fn every_endpoint_checks_token_role_and_ownership() {
         ("GET", "/v1/datasets/people/certificate".into(), None,              [401, 401, 200, 404, 403, 404, 403, 403]),
         ("GET", "/v1/jobs".into(), None,                                     [401, 401, 200, 200, 200, 200, 200, 200]),
         ("POST", "/v1/jobs".into(), Some(("application/json", submit_body.as_bytes())),
-                                                                             [401, 401, 403, 403, 201, 201, 403, 403]),
+                                                                             [401, 401, 403, 403, 201, 404, 403, 403]),
         ("GET", format!("/v1/jobs/{job}"), None,                             [401, 401, 200, 404, 200, 404, 200, 200]),
         ("POST", format!("/v1/jobs/{job}/approve"), None,                    [401, 401, 409, 404, 403, 403, 403, 403]),
         ("POST", format!("/v1/jobs/{job}/reject"), Some(("application/json", reject_body.as_bytes())),
@@ -167,11 +167,12 @@ fn every_endpoint_checks_token_role_and_ownership() {
             .unwrap()
             .len()
     };
-    // The consumer's job and their matrix submission (awaiting approval); the stranger's refused one.
-    assert_eq!((jobs(&w.consumer), jobs(&w.stranger)), (2, 1));
+    // The consumer's job and their matrix submission (awaiting approval); the stranger could not
+    // even learn that the dataset exists, so nothing of theirs was recorded.
+    assert_eq!((jobs(&w.consumer), jobs(&w.stranger)), (2, 0));
     assert_eq!(
         (jobs(&w.holder), jobs(&w.other_holder), jobs(&w.reviewer)),
-        (3, 0, 3)
+        (2, 0, 2)
     );
     let queue = w.http.json("/v1/jobs?state=awaiting_approval", &w.holder)["jobs"]
         .as_array()
@@ -416,7 +417,7 @@ fn bad_requests_get_json_errors_and_change_nothing() {
         ("POST", "/v1/jobs".into(), &consumer,
             serde_json::json!({"manifest": "dataset = 3", "module": b64(&wasm)}).to_string().into_bytes(), 400, "bad_request"),
         ("POST", "/v1/jobs".into(), &consumer,
-            serde_json::json!({"manifest": income_manifest(1.0).replace("\"people\"", "\"nobody\""), "module": b64(&wasm)}).to_string().into_bytes(), 400, "bad_request"),
+            serde_json::json!({"manifest": income_manifest(1.0).replace("\"people\"", "\"nobody\""), "module": b64(&wasm)}).to_string().into_bytes(), 404, "not_found"),
         ("GET", "/v1/audit/log?decision=maybe".into(), &consumer, vec![], 400, "bad_request"),
         ("GET", "/v1/jobs/job-000001?wait=soon".into(), &consumer, vec![], 400, "bad_request"),
         ("GET", "/v1/audit/proof/inclusion?entry=1&from=1".into(), &consumer, vec![], 400, "bad_request"),

@@ -288,6 +288,15 @@ pub(crate) async fn submit_job(
     let view = state
         .as_principal(&headers, CONSUMER, move |veil, who| {
             let request: SubmitJob = parse_body(&body)?;
+            // A dataset the consumer may not use answers like one that does not exist, so a
+            // submission cannot probe which datasets exist (a malformed manifest is left to the
+            // engine, which says what is wrong with it).
+            if let Some(dataset) = toml::from_str::<toml::Table>(&request.manifest)
+                .ok()
+                .and_then(|t| t.get("dataset").and_then(|d| d.as_str()).map(str::to_owned))
+            {
+                visible_dataset(veil, &who, &dataset)?;
+            }
             let wasm = base64::engine::general_purpose::STANDARD
                 .decode(request.module.as_bytes())
                 .map_err(|e| ApiError::bad_request(format!("`module` is not base64: {e}")))?;
