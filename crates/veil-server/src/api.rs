@@ -308,6 +308,7 @@ pub(crate) async fn submit_job(
             Ok(veil.job(&id)?.consumer_view())
         })
         .await?;
+    tracing::Span::current().record("job", view.id.as_str());
     if view.state == "queued" {
         pool.wake();
     }

@@ -108,10 +108,13 @@ impl AppState {
         f: impl FnOnce(&mut Veil, Principal) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let token = bearer(headers)?;
+        // The request's span (see `telemetry::observe`), to name the caller in the operator log.
+        let span = tracing::Span::current();
         self.with(move |veil| {
             let who = veil
                 .authenticate(&token)
                 .map_err(|_| ApiError::unauthenticated())?;
+            span.record("principal", who.name.as_str());
             require(&who, roles)?;
             f(veil, who)
         })

@@ -155,7 +155,15 @@ pub(crate) async fn observe(
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
-    let span = tracing::info_span!("request", id = %id, method = %method, route = %route);
+    // `principal` and `job` are filled in by handlers that learn them.
+    let span = tracing::info_span!(
+        "request",
+        id = %id,
+        method = %method,
+        route = %route,
+        principal = tracing::field::Empty,
+        job = tracing::field::Empty,
+    );
     let started = Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
