@@ -318,3 +318,51 @@ fn sigterm_finishes_running_jobs_or_closes_them_after_the_grace() {
         (Some("refused"), Some("failed"))
     );
 }
+
+#[test]
+fn a_job_whose_stored_inputs_are_damaged_is_given_up_not_retried_forever() {
+    let env = Env::new();
+    env.setup("manual");
+    let consumer = token_for(&env, CONSUMER, "consumer");
+    let holder = token_for(&env, HOLDER, "holder");
+    let server = Server::start(&env.data_dir(), &[]);
+    let http = Http::new(&server);
+    let wasm = std::fs::read(env.path().join("modules/income_by_education.wasm")).unwrap();
+    let id = http.submit(&consumer, &income_manifest(0.5), &wasm)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The stored dataset is damaged after the job was accepted (disk corruption, a bad restore).
+    for file in std::fs::read_dir(env.data_dir().join("datasets")).unwrap() {
+        std::fs::write(file.unwrap().path(), b"not parquet any more").unwrap();
+    }
+    let (status, _) = http.call(
+        "POST",
+        &format!("/v1/jobs/{id}/approve"),
+        Some(&holder),
+        None,
+    );
+    assert_eq!(status, 200);
+    // Workers try a few times, then give up: refused with an internal code, nothing charged.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let seen = loop {
+        let seen = http.json(&format!("/v1/jobs/{id}?wait=5"), &consumer);
+        if seen["state"] != "queued" {
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "the job was retried for 30 s");
+    };
+    assert_eq!(
+        (seen["state"].as_str(), seen["code"].as_str()),
+        (Some("refused"), Some("failed")),
+        "{seen}"
+    );
+    assert_eq!(
+        http.json("/v1/budget", &consumer)["budget"][0]["spent"],
+        "0"
+    );
+    drop(server);
+    let veil = Veil::open(&env.data_dir(), EngineConfig::default()).unwrap();
+    assert_eq!(veil.job(&id).unwrap().code.as_deref(), Some("internal"));
+    veil.verify_audit().unwrap();
+}

@@ -108,10 +108,10 @@ impl JobInfo {
             JobState::Released => ("released", None),
             JobState::Refused => (
                 "refused",
-                Some(if self.code.as_deref() == Some("budget") {
-                    "budget"
-                } else {
-                    "policy"
+                Some(match self.code.as_deref() {
+                    Some("budget") => "budget",
+                    Some("internal") => "failed",
+                    _ => "policy",
                 }),
             ),
             JobState::Rejected => ("refused", Some("rejected")),
@@ -455,11 +455,11 @@ impl Veil {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let job = load_job(&tx, job_id)?;
         let record =
-            veil_catalog::get(&tx, &job.dataset)?.ok_or_else(|| bad("dataset vanished"))?;
+            veil_catalog::get(&tx, &job.dataset)?.ok_or_else(|| internal("dataset vanished"))?;
         drop(tx);
         let stored = self
             .policy(&job.dataset)?
-            .ok_or_else(|| bad("policy vanished"))?;
+            .ok_or_else(|| internal("policy vanished"))?;
         let manifest = JobManifest::from_toml(&job.manifest)?;
         let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
         let plan = precheck(&stored.policy, &manifest, &schema, &job.consumer);
@@ -470,7 +470,7 @@ impl Veil {
         // Re-read under the write lock: another process may have run or charged meanwhile.
         let job = load_job(&tx, job_id)?;
         if job.state != JobState::Queued {
-            return Err(bad(format!(
+            return Err(EngineError::Conflict(format!(
                 "job {job_id} is {}, it cannot start",
                 job.state
             )));
@@ -735,6 +735,30 @@ impl Veil {
         Ok(closed)
     }
 
+    /// Gives up on a queued job that could not be started (its stored inputs are unusable — a
+    /// damaged dataset file, say): it is refused with code `internal`, nothing charged, recorded in
+    /// the log, so workers stop retrying it. Does nothing if the job is no longer queued.
+    pub fn abandon_queued_job(&mut self, job_id: &str, reason: &str) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if load_job(&tx, job_id)?.state != JobState::Queued {
+            return Ok(());
+        }
+        set_state(&tx, job_id, JobState::Refused, Some("internal"))?;
+        AuditLog::append(
+            &tx,
+            &self.key,
+            AuditEvent::JobRefused {
+                job: job_id.into(),
+                code: "internal".into(),
+                reason: reason.into(),
+            },
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// The oldest queued jobs, at most `limit`, for a worker pool to run.
     pub fn queued_jobs(&self, limit: usize) -> Result<Vec<String>> {
         let mut stmt = self
@@ -921,4 +945,8 @@ fn to_the_second(t: &str) -> String {
         Some((head, tail)) if tail.ends_with('Z') => format!("{head}Z"),
         _ => t.to_owned(),
     }
+}
+
+fn internal(msg: &str) -> EngineError {
+    EngineError::Internal(msg.into())
 }

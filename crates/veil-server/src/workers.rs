@@ -19,6 +19,9 @@ use crate::telemetry::Metrics;
 /// How often idle workers look for jobs queued by other processes.
 const POLL: Duration = Duration::from_millis(250);
 
+/// Attempts to start a job that keep failing (not refusals) before it is given up on.
+const MAX_START_ATTEMPTS: u32 = 3;
+
 #[derive(Default)]
 struct Shared {
     /// Jobs a worker of this pool has taken and not finished.
@@ -82,6 +85,8 @@ impl Pool {
     }
 
     fn work(&self, mut veil: Veil, metrics: &Metrics) {
+        // Failed attempts to start each job, so a job whose inputs are unusable is given up on.
+        let mut failures: std::collections::HashMap<String, u32> = Default::default();
         loop {
             let Some(job) = self.next_job(&veil) else {
                 return;
@@ -96,13 +101,25 @@ impl Pool {
                 Err(EngineError::Refused { code, .. }) => {
                     tracing::info!(job, code, "job refused at start");
                 }
-                // Another process started it first.
-                Err(EngineError::BadRequest(reason)) => {
+                // Another worker or process started it first.
+                Err(EngineError::Conflict(reason)) => {
                     tracing::debug!(job, reason, "job not started");
                 }
                 Err(e) => {
-                    tracing::error!(job, error = %e, "job run failed");
-                    std::thread::sleep(POLL);
+                    let attempts = failures.entry(job.clone()).or_default();
+                    *attempts += 1;
+                    tracing::error!(job, error = %e, attempts = *attempts, "job could not start");
+                    if *attempts >= MAX_START_ATTEMPTS {
+                        failures.remove(&job);
+                        match veil
+                            .abandon_queued_job(&job, "the job's stored inputs could not be used")
+                        {
+                            Ok(()) => tracing::error!(job, "job abandoned after repeated failures"),
+                            Err(e) => tracing::error!(job, error = %e, "cannot abandon the job"),
+                        }
+                    } else {
+                        std::thread::sleep(POLL);
+                    }
                 }
             }
             self.lock().claimed.remove(&job);
