@@ -367,13 +367,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut veil = open(&dir)?;
             let r =
                 veil.register_dataset(&file, &name, &owner, privacy_unit.as_deref(), columns)?;
-            println!(
-                "registered dataset `{}`: {} rows, {} columns, content sha256 {}",
-                r.name,
-                r.rows,
-                r.columns.len(),
-                r.content_hash
-            );
+            output::registered(&r);
         }
         Command::Dataset(DatasetCmd::Certificate { name, out }) => {
             let holder = principal(&cli.as_principal, "HOLDER")?;

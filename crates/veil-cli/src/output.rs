@@ -1,6 +1,17 @@
 //! Rendering for people (tables) and machines (JSON, CSV).
 use veil_engine::{AuditEntry, BudgetLine, DatasetRecord, JobInfo, Release};
 
+/// The one line that confirms a registration.
+pub fn registered(r: &DatasetRecord) {
+    println!(
+        "registered dataset `{}`: {} rows, {} columns, content sha256 {}",
+        r.name,
+        r.rows,
+        r.columns.len(),
+        r.content_hash
+    );
+}
+
 pub fn datasets(list: &[DatasetRecord], json: bool) {
     if json {
         println!(

@@ -176,13 +176,7 @@ pub(crate) fn run(command: Command, server: &str, token: Option<String>) -> Resu
                 .header("Content-Type", "application/octet-stream")
                 .send(ureq::SendBody::from_reader(&mut f));
             let r: DatasetRecord = serde_json::from_str(&client.finish(response)?)?;
-            println!(
-                "registered dataset `{}`: {} rows, {} columns, content sha256 {}",
-                r.name,
-                r.rows,
-                r.columns.len(),
-                r.content_hash
-            );
+            output::registered(&r);
         }
         Command::Dataset(DatasetCmd::List { format }) => {
             let v = client.get_json("/v1/datasets")?;
