@@ -528,3 +528,50 @@ fn a_consumer_cannot_flood_the_queue() {
         "a refused submission changed the store"
     );
 }
+
+#[test]
+fn a_python_component_job_runs_over_http() {
+    let env = Env::new();
+    env.setup_with_policy(&policy("auto").replace("epsilon_total = 1.5", "epsilon_total = 10.0"));
+    let consumer = token_for(&env, CONSUMER, "consumer");
+    // Compiled components are cached across test runs: the server's module cache is the shared one.
+    let shared =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/module-cache");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::os::unix::fs::symlink(&shared, env.data_dir().join("module-cache")).unwrap();
+    let component_path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/guests/median_income_py.wasm");
+    let component = std::fs::read(&component_path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; scripts/build-guests.sh builds it",
+            component_path.display()
+        )
+    });
+    let server = Server::start(&env.data_dir(), &[]);
+    let http = Http::new(&server);
+    let manifest = r#"dataset = "people"
+module = "median_income_py.wasm"
+purpose = "median wage"
+columns = ["weekly_income"]
+epsilon = 1.0
+blocks = 20
+
+[output]
+keys = []
+values = [{ name = "median_income", bounds = [500, 2000] }]
+"#;
+    // An 18 MB component travels as 24 MB of base64, within the default request limit.
+    let submitted = http.submit(&consumer, manifest, &component);
+    let id = submitted["id"].as_str().unwrap();
+    let mut seen = http.json(&format!("/v1/jobs/{id}?wait=30"), &consumer);
+    while seen["state"] == "queued" || seen["state"] == "running" {
+        seen = http.json(&format!("/v1/jobs/{id}?wait=30"), &consumer);
+    }
+    assert_eq!(seen["state"], "released", "{seen}");
+    let result = http.json(&format!("/v1/jobs/{id}/result"), &consumer);
+    let estimate = result["estimates"][0]["estimate"]["value"]
+        .as_f64()
+        .unwrap();
+    // Block medians sit near 1,300 (see blocks.rs); noise scale 75, so ±600 is 8 scales.
+    assert!((estimate - 1300.0).abs() < 600.0, "{result}");
+}
