@@ -310,6 +310,13 @@ impl Veil {
         )?)
     }
 
+    /// Checks that the store answers (a read of the audit log's first entry), for health probes.
+    pub fn check_store(&self) -> Result<()> {
+        self.conn
+            .query_row("SELECT 1 FROM audit_log LIMIT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     /// All audit entries, for display.
     pub fn audit_entries(&self) -> Result<Vec<AuditEntry>> {
         Ok(AuditLog::entries(&self.conn)?)

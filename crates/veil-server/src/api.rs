@@ -71,8 +71,21 @@ fn job_view(who: &Principal, job: &JobInfo) -> Value {
     }
 }
 
-pub(crate) async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok", "api": "v1" }))
+/// Liveness and readiness: answers 200 only when the store answers too (503 `unavailable` if not).
+pub(crate) async fn health(State(state): State<AppState>) -> ApiResult {
+    state
+        .with(|veil| {
+            veil.check_store().map_err(|e| {
+                tracing::error!(error = %e, "health check: the store does not answer");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the store does not answer",
+                )
+            })?;
+            Ok(Json(json!({ "status": "ok", "api": "v1" })))
+        })
+        .await
 }
 
 pub(crate) async fn openapi() -> Response {

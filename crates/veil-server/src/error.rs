@@ -25,7 +25,8 @@ pub enum ServerError {
 /// Codes: `unauthenticated` (401), `forbidden` (403), `not_found` (404), `bad_request` (400),
 /// `conflict` (409), `not_ready` (409: a job without a result yet), `too_large` (413),
 /// `unsupported_media_type` (415), `busy` (429: too many of the caller's jobs are open),
-/// `internal` (500; details go to the operator's log only).
+/// `internal` (500; details go to the operator's log only), `unavailable` (503: the store does not
+/// answer; from the health check).
 #[derive(Debug)]
 pub struct ApiError {
     pub(crate) status: StatusCode,
@@ -116,6 +117,7 @@ pub(crate) async fn json_errors(response: Response) -> Response {
         StatusCode::PAYLOAD_TOO_LARGE => "too_large",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
         StatusCode::TOO_MANY_REQUESTS => "busy",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
         s if s.is_server_error() => "internal",
         _ => "bad_request",
     };
