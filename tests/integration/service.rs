@@ -575,3 +575,60 @@ values = [{ name = "median_income", bounds = [500, 2000] }]
     // Block medians sit near 1,300 (see blocks.rs); noise scale 75, so ±600 is 8 scales.
     assert!((estimate - 1300.0).abs() < 600.0, "{result}");
 }
+
+#[test]
+fn the_api_keeps_answering_while_a_large_upload_registers() {
+    let env = Env::new();
+    let holder = token_for(&env, HOLDER, "holder");
+    let server = Server::start(&env.data_dir(), &[]);
+    let mut csv = String::from("person_id,educ,weekly_income\n");
+    for i in 0..2_000_000u64 {
+        csv += &format!("{i},{},{}\n", 8 + i % 13, 300 + (i * 7919) % 2500);
+    }
+    let body_len = csv.len() as u64;
+    let url = server.url();
+    let token = holder.clone();
+    let upload = std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let response = agent
+            .post(format!("{url}/v1/datasets?name=big&privacy_unit=person_id"))
+            .header("Authorization", format!("Bearer {token}"))
+            .send(csv.as_bytes())
+            .unwrap();
+        (response.status().as_u16(), std::time::Instant::now())
+    });
+    // Once the whole body is on disk the server is reading and converting it; ask meanwhile.
+    let uploads = env.data_dir().join("uploads");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let size: u64 = std::fs::read_dir(&uploads)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if size >= body_len || upload.is_finished() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let http = Http::new(&server);
+    let me = http.json("/v1/whoami", &holder);
+    let answered = std::time::Instant::now();
+    assert_eq!(me["name"], HOLDER);
+    let (status, registered) = upload.join().unwrap();
+    assert_eq!(status, 201);
+    assert!(
+        answered < registered,
+        "whoami waited for the registration to finish"
+    );
+}
