@@ -408,3 +408,38 @@ pub fn token_for(env: &Env, name: &str, role: &str) -> String {
     ]);
     out.lines().last().expect("token line").trim().to_owned()
 }
+
+/// A guest built by scripts/build-guests.sh into `target/guests` (the C and Python examples).
+pub fn built_guest(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/guests")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; scripts/build-guests.sh builds it (scripts/test.sh runs it)",
+            path.display()
+        )
+    })
+}
+
+/// Compiled code for the large Python component is cached under the workspace's target directory,
+/// so repeated test runs on one machine compile it once.
+pub fn shared_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/module-cache")
+}
+
+/// The Python median guest as a sample-and-aggregate job of 20 blocks.
+pub fn python_median_manifest() -> String {
+    r#"dataset = "people"
+module = "modules/median_income_py.wasm"
+purpose = "median wage"
+columns = ["weekly_income"]
+epsilon = 1.0
+blocks = 20
+
+[output]
+keys = []
+values = [{ name = "median_income", bounds = [500, 2000] }]
+"#
+    .to_owned()
+}

@@ -1,24 +1,11 @@
 //! Guests in other languages: the C example (built by scripts/build-guests.sh with clang) computes
 //! exactly what the Rust example computes, unit for unit, and runs as a job like any module.
-use std::path::PathBuf;
 
 use veil_abi::{ColumnType, UnitEncoder};
 use veil_engine::{EngineConfig, JobState, Veil};
 use veil_sandbox::{Sandbox, SandboxConfig};
 
 use crate::common::*;
-
-fn built_guest(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/guests")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; scripts/build-guests.sh builds it (scripts/test.sh runs it)",
-            path.display()
-        )
-    })
-}
 
 #[test]
 fn c_guest_matches_the_rust_guest_unit_for_unit() {
@@ -82,12 +69,6 @@ fn c_guest_runs_as_a_job() {
     veil.verify_audit().unwrap();
 }
 
-/// Compiled code for the large Python component is cached under the workspace's target directory,
-/// so repeated test runs on one machine compile it once.
-fn shared_cache() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/module-cache")
-}
-
 #[test]
 fn python_guest_matches_the_rust_guest_block_for_block() {
     let sandbox = Sandbox::new(
@@ -147,17 +128,7 @@ fn python_guest_runs_in_block_mode_only() {
         .workers(2)
         .build();
     let mut veil = Veil::open(&env.data_dir(), config).unwrap();
-    let block_manifest = r#"dataset = "people"
-module = "modules/median_income_py.wasm"
-purpose = "median wage"
-columns = ["weekly_income"]
-epsilon = 1.0
-blocks = 20
-
-[output]
-keys = []
-values = [{ name = "median_income", bounds = [500, 2000] }]
-"#;
+    let block_manifest = &python_median_manifest();
     // Per-unit mode is refused at submission, with the way out in the message; nothing recorded.
     let before = veil.audit_entries().unwrap().len();
     let per_unit = env.write(

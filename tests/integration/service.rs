@@ -535,31 +535,12 @@ fn a_python_component_job_runs_over_http() {
     env.setup_with_policy(&policy("auto").replace("epsilon_total = 1.5", "epsilon_total = 10.0"));
     let consumer = token_for(&env, CONSUMER, "consumer");
     // Compiled components are cached across test runs: the server's module cache is the shared one.
-    let shared =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/module-cache");
-    std::fs::create_dir_all(&shared).unwrap();
-    std::os::unix::fs::symlink(&shared, env.data_dir().join("module-cache")).unwrap();
-    let component_path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/guests/median_income_py.wasm");
-    let component = std::fs::read(&component_path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; scripts/build-guests.sh builds it",
-            component_path.display()
-        )
-    });
+    std::fs::create_dir_all(shared_cache()).unwrap();
+    std::os::unix::fs::symlink(shared_cache(), env.data_dir().join("module-cache")).unwrap();
+    let component = built_guest("median_income_py.wasm");
     let server = Server::start(&env.data_dir(), &[]);
     let http = Http::new(&server);
-    let manifest = r#"dataset = "people"
-module = "median_income_py.wasm"
-purpose = "median wage"
-columns = ["weekly_income"]
-epsilon = 1.0
-blocks = 20
-
-[output]
-keys = []
-values = [{ name = "median_income", bounds = [500, 2000] }]
-"#;
+    let manifest = &python_median_manifest();
     // An 18 MB component travels as 24 MB of base64, within the default request limit.
     let submitted = http.submit(&consumer, manifest, &component);
     let id = submitted["id"].as_str().unwrap();

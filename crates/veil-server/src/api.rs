@@ -39,14 +39,22 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
 fn visible_dataset(veil: &Veil, who: &Principal, name: &str) -> Result<DatasetRecord, ApiError> {
     let hidden = || ApiError::not_found(format!("no dataset named `{name}`"));
     let record = veil.dataset(name).map_err(|_| hidden())?;
-    let visible = match who.role {
+    if may_see(veil, who, &record)? {
+        Ok(record)
+    } else {
+        Err(hidden())
+    }
+}
+
+/// Whether `who` may see the catalog entry `record` (see [`visible_dataset`]).
+fn may_see(veil: &Veil, who: &Principal, record: &DatasetRecord) -> Result<bool, ApiError> {
+    Ok(match who.role {
         Role::Holder => record.owner == who.name,
         Role::Consumer => veil
-            .policy(name)?
+            .policy(&record.name)?
             .is_some_and(|p| p.policy.allows_consumer(&who.name)),
         Role::Reviewer | Role::Admin => true,
-    };
-    if visible { Ok(record) } else { Err(hidden()) }
+    })
 }
 
 /// The job `id` if `who` may see it: its consumer, the owner of its dataset, a reviewer or an admin.
@@ -131,7 +139,7 @@ pub(crate) async fn datasets(State(state): State<AppState>, headers: HeaderMap) 
         .as_principal(&headers, ANY, |veil, who| {
             let mut visible = Vec::new();
             for d in veil.datasets()? {
-                if visible_dataset(veil, &who, &d.name).is_ok() {
+                if may_see(veil, &who, &d)? {
                     visible.push(d);
                 }
             }
@@ -345,11 +353,18 @@ pub(crate) async fn jobs(
         .as_principal(&headers, ANY, move |veil, who| {
             let all = match who.role {
                 Role::Reviewer | Role::Admin => veil.all_jobs()?,
-                Role::Holder => veil
-                    .jobs_for(&who.name)?
-                    .into_iter()
-                    .filter(|j| visible_job(veil, &who, &j.id).is_ok())
-                    .collect(),
+                Role::Holder => {
+                    let owned: std::collections::HashSet<String> = veil
+                        .datasets()?
+                        .into_iter()
+                        .filter(|d| d.owner == who.name)
+                        .map(|d| d.name)
+                        .collect();
+                    veil.jobs_for(&who.name)?
+                        .into_iter()
+                        .filter(|j| owned.contains(&j.dataset))
+                        .collect()
+                }
                 Role::Consumer => veil
                     .jobs_for(&who.name)?
                     .into_iter()
@@ -499,12 +514,10 @@ pub(crate) async fn job_result(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult {
-    state
-        .as_principal(&headers, ANY, move |veil, who| {
-            own_released_job(veil, &who, &id)?;
-            Ok(Json(json!(veil.job_result(&id, &who.name)?)))
-        })
-        .await
+    for_its_consumer(state, headers, id, |veil, id, who| {
+        Ok(json!(veil.job_result(id, &who.name)?))
+    })
+    .await
 }
 
 pub(crate) async fn job_receipt(
@@ -512,10 +525,23 @@ pub(crate) async fn job_receipt(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult {
+    for_its_consumer(state, headers, id, |veil, id, who| {
+        Ok(json!(veil.job_receipt(id, &who.name)?))
+    })
+    .await
+}
+
+/// Answers `make` for a released job's own consumer (see [`own_released_job`]).
+async fn for_its_consumer(
+    state: AppState,
+    headers: HeaderMap,
+    id: String,
+    make: impl FnOnce(&Veil, &str, &Principal) -> Result<Value, ApiError> + Send + 'static,
+) -> ApiResult {
     state
         .as_principal(&headers, ANY, move |veil, who| {
             own_released_job(veil, &who, &id)?;
-            Ok(Json(json!(veil.job_receipt(&id, &who.name)?)))
+            Ok(Json(make(veil, &id, &who)?))
         })
         .await
 }
