@@ -28,5 +28,6 @@ pub fn income_by_education(aggregate: Aggregate) -> Arc<JobPlan> {
             ..Charge::default()
         },
         public_groups: None,
+        schedule: Default::default(),
     })
 }

@@ -17,6 +17,8 @@ consumers = ["bench"]
 approval = "auto"
 min_units_per_group = 5
 max_groups_per_unit = 1
+# 200 people; jobs are scheduled for this public bound.
+max_units = 256
 [dp]
 epsilon_per_job = 1.0
 epsilon_total = 100.0
@@ -32,6 +34,8 @@ const MANIFEST: &str = r#"dataset = "bench"
 module = "income_by_education.wasm"
 columns = ["educ", "weekly_income"]
 epsilon = 0.0001
+# The release is visible exactly this long after the start (predictable transactions).
+time_budget_ms = 20
 [output]
 keys = ["education"]
 values = [{ name = "weekly_income", bounds = [0, 5000], aggregate = "mean" }]

@@ -744,6 +744,7 @@ mod tests {
                 ..Default::default()
             },
             public_groups: None,
+            schedule: Default::default(),
         })
     }
 

@@ -24,6 +24,7 @@ pub mod gate;
 pub mod manifest;
 pub mod mechanisms;
 pub mod model;
+pub mod schedule;
 
 pub use accountant::{Charge, Delta, Spent};
 pub use error::{PolicyError, Result};

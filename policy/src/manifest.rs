@@ -65,15 +65,27 @@ pub struct JobManifest {
     /// δ the job may spend (partition selection, Gaussian conversion); `None`: the policy's
     /// per-job δ, if the job needs any.
     pub delta: Option<Delta>,
+    /// Time from the job's start to its release (`time_budget_ms`); each unit's fuel follows
+    /// from it (see [`crate::schedule`]).
+    pub time_budget: Option<std::time::Duration>,
+    /// Fuel each privacy unit gets (`fuel_per_unit`), when no time budget is declared.
+    pub fuel_per_unit: Option<u64>,
 }
+
+/// Longest `purpose` a manifest may state, in characters (it is shown to holders and reviewers).
+pub const MAX_PURPOSE_CHARS: usize = 500;
+/// Longest time budget a manifest may declare: one day.
+pub const MAX_TIME_BUDGET_MS: i64 = 86_400_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawManifest {
     dataset: String,
     module: String,
-    purpose: Option<String>,
+    purpose: Option<Spanned<String>>,
     columns: Spanned<Vec<String>>,
+    time_budget_ms: Option<Spanned<i64>>,
+    fuel_per_unit: Option<Spanned<i64>>,
     epsilon: Spanned<f64>,
     blocks: Option<Spanned<i64>>,
     noise: Option<Spanned<String>>,
@@ -316,10 +328,78 @@ impl JobManifest {
                 aggregate,
             });
         }
+        let purpose = match raw.purpose {
+            None => String::new(),
+            Some(p) => {
+                let span = p.span();
+                let p = p.into_inner();
+                if p.chars().count() > MAX_PURPOSE_CHARS {
+                    return invalid(
+                        text,
+                        span,
+                        "purpose",
+                        format!("at most {MAX_PURPOSE_CHARS} characters; shorten it"),
+                    );
+                }
+                if p.chars().any(char::is_control) {
+                    return invalid(
+                        text,
+                        span,
+                        "purpose",
+                        "control characters (newlines, tabs, terminal escapes) are not allowed; \
+                         write it on one line",
+                    );
+                }
+                p
+            }
+        };
+        let time_budget = match raw.time_budget_ms {
+            None => None,
+            Some(t) => {
+                let ms = *t.get_ref();
+                if !(1..=MAX_TIME_BUDGET_MS).contains(&ms) {
+                    return invalid(
+                        text,
+                        t.span(),
+                        "time_budget_ms",
+                        format!(
+                            "must be a whole number of milliseconds from 1 to {MAX_TIME_BUDGET_MS}"
+                        ),
+                    );
+                }
+                Some(std::time::Duration::from_millis(ms as u64))
+            }
+        };
+        let fuel_per_unit = match raw.fuel_per_unit {
+            None => None,
+            Some(f) => {
+                let n = *f.get_ref();
+                let min = crate::schedule::MIN_FUEL_PER_UNIT as i64;
+                if n < min {
+                    return invalid(
+                        text,
+                        f.span(),
+                        "fuel_per_unit",
+                        format!("must be a whole number of at least {min}"),
+                    );
+                }
+                if time_budget.is_some() {
+                    return invalid(
+                        text,
+                        f.span(),
+                        "fuel_per_unit",
+                        "give either time_budget_ms (fuel follows from it) or fuel_per_unit, not both",
+                    );
+                }
+                Some(n as u64)
+            }
+        };
         Ok(JobManifest {
             dataset: raw.dataset,
             module: raw.module,
-            purpose: raw.purpose.unwrap_or_default(),
+            purpose,
+            time_budget,
+            fuel_per_unit,
             columns,
             epsilon,
             keys,
@@ -378,6 +458,8 @@ pub struct JobPlan {
     /// one is released, empty or not. `None`: keys come from the data and pass partition
     /// selection, spending `charge.delta_selection`.
     pub public_groups: Option<Vec<Vec<String>>>,
+    /// What the job's schedule is computed from (all public: manifest and policy).
+    pub schedule: crate::schedule::ScheduleRequest,
 }
 
 impl JobPlan {
@@ -528,6 +610,12 @@ pub fn precheck(
         noise: manifest.noise,
         charge,
         public_groups,
+        schedule: crate::schedule::ScheduleRequest {
+            time_budget: manifest.time_budget,
+            fuel_per_unit: manifest.fuel_per_unit,
+            max_units: policy.max_units,
+            blocks: manifest.blocks,
+        },
     })
 }
 

@@ -116,6 +116,11 @@ pub struct Policy {
     /// module.
     #[serde(default = "default_max_rows_per_unit")]
     pub max_rows_per_unit: u32,
+    /// Public upper bound on the number of privacy units (people) in the dataset. Jobs are
+    /// scheduled for this many units, never for the actual count, which stays secret; the engine
+    /// refuses a policy whose bound the dataset exceeds.
+    #[serde(default = "default_max_units")]
+    pub max_units: u64,
     pub epsilon_per_job: Epsilon,
     pub epsilon_total: Epsilon,
     /// Largest δ one job may spend (on partition selection or Gaussian conversion).
@@ -146,6 +151,15 @@ fn default_max_rows_per_unit() -> u32 {
     DEFAULT_MAX_ROWS_PER_UNIT
 }
 
+/// Public bound on privacy units when the policy does not say.
+pub const DEFAULT_MAX_UNITS: u64 = 10_000;
+/// Largest `max_units` a policy may declare.
+pub const MAX_MAX_UNITS: i64 = 1_000_000_000;
+
+fn default_max_units() -> u64 {
+    DEFAULT_MAX_UNITS
+}
+
 fn default_delta_per_job() -> Delta {
     Delta::from_f64(DEFAULT_DELTA_PER_JOB).expect("valid default")
 }
@@ -162,6 +176,7 @@ struct RawPolicy {
     min_units_per_group: Spanned<i64>,
     max_groups_per_unit: Spanned<i64>,
     max_rows_per_unit: Option<Spanned<i64>>,
+    max_units: Option<Spanned<i64>>,
     dp: RawDp,
     #[serde(default)]
     partitions: BTreeMap<String, Spanned<Vec<String>>>,
@@ -285,6 +300,17 @@ impl Policy {
                     m.span(),
                     "max_rows_per_unit",
                     "must be between 1 and 1000000",
+                );
+            }
+        };
+        let max_units = match &raw.max_units {
+            None => DEFAULT_MAX_UNITS,
+            Some(m) if (1..=MAX_MAX_UNITS).contains(m.get_ref()) => *m.get_ref() as u64,
+            Some(m) => {
+                return src.err(
+                    m.span(),
+                    "max_units",
+                    format!("must be between 1 and {MAX_MAX_UNITS}"),
                 );
             }
         };
@@ -414,6 +440,7 @@ impl Policy {
             min_units_per_group: min_units as u64,
             max_groups_per_unit: max_groups as u32,
             max_rows_per_unit: max_rows,
+            max_units,
             epsilon_per_job,
             epsilon_total,
             delta_per_job,

@@ -24,11 +24,13 @@
 //!   `veil_abi_v1.log`; [`Sandbox::compile`] rejects any other import, and any module without the
 //!   version-1 exports, before it runs. There is no WASI: no files, sockets, environment, clocks or
 //!   randomness exist for the guest.
-//! - **CPU.** Fuel bounds the instructions per unit (deterministic); an epoch deadline, advanced
-//!   by a ticker thread, bounds wall-clock time per unit, including a start function.
-//! - **Memory.** A [`wasmtime::StoreLimits`] caps linear memory and tables per instance, a pooling
-//!   allocator caps them per engine, the wasm stack is capped, and module size is capped before
-//!   compilation.
+//! - **CPU.** Fuel bounds the instructions per unit (deterministic), host calls included
+//!   ([`LOG_CALL_FUEL`]); an epoch deadline, advanced by a ticker thread, bounds wall-clock time per
+//!   unit, including a start function.
+//! - **Memory.** A resource limiter caps linear memory and tables per instance and lets a unit
+//!   grow its memory only by what its fuel pays for ([`GROWTH_BYTES_PER_FUEL`]), so fuel bounds the
+//!   time spent touching fresh pages too; a pooling allocator caps memory per engine, the wasm
+//!   stack is capped, and module size is capped before compilation.
 //! - **State.** Every unit gets a new instance from a pre-linked [`wasmtime::InstancePre`]: its own
 //!   memory, globals and tables; nothing survives from one person to the next. Consecutive units
 //!   of one [`UnitRunner`] share the `Store` that owns their instances, never an instance.
@@ -56,8 +58,7 @@ use veil_abi::{
 };
 use wasmtime::{
     Cache, CacheConfig, Caller, Config, Enabled, Engine, ExternType, InstanceAllocationStrategy,
-    InstancePre, Linker, Module, ModuleExport, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder, Trap, ValType,
+    InstancePre, Linker, Module, ModuleExport, PoolingAllocationConfig, Store, Trap, ValType,
 };
 
 const WASM_PAGE: u64 = 65_536;
@@ -290,7 +291,7 @@ pub struct UnitOutcome {
 }
 
 struct UnitState {
-    limits: StoreLimits,
+    limits: UnitLimits,
     log: Vec<u8>,
     log_cap: usize,
     log_truncated: bool,
@@ -704,25 +705,114 @@ pub fn module_hash(wasm: &[u8]) -> String {
     hex::encode(Sha256::digest(wasm))
 }
 
-fn host_log(mut caller: Caller<'_, UnitState>, ptr: i32, len: i32) {
+/// Fuel one `log` call costs before its bytes: about what the host's work for an empty call takes
+/// in instructions, so that no call pattern buys more time per unit of fuel than plain code.
+pub const LOG_CALL_FUEL: u64 = 200;
+/// Fuel each byte a `log` call passes costs.
+pub const LOG_BYTE_FUEL: u64 = 1;
+/// Bytes of linear-memory growth one unit of fuel pays for: a unit may grow its memory by
+/// `fuel × GROWTH_BYTES_PER_FUEL` bytes beyond its initial size, so that touching fresh pages (page
+/// faults the fuel counter does not see) is bounded by fuel too.
+pub const GROWTH_BYTES_PER_FUEL: u64 = 4;
+
+/// `veil_abi_v1.log(ptr, len)`: appends a line to the unit's holder-only log. Charged
+/// [`LOG_CALL_FUEL`] plus [`LOG_BYTE_FUEL`] per byte; a unit that cannot pay runs out of fuel.
+fn host_log(mut caller: Caller<'_, UnitState>, ptr: i32, len: i32) -> wasmtime::Result<()> {
+    let len = len as u32 as usize;
+    let cost = LOG_CALL_FUEL.saturating_add(LOG_BYTE_FUEL.saturating_mul(len as u64));
+    let fuel = caller.get_fuel()?;
+    if fuel < cost {
+        caller.set_fuel(0)?;
+        return Err(Trap::OutOfFuel.into());
+    }
+    caller.set_fuel(fuel - cost)?;
     let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
-        return;
+        return Ok(());
     };
     let (data, state) = memory.data_and_store_mut(&mut caller);
     // Each line costs its bytes plus the newline, so no call pattern (not even empty lines) can
     // grow the log beyond its cap.
     let room = state.log_cap.saturating_sub(state.log.len() + 1);
-    let (start, len) = (ptr as u32 as usize, len as u32 as usize);
+    let start = ptr as u32 as usize;
     let take = len.min(room);
     if take < len || state.log.len() >= state.log_cap {
         state.log_truncated = true;
     }
     if state.log.len() >= state.log_cap {
-        return;
+        return Ok(());
     }
     if let Some(bytes) = start.checked_add(take).and_then(|end| data.get(start..end)) {
         state.log.extend_from_slice(bytes);
         state.log.push(b'\n');
+    }
+    Ok(())
+}
+
+/// Which resource a unit tried to take beyond its cap: the typed error behind
+/// [`UnitFault::ResourceLimit`], so faults are classified by type, not by message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LimitExceeded {
+    #[error("linear memory beyond the per-instance cap")]
+    Memory,
+    #[error("table beyond the per-instance cap")]
+    Table,
+}
+
+/// A store's resource limiter: the caps of [`SandboxConfig`] per instance and per store, plus the
+/// unit's memory-growth allowance (see [`GROWTH_BYTES_PER_FUEL`]).
+struct UnitLimits {
+    memory_cap: usize,
+    table_cap: usize,
+    per_store: usize,
+    /// Bytes the running unit may still grow its memory by; reset for every unit.
+    growth_left: usize,
+    /// While instantiating, memories are created at their declared initial size, which
+    /// validation already capped; that is not growth the unit pays for.
+    instantiating: bool,
+}
+
+impl wasmtime::ResourceLimiter for UnitLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            return Err(LimitExceeded::Memory.into());
+        }
+        if self.instantiating {
+            return Ok(true);
+        }
+        let grow = desired.saturating_sub(current);
+        if grow > self.growth_left {
+            // `memory.grow` answers -1; the module may try a smaller step.
+            return Ok(false);
+        }
+        self.growth_left -= grow;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.table_cap {
+            return Err(LimitExceeded::Table.into());
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        self.per_store
+    }
+    fn tables(&self) -> usize {
+        self.per_store
+    }
+    fn memories(&self) -> usize {
+        self.per_store
     }
 }
 
@@ -753,6 +843,7 @@ pub struct CompiledModule {
 /// After a fault the store is discarded.
 pub struct UnitRunner<'a> {
     module: &'a CompiledModule,
+    fuel_per_unit: u64,
     /// `None` for a component.
     shard: Option<&'a ShardModule>,
     store: Option<Store<UnitState>>,
@@ -775,7 +866,7 @@ impl UnitRunner<'_> {
     fn run_weighted(&mut self, input: &[u8], weight: u32) -> UnitOutcome {
         let module = self.module;
         let Some(shard) = self.shard else {
-            return module.run_component(input, weight);
+            return module.run_component(input, self.fuel_per_unit, weight);
         };
         if self.units_in_store >= module.config.units_per_store {
             self.store = None;
@@ -791,7 +882,7 @@ impl UnitRunner<'_> {
         let state = store.data_mut();
         state.log.clear();
         state.log_truncated = false;
-        let result = module.run_in(shard, store, input, weight);
+        let result = module.run_in(shard, store, input, self.fuel_per_unit, weight);
         let state = store.data_mut();
         let mut log = String::from_utf8_lossy(&state.log).into_owned();
         if state.log_truncated {
@@ -831,7 +922,7 @@ impl CompiledModule {
         self.component.is_some()
     }
 
-    fn budget(&self, weight: u32) -> (u64, u64) {
+    fn budget(&self, fuel_per_unit: u64, weight: u32) -> (u64, u64) {
         let weight = u64::from(weight.max(1));
         let ticks = (self
             .config
@@ -840,12 +931,12 @@ impl CompiledModule {
             .div_ceil(TICK.as_millis())
             .max(1) as u64)
             .saturating_mul(weight);
-        (self.config.fuel_per_unit.saturating_mul(weight), ticks)
+        (fuel_per_unit.saturating_mul(weight), ticks)
     }
 
-    fn run_component(&self, input: &[u8], weight: u32) -> UnitOutcome {
+    fn run_component(&self, input: &[u8], fuel_per_unit: u64, weight: u32) -> UnitOutcome {
         let component = self.component.as_ref().expect("called for components only");
-        let (fuel, ticks) = self.budget(weight);
+        let (fuel, ticks) = self.budget(fuel_per_unit, weight);
         let (bytes, log) = component.run(&self.config, input, fuel, ticks);
         let result = bytes.and_then(|b| {
             decode_contributions(&b, &self.config.decode_limits)
@@ -854,9 +945,17 @@ impl CompiledModule {
         UnitOutcome { result, log }
     }
 
-    /// A runner for this thread: runs units one after another, each in a fresh instance.
+    /// A runner for this thread: runs units one after another, each in a fresh instance, with
+    /// the configured [`SandboxConfigBuilder::fuel_per_unit`].
     pub fn runner(&self) -> UnitRunner<'_> {
+        self.runner_with_fuel(self.config.fuel_per_unit)
+    }
+
+    /// A runner whose units each get `fuel_per_unit` fuel (capped by the configured fuel): the
+    /// engine's way, with the fuel its schedule fixed before the run.
+    pub fn runner_with_fuel(&self, fuel_per_unit: u64) -> UnitRunner<'_> {
         UnitRunner {
+            fuel_per_unit: fuel_per_unit.min(self.config.fuel_per_unit),
             module: self,
             shard: (!self.shards.is_empty()).then(|| &self.shards[thread_shard(self.shards.len())]),
             store: None,
@@ -865,16 +964,14 @@ impl CompiledModule {
     }
 
     fn new_store(&self, shard: &ShardModule) -> Store<UnitState> {
-        let per_store = self.config.units_per_store as usize;
         // Limits count per store: each instance may have one memory and one table, each capped.
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.config.memory_per_instance)
-            .table_elements(MAX_TABLE_ELEMENTS as usize)
-            .instances(per_store)
-            .tables(per_store)
-            .memories(per_store)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = UnitLimits {
+            memory_cap: self.config.memory_per_instance,
+            table_cap: MAX_TABLE_ELEMENTS as usize,
+            per_store: self.config.units_per_store as usize,
+            growth_left: 0,
+            instantiating: false,
+        };
         let mut store = Store::new(
             &shard.engine,
             UnitState {
@@ -893,13 +990,20 @@ impl CompiledModule {
         shard: &ShardModule,
         store: &mut Store<UnitState>,
         input: &[u8],
+        fuel_per_unit: u64,
         weight: u32,
     ) -> Result<Vec<Contribution>, UnitFault> {
-        let (fuel, ticks) = self.budget(weight);
+        let (fuel, ticks) = self.budget(fuel_per_unit, weight);
         store.set_fuel(fuel).map_err(classify)?;
         store.set_epoch_deadline(ticks);
+        let limits = &mut store.data_mut().limits;
+        limits.growth_left =
+            usize::try_from(fuel.saturating_mul(GROWTH_BYTES_PER_FUEL)).unwrap_or(usize::MAX);
+        limits.instantiating = true;
         // A start function runs inside `instantiate`, under the fuel and deadline just set.
-        let instance = shard.pre.instantiate(&mut *store).map_err(classify)?;
+        let instance = shard.pre.instantiate(&mut *store);
+        store.data_mut().limits.instantiating = false;
+        let instance = instance.map_err(classify)?;
         let memory = instance
             .get_module_export(&mut *store, &shard.memory)
             .and_then(|e| e.into_memory())
@@ -947,22 +1051,17 @@ impl CompiledModule {
     }
 }
 
+/// Maps a wasmtime error to a fault by its type and trap code, never by its message.
 fn classify(err: wasmtime::Error) -> UnitFault {
+    if let Some(limit) = err.downcast_ref::<LimitExceeded>() {
+        return UnitFault::ResourceLimit(limit.to_string());
+    }
     match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => UnitFault::OutOfFuel,
         Some(Trap::Interrupt) => UnitFault::Deadline,
         Some(Trap::StackOverflow) => UnitFault::ResourceLimit("wasm stack exhausted".into()),
+        Some(Trap::AllocationTooLarge) => UnitFault::ResourceLimit(format!("{err:#}")),
         Some(t) => UnitFault::Trap(format!("{t}: {err:#}")),
-        None => {
-            let text = format!("{err:#}");
-            if text.contains("growing memory")
-                || text.contains("growing table")
-                || text.contains("resource limit")
-            {
-                UnitFault::ResourceLimit(text)
-            } else {
-                UnitFault::Trap(text)
-            }
-        }
+        None => UnitFault::Trap(format!("{err:#}")),
     }
 }

@@ -158,9 +158,11 @@ fn inclusion_proofs_verify_offline_and_tampered_ones_fail() {
             msg.contains(&format!("entry {i} is in the signed log")),
             "{msg}"
         );
-        // The proof carries the entry exactly as exported.
+        // The operator's proof carries the entry exactly as exported, beside its public part.
         let v: serde_json::Value = serde_json::from_str(&proof).unwrap();
-        assert_eq!(v["entry"].as_str().unwrap(), line);
+        assert_eq!(v["full"].as_str().unwrap(), line);
+        let full: veil_audit::Entry = serde_json::from_str(line).unwrap();
+        assert_eq!(v["entry"].as_str().unwrap(), full.public().to_line());
     }
     // Against an earlier tree size too.
     let proof = env.ok(&["audit", "prove", "--entry", "1", "--size", "3"]);
@@ -177,11 +179,25 @@ fn inclusion_proofs_verify_offline_and_tampered_ones_fail() {
     let line = edited["entry"]
         .as_str()
         .unwrap()
-        .replacen("\"v\":1", "\"v\":2", 1);
+        .replacen("\"v\":2", "\"v\":3", 1);
     edited["entry"] = line.into();
     let (code, msg) = verify_proof(&env, &edited.to_string(), &key, None);
     assert_eq!(code, 1, "{msg}");
     assert!(msg.contains("entry 2"), "{msg}");
+    // A sealed field of the full entry changed: it no longer opens the proven commitment.
+    let mut sealed = v.clone();
+    let full = sealed["full"].as_str().unwrap().to_owned();
+    let recorded = full.split("\"recorded_at\":\"").nth(1).unwrap()[..4].to_owned();
+    sealed["full"] = full
+        .replacen(
+            &format!("\"recorded_at\":\"{recorded}"),
+            "\"recorded_at\":\"1999",
+            1,
+        )
+        .into();
+    let (code, msg) = verify_proof(&env, &sealed.to_string(), &key, None);
+    assert_eq!(code, 1, "{msg}");
+    assert!(msg.contains("sealed"), "{msg}");
     let mut moved = v.clone();
     moved["index"] = 3.into();
     assert_eq!(verify_proof(&env, &moved.to_string(), &key, None).0, 1);
@@ -381,7 +397,7 @@ fn registration_certificates_verify_offline_for_the_owner_only() {
     assert_eq!(out.status.code(), Some(0), "{msg}");
     let listing: serde_json::Value =
         serde_json::from_str(&env.ok(&["dataset", "list", "--format", "json"])).unwrap();
-    let content = listing[0]["content_hash"].as_str().unwrap();
+    let content = listing[0]["content_commitment"].as_str().unwrap();
     assert!(
         msg.contains(&format!("dataset people of {HOLDER}")) && msg.contains(content),
         "{msg}"

@@ -162,6 +162,7 @@ consumers = ["{CONSUMER}"]
 approval = "{approval}"
 min_units_per_group = 20
 max_groups_per_unit = 1
+max_units = 500
 
 [dp]
 epsilon_per_job = 1.0

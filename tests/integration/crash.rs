@@ -51,6 +51,7 @@ consumers = ["{CONSUMER}"]
 approval = "auto"
 min_units_per_group = 20
 max_groups_per_unit = 1
+max_units = 6000
 
 [dp]
 epsilon_per_job = 1.0

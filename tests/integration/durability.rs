@@ -31,7 +31,8 @@ fn setup(env: &Env, people: usize) -> String {
             "epsilon_total = 1.5",
             "epsilon_total = 100.0\ndelta_total = 1e-3",
         )
-        .replace("min_units_per_group = 20", "min_units_per_group = 5");
+        .replace("min_units_per_group = 20", "min_units_per_group = 5")
+        .replace("max_units = 500", &format!("max_units = {}", people.max(1)));
     env.setup_with(&census(people), &policy_text);
     token_for(env, CONSUMER, "consumer")
 }
@@ -180,7 +181,9 @@ fn sigkill_at_random_points_leaves_budget_and_log_consistent() {
     let env = Env::new();
     let consumer = setup(&env, 3000);
     let wasm = std::fs::read(env.path().join("modules/income_by_education.wasm")).unwrap();
-    let manifest = income_manifest(0.01);
+    // Little fuel per person keeps each job's schedule short (3000 people are scheduled for).
+    let manifest =
+        income_manifest(0.01).replace("epsilon = 0.01", "epsilon = 0.01\nfuel_per_unit = 10000");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x5e1f);
     const KILLS: usize = 50;
     let mut last = Checked::default();

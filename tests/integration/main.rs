@@ -12,6 +12,7 @@ mod demo;
 mod durability;
 mod identity;
 mod languages;
+mod noninterference;
 mod pipeline;
 mod privacy_audit;
 mod redteam;

@@ -298,6 +298,7 @@ fn real_census_2000_data_when_shared_material_is_present() {
 approval = "auto"
 min_units_per_group = 100
 max_groups_per_unit = 1
+max_units = 30000
 [dp]
 epsilon_per_job = 1.0
 epsilon_total = 1.0
@@ -321,6 +322,7 @@ state = { class = "quasi" }
 module = "modules/column_probe.wasm"
 columns = ["educ", "lweekinc"]
 epsilon = 1.0
+fuel_per_unit = 20000
 [output]
 keys = ["column"]
 values = [{ name = "rows", bounds = [0, 1] }]

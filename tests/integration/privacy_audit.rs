@@ -128,6 +128,7 @@ fn plan(noise: Noise, values: Vec<GateValue>, public: Option<Vec<Vec<String>>>) 
         noise,
         charge,
         public_groups: public,
+        schedule: Default::default(),
     }
 }
 

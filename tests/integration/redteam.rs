@@ -38,6 +38,7 @@ consumers = ["{CONSUMER}"]
 approval = "auto"
 min_units_per_group = {MIN_UNITS}
 max_groups_per_unit = 1
+max_units = 500
 
 [dp]
 epsilon_per_job = 1.0
@@ -101,18 +102,13 @@ struct Footprint {
 
 impl Range {
     fn new() -> Range {
-        Range::with(default_sandbox(), Duration::from_secs(600))
+        Range::with(default_sandbox())
     }
 
-    fn with(sandbox: SandboxConfig, job_deadline: Duration) -> Range {
+    fn with(sandbox: SandboxConfig) -> Range {
         let env = Env::new();
         env.setup_with_policy(&redteam_policy());
-        let config = EngineConfig::builder()
-            .sandbox(sandbox)
-            .workers(2)
-            .max_unit_faults(3)
-            .job_deadline(job_deadline)
-            .build();
+        let config = EngineConfig::builder().sandbox(sandbox).workers(2).build();
         let veil = Veil::open(&env.data_dir(), config).expect("open engine");
         Range {
             env,
@@ -204,43 +200,30 @@ impl Range {
         info
     }
 
-    /// The job failed; the consumer sees only `code`. Returns the holder's log.
-    fn faulted(
-        &mut self,
-        wasm: &[u8],
-        columns: &[&str],
-        code: &str,
-        holder_sees: &[&str],
-    ) -> String {
+    /// The module faulted on units: each faulting unit contributed nothing, and the job released
+    /// as any other would — the consumer cannot tell a fault from an honest run. The audit log's
+    /// sealed part counts the faults for reviewers; returns the holder's log, which says why.
+    fn faulted(&mut self, wasm: &[u8], columns: &[&str], holder_sees: &[&str]) -> String {
         let info = self.run(wasm, columns, 1);
-        assert_eq!(info.state, JobState::Failed);
-        assert_eq!(info.code.as_deref(), Some(code));
-        assert!(info.result_hash.is_none());
-        assert!(matches!(
-            self.veil.job_result(&info.id, CONSUMER),
-            Err(EngineError::BadRequest(_))
-        ));
+        assert_eq!(info.state, JobState::Released, "{info:?}");
+        assert!(info.code.is_none());
+        self.veil.job_result(&info.id, CONSUMER).unwrap();
         assert!(matches!(
             self.veil.job_logs(&info.id, CONSUMER),
             Err(EngineError::Forbidden(_))
         ));
         let events = self.events_of(&info.id);
         assert!(
-            events
-                .iter()
-                .any(|e| e["kind"] == "job_finished" && e["status"] == format!("failed:{code}")),
+            events.iter().any(|e| e["kind"] == "job_finished"
+                && e["status"] == "completed"
+                && e["unit_faults"].as_u64() > Some(0)),
             "{events:?}"
         );
-        assert!(
-            events
-                .iter()
-                .any(|e| e["kind"] == "release_denied" && e["code"] == code),
-            "{events:?}"
-        );
-        assert!(!events.iter().any(|e| e["kind"] == "release_created"));
-        // What the consumer's binary shows: the state and the code, nothing more.
+        assert!(events.iter().any(|e| e["kind"] == "release_created"));
+        assert!(!events.iter().any(|e| e["kind"] == "release_denied"));
+        // What the consumer's binary shows: the state, as for any released job.
         let status = self.env.ok(&["--as", CONSUMER, "job", "status", &info.id]);
-        assert_eq!(status.trim(), format!("{} failed ({code})", info.id));
+        assert_eq!(status.trim(), format!("{} released", info.id));
         let logs = self.veil.job_logs(&info.id, HOLDER).unwrap().join("\n");
         for needle in holder_sees {
             assert!(
@@ -336,18 +319,13 @@ fn first_value_offset(name: &str) -> usize {
 fn cpu_infinite_loop_in_the_start_function() {
     let mut r = Range::new();
     let wasm = valid_after("", "(func $spin (loop br 0)) (start $spin)");
-    r.faulted(&wasm, &["educ"], "module_faults", &["out_of_fuel"]);
+    r.faulted(&wasm, &["educ"], &["out_of_fuel"]);
 }
 
 #[test]
 fn cpu_infinite_loop_in_map() {
     let mut r = Range::new();
-    r.faulted(
-        &valid_after("(loop br 0)", ""),
-        &["educ"],
-        "module_faults",
-        &["out_of_fuel"],
-    );
+    r.faulted(&valid_after("(loop br 0)", ""), &["educ"], &["out_of_fuel"]);
 }
 
 #[test]
@@ -362,42 +340,39 @@ fn cpu_infinite_loop_at_the_end_of_a_deep_call_chain() {
     r.faulted(
         &valid_after("call $f0", &funcs),
         &["educ"],
-        "module_faults",
         &["out_of_fuel"],
     );
 }
 
 #[test]
-fn cpu_loop_without_a_fuel_limit_meets_the_epoch_deadline() {
+fn cpu_loop_under_a_generous_sandbox_meets_the_schedules_fuel() {
+    // The sandbox would allow nearly unlimited fuel; the job's schedule gives each unit only what
+    // its time slot pays for, so the loop runs out of that (the epoch deadline is tested on the
+    // sandbox itself, tests/integration/sandbox.rs).
     let sandbox = SandboxConfig::builder()
         .fuel_per_unit(u64::MAX / 2)
         .unit_deadline(Duration::from_millis(50))
         .memory_per_instance(4 << 20)
         .max_concurrent_instances(4)
         .build();
-    let mut r = Range::with(sandbox, Duration::from_secs(600));
-    r.faulted(
-        &valid_after("(loop br 0)", ""),
-        &["educ"],
-        "module_faults",
-        &["deadline"],
-    );
+    let mut r = Range::with(sandbox);
+    r.faulted(&valid_after("(loop br 0)", ""), &["educ"], &["out_of_fuel"]);
 }
 
 #[test]
-fn cpu_slow_units_meet_the_job_deadline() {
-    // Each unit spins ten million times, within its own fuel and deadline; together the 402
-    // units outlast the job's time limit, which is checked between units.
+fn cpu_slow_units_change_neither_outcome_nor_release_time() {
+    // Each unit would spin ten million times; the schedule's fuel stops every one of them, the
+    // units contribute nothing, and the job releases exactly at the time fixed when it started.
     let sandbox = SandboxConfig::builder()
         .fuel_per_unit(200_000_000)
         .unit_deadline(Duration::from_secs(2))
         .memory_per_instance(4 << 20)
         .max_concurrent_instances(4)
         .build();
-    let mut r = Range::with(sandbox, Duration::from_millis(500));
+    let mut r = Range::with(sandbox);
     let spin = "(local $i i32) (loop (local.set $i (i32.add (local.get $i) (i32.const 1))) \
                 (br_if 0 (i32.lt_u (local.get $i) (i32.const 10000000))))";
-    r.faulted(&valid_after(spin, ""), &["educ"], "deadline", &[]);
+    r.faulted(&valid_after(spin, ""), &["educ"], &["out_of_fuel"]);
 }
 
 // ───────────────────────────── memory and tables ─────────────────────────────
@@ -405,13 +380,10 @@ fn cpu_slow_units_meet_the_job_deadline() {
 #[test]
 fn memory_grow_loop() {
     let mut r = Range::new();
+    // Growth beyond what the unit's fuel pays for fails softly (`memory.grow` answers -1), so
+    // the loop spins until its fuel is gone.
     let grow = "(loop (drop (memory.grow (i32.const 1))) br 0)";
-    r.faulted(
-        &valid_after(grow, ""),
-        &["educ"],
-        "module_faults",
-        &["resource_limit"],
-    );
+    r.faulted(&valid_after(grow, ""), &["educ"], &["out_of_fuel"]);
 }
 
 #[test]
@@ -442,7 +414,6 @@ fn table_grow_loop() {
     r.faulted(
         &valid_after(grow, "(table $t 1 funcref)"),
         &["educ"],
-        "module_faults",
         &["resource_limit"],
     );
 }
@@ -469,7 +440,6 @@ fn stack_overflow_by_deep_recursion() {
     r.faulted(
         &valid_after("call $r", "(func $r call $r)"),
         &["educ"],
-        "module_faults",
         &["resource_limit", "stack"],
     );
 }
@@ -588,12 +558,7 @@ fn module_that_is_a_component() {
 fn output_claims_four_billion_contributions() {
     let mut r = Range::new();
     let wasm = wat_module(r#"(data (i32.const 0) "\ff\ff\ff\ff")"#, "i64.const 4");
-    r.faulted(
-        &wasm,
-        &["educ"],
-        "module_faults",
-        &["bad_output", "contributions"],
-    );
+    r.faulted(&wasm, &["educ"], &["bad_output", "contributions"]);
 }
 
 #[test]
@@ -604,7 +569,6 @@ fn output_with_an_oversized_key() {
     r.faulted(
         &wat_module(&data, &ret),
         &["educ"],
-        "module_faults",
         &["bad_output", "key part bytes"],
     );
 }
@@ -616,7 +580,6 @@ fn output_with_too_many_values() {
     r.faulted(
         &wat_module(&data, &ret),
         &["educ"],
-        "module_faults",
         &["bad_output", "values"],
     );
 }
@@ -626,24 +589,14 @@ fn output_larger_than_the_limit() {
     let mut r = Range::new();
     // (ptr 0, len 2 MiB): larger than the 1 MiB output limit, though inside a 4 MiB memory.
     let wasm = wat_module("", "(drop (memory.grow (i32.const 40))) i64.const 2097152");
-    r.faulted(
-        &wasm,
-        &["educ"],
-        "module_faults",
-        &["bad_output", "exceeds"],
-    );
+    r.faulted(&wasm, &["educ"], &["bad_output", "exceeds"]);
 }
 
 #[test]
 fn output_pointing_outside_memory() {
     let mut r = Range::new();
     let wasm = wat_module("", "i64.const 0x7fff000000000010");
-    r.faulted(
-        &wasm,
-        &["educ"],
-        "module_faults",
-        &["bad_output", "outside memory"],
-    );
+    r.faulted(&wasm, &["educ"], &["bad_output", "outside memory"]);
 }
 
 #[test]
@@ -654,7 +607,6 @@ fn output_key_that_is_not_utf8() {
     r.faulted(
         &wat_module(data, "i64.const 26"),
         &["educ"],
-        "module_faults",
         &["bad_output"],
     );
 }
@@ -770,12 +722,7 @@ fn trap_message_and_log_carrying_raw_values() {
         r#"(import "veil_abi_v1" "log" (func $log (param i32 i32)))"#,
         "(call $log (local.get $in) (local.get $len)) unreachable",
     );
-    r.faulted(
-        &wasm,
-        &["weekly_income"],
-        "module_faults",
-        &["VUN1", "trap", "unreachable"],
-    );
+    r.faulted(&wasm, &["weekly_income"], &["VUN1", "trap", "unreachable"]);
 }
 
 #[test]
@@ -785,7 +732,6 @@ fn panic_stdout_and_log_carrying_raw_values() {
     let logs = r.faulted(
         veil_examples::LEAKY,
         &["weekly_income"],
-        "module_faults",
         &["log: income=", "panic: income=", "trap"],
     );
     // stdout and stderr lead nowhere: wasm32-unknown-unknown has no such streams.
@@ -795,12 +741,8 @@ fn panic_stdout_and_log_carrying_raw_values() {
     assert!(!listing.contains("income="), "{listing}");
     let job = r.veil.jobs_for(CONSUMER).unwrap()[0].id.clone();
     let result = r.env.veil(&["--as", CONSUMER, "job", "result", &job]);
-    assert!(!result.status.success());
-    assert!(
-        !text(&result.stderr).contains("income="),
-        "{}",
-        text(&result.stderr)
-    );
+    let shown = text(&result.stdout) + &text(&result.stderr);
+    assert!(!shown.contains("income="), "{shown}");
     let logs_as_consumer = r.env.veil(&["--as", CONSUMER, "job", "logs", &job]);
     assert!(!logs_as_consumer.status.success());
     assert!(!text(&logs_as_consumer.stdout).contains("income="));
@@ -808,12 +750,13 @@ fn panic_stdout_and_log_carrying_raw_values() {
 
 #[test]
 fn log_spam_is_bounded_and_for_the_holder_only() {
-    // 100 KB of log per unit, for every unit: kept to a few KiB per unit and a bounded number of
-    // lines per job, all in the holder's log.
+    // 50 KB of log per unit (what the unit's fuel pays for: each call costs fuel), for every
+    // unit: kept to a few KiB per unit and a bounded number of lines per job, all in the holder's
+    // log.
     let mut r = Range::new();
     let spam = "(local $i i32) (loop (call $log (i32.const 0) (i32.const 1000)) \
                 (local.set $i (i32.add (local.get $i) (i32.const 1))) \
-                (br_if 0 (i32.lt_u (local.get $i) (i32.const 100))))";
+                (br_if 0 (i32.lt_u (local.get $i) (i32.const 50))))";
     let wasm = valid_after(
         spam,
         r#"(import "veil_abi_v1" "log" (func $log (param i32 i32)))"#,

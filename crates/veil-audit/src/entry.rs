@@ -1,12 +1,15 @@
 //! One audit entry and the events it can record.
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use veil_merkle::Hash;
 
 use crate::keys::{DomainKey, VerifierKey};
 
 /// Domain separation for entry signatures, so they cannot be replayed as any other signature.
-const ENTRY_CONTEXT: &[u8] = b"veil-audit-entry-v1\n";
+const ENTRY_CONTEXT: &[u8] = b"veil-audit-entry-v2\n";
 
 /// What happened. Hashes identify data, modules, policies and results; ε is in millionths.
 /// Events never carry rows or values derived from them beyond the released result's hash.
@@ -43,7 +46,9 @@ pub enum AuditEvent {
     DatasetRegistered {
         dataset: String,
         owner: String,
-        content_hash: String,
+        /// Keyed commitment to the content (HMAC-SHA256 under the dataset's secret salt): the
+        /// holder and reviewers can check it; nobody can test guessed rows against it.
+        content_commitment: String,
         schema_hash: String,
         rows: u64,
         privacy_unit: Option<String>,
@@ -82,7 +87,7 @@ pub enum AuditEvent {
         job: String,
         consumer: String,
         dataset: String,
-        dataset_hash: String,
+        dataset_commitment: String,
         policy_version: u64,
         policy_hash: String,
         module_hash: String,
@@ -119,17 +124,52 @@ pub enum AuditEvent {
     },
 }
 
-/// A signed log entry, exactly as exported (one JSON object per line).
+/// Format version of entries written now: a public part and a sealed confidential part.
+pub const ENTRY_VERSION: u32 = 2;
+
+/// Domain separation for the commitment to an entry's confidential part.
+const SEAL_CONTEXT: &[u8] = b"veil-audit-sealed-v2\n";
+
+/// A log entry in full, as stored and as exported to reviewers (one JSON object per line).
+///
+/// An entry has two parts. The **public part** ([`PublicEntry`]) is what the Merkle tree, the
+/// signature, checkpoints, proofs and receipts are built over: version, index, the entry's public
+/// time, the previous leaf, the event's kind and its public fields (job id, hashes, ε charged), and
+/// `sealed`, a salted SHA-256 commitment to the **confidential part** — the event's other fields
+/// (principals, counts, reasons, budget figures) and the exact time it was recorded. The salt is
+/// 32 random bytes per entry, so a commitment cannot be tested against guessed contents; a
+/// reviewer who holds the full entry recomputes it, so every field stays tamper-evident.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {
     pub v: u32,
     pub index: u64,
+    /// Public time: RFC 3339 to the second, or the scheduled instant of a job event (to the
+    /// millisecond) — never the moment a data-dependent computation ended.
     pub time: String,
-    /// Hex leaf hash of the previous entry (zeros for the first).
+    /// Hex leaf hash of the previous entry's public part (zeros for the first).
     pub prev: String,
     pub event: AuditEvent,
-    /// Hex Ed25519 signature over the fields above.
+    /// When the entry was actually written (confidential).
+    pub recorded_at: String,
+    /// Hex salt of the confidential part's commitment (confidential).
+    pub salt: String,
+    /// Hex Ed25519 signature over the public part.
+    pub sig: String,
+}
+
+/// An entry's public part: what anyone shown the entry sees, and what the log's tree commits to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicEntry {
+    pub v: u32,
+    pub index: u64,
+    pub time: String,
+    pub prev: String,
+    /// `kind` and the event's public fields (see [`public_fields`]).
+    pub public: BTreeMap<String, Value>,
+    /// Hex SHA-256 commitment to the confidential part.
+    pub sealed: String,
     pub sig: String,
 }
 
@@ -139,49 +179,168 @@ struct SignedPart<'a> {
     index: u64,
     time: &'a str,
     prev: &'a str,
-    event: &'a AuditEvent,
+    public: &'a BTreeMap<String, Value>,
+    sealed: &'a str,
+}
+
+/// What the commitment covers, in canonical form (sorted keys).
+#[derive(Serialize)]
+struct SealedPart<'a> {
+    recorded_at: &'a str,
+    fields: &'a BTreeMap<String, Value>,
+}
+
+/// The fields of each event kind that its public part shows; every other field is sealed.
+/// Public fields are what the job's own consumer already knows or may verify (its job, the
+/// dataset it named, hashes, the charge), never counts, reasons or other parties' names.
+pub fn public_fields(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "log_created" => &["public_key"],
+        "key_rotated" => &["new_public_key", "fingerprint"],
+        "dataset_registered" => &["dataset", "content_commitment", "schema_hash"],
+        "policy_set" => &["dataset", "version", "policy_hash"],
+        "job_submitted" => &[
+            "job",
+            "consumer",
+            "dataset",
+            "module_hash",
+            "manifest_hash",
+            "epsilon_micro",
+        ],
+        "job_started" => &[
+            "job",
+            "consumer",
+            "dataset",
+            "dataset_commitment",
+            "policy_version",
+            "policy_hash",
+            "module_hash",
+            "epsilon_micro",
+            "rho_pico",
+            "delta_conversion_femto",
+            "delta_selection_femto",
+        ],
+        "release_created" => &["job", "result_hash"],
+        "job_refused" | "job_approved" | "job_rejected" | "job_finished" | "release_denied" => {
+            &["job"]
+        }
+        _ => &[],
+    }
+}
+
+/// Splits an event into its public fields (with `kind`) and its confidential fields.
+fn split(event: &AuditEvent) -> (BTreeMap<String, Value>, BTreeMap<String, Value>) {
+    let Value::Object(all) = serde_json::to_value(event).expect("events serialize") else {
+        unreachable!("events serialize as objects");
+    };
+    let kind = all
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let shown = public_fields(&kind);
+    let (mut public, mut sealed) = (BTreeMap::new(), BTreeMap::new());
+    for (name, value) in all {
+        if name == "kind" || shown.contains(&name.as_str()) {
+            public.insert(name, value);
+        } else {
+            sealed.insert(name, value);
+        }
+    }
+    (public, sealed)
 }
 
 impl Entry {
-    /// Builds and signs an entry.
+    /// Builds and signs an entry. Requires `salt` to be fresh random bytes.
     pub fn new_signed(
         index: u64,
         time: String,
+        recorded_at: String,
         prev: Hash,
         event: AuditEvent,
+        salt: [u8; 32],
         key: &DomainKey,
     ) -> Entry {
         let mut entry = Entry {
-            v: 1,
+            v: ENTRY_VERSION,
             index,
             time,
             prev: hex::encode(prev),
             event,
+            recorded_at,
+            salt: hex::encode(salt),
             sig: String::new(),
         };
-        entry.sig = hex::encode(key.sign(&entry.signed_bytes()));
+        let public = entry.public();
+        entry.sig = hex::encode(key.sign(&public.signed_bytes()));
         entry
     }
 
+    /// The hex commitment to this entry's confidential part.
+    fn commitment(&self, sealed: &BTreeMap<String, Value>) -> String {
+        let mut bytes = SEAL_CONTEXT.to_vec();
+        bytes.extend(hex::decode(&self.salt).unwrap_or_default());
+        bytes.extend(
+            serde_json::to_vec(&SealedPart {
+                recorded_at: &self.recorded_at,
+                fields: sealed,
+            })
+            .expect("sealed parts serialize"),
+        );
+        hex::encode(Sha256::digest(&bytes))
+    }
+
+    /// The public part of this entry.
+    pub fn public(&self) -> PublicEntry {
+        let (public, sealed) = split(&self.event);
+        PublicEntry {
+            v: self.v,
+            index: self.index,
+            time: self.time.clone(),
+            prev: self.prev.clone(),
+            sealed: self.commitment(&sealed),
+            public,
+            sig: self.sig.clone(),
+        }
+    }
+
+    /// The full line, as stored and exported (deterministic: fixed field order, sorted maps).
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).expect("entries serialize")
+    }
+
+    /// RFC 6962 leaf hash of the public part's line.
+    pub fn leaf_hash(&self) -> Hash {
+        self.public().leaf_hash()
+    }
+
+    /// Whether the signature holds over the public part, which commits to everything else.
+    pub fn signature_valid(&self, key: &VerifierKey) -> bool {
+        self.v == ENTRY_VERSION && self.public().signature_valid(key)
+    }
+}
+
+impl PublicEntry {
     fn signed_bytes(&self) -> Vec<u8> {
         let part = SignedPart {
             v: self.v,
             index: self.index,
             time: &self.time,
             prev: &self.prev,
-            event: &self.event,
+            public: &self.public,
+            sealed: &self.sealed,
         };
         let mut bytes = ENTRY_CONTEXT.to_vec();
         bytes.extend(serde_json::to_vec(&part).expect("entries serialize"));
         bytes
     }
 
-    /// The canonical line: serialization is deterministic (fixed field order, no maps).
+    /// The canonical line of the public part.
     pub fn to_line(&self) -> String {
         serde_json::to_string(self).expect("entries serialize")
     }
 
-    /// RFC 6962 leaf hash of the canonical line.
+    /// RFC 6962 leaf hash of the canonical line: the entry's leaf in the log's tree.
     pub fn leaf_hash(&self) -> Hash {
         veil_merkle::leaf_hash(self.to_line().as_bytes())
     }
@@ -191,6 +350,24 @@ impl Entry {
             return false;
         };
         key.verify(&self.signed_bytes(), &sig)
+    }
+
+    /// The event kind (`job_started`, ...).
+    pub fn kind(&self) -> &str {
+        self.public
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+
+    /// A public text field, if the entry shows it.
+    pub fn text(&self, field: &str) -> Option<&str> {
+        self.public.get(field).and_then(Value::as_str)
+    }
+
+    /// A public number field; absent numbers are zero (events omit zero charges).
+    pub fn number(&self, field: &str) -> u64 {
+        self.public.get(field).and_then(Value::as_u64).unwrap_or(0)
     }
 }
 

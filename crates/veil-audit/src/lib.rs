@@ -1,8 +1,11 @@
 //! Veil's tamper-evident audit log.
 //!
-//! Every event of the pipeline becomes an [`Entry`]: a sequential index, a UTC time, the leaf hash
-//! of the previous entry, the [`AuditEvent`] (hashes, principals and ε — never data) and an Ed25519
-//! signature by the domain key over all of that. Entries are appended inside the caller's SQLite
+//! Every event of the pipeline becomes an [`Entry`]: a sequential index, a public UTC time, the
+//! leaf hash of the previous entry, the [`AuditEvent`] (hashes, principals and ε — never data) and
+//! an Ed25519 signature by the domain key. Each entry has a public part ([`PublicEntry`]: kind,
+//! public fields, a salted commitment to the rest) that the tree, checkpoints, proofs and receipts
+//! are built over, and a sealed part (counts, reasons, other parties' names, the exact time) that
+//! only reviewers see and that the commitment makes tamper-evident. Entries are appended inside the caller's SQLite
 //! transaction, so an event is recorded exactly when the state change it describes is committed.
 //!
 //! Entries are the leaves of an RFC 6962 Merkle tree (`veil-merkle`). A [`Checkpoint`] commits to
@@ -22,10 +25,10 @@ mod receipt;
 pub mod review;
 mod store;
 
-pub use entry::{AuditEvent, Entry, sha256_hex};
+pub use entry::{AuditEvent, ENTRY_VERSION, Entry, PublicEntry, public_fields, sha256_hex};
 pub use keys::{DomainKey, VerifierKey};
 pub use note::Checkpoint;
-pub use proof::{Proof, ProofVerdict, prove_consistency, prove_inclusion};
+pub use proof::{Disclosure, Proof, ProofVerdict, prove_consistency, prove_inclusion};
 pub use receipt::{
     Certificate, CertificateFacts, Receipt, ReceiptFacts, issue_certificate, issue_receipt,
 };

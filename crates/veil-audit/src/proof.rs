@@ -2,9 +2,10 @@
 //! checks offline with only the domain's public key (`veil audit prove`, `veil audit
 //! verify-proof`).
 //!
-//! - An **inclusion proof** carries one entry's exact line, its index, the audit path and a signed
-//!   checkpoint: it shows the entry is in the log the checkpoint commits to, without the rest of
-//!   the log (RFC 6962 §2.1.1, RFC 9162 §2.1.3.2).
+//! - An **inclusion proof** carries one entry's public part (its leaf), its index, the audit path
+//!   and a signed checkpoint: it shows the entry is in the log the checkpoint commits to, without
+//!   the rest of the log (RFC 6962 §2.1.1, RFC 9162 §2.1.3.2). A proof made for a reviewer also
+//!   carries the full entry, whose sealed part the verifier checks against the commitment.
 //! - A **consistency proof** carries two signed checkpoints and the path between them: it shows
 //!   the later log extends the earlier one, so nothing the earlier checkpoint covered was changed
 //!   or dropped (RFC 6962 §2.1.2, RFC 9162 §2.1.4.2). Two reviewers who hold different checkpoints
@@ -13,9 +14,10 @@ use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use veil_merkle::Hash;
 
-use crate::entry::Entry;
+use crate::entry::{Entry, PublicEntry};
 use crate::keys::{DomainKey, VerifierKey};
 use crate::note::Checkpoint;
+use crate::store::AuditLog;
 use crate::{AuditError, bad};
 
 /// A proof document, tagged by `kind`.
@@ -25,8 +27,11 @@ use crate::{AuditError, bad};
 pub enum Proof {
     Inclusion {
         index: u64,
-        /// The entry exactly as stored and exported.
+        /// The entry's public part, exactly as the tree's leaf hashes it.
         entry: String,
+        /// The full entry (public and sealed parts), in proofs for those who may read it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        full: Option<String>,
         /// Hex hashes of the audit path, bottom-up.
         path: Vec<String>,
         /// Signed note for the tree the path leads to.
@@ -48,7 +53,9 @@ pub enum ProofVerdict {
     Included {
         index: u64,
         size: u64,
-        entry: Box<Entry>,
+        entry: Box<PublicEntry>,
+        /// The full entry, checked against the commitment, when the proof carries it.
+        full: Option<Box<Entry>>,
     },
     /// The log of `new_size` entries extends the log of `old_size` entries.
     Consistent { old_size: u64, new_size: u64 },
@@ -75,12 +82,22 @@ fn size_ok(size: u64, have: usize) -> Result<usize, AuditError> {
     Ok(size as usize)
 }
 
+/// How much of an entry a proof shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disclosure {
+    /// The public part only (a job's consumer, for its own job's entries).
+    Public,
+    /// The public part and the full entry (reviewers, admins, a dataset's owner for its own).
+    Full,
+}
+
 /// Proves entry `index` is in the tree of the first `size` entries (default: the whole log).
 pub fn prove_inclusion(
     conn: &Connection,
     key: &DomainKey,
     index: u64,
     size: Option<u64>,
+    disclosure: Disclosure,
 ) -> Result<Proof, AuditError> {
     let all = leaves(conn)?;
     let size = size_ok(size.unwrap_or(all.len() as u64), all.len())?;
@@ -92,14 +109,12 @@ pub fn prove_inclusion(
     }
     let tree = &all[..size];
     let path = veil_merkle::inclusion_proof(tree, index as usize).expect("index checked");
-    let entry: String =
-        conn.query_row("SELECT line FROM audit_log WHERE idx = ?1", [index], |r| {
-            r.get(0)
-        })?;
+    let entry = AuditLog::entry(conn, index)?.ok_or_else(|| bad(Some(index), "no such entry"))?;
     let checkpoint = Checkpoint::sign(size as u64, veil_merkle::root(tree), key);
     Ok(Proof::Inclusion {
         index,
-        entry,
+        entry: entry.public().to_line(),
+        full: (disclosure == Disclosure::Full).then(|| entry.to_line()),
         path: path.iter().map(hex::encode).collect(),
         checkpoint: checkpoint.note,
     })
@@ -126,6 +141,21 @@ pub fn prove_consistency(
     })
 }
 
+/// The full entry `line`, checked to open the public part `public` (same public fields, and its
+/// sealed part matches the commitment).
+fn opened(line: &str, public: &PublicEntry) -> Result<Entry, AuditError> {
+    let index = Some(public.index);
+    let full: Entry = serde_json::from_str(line)
+        .map_err(|e| bad(index, format!("the full entry is not a log entry: {e}")))?;
+    if full.public() != *public {
+        return Err(bad(
+            index,
+            "the full entry does not match the proven public part (a sealed field was altered)",
+        ));
+    }
+    Ok(full)
+}
+
 fn hashes(path: &[String]) -> Result<Vec<Hash>, AuditError> {
     path.iter()
         .map(|h| {
@@ -150,11 +180,12 @@ impl Proof {
             Proof::Inclusion {
                 index,
                 entry,
+                full,
                 path,
                 checkpoint,
             } => {
                 let cp = Checkpoint::parse_and_verify(checkpoint, key)?;
-                let parsed: Entry = serde_json::from_str(entry)
+                let parsed: PublicEntry = serde_json::from_str(entry)
                     .map_err(|e| bad(Some(*index), format!("entry is not a log entry: {e}")))?;
                 if parsed.to_line() != *entry {
                     return Err(bad(Some(*index), "entry is not in canonical form"));
@@ -178,10 +209,15 @@ impl Proof {
                         ),
                     ));
                 }
+                let full = full
+                    .as_deref()
+                    .map(|line| opened(line, &parsed))
+                    .transpose()?;
                 Ok(ProofVerdict::Included {
                     index: *index,
                     size: cp.size,
                     entry: Box::new(parsed),
+                    full: full.map(Box::new),
                 })
             }
             Proof::Consistency {

@@ -2,7 +2,7 @@
 //! module ran on which dataset version under which policy, what it was charged and what it
 //! released.
 //!
-//! A receipt binds the module hash, the dataset's content hash, the policy version's hash, the
+//! A receipt binds the module hash, the dataset's content commitment, the policy version's hash, the
 //! manifest hash, the privacy charged (ε, and ρ and δ when spent), the result's hash and the log
 //! index of the release, under one Ed25519 signature of the domain key. It also carries inclusion
 //! proofs of the three log entries those facts come from (`job_submitted`, `job_started`,
@@ -12,9 +12,9 @@
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
-use crate::entry::{AuditEvent, Entry, sha256_hex};
+use crate::entry::{AuditEvent, Entry, PublicEntry, sha256_hex};
 use crate::keys::{DomainKey, VerifierKey};
-use crate::proof::{Proof, ProofVerdict, prove_inclusion};
+use crate::proof::{Disclosure, Proof, ProofVerdict, prove_inclusion};
 use crate::store::AuditLog;
 use crate::{AuditError, bad};
 
@@ -29,7 +29,9 @@ pub struct ReceiptFacts {
     pub consumer: String,
     pub dataset: String,
     pub module_hash: String,
-    pub dataset_hash: String,
+    /// Keyed commitment to the dataset version's content (not a plain hash: it cannot be
+    /// recomputed from guessed rows).
+    pub dataset_commitment: String,
     pub policy_version: u64,
     pub policy_hash: String,
     pub manifest_hash: String,
@@ -39,6 +41,8 @@ pub struct ReceiptFacts {
     pub result_hash: String,
     /// Index of the `release_created` entry.
     pub log_index: u64,
+    /// The release's public time: the instant fixed when the job started.
+    pub released_at: String,
     /// The signed checkpoint the proofs lead to.
     pub checkpoint: String,
 }
@@ -67,58 +71,40 @@ fn signature_holds(key: &VerifierKey, message: &[u8], signature_hex: &str) -> bo
     key.verify(message, &hex::decode(signature_hex).unwrap_or_default())
 }
 
-/// The facts that a job's `job_submitted`, `job_started` and `release_created` entries establish,
-/// or `None` when they are not those events of one job. Issuing and verifying both use it, so a
-/// receipt says exactly what its entries say.
+/// The facts that a job's `job_submitted`, `job_started` and `release_created` entries establish
+/// through their public parts, or `None` when they are not those events of one job. Issuing and
+/// verifying both use it, so a receipt says exactly what its entries say.
 fn job_facts(
-    submitted: &Entry,
-    started: &Entry,
-    released: &Entry,
+    submitted: &PublicEntry,
+    started: &PublicEntry,
+    released: &PublicEntry,
     checkpoint: String,
 ) -> Option<ReceiptFacts> {
-    let (
-        AuditEvent::JobSubmitted {
-            job,
-            consumer,
-            dataset,
-            manifest_hash,
-            ..
-        },
-        AuditEvent::JobStarted {
-            job: started_job,
-            module_hash,
-            dataset_hash,
-            policy_version,
-            policy_hash,
-            epsilon_micro,
-            rho_pico,
-            delta_conversion_femto,
-            delta_selection_femto,
-            ..
-        },
-        AuditEvent::ReleaseCreated {
-            job: released_job,
-            result_hash,
-            ..
-        },
-    ) = (&submitted.event, &started.event, &released.event)
-    else {
+    let kinds = (submitted.kind(), started.kind(), released.kind());
+    if kinds != ("job_submitted", "job_started", "release_created") {
         return None;
-    };
-    (job == started_job && job == released_job).then(|| ReceiptFacts {
-        job: job.clone(),
-        consumer: consumer.clone(),
-        dataset: dataset.clone(),
-        module_hash: module_hash.clone(),
-        dataset_hash: dataset_hash.clone(),
-        policy_version: *policy_version,
-        policy_hash: policy_hash.clone(),
-        manifest_hash: manifest_hash.clone(),
-        epsilon_micro: *epsilon_micro,
-        rho_pico: *rho_pico,
-        delta_femto: delta_conversion_femto + delta_selection_femto,
-        result_hash: result_hash.clone(),
+    }
+    let job = submitted.text("job")?;
+    if started.text("job") != Some(job) || released.text("job") != Some(job) {
+        return None;
+    }
+    let text = |e: &PublicEntry, f: &str| e.text(f).map(str::to_owned);
+    Some(ReceiptFacts {
+        job: job.to_owned(),
+        consumer: text(submitted, "consumer")?,
+        dataset: text(submitted, "dataset")?,
+        module_hash: text(started, "module_hash")?,
+        dataset_commitment: text(started, "dataset_commitment")?,
+        policy_version: started.number("policy_version"),
+        policy_hash: text(started, "policy_hash")?,
+        manifest_hash: text(submitted, "manifest_hash")?,
+        epsilon_micro: started.number("epsilon_micro"),
+        rho_pico: started.number("rho_pico"),
+        delta_femto: started.number("delta_conversion_femto")
+            + started.number("delta_selection_femto"),
+        result_hash: text(released, "result_hash")?,
         log_index: released.index,
+        released_at: released.time.clone(),
         checkpoint,
     })
 }
@@ -143,12 +129,18 @@ pub fn issue_receipt(
     let released = find(|e, j| matches!(e, AuditEvent::ReleaseCreated { job, .. } if job == j))?;
     let proofs = [submitted, started, released]
         .iter()
-        .map(|e| prove_inclusion(conn, key, e.index, Some(size)))
+        .map(|e| prove_inclusion(conn, key, e.index, Some(size), Disclosure::Public))
         .collect::<Result<Vec<_>, _>>()?;
     let Some(Proof::Inclusion { checkpoint, .. }) = proofs.first() else {
         unreachable!("inclusion proofs");
     };
-    let facts = job_facts(submitted, started, released, checkpoint.clone()).ok_or_else(|| {
+    let facts = job_facts(
+        &submitted.public(),
+        &started.public(),
+        &released.public(),
+        checkpoint.clone(),
+    )
+    .ok_or_else(|| {
         bad(
             Some(released.index),
             "the job's entries do not fit together",
@@ -184,7 +176,7 @@ impl Receipt {
                 "a receipt carries exactly three inclusion proofs",
             ));
         }
-        let mut entries: Vec<Entry> = Vec::new();
+        let mut entries: Vec<PublicEntry> = Vec::new();
         for proof in &self.proofs {
             let Proof::Inclusion { checkpoint, .. } = proof else {
                 return Err(bad(None, "receipt proofs must be inclusion proofs"));
@@ -223,7 +215,7 @@ const CERTIFICATE_CONTEXT: &[u8] = b"veil-registration-v1\n";
 pub struct CertificateFacts {
     pub dataset: String,
     pub owner: String,
-    pub content_hash: String,
+    pub content_commitment: String,
     pub schema_hash: String,
     pub rows: u64,
     pub privacy_unit: Option<String>,
@@ -248,7 +240,7 @@ fn registration_facts(entry: &Entry, checkpoint: String) -> Option<CertificateFa
     let AuditEvent::DatasetRegistered {
         dataset,
         owner,
-        content_hash,
+        content_commitment,
         schema_hash,
         rows,
         privacy_unit,
@@ -259,7 +251,7 @@ fn registration_facts(entry: &Entry, checkpoint: String) -> Option<CertificateFa
     Some(CertificateFacts {
         dataset: dataset.clone(),
         owner: owner.clone(),
-        content_hash: content_hash.clone(),
+        content_commitment: content_commitment.clone(),
         schema_hash: schema_hash.clone(),
         rows: *rows,
         privacy_unit: privacy_unit.clone(),
@@ -281,7 +273,13 @@ pub fn issue_certificate(
         .rev()
         .find(|e| matches!(&e.event, AuditEvent::DatasetRegistered { dataset: d, .. } if d == dataset))
         .ok_or_else(|| bad(None, format!("no registration of `{dataset}` in the log")))?;
-    let proof = prove_inclusion(conn, key, entry.index, Some(entries.len() as u64))?;
+    let proof = prove_inclusion(
+        conn,
+        key,
+        entry.index,
+        Some(entries.len() as u64),
+        Disclosure::Full,
+    )?;
     let Proof::Inclusion { checkpoint, .. } = &proof else {
         unreachable!("an inclusion proof");
     };
@@ -316,8 +314,14 @@ impl Certificate {
                 "the proof leads to another checkpoint than the certificate's",
             ));
         }
-        let ProofVerdict::Included { entry, .. } = self.proof.verify(key, None)? else {
-            return Err(bad(None, "a certificate carries an inclusion proof"));
+        let ProofVerdict::Included {
+            full: Some(entry), ..
+        } = self.proof.verify(key, None)?
+        else {
+            return Err(bad(
+                None,
+                "a certificate carries an inclusion proof with the full registration entry",
+            ));
         };
         if registration_facts(&entry, f.checkpoint.clone()).as_ref() != Some(f) {
             return Err(bad(

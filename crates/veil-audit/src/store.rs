@@ -32,14 +32,48 @@ impl AuditLog {
                  note TEXT NOT NULL
              );",
         )?;
+        let first: Option<String> = conn
+            .query_row("SELECT line FROM audit_log ORDER BY idx LIMIT 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(line) = first
+            && serde_json::from_str::<serde_json::Value>(&line)
+                .ok()
+                .and_then(|v| v.get("v").and_then(|v| v.as_u64()))
+                != Some(u64::from(crate::entry::ENTRY_VERSION))
+        {
+            return Err(AuditError::Encoding(
+                "this store's audit log has entries of format v1, whose contents are all public; \
+                 this version of Veil writes format v2 (public and sealed parts). Export the old \
+                 log with the Veil that wrote it, then initialise a new store"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 
-    /// Appends an event. Call inside the transaction that commits the state change it records.
+    /// Appends an event whose public time is now, to the second. Call inside the transaction that
+    /// commits the state change it records.
     pub fn append(
         conn: &Connection,
         key: &DomainKey,
         event: AuditEvent,
+    ) -> Result<Entry, AuditError> {
+        let now = OffsetDateTime::now_utc();
+        let public = now
+            .replace_nanosecond(0)
+            .map_err(|e| AuditError::Encoding(e.to_string()))?;
+        Self::append_at(conn, key, event, public)
+    }
+
+    /// Appends an event with the given public time (a job's scheduled instant, to the
+    /// millisecond); the real time goes into the sealed part.
+    pub fn append_at(
+        conn: &Connection,
+        key: &DomainKey,
+        event: AuditEvent,
+        public_time: OffsetDateTime,
     ) -> Result<Entry, AuditError> {
         // A process still holding a key that was rotated away must not sign new entries.
         let current: Option<String> = conn
@@ -70,10 +104,24 @@ impl AuditLog {
             }
             None => (0, [0u8; 32]),
         };
-        let time = OffsetDateTime::now_utc()
-            .format(&Rfc3339)
+        let format = |t: OffsetDateTime| {
+            t.format(&Rfc3339)
+                .map_err(|e| AuditError::Encoding(e.to_string()))
+        };
+        let public_time = public_time
+            .replace_millisecond(public_time.millisecond())
             .map_err(|e| AuditError::Encoding(e.to_string()))?;
-        let entry = Entry::new_signed(index, time, prev, event, key);
+        let mut salt = [0u8; 32];
+        getrandom::fill(&mut salt).map_err(|e| AuditError::Encoding(e.to_string()))?;
+        let entry = Entry::new_signed(
+            index,
+            format(public_time)?,
+            format(OffsetDateTime::now_utc())?,
+            prev,
+            event,
+            salt,
+            key,
+        );
         conn.execute(
             "INSERT INTO audit_log (idx, line, leaf) VALUES (?1, ?2, ?3)",
             params![index, entry.to_line(), entry.leaf_hash().to_vec()],
@@ -110,6 +158,17 @@ impl AuditLog {
             out.push(serde_json::from_str(&line).map_err(|e| AuditError::Encoding(e.to_string()))?);
         }
         Ok(out)
+    }
+
+    /// Entry `index`, if the log has it.
+    pub fn entry(conn: &Connection, index: u64) -> Result<Option<Entry>, AuditError> {
+        let line: Option<String> = conn
+            .query_row("SELECT line FROM audit_log WHERE idx = ?1", [index], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        line.map(|l| serde_json::from_str(&l).map_err(|e| AuditError::Encoding(e.to_string())))
+            .transpose()
     }
 
     /// Signs and stores a checkpoint over the whole log as it is now.

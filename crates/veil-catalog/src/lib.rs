@@ -90,14 +90,80 @@ pub struct ColumnInfo {
 pub struct DatasetRecord {
     pub name: String,
     pub owner: String,
-    /// SHA-256 of the stored Parquet file.
+    /// SHA-256 of the stored Parquet file. A function of the raw rows: for the owner and
+    /// reviewers only (see [`DatasetRecord::consumer_view`]).
     pub content_hash: String,
+    /// Hex of 32 random bytes drawn at registration, the key of [`content_commitment`]; for the
+    /// owner and reviewers only, who check the commitment with it.
+    pub salt: String,
+    /// HMAC-SHA256 of the content hash under `salt`: identifies this version of the content in
+    /// certificates and receipts, but cannot be recomputed from guessed rows without the salt.
+    pub content_commitment: String,
     pub columns: Vec<ColumnInfo>,
     /// SHA-256 of the JSON of `columns`.
     pub schema_hash: String,
     pub rows: u64,
     pub privacy_unit: Option<String>,
     pub created_at: String,
+}
+
+/// What a consumer admitted to a dataset sees of its catalog entry: the schema and names it needs
+/// to write a manifest and the commitment its receipts carry, nothing computed from the rows
+/// (no row count, no content hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogEntry {
+    pub name: String,
+    pub owner: String,
+    pub content_commitment: String,
+    pub columns: Vec<ColumnInfo>,
+    pub schema_hash: String,
+    pub privacy_unit: Option<String>,
+    /// When the dataset was registered, to the second.
+    pub created_at: String,
+}
+
+impl DatasetRecord {
+    /// The consumer's view of this record (see [`CatalogEntry`]).
+    pub fn consumer_view(&self) -> CatalogEntry {
+        CatalogEntry {
+            name: self.name.clone(),
+            owner: self.owner.clone(),
+            content_commitment: self.content_commitment.clone(),
+            columns: self.columns.clone(),
+            schema_hash: self.schema_hash.clone(),
+            privacy_unit: self.privacy_unit.clone(),
+            created_at: to_the_second(&self.created_at),
+        }
+    }
+}
+
+/// An RFC 3339 time cut to whole seconds (`…T01:02:03.456Z` → `…T01:02:03Z`).
+pub fn to_the_second(t: &str) -> String {
+    match t.split_once('.') {
+        Some((head, tail)) if tail.ends_with('Z') => format!("{head}Z"),
+        _ => t.to_owned(),
+    }
+}
+
+/// Domain separation of dataset commitments.
+const COMMITMENT_CONTEXT: &[u8] = b"veil-dataset-content-v1\n";
+
+/// The keyed commitment to a content hash: hex HMAC-SHA256 under the hex `salt`.
+/// Requires `salt` to be hex (as [`new_salt`] makes it).
+pub fn content_commitment(salt: &str, content_hash: &str) -> String {
+    use hmac::Mac;
+    let key = hex::decode(salt).unwrap_or_default();
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
+    mac.update(COMMITMENT_CONTEXT);
+    mac.update(content_hash.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A fresh commitment salt: 32 bytes from the OS, hex.
+pub fn new_salt() -> Result<String> {
+    let mut salt = [0u8; 32];
+    getrandom::fill(&mut salt).map_err(|e| CatalogError::Read(format!("no OS randomness: {e}")))?;
+    Ok(hex::encode(salt))
 }
 
 fn detect(path: &Path) -> Result<Format> {
@@ -356,6 +422,8 @@ pub fn migrate(conn: &Connection) -> Result<()> {
              name         TEXT PRIMARY KEY,
              owner        TEXT NOT NULL,
              content_hash TEXT NOT NULL,
+             salt         TEXT NOT NULL,
+             content_commitment TEXT NOT NULL,
              columns      TEXT NOT NULL,
              schema_hash  TEXT NOT NULL,
              rows         INTEGER NOT NULL,
@@ -372,8 +440,8 @@ pub fn insert(conn: &Connection, r: &DatasetRecord) -> Result<()> {
         return Err(CatalogError::Duplicate(r.name.clone()));
     }
     conn.execute(
-        "INSERT INTO datasets (name, owner, content_hash, columns, schema_hash, rows, privacy_unit, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO datasets (name, owner, content_hash, columns, schema_hash, rows, privacy_unit, created_at, salt, content_commitment)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             r.name,
             r.owner,
@@ -382,7 +450,9 @@ pub fn insert(conn: &Connection, r: &DatasetRecord) -> Result<()> {
             r.schema_hash,
             r.rows,
             r.privacy_unit,
-            r.created_at
+            r.created_at,
+            r.salt,
+            r.content_commitment
         ],
     )?;
     Ok(())
@@ -399,10 +469,12 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
         rows: row.get(5)?,
         privacy_unit: row.get(6)?,
         created_at: row.get(7)?,
+        salt: row.get(8)?,
+        content_commitment: row.get(9)?,
     })
 }
 
-const SELECT: &str = "SELECT name, owner, content_hash, columns, schema_hash, rows, privacy_unit, created_at FROM datasets";
+const SELECT: &str = "SELECT name, owner, content_hash, columns, schema_hash, rows, privacy_unit, created_at, salt, content_commitment FROM datasets";
 
 pub fn get(conn: &Connection, name: &str) -> Result<Option<DatasetRecord>> {
     Ok(conn

@@ -99,6 +99,8 @@ consumers = ["acme-research"]
 approval = "auto"
 min_units_per_group = 50
 max_groups_per_unit = 1
+# Public bound on the number of people: jobs are scheduled for this many, whatever the count.
+max_units = 100000
 
 [dp]
 epsilon_per_job = 1.0
@@ -118,6 +120,8 @@ module = "modules/income_by_education.wasm"
 purpose = "wage statistics by education"
 columns = ["educ", "weekly_income"]
 epsilon = 0.5
+# Fuel per person; the release time follows from it and the policy's max_units.
+fuel_per_unit = 20000
 
 [output]
 keys = ["education"]
@@ -129,6 +133,7 @@ module = "modules/people_by_age_region.wasm"
 purpose = "population by age band and region"
 columns = ["age", "state"]
 epsilon = 1.0
+fuel_per_unit = 20000
 
 [output]
 keys = ["age_band", "region"]
@@ -175,9 +180,9 @@ pub fn run(dir: &Path, people: usize) -> Result<()> {
     );
     let record = veil.register_dataset(&csv, "census", HOLDER, Some("person_id"), None)?;
     println!(
-        "   `census`: {} rows, privacy unit person_id, sha256 {}…",
+        "   `census`: {} rows, privacy unit person_id, content commitment {}…",
         record.rows,
-        &record.content_hash[..16]
+        &record.content_commitment[..16]
     );
 
     step(

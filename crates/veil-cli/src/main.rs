@@ -377,7 +377,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Dataset(DatasetCmd::List { format }) => {
             let veil = open(&dir)?;
-            output::datasets(&veil.datasets()?, format == Format::Json);
+            // A consumer (`--as`) sees what the server would show it: admitted datasets, without
+            // anything computed from the rows.
+            let consumer = match &cli.as_principal {
+                Some(name) => veil
+                    .principals()?
+                    .into_iter()
+                    .find(|p| &p.name == name && p.role == veil_engine::Role::Consumer),
+                None => None,
+            };
+            let mut list: Vec<serde_json::Value> = Vec::new();
+            for d in veil.datasets()? {
+                let value = match &consumer {
+                    None => serde_json::to_value(&d)?,
+                    Some(c) => {
+                        let admitted = veil
+                            .policy(&d.name)?
+                            .is_some_and(|p| p.policy.allows_consumer(&c.name));
+                        if !admitted {
+                            continue;
+                        }
+                        serde_json::to_value(d.consumer_view())?
+                    }
+                };
+                list.push(value);
+            }
+            output::datasets(&list, format == Format::Json);
         }
         Command::Policy(PolicyCmd::Set { dataset, file }) => {
             let holder = principal(&cli.as_principal, "HOLDER")?;
@@ -555,7 +580,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(f) => println!(
                     "certificate holds: dataset {} of {} registered {} with content {} and \
                      schema {} ({} rows), log entry {}",
-                    f.dataset, f.owner, f.time, f.content_hash, f.schema_hash, f.rows, f.log_index
+                    f.dataset,
+                    f.owner,
+                    f.time,
+                    f.content_commitment,
+                    f.schema_hash,
+                    f.rows,
+                    f.log_index
                 ),
                 Err(e) => {
                     println!("certificate does NOT hold: {e}");
@@ -580,7 +611,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     f.consumer,
                     f.module_hash,
                     f.dataset,
-                    f.dataset_hash,
+                    f.dataset_commitment,
                     f.policy_version,
                     f.policy_hash,
                     veil_engine::Epsilon(f.epsilon_micro),
@@ -687,7 +718,7 @@ fn job(cmd: JobCmd, dir: &Path, who: &Option<String>) -> Result<ExitCode> {
             let holder = principal(who, "HOLDER")?;
             let veil = open(dir)?;
             for line in veil.job_logs(&job, &holder)? {
-                println!("{line}");
+                println!("{}", output::escape(&line));
             }
         }
         JobCmd::Receipt { job, out } => {

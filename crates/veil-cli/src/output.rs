@@ -4,15 +4,18 @@ use veil_engine::{AuditEntry, BudgetLine, DatasetRecord, JobInfo, Release};
 /// The one line that confirms a registration.
 pub fn registered(r: &DatasetRecord) {
     println!(
-        "registered dataset `{}`: {} rows, {} columns, content sha256 {}",
+        "registered dataset `{}`: {} rows, {} columns, content sha256 {}, commitment {}",
         r.name,
         r.rows,
         r.columns.len(),
-        r.content_hash
+        r.content_hash,
+        r.content_commitment
     );
 }
 
-pub fn datasets(list: &[DatasetRecord], json: bool) {
+/// Catalog entries as the caller may see them: the full record for owners, reviewers and the
+/// operator; the consumer's view (no row count, no content hash) otherwise.
+pub fn datasets(list: &[serde_json::Value], json: bool) {
     if json {
         println!(
             "{}",
@@ -24,21 +27,55 @@ pub fn datasets(list: &[DatasetRecord], json: bool) {
         println!("no datasets registered");
     }
     for d in list {
+        let text = |f: &str| d[f].as_str().map(|s| escape(s)).unwrap_or_default();
+        let rows = d["rows"]
+            .as_u64()
+            .map(|r| format!("  rows={r}"))
+            .unwrap_or_default();
         println!(
-            "{}  owner={}  rows={}  privacy_unit={}",
-            d.name,
-            d.owner,
-            d.rows,
-            d.privacy_unit.as_deref().unwrap_or("(row)")
+            "{}  owner={}{rows}  privacy_unit={}",
+            text("name"),
+            text("owner"),
+            d["privacy_unit"]
+                .as_str()
+                .map(escape)
+                .unwrap_or("(row)".into())
         );
-        println!("  content sha256 {}", d.content_hash);
-        let cols: Vec<String> = d
-            .columns
-            .iter()
-            .map(|c| format!("{}: {}", c.name, c.data_type))
+        if d["content_hash"].is_string() {
+            println!("  content sha256 {}", text("content_hash"));
+        }
+        println!("  content commitment {}", text("content_commitment"));
+        let cols: Vec<String> = d["columns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                format!(
+                    "{}: {}",
+                    escape(c["name"].as_str().unwrap_or_default()),
+                    escape(c["type"].as_str().unwrap_or_default())
+                )
+            })
             .collect();
         println!("  schema  {}", cols.join(", "));
     }
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`, ...), so that nothing a principal
+/// typed — a purpose, a reason, a name — can move a reader's terminal cursor or forge a line.
+pub fn escape(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 pub fn budget(consumer: &str, lines: &[BudgetLine], json: bool) {
@@ -83,7 +120,7 @@ fn event_summary(e: &AuditEntry) -> (String, String) {
                 {
                     format!("{}…", &s[..12])
                 }
-                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::String(s) => escape(s),
                 other => other.to_string(),
             };
             parts.push(format!("{k}={text}"));
@@ -133,14 +170,14 @@ pub fn audit_summary(s: &veil_audit::review::Summary, json: bool) {
     }
     println!("\nrefusals by reason:");
     for (r, n) in &s.refusals {
-        println!("  {n:>4}  {r}");
+        println!("  {n:>4}  {}", escape(r));
     }
     println!("\nanomalies:");
     if s.anomalies.is_empty() {
         println!("  none");
     }
     for a in &s.anomalies {
-        println!("  ! {a}");
+        println!("  ! {}", escape(a));
     }
 }
 
@@ -164,7 +201,7 @@ pub fn job_details(j: &JobInfo) {
     }
     println!("manifest:");
     for line in j.manifest.lines() {
-        println!("  {line}");
+        println!("  {}", escape(line));
     }
 }
 

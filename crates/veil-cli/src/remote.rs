@@ -180,7 +180,7 @@ pub(crate) fn run(command: Command, server: &str, token: Option<String>) -> Resu
         }
         Command::Dataset(DatasetCmd::List { format }) => {
             let v = client.get_json("/v1/datasets")?;
-            let list: Vec<DatasetRecord> = serde_json::from_value(v["datasets"].clone())?;
+            let list: Vec<serde_json::Value> = serde_json::from_value(v["datasets"].clone())?;
             output::datasets(&list, format == Format::Json);
         }
         Command::Dataset(DatasetCmd::Certificate { name, out }) => {
@@ -409,7 +409,7 @@ fn job(client: &Client, cmd: JobCmd) -> Result<ExitCode> {
         JobCmd::Logs { job } => {
             let v = client.get_json(&job_path(&job, "/logs"))?;
             for line in v["lines"].as_array().into_iter().flatten() {
-                println!("{}", line.as_str().unwrap_or(""));
+                println!("{}", output::escape(line.as_str().unwrap_or("")));
             }
         }
         JobCmd::Receipt { job, out } => {

@@ -61,9 +61,12 @@ impl Veil {
         }
         let stored = veil_catalog::store_parquet(&self.data_dir, &table)?;
         let columns = veil_catalog::columns_of(&table.schema);
+        let salt = veil_catalog::new_salt()?;
         let record = DatasetRecord {
             name: name.into(),
             owner: owner.into(),
+            content_commitment: veil_catalog::content_commitment(&salt, &stored.content_hash),
+            salt,
             content_hash: stored.content_hash.clone(),
             schema_hash: veil_catalog::schema_hash(&columns),
             columns,
@@ -82,7 +85,7 @@ impl Veil {
                 AuditEvent::DatasetRegistered {
                     dataset: record.name.clone(),
                     owner: record.owner.clone(),
-                    content_hash: record.content_hash.clone(),
+                    content_commitment: record.content_commitment.clone(),
                     schema_hash: record.schema_hash.clone(),
                     rows: record.rows,
                     privacy_unit: record.privacy_unit.clone(),
@@ -134,6 +137,7 @@ impl Veil {
         let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
         let policy =
             Policy::from_toml(&text)?.validate_against(&schema, record.privacy_unit.as_deref())?;
+        self.check_max_units(&record, policy.max_units)?;
         let hash = document_hash(&text);
         let tx = self
             .conn
@@ -167,6 +171,34 @@ impl Veil {
         })
     }
 
+    /// Refuses a policy whose public bound on privacy units the dataset exceeds: jobs are scheduled
+    /// for `max_units` units, so more would make them release late. The message is for the owner,
+    /// who may know the count.
+    fn check_max_units(&self, record: &DatasetRecord, max_units: u64) -> Result<()> {
+        if record.rows <= max_units {
+            return Ok(());
+        }
+        let units = match &record.privacy_unit {
+            None => record.rows,
+            Some(unit) => {
+                let batches = self.runtime.block_on(veil_catalog::read_columns(
+                    &self.data_dir,
+                    record,
+                    std::slice::from_ref(unit),
+                ))?;
+                count_distinct(&batches)?
+            }
+        };
+        if units > max_units {
+            return Err(bad(format!(
+                "`{}` has {units} privacy units but the policy's max_units is {max_units}: set \
+                 max_units to at least {units} (it is public, and jobs are scheduled for that many)",
+                record.name
+            )));
+        }
+        Ok(())
+    }
+
     /// The current policy of a dataset, if one has been set.
     pub fn policy(&self, dataset: &str) -> Result<Option<StoredPolicy>> {
         self.dataset(dataset)?;
@@ -191,4 +223,26 @@ impl Veil {
         })
         .transpose()
     }
+}
+
+/// Distinct non-null values of the first column of `batches`.
+fn count_distinct(batches: &[datafusion::arrow::array::RecordBatch]) -> Result<u64> {
+    use datafusion::arrow::array::{Array, StringArray};
+    use datafusion::arrow::compute::cast;
+    use datafusion::arrow::datatypes::DataType;
+    let mut seen = std::collections::HashSet::new();
+    for batch in batches {
+        let column = cast(batch.column(0), &DataType::Utf8)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let column = column
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| EngineError::Internal("cast to Utf8".into()))?;
+        for i in 0..column.len() {
+            if column.is_valid(i) {
+                seen.insert(column.value(i).to_owned());
+            }
+        }
+    }
+    Ok(seen.len() as u64)
 }

@@ -11,6 +11,10 @@ pub enum EngineError {
     /// A request is malformed or names something that does not exist; nothing was changed.
     #[error("{0}")]
     BadRequest(String),
+    /// The request names something that does not exist — or that the caller may not know exists,
+    /// which answers exactly the same; nothing was changed.
+    #[error("{0}")]
+    NotFound(String),
     /// The principal may not do this; nothing was changed.
     #[error("not allowed: {0}")]
     Forbidden(String),
@@ -74,6 +78,7 @@ impl EngineError {
         match self {
             EngineError::BadRequest(_) => ErrorKind::BadInput,
             EngineError::Forbidden(_) => ErrorKind::Forbidden,
+            EngineError::NotFound(_) => ErrorKind::NotFound,
             EngineError::Conflict(_) => ErrorKind::Conflict,
             EngineError::Busy(_) => ErrorKind::Busy,
             EngineError::Refused { .. } => ErrorKind::Refused,

@@ -6,9 +6,7 @@
 //! DataFusion then aggregates the workers' batches together.
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt32Array,
@@ -33,6 +31,8 @@ pub(crate) struct RunRequest<'a> {
     pub plan: JobPlan,
     pub record: &'a DatasetRecord,
     pub wasm: &'a [u8],
+    /// Fuel each unit gets, fixed by the job's schedule before the run.
+    pub fuel_per_unit: u64,
 }
 
 pub(crate) struct RunOutput {
@@ -42,7 +42,9 @@ pub(crate) struct RunOutput {
     pub holder_log: Vec<String>,
 }
 
-/// A run that released nothing. `code` and `public_reason` say nothing about the data.
+/// A run that released nothing, for a reason that has nothing to do with the data or with what the
+/// module did on it (the module could not be loaded, the stored data could not be read, the
+/// aggregation failed). Module faults never end a run: a faulting unit contributes nothing.
 pub(crate) struct ExecutionFailure {
     pub code: &'static str,
     pub public_reason: String,
@@ -59,6 +61,23 @@ fn failure(code: &'static str, public_reason: &str, holder_log: Vec<String>) -> 
         units: 0,
         unit_faults: 0,
     }
+}
+
+/// The CSPRNG every random choice of a run draws from (row subsets, blocks, noise): ChaCha20
+/// seeded from the OS.
+///
+/// Test-only hook: in a debug build, `VEIL_INSECURE_TEST_NOISE_SEED=<u64>` seeds it instead, so
+/// the noninterference test can run a session twice with the same noise. The code does not exist
+/// in release builds (`debug_assertions` off), so no configuration can enable it there.
+fn noise_rng() -> ChaCha20Rng {
+    #[cfg(debug_assertions)]
+    if let Some(seed) = std::env::var("VEIL_INSECURE_TEST_NOISE_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        return ChaCha20Rng::seed_from_u64(seed);
+    }
+    ChaCha20Rng::from_os_rng()
 }
 
 /// Log lines kept per worker, so a hostile module cannot fill the store through faults.
@@ -221,7 +240,7 @@ fn cap_rows_per_unit(grouped: GroupedByUnit, max: usize) -> Result<(GroupedByUni
     if grouped.ranges.iter().all(|(lo, hi)| hi - lo <= max) {
         return Ok((grouped, 0));
     }
-    let mut rng = ChaCha20Rng::from_os_rng();
+    let mut rng = noise_rng();
     let mut indices: Vec<u32> = Vec::with_capacity(grouped.batch.num_rows());
     let mut ranges = Vec::with_capacity(grouped.ranges.len());
     let mut capped = 0;
@@ -254,8 +273,7 @@ fn cap_rows_per_unit(grouped: GroupedByUnit, max: usize) -> Result<(GroupedByUni
 impl Veil {
     pub(crate) fn execute(&mut self, req: RunRequest<'_>) -> Result<RunOutput, ExecutionFailure> {
         let workers = self.config.workers;
-        let deadline = self.config.job_deadline;
-        let max_faults = self.config.max_unit_faults;
+        let fuel = req.fuel_per_unit;
         let module = match self.sandbox() {
             Ok(s) => s.compile(req.wasm).map_err(|e| {
                 failure(
@@ -321,7 +339,6 @@ impl Veil {
             .map(|c| (c.name.as_str(), abi_type(c.ty)))
             .collect();
 
-        let started = Instant::now();
         if let Some(sample_aggregate) = SampleAggregate::for_plan(&plan) {
             let run = BlockRun {
                 module: &module,
@@ -329,8 +346,7 @@ impl Veil {
                 ranges: &ranges,
                 abi_columns: &abi_columns,
                 workers,
-                deadline,
-                started,
+                fuel,
             };
             return run.release(&sample_aggregate, prep_notes);
         }
@@ -344,21 +360,13 @@ impl Veil {
         }
         let next = AtomicUsize::new(0);
         let faults = AtomicU64::new(0);
-        let abort = AtomicBool::new(false);
-        let abort_code: Mutex<Option<&'static str>> = Mutex::new(None);
-        let stop = |code: &'static str| {
-            let mut slot = abort_code.lock().expect("abort lock");
-            slot.get_or_insert(code);
-            abort.store(true, Ordering::Relaxed);
-        };
         let results: Vec<(Bounder, Vec<String>, BTreeMap<&'static str, u64>)> =
             std::thread::scope(|scope| {
                 let handles: Vec<_> = (0..workers)
                     .map(|_| {
                         let (plan, module, columns, ranges) =
                             (plan.clone(), &module, &columns, &ranges);
-                        let (next, faults, abort, abort_columns, stop) =
-                            (&next, &faults, &abort, &abi_columns, &stop);
+                        let (next, faults, abi_columns) = (&next, &faults, &abi_columns);
                         scope.spawn(move || {
                             run_worker(
                                 WorkerCtx {
@@ -368,13 +376,9 @@ impl Veil {
                                     ranges,
                                     next,
                                     faults,
-                                    abort,
-                                    max_faults,
-                                    deadline,
-                                    started,
-                                    stop,
+                                    fuel,
                                 },
-                                abort_columns,
+                                abi_columns,
                             )
                         })
                     })
@@ -401,20 +405,7 @@ impl Veil {
         if !by_code.is_empty() {
             holder_log.push(format!("unit faults by kind: {by_code:?}"));
         }
-        if let Some(code) = *abort_code.lock().expect("abort lock") {
-            let reason = match code {
-                "deadline" => "the job exceeded its time limit",
-                _ => "the module failed on too many units",
-            };
-            return Err(ExecutionFailure {
-                code,
-                public_reason: reason.into(),
-                holder_log,
-                units,
-                unit_faults,
-            });
-        }
-        let mut rng = ChaCha20Rng::from_os_rng();
+        let mut rng = noise_rng();
         let (release, stats) = self
             .runtime
             .block_on(gate::release(&plan, bounders, &mut rng))
@@ -438,27 +429,26 @@ impl Veil {
     }
 }
 
-struct WorkerCtx<'a, F: Fn(&'static str)> {
+struct WorkerCtx<'a> {
     plan: Arc<JobPlan>,
     module: &'a CompiledModule,
     columns: &'a [Column],
     ranges: &'a [(usize, usize)],
     next: &'a AtomicUsize,
     faults: &'a AtomicU64,
-    abort: &'a AtomicBool,
-    max_faults: u64,
-    deadline: std::time::Duration,
-    started: Instant,
-    stop: &'a F,
+    fuel: u64,
 }
 
-fn run_worker<F: Fn(&'static str)>(
-    ctx: WorkerCtx<'_, F>,
+/// Runs units until none are left. A fault (trap, fuel, deadline, bad output) makes the unit
+/// contribute nothing and never stops the run: whether and when a job releases must not depend on
+/// what the module did with anyone's data.
+fn run_worker(
+    ctx: WorkerCtx<'_>,
     abi_columns: &[(&str, ColumnType)],
 ) -> (Bounder, Vec<String>, BTreeMap<&'static str, u64>) {
     let mut bounder = Bounder::new(ctx.plan.clone());
     let mut enc = UnitEncoder::new(abi_columns);
-    let mut runner = ctx.module.runner();
+    let mut runner = ctx.module.runner_with_fuel(ctx.fuel);
     let mut log = Vec::new();
     let mut codes: BTreeMap<&'static str, u64> = BTreeMap::new();
     let note = |line: String, log: &mut Vec<String>| {
@@ -473,15 +463,6 @@ fn run_worker<F: Fn(&'static str)>(
             break;
         }
         for (unit_id, &(lo, hi)) in ctx.ranges.iter().enumerate().skip(start).take(CHUNK) {
-            // Checked per unit, not per chunk: a chunk of slow units could otherwise run for
-            // CHUNK times the unit deadline past the job's deadline.
-            if ctx.abort.load(Ordering::Relaxed) {
-                return (bounder, log, codes);
-            }
-            if ctx.started.elapsed() > ctx.deadline {
-                (ctx.stop)("deadline");
-                return (bounder, log, codes);
-            }
             enc.reset();
             for row in lo..hi {
                 enc.begin_row();
@@ -506,10 +487,7 @@ fn run_worker<F: Fn(&'static str)>(
                         format!("unit {unit_id}: {}: {}", fault.code(), fault.detail()),
                         &mut log,
                     );
-                    if ctx.faults.fetch_add(1, Ordering::Relaxed) + 1 > ctx.max_faults {
-                        (ctx.stop)("module_faults");
-                        return (bounder, log, codes);
-                    }
+                    ctx.faults.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -522,15 +500,15 @@ type BlockWorkerOutput = (Vec<(usize, Option<Vec<f64>>)>, Vec<String>);
 
 /// Sample-and-aggregate: one run per block of randomly assigned units (see
 /// [`veil_policy::mechanisms::SampleAggregate`]). A faulting block counts as the midpoint of each
-/// value's range and never stops the job, so failures say nothing to the consumer.
+/// value's range and never stops the job, so failures say nothing to the consumer. Each block
+/// gets its units' fuel, so its time is bounded by its size as the schedule assumes.
 struct BlockRun<'a> {
     module: &'a CompiledModule,
     columns: &'a [Column],
     ranges: &'a [(usize, usize)],
     abi_columns: &'a [(&'a str, ColumnType)],
     workers: usize,
-    deadline: std::time::Duration,
-    started: Instant,
+    fuel: u64,
 }
 
 impl BlockRun<'_> {
@@ -539,15 +517,14 @@ impl BlockRun<'_> {
         mechanism: &SampleAggregate<'_>,
         prep_notes: Vec<String>,
     ) -> Result<RunOutput, ExecutionFailure> {
-        let mut rng = ChaCha20Rng::from_os_rng();
+        let mut rng = noise_rng();
         let blocks = assign_blocks(self.ranges.len(), mechanism.blocks(), &mut rng);
         let next = AtomicUsize::new(0);
-        let over_time = AtomicBool::new(false);
         let results: Vec<BlockWorkerOutput> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..self.workers)
                 .map(|_| {
-                    let (next, over_time, blocks) = (&next, &over_time, &blocks);
-                    scope.spawn(move || self.worker(blocks, next, over_time))
+                    let (next, blocks) = (&next, &blocks);
+                    scope.spawn(move || self.worker(blocks, next))
                 })
                 .collect();
             handles
@@ -574,15 +551,6 @@ impl BlockRun<'_> {
             sizes.max().unwrap_or(0),
         ));
         holder_log.extend(prep_notes.iter().cloned());
-        if over_time.load(Ordering::Relaxed) {
-            return Err(ExecutionFailure {
-                code: "deadline",
-                public_reason: "the job exceeded its time limit".into(),
-                holder_log,
-                units,
-                unit_faults: faults,
-            });
-        }
         Ok(RunOutput {
             release: mechanism.release(&outputs, &mut rng),
             units,
@@ -591,22 +559,13 @@ impl BlockRun<'_> {
         })
     }
 
-    fn worker(
-        &self,
-        blocks: &[Vec<usize>],
-        next: &AtomicUsize,
-        over_time: &AtomicBool,
-    ) -> BlockWorkerOutput {
-        let mut runner = self.module.runner();
+    fn worker(&self, blocks: &[Vec<usize>], next: &AtomicUsize) -> BlockWorkerOutput {
+        let mut runner = self.module.runner_with_fuel(self.fuel);
         let mut enc = UnitEncoder::new(self.abi_columns);
         let (mut done, mut log) = (Vec::new(), Vec::new());
         loop {
             let b = next.fetch_add(1, Ordering::Relaxed);
-            if b >= blocks.len() || over_time.load(Ordering::Relaxed) {
-                break;
-            }
-            if self.started.elapsed() > self.deadline {
-                over_time.store(true, Ordering::Relaxed);
+            if b >= blocks.len() {
                 break;
             }
             enc.reset();

@@ -78,6 +78,9 @@ pub struct JobInfo {
     pub result_hash: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// When the job's outcome becomes visible: fixed at its start from public values only (the
+    /// manifest's time budget and the policy's `max_units`), whatever the module does.
+    pub release_at: Option<String>,
 }
 
 /// What a consumer may learn about a job: a coarse state and a generic reason code — never module
@@ -96,6 +99,8 @@ pub struct ConsumerJobView {
     pub epsilon: String,
     /// When the consumer submitted it, to the second. No update time: it would time the run.
     pub created_at: String,
+    /// Once started: when the outcome becomes visible (fixed at the start, see [`JobInfo`]).
+    pub release_at: Option<String>,
 }
 
 impl JobInfo {
@@ -126,6 +131,7 @@ impl JobInfo {
             manifest_hash: self.manifest_hash.clone(),
             epsilon: self.epsilon.clone(),
             created_at: to_the_second(&self.created_at),
+            release_at: self.release_at.clone(),
         }
     }
 }
@@ -137,6 +143,9 @@ pub struct JobRun {
     pub state: JobState,
     pub units: u64,
     pub sandbox_time: std::time::Duration,
+    /// The run ended after the job's scheduled release time (an overloaded machine, or a cost
+    /// model too optimistic for it): the release was late.
+    pub overran: bool,
 }
 
 /// What `submit_job` did.
@@ -160,7 +169,7 @@ pub struct BudgetLine {
     pub delta_total: String,
 }
 
-const JOB_COLUMNS: &str = "id, consumer, dataset, state, code, module_hash, manifest_hash, manifest, epsilon_micro, policy_version, result_hash, created_at, updated_at";
+const JOB_COLUMNS: &str = "id, consumer, dataset, state, code, module_hash, manifest_hash, manifest, epsilon_micro, policy_version, result_hash, created_at, updated_at, release_at";
 
 fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(JobInfo, String)> {
     let state: String = r.get(3)?;
@@ -179,6 +188,7 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(JobInfo, String)> {
             result_hash: r.get(10)?,
             created_at: r.get(11)?,
             updated_at: r.get(12)?,
+            release_at: r.get(13)?,
         },
         state,
     ))
@@ -280,6 +290,15 @@ impl Veil {
                  manifest (docs/jobs.md)",
             ));
         }
+        // A time budget too short for the policy's bound on units is bad input, told before
+        // anything is recorded (it depends on public values only).
+        let request = veil_policy::schedule::ScheduleRequest {
+            time_budget: manifest.time_budget,
+            fuel_per_unit: manifest.fuel_per_unit,
+            max_units: stored.policy.max_units,
+            blocks: manifest.blocks,
+        };
+        veil_policy::schedule::schedule(&request, &self.config.cost_model())?;
         let module_hash = compiled.hash().to_owned();
         let manifest_hash = document_hash(text);
         let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
@@ -394,6 +413,9 @@ impl Veil {
     }
 
     fn decide(&mut self, job_id: &str, holder: &str, reject: Option<&str>) -> Result<()> {
+        if let Some(reason) = reject {
+            check_reason(reason)?;
+        }
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -512,6 +534,10 @@ impl Veil {
             });
         }
         let plan = plan.expect("refusals handled above");
+        let schedule = veil_policy::schedule::schedule(&plan.schedule, &self.config.cost_model())
+            .map_err(|e| EngineError::Internal(format!("schedule: {e}")))?;
+        let started_at = to_the_millisecond(time::OffsetDateTime::now_utc());
+        let release_at = started_at + schedule.duration;
         let after = admitted
             .expect("a plan was made")
             .expect("refusals handled above");
@@ -532,17 +558,17 @@ impl Veil {
             ],
         )?;
         tx.execute(
-            "UPDATE jobs SET state = ?2, policy_version = ?3, runner_pid = ?4, runner_start = ?5, updated_at = ?6 WHERE id = ?1",
-            params![job_id, JobState::Running.as_str(), stored.version, std::process::id(), process_start(std::process::id()), now()],
+            "UPDATE jobs SET state = ?2, policy_version = ?3, runner_pid = ?4, runner_start = ?5, updated_at = ?6, release_at = ?7 WHERE id = ?1",
+            params![job_id, JobState::Running.as_str(), stored.version, std::process::id(), process_start(std::process::id()), now(), rfc3339(release_at)],
         )?;
-        AuditLog::append(
+        AuditLog::append_at(
             &tx,
             &self.key,
             AuditEvent::JobStarted {
                 job: job_id.into(),
                 consumer: job.consumer.clone(),
                 dataset: job.dataset.clone(),
-                dataset_hash: record.content_hash.clone(),
+                dataset_commitment: record.content_commitment.clone(),
                 policy_version: stored.version,
                 policy_hash: stored.hash.clone(),
                 module_hash: job.module_hash.clone(),
@@ -554,6 +580,7 @@ impl Veil {
                 delta_selection_femto: plan.charge.delta_selection.0,
                 spent_delta_femto_after: after_delta.0,
             },
+            started_at,
         )?;
         tx.commit()?;
 
@@ -567,6 +594,7 @@ impl Veil {
             plan,
             record: &record,
             wasm: &wasm,
+            fuel_per_unit: schedule.fuel_per_unit,
         };
         let started = std::time::Instant::now();
         let outcome = self.execute(request);
@@ -575,6 +603,10 @@ impl Veil {
             Ok(run) => run.units,
             Err(failure) => failure.units,
         };
+        let overran = wait_until(release_at);
+        if overran {
+            tracing::warn!(job = job_id, "the run overran its schedule; released late");
+        }
 
         // 3. Close the job: release or denial, with its audit record, in one transaction.
         let tx = self
@@ -587,6 +619,7 @@ impl Veil {
                 state: now_state,
                 units,
                 sandbox_time,
+                overran,
             });
         }
         let state = match outcome {
@@ -595,7 +628,7 @@ impl Veil {
                 let result = serde_json::to_string(&run.release)
                     .map_err(|e| EngineError::Internal(e.to_string()))?;
                 let result_hash = veil_audit::sha256_hex(result.as_bytes());
-                AuditLog::append(
+                AuditLog::append_at(
                     &tx,
                     &self.key,
                     AuditEvent::JobFinished {
@@ -604,8 +637,9 @@ impl Veil {
                         units: run.units,
                         unit_faults: run.unit_faults,
                     },
+                    release_at,
                 )?;
-                AuditLog::append(
+                AuditLog::append_at(
                     &tx,
                     &self.key,
                     AuditEvent::ReleaseCreated {
@@ -613,6 +647,7 @@ impl Veil {
                         result_hash: result_hash.clone(),
                         groups: run.release.rows.len() as u64,
                     },
+                    release_at,
                 )?;
                 tx.execute(
                     "UPDATE jobs SET state = ?2, result = ?3, result_hash = ?4, updated_at = ?5 WHERE id = ?1",
@@ -623,7 +658,7 @@ impl Veil {
             Err(failure) => {
                 write_logs(&tx, job_id, &failure.holder_log)?;
                 set_state(&tx, job_id, JobState::Failed, Some(failure.code))?;
-                AuditLog::append(
+                AuditLog::append_at(
                     &tx,
                     &self.key,
                     AuditEvent::JobFinished {
@@ -632,8 +667,9 @@ impl Veil {
                         units: failure.units,
                         unit_faults: failure.unit_faults,
                     },
+                    release_at,
                 )?;
-                AuditLog::append(
+                AuditLog::append_at(
                     &tx,
                     &self.key,
                     AuditEvent::ReleaseDenied {
@@ -641,6 +677,7 @@ impl Veil {
                         code: failure.code.into(),
                         reason: failure.public_reason.clone(),
                     },
+                    release_at,
                 )?;
                 JobState::Failed
             }
@@ -650,6 +687,7 @@ impl Veil {
             state,
             units,
             sandbox_time,
+            overran,
         })
     }
 
@@ -916,6 +954,36 @@ impl Veil {
     }
 }
 
+/// Longest rejection reason a holder may give, in characters.
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// A holder's rejection reason: one line of at most [`MAX_REASON_CHARS`] characters.
+fn check_reason(reason: &str) -> Result<()> {
+    if reason.chars().count() > MAX_REASON_CHARS {
+        return Err(bad(format!(
+            "the reason is at most {MAX_REASON_CHARS} characters; shorten it"
+        )));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err(bad(
+            "the reason may not hold control characters (newlines, tabs, terminal escapes); \
+             write it on one line",
+        ));
+    }
+    Ok(())
+}
+
+/// The consumer and dataset of job `id`, if it exists.
+pub(crate) fn job_owners(conn: &Connection, id: &str) -> Result<Option<(String, String)>> {
+    Ok(conn
+        .query_row(
+            "SELECT consumer, dataset FROM jobs WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+}
+
 fn write_logs(conn: &Connection, job: &str, lines: &[String]) -> Result<()> {
     for (i, line) in lines.iter().enumerate() {
         conn.execute(
@@ -937,6 +1005,27 @@ fn process_start(pid: u32) -> Option<u64> {
         .nth(19)?
         .parse()
         .ok()
+}
+
+/// `t` cut to whole milliseconds: public job times are shown to the millisecond.
+fn to_the_millisecond(t: time::OffsetDateTime) -> time::OffsetDateTime {
+    t.replace_millisecond(t.millisecond())
+        .expect("a valid millisecond")
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .expect("UTC time formats")
+}
+
+/// Sleeps until `at`; returns whether `at` had already passed (the run overran its schedule).
+fn wait_until(at: time::OffsetDateTime) -> bool {
+    let left = at - time::OffsetDateTime::now_utc();
+    if left.is_negative() {
+        return true;
+    }
+    std::thread::sleep(left.unsigned_abs());
+    false
 }
 
 /// An RFC 3339 time cut to whole seconds (`2026-11-30T01:02:03.456Z` → `2026-11-30T01:02:03Z`).

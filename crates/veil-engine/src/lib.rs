@@ -54,8 +54,9 @@ pub use veil_policy::{Epsilon, QuantileCell, Release, ReleasedValue};
 pub struct EngineConfig {
     sandbox: SandboxConfig,
     workers: usize,
-    job_deadline: Duration,
-    max_unit_faults: u64,
+    unit_overhead: Duration,
+    block_overhead: Duration,
+    picos_per_fuel: u64,
     max_open_jobs: u64,
     domain: String,
 }
@@ -70,8 +71,9 @@ impl Default for EngineConfig {
                 .max_concurrent_instances(workers as u32 * 2 + 2)
                 .build(),
             workers,
-            job_deadline: Duration::from_secs(600),
-            max_unit_faults: 100,
+            unit_overhead: Duration::from_micros(20),
+            block_overhead: Duration::from_millis(10),
+            picos_per_fuel: 5_000,
             max_open_jobs: 64,
             domain: "veil.local/audit".into(),
         }
@@ -81,6 +83,17 @@ impl Default for EngineConfig {
 impl EngineConfig {
     pub fn builder() -> EngineConfigBuilder {
         EngineConfigBuilder(EngineConfig::default())
+    }
+
+    /// The cost model jobs are scheduled with (see `veil_policy::schedule`).
+    pub fn cost_model(&self) -> veil_policy::schedule::CostModel {
+        veil_policy::schedule::CostModel {
+            unit_overhead: self.unit_overhead,
+            block_overhead: self.block_overhead,
+            picos_per_fuel: self.picos_per_fuel,
+            threads: self.workers as u32,
+            max_fuel_per_unit: self.sandbox.fuel_per_unit(),
+        }
     }
 }
 
@@ -94,19 +107,30 @@ impl EngineConfigBuilder {
         self.0.sandbox = sandbox;
         self
     }
-    /// Threads that run units in parallel.
+    /// Threads that run one job's units in parallel. Default: the machine's cores. The schedule
+    /// counts on exactly this many, so fewer cores than threads make jobs release late.
     pub fn workers(mut self, n: usize) -> Self {
         self.0.workers = n.max(1);
         self
     }
-    /// Wall-clock limit for the sandbox stage of one job.
-    pub fn job_deadline(mut self, d: Duration) -> Self {
-        self.0.job_deadline = d;
+    /// Worst-case host time per privacy unit (encoding, a fresh instance, bounding), for job
+    /// schedules. Default 20 µs. Too low for the machine: jobs release after their scheduled
+    /// time (a timing residual, SECURITY.md); too high: jobs wait longer than they need.
+    pub fn unit_overhead(mut self, d: Duration) -> Self {
+        self.0.unit_overhead = d;
         self
     }
-    /// Units that may fault (trap, run out of fuel, ...) before the job is stopped.
-    pub fn max_unit_faults(mut self, n: u64) -> Self {
-        self.0.max_unit_faults = n;
+    /// Worst-case host time per block in sample-and-aggregate mode. Default 10 ms (a component
+    /// instance of an interpreted guest). At the limit: as [`Self::unit_overhead`].
+    pub fn block_overhead(mut self, d: Duration) -> Self {
+        self.0.block_overhead = d;
+        self
+    }
+    /// Worst-case time per unit of fuel, in picoseconds, covering instructions, host calls and
+    /// the memory growth fuel pays for. Default 5,000 (5 ns). At the limit: as
+    /// [`Self::unit_overhead`].
+    pub fn picos_per_fuel(mut self, picos: u64) -> Self {
+        self.0.picos_per_fuel = picos.max(1);
         self
     }
     /// Jobs one consumer may have queued, awaiting approval or running at once; more are refused
@@ -292,11 +316,66 @@ impl Veil {
         Ok(AuditLog::checkpoint(&self.conn, &self.key)?.note)
     }
 
-    /// Proof that entry `index` is in the first `size` entries (default: all of them).
+    /// Proof that entry `index` is in the first `size` entries (default: all of them), with the
+    /// full entry: for the operator on the host.
     pub fn prove_inclusion(&self, index: u64, size: Option<u64>) -> Result<veil_audit::Proof> {
         Ok(veil_audit::prove_inclusion(
-            &self.conn, &self.key, index, size,
+            &self.conn,
+            &self.key,
+            index,
+            size,
+            veil_audit::Disclosure::Full,
         )?)
+    }
+
+    /// Proof that entry `index` is in the first `size` entries, showing `who` what it may see of
+    /// the entry: reviewers and admins the full entry; a dataset's owner the full entries about
+    /// its dataset and its jobs; a consumer the public part of its own jobs' entries. Any other
+    /// entry answers exactly like one beyond the log.
+    pub fn prove_inclusion_as(
+        &self,
+        who: &Principal,
+        index: u64,
+        size: Option<u64>,
+    ) -> Result<veil_audit::Proof> {
+        let unseen = || EngineError::NotFound(format!("no entry {index} to prove"));
+        let entry = AuditLog::entry(&self.conn, index)?.ok_or_else(unseen)?;
+        let disclosure = self.disclosure(who, &entry)?.ok_or_else(unseen)?;
+        veil_audit::prove_inclusion(&self.conn, &self.key, index, size, disclosure)
+            .map_err(|_| unseen())
+    }
+
+    /// How much of `entry` `who` may see, if anything.
+    fn disclosure(
+        &self,
+        who: &Principal,
+        entry: &AuditEntry,
+    ) -> Result<Option<veil_audit::Disclosure>> {
+        use veil_audit::Disclosure;
+        let public = entry.public();
+        let owns = |dataset: &str| -> Result<bool> {
+            Ok(veil_catalog::get(&self.conn, dataset)?.is_some_and(|d| d.owner == who.name))
+        };
+        let job = match public.text("job") {
+            Some(id) => jobs::job_owners(&self.conn, id)?,
+            None => None,
+        };
+        Ok(match who.role {
+            Role::Reviewer | Role::Admin => Some(Disclosure::Full),
+            Role::Consumer => job
+                .filter(|(consumer, _)| *consumer == who.name)
+                .map(|_| Disclosure::Public),
+            Role::Holder => {
+                let dataset = match &job {
+                    Some((_, dataset)) => Some(dataset.as_str()),
+                    None => public.text("dataset"),
+                };
+                match dataset {
+                    Some(d) if owns(d)? => Some(Disclosure::Full),
+                    _ => None,
+                }
+            }
+        })
     }
 
     /// Proof that the first `new_size` entries (default: all) extend the first `old_size`.

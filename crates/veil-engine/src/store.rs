@@ -14,8 +14,10 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     let tx = conn.unchecked_transaction()?;
-    veil_catalog::migrate(&tx)?;
+    // The audit log first: it refuses a store whose log predates sealed entries, before any other
+    // table is touched.
     veil_audit::AuditLog::migrate(&tx)?;
+    veil_catalog::migrate(&tx)?;
     tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS policies (
              dataset    TEXT NOT NULL REFERENCES datasets(name),
@@ -96,6 +98,15 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
     )?;
     if !has_runner_start {
         tx.execute_batch("ALTER TABLE jobs ADD COLUMN runner_start INTEGER")?;
+    }
+    // Stores made before jobs had a fixed release time get the column (NULL: not started).
+    let has_release_at: bool = tx.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('jobs') WHERE name = 'release_at'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_release_at {
+        tx.execute_batch("ALTER TABLE jobs ADD COLUMN release_at TEXT")?;
     }
     tx.execute_batch("CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq)")?;
     // Stores made before principals could be revoked get the column (NULL: active).

@@ -71,6 +71,15 @@ fn visible_job(veil: &Veil, who: &Principal, id: &str) -> Result<JobInfo, ApiErr
     if visible { Ok(job) } else { Err(hidden()) }
 }
 
+/// A catalog record as `who` may see it: consumers get the entry without anything computed from
+/// the rows (no row count, no content hash or salt); owners, reviewers and admins the record.
+fn catalog_view(who: &Principal, record: &DatasetRecord) -> Value {
+    match who.role {
+        Role::Consumer => json!(record.consumer_view()),
+        _ => json!(record),
+    }
+}
+
 /// A job as `who` may see it: consumers get the coarse view, holders and reviewers the metadata.
 fn job_view(who: &Principal, job: &JobInfo) -> Value {
     match who.role {
@@ -140,7 +149,7 @@ pub(crate) async fn datasets(State(state): State<AppState>, headers: HeaderMap) 
             let mut visible = Vec::new();
             for d in veil.datasets()? {
                 if may_see(veil, &who, &d)? {
-                    visible.push(d);
+                    visible.push(catalog_view(&who, &d));
                 }
             }
             Ok(Json(json!({ "datasets": visible })))
@@ -155,7 +164,10 @@ pub(crate) async fn dataset(
 ) -> ApiResult {
     state
         .as_principal(&headers, ANY, move |veil, who| {
-            Ok(Json(json!(visible_dataset(veil, &who, &name)?)))
+            Ok(Json(catalog_view(
+                &who,
+                &visible_dataset(veil, &who, &name)?,
+            )))
         })
         .await
 }
@@ -546,8 +558,8 @@ async fn for_its_consumer(
         .await
 }
 
-/// The holder-side log of a job (module log lines, traps, bounding statistics): for the dataset's
-/// owner and for reviewers, never for consumers.
+/// The holder-side log of a job (module log lines, traps, bounding statistics): for the owner of
+/// the job's dataset only — they can hold raw values a module chose to print.
 pub(crate) async fn job_logs(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -556,12 +568,12 @@ pub(crate) async fn job_logs(
     state
         .as_principal(&headers, ANY, move |veil, who| {
             let job = visible_job(veil, &who, &id)?;
-            if who.role == Role::Consumer {
+            let owner = veil.dataset(&job.dataset)?.owner;
+            if who.role != Role::Holder || owner != who.name {
                 return Err(ApiError::forbidden(
-                    "job logs are for the data holder and reviewers",
+                    "job logs are for the owner of the job's dataset only",
                 ));
             }
-            let owner = veil.dataset(&job.dataset)?.owner;
             Ok(Json(
                 json!({ "job": id, "lines": veil.job_logs(&id, &owner)? }),
             ))
@@ -653,16 +665,18 @@ pub(crate) struct InclusionQuery {
     size: Option<u64>,
 }
 
-/// Proof that entry `entry` is in the first `size` entries (default: all). Proofs hold only hashes
-/// and a signed checkpoint; any principal may ask. An entry or size beyond the log is `not_found`.
+/// Proof that entry `entry` is in the first `size` entries (default: all), showing the caller only
+/// what it may see of the entry (see `Veil::prove_inclusion_as`): a consumer gets the public part
+/// of its own jobs' entries and nothing of any other entry, which answers `not_found` exactly like
+/// an entry or size beyond the log.
 pub(crate) async fn inclusion_proof(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<InclusionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    proof(state, headers, move |veil| {
-        veil.prove_inclusion(q.entry, q.size)
+    proof(state, headers, move |veil, who| {
+        veil.prove_inclusion_as(who, q.entry, q.size)
     })
     .await
 }
@@ -681,7 +695,7 @@ pub(crate) async fn consistency_proof(
     query: Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    proof(state, headers, move |veil| {
+    proof(state, headers, move |veil, _| {
         veil.prove_consistency(q.from, q.size)
     })
     .await
@@ -690,11 +704,11 @@ pub(crate) async fn consistency_proof(
 async fn proof(
     state: AppState,
     headers: HeaderMap,
-    make: impl FnOnce(&Veil) -> veil_engine::Result<veil_audit::Proof> + Send + 'static,
+    make: impl FnOnce(&Veil, &Principal) -> veil_engine::Result<veil_audit::Proof> + Send + 'static,
 ) -> ApiResult {
     state
-        .as_principal(&headers, ANY, move |veil, _| {
-            Ok(Json(json!(make(veil).map_err(beyond_the_log)?)))
+        .as_principal(&headers, ANY, move |veil, who| {
+            Ok(Json(json!(make(veil, &who).map_err(beyond_the_log)?)))
         })
         .await
 }

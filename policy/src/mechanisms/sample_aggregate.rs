@@ -172,6 +172,7 @@ mod tests {
                 ..Default::default()
             },
             public_groups: Some(vec![vec![]]),
+            schedule: Default::default(),
         }
     }
 

@@ -1,0 +1,234 @@
+//! A job's predictable schedule: when its outcome becomes visible and how much fuel each privacy
+//! unit gets, fixed before any module code runs and computed from public values only.
+//!
+//! Guarantee (Haeberlen, Pierce, Narayan, "Differential Privacy Under Fire", USENIX Security 2011,
+//! §5 "predictable transactions"): what the consumer observes of a job's timing is a function of
+//! the manifest, the policy and the operator's cost model — never of the rows or of what the module
+//! did with them. The release is committed at `start + duration`, faster runs wait; every unit gets
+//! the same fuel, and a unit that runs out contributes nothing.
+//!
+//! Why the duration suffices: the run takes at most `units × (overhead + fuel × time_per_fuel)` on
+//! `threads` threads when fuel bounds a unit's time (host calls and memory growth are charged
+//! against fuel by the sandbox). The schedule reserves that time for the policy's public bound on
+//! the number of units (`max_units`), never for the dataset's actual count, which is secret.
+use std::time::Duration;
+
+use crate::error::{Location, PolicyError, Result};
+
+/// Fewest fuel units a schedule may give each privacy unit: below it even a trivial module cannot
+/// decode its input, so a job would release only noise.
+pub const MIN_FUEL_PER_UNIT: u64 = 10_000;
+/// Fuel each privacy unit gets when the manifest declares neither a time budget nor fuel.
+pub const DEFAULT_FUEL_PER_UNIT: u64 = 100_000;
+
+/// The operator's model of the machine: how long the sandbox may take, at worst, per unit, per
+/// block and per unit of fuel. Chosen conservatively: a run slower than the model (an overloaded
+/// machine) releases late, which SECURITY.md names as the residual timing channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CostModel {
+    /// Fixed host work per unit: encoding its rows, a fresh instance, bounding its output.
+    pub unit_overhead: Duration,
+    /// Fixed host work per block in sample-and-aggregate mode (a fresh component instance).
+    pub block_overhead: Duration,
+    /// Worst-case time per unit of fuel, in picoseconds, covering instructions, host calls and
+    /// the memory growth fuel pays for.
+    pub picos_per_fuel: u64,
+    /// Threads that run one job's units.
+    pub threads: u32,
+    /// Most fuel a unit may get, whatever the time budget (the sandbox's cap).
+    pub max_fuel_per_unit: u64,
+}
+
+/// What a manifest and policy ask of the schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScheduleRequest {
+    /// The manifest's `time_budget_ms`: the time from start to release.
+    pub time_budget: Option<Duration>,
+    /// The manifest's `fuel_per_unit`, used when no time budget is given.
+    pub fuel_per_unit: Option<u64>,
+    /// The policy's public bound on the number of privacy units.
+    pub max_units: u64,
+    /// Blocks in sample-and-aggregate mode.
+    pub blocks: Option<u32>,
+}
+
+impl Default for ScheduleRequest {
+    fn default() -> Self {
+        ScheduleRequest {
+            time_budget: None,
+            fuel_per_unit: None,
+            max_units: crate::model::DEFAULT_MAX_UNITS,
+            blocks: None,
+        }
+    }
+}
+
+/// A job's schedule (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// From start to the moment the outcome is committed and visible.
+    pub duration: Duration,
+    /// Fuel each privacy unit gets (a block gets its units' sum).
+    pub fuel_per_unit: u64,
+}
+
+impl CostModel {
+    /// Worst-case time of one unit with `fuel`.
+    fn unit_time(&self, fuel: u64) -> Duration {
+        self.unit_overhead + Duration::from_nanos(fuel.saturating_mul(self.picos_per_fuel) / 1000)
+    }
+
+    /// Worst-case time of the fixed work: `units` units' and `blocks` blocks' overhead, spread
+    /// over the threads.
+    fn fixed_time(&self, units: u64, blocks: u32) -> Duration {
+        let total = self
+            .unit_overhead
+            .saturating_mul(units.min(u32::MAX as u64) as u32)
+            + self.block_overhead.saturating_mul(blocks);
+        total / self.threads.max(1)
+    }
+}
+
+/// Computes the schedule of a job. Requires `cost.threads ≥ 1` and `request.max_units ≥ 1`.
+///
+/// With a time budget, each unit's fuel is what fits: `(budget − fixed) × threads / max_units`
+/// worth of fuel, capped by the sandbox; a budget too small for [`MIN_FUEL_PER_UNIT`] is refused
+/// with the smallest budget that would do. Without one, the duration follows from the declared
+/// (or default) fuel.
+pub fn schedule(request: &ScheduleRequest, cost: &CostModel) -> Result<Schedule> {
+    let units = request.max_units.max(1);
+    let blocks = request.blocks.unwrap_or(0);
+    let threads = u64::from(cost.threads.max(1));
+    let fixed = cost.fixed_time(units, blocks);
+    let per_fuel_total = |fuel: u64| {
+        // All units' fuel time, spread over the threads, in nanoseconds.
+        Duration::from_nanos(
+            (u128::from(units) * u128::from(fuel) * u128::from(cost.picos_per_fuel)
+                / 1000
+                / u128::from(threads))
+            .min(u128::from(u64::MAX)) as u64,
+        )
+    };
+    match request.time_budget {
+        Some(budget) => {
+            let spare = budget.saturating_sub(fixed);
+            let fuel = (spare.as_nanos() * 1000 * u128::from(threads)
+                / (u128::from(units) * u128::from(cost.picos_per_fuel.max(1))))
+            .min(u128::from(cost.max_fuel_per_unit)) as u64;
+            if fuel < MIN_FUEL_PER_UNIT {
+                let needed = fixed + per_fuel_total(MIN_FUEL_PER_UNIT);
+                return Err(PolicyError::Invalid {
+                    what: "manifest",
+                    location: Location {
+                        line: None,
+                        field: "time_budget_ms".into(),
+                    },
+                    message: format!(
+                        "time_budget_ms = {} is too short for up to {units} privacy units (the \
+                     policy's max_units): each would get {fuel} fuel, at least {MIN_FUEL_PER_UNIT} \
+                     are needed; set time_budget_ms to at least {}",
+                        budget.as_millis(),
+                        needed.as_millis() + 1
+                    ),
+                });
+            }
+            Ok(Schedule {
+                duration: budget,
+                fuel_per_unit: fuel,
+            })
+        }
+        None => {
+            let fuel = request
+                .fuel_per_unit
+                .unwrap_or(DEFAULT_FUEL_PER_UNIT)
+                .min(cost.max_fuel_per_unit);
+            // Round up to whole milliseconds: public times are shown to the millisecond.
+            let duration = fixed + per_fuel_total(fuel);
+            let millis = duration.as_nanos().div_ceil(1_000_000).max(1) as u64;
+            Ok(Schedule {
+                duration: Duration::from_millis(millis),
+                fuel_per_unit: fuel,
+            })
+        }
+    }
+}
+
+impl Schedule {
+    /// Whether a run of `units` units at `fuel_per_unit` fits the schedule on this cost model;
+    /// used by tests and by the operator's overrun metric, never to change an outcome.
+    pub fn fits(&self, units: u64, cost: &CostModel) -> bool {
+        cost.unit_time(self.fuel_per_unit)
+            .saturating_mul(units.min(u32::MAX as u64) as u32)
+            / cost.threads.max(1)
+            <= self.duration
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cost() -> CostModel {
+        CostModel {
+            unit_overhead: Duration::from_micros(20),
+            block_overhead: Duration::from_millis(10),
+            picos_per_fuel: 5_000,
+            threads: 2,
+            max_fuel_per_unit: 20_000_000,
+        }
+    }
+
+    fn request(budget_ms: Option<u64>, fuel: Option<u64>, max_units: u64) -> ScheduleRequest {
+        ScheduleRequest {
+            time_budget: budget_ms.map(Duration::from_millis),
+            fuel_per_unit: fuel,
+            max_units,
+            blocks: None,
+        }
+    }
+
+    #[test]
+    fn a_time_budget_decides_the_fuel_and_the_run_fits() {
+        // 256 units, 40 ms on 2 threads: 20 µs fixed each leaves 292.5 µs per unit of fuel time.
+        let s = schedule(&request(Some(40), None, 256), &cost()).unwrap();
+        assert_eq!(s.duration, Duration::from_millis(40));
+        assert_eq!(s.fuel_per_unit, 58_500);
+        assert!(s.fits(256, &cost()));
+        assert!(!s.fits(300, &cost()));
+    }
+
+    #[test]
+    fn without_a_budget_the_duration_follows_from_the_fuel() {
+        let s = schedule(&request(None, Some(20_000), 1_000), &cost()).unwrap();
+        // 1000 × (20 µs + 100 µs) / 2 = 60 ms.
+        assert_eq!(s.duration, Duration::from_millis(60));
+        assert!(s.fits(1_000, &cost()));
+        let d = schedule(&request(None, None, 1_000), &cost()).unwrap();
+        assert_eq!(d.fuel_per_unit, DEFAULT_FUEL_PER_UNIT);
+    }
+
+    #[test]
+    fn a_budget_too_short_names_the_one_that_would_do() {
+        let err = schedule(&request(Some(1), None, 100_000), &cost()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("time_budget_ms = 1"), "{text}");
+        assert!(text.contains("at least"), "{text}");
+        // The suggested budget is accepted.
+        let ms: u64 = text
+            .rsplit("at least ")
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(schedule(&request(Some(ms), None, 100_000), &cost()).is_ok());
+    }
+
+    #[test]
+    fn the_schedule_depends_on_public_values_only() {
+        // Same request, same schedule: nothing else goes in (the type has no other input).
+        let a = schedule(&request(Some(25), None, 500), &cost()).unwrap();
+        let b = schedule(&request(Some(25), None, 500), &cost()).unwrap();
+        assert_eq!(a, b);
+    }
+}
