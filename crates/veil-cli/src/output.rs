@@ -27,7 +27,7 @@ pub fn datasets(list: &[serde_json::Value], json: bool) {
         println!("no datasets registered");
     }
     for d in list {
-        let text = |f: &str| d[f].as_str().map(|s| escape(s)).unwrap_or_default();
+        let text = |f: &str| d[f].as_str().map(escape).unwrap_or_default();
         let rows = d["rows"]
             .as_u64()
             .map(|r| format!("  rows={r}"))
