@@ -130,7 +130,7 @@ impl JobInfo {
             module_hash: self.module_hash.clone(),
             manifest_hash: self.manifest_hash.clone(),
             epsilon: self.epsilon.clone(),
-            created_at: to_the_second(&self.created_at),
+            created_at: veil_catalog::to_the_second(&self.created_at),
             release_at: self.release_at.clone(),
         }
     }
@@ -1026,14 +1026,6 @@ fn wait_until(at: time::OffsetDateTime) -> bool {
     }
     std::thread::sleep(left.unsigned_abs());
     false
-}
-
-/// An RFC 3339 time cut to whole seconds (`2026-11-30T01:02:03.456Z` → `2026-11-30T01:02:03Z`).
-fn to_the_second(t: &str) -> String {
-    match t.split_once('.') {
-        Some((head, tail)) if tail.ends_with('Z') => format!("{head}Z"),
-        _ => t.to_owned(),
-    }
 }
 
 fn internal(msg: &str) -> EngineError {

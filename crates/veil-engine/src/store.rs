@@ -91,35 +91,27 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
         }
     }
     // Stores made before runners were named by pid and start time get the column.
-    let has_runner_start: bool = tx.query_row(
-        "SELECT COUNT(*) > 0 FROM pragma_table_info('jobs') WHERE name = 'runner_start'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_runner_start {
-        tx.execute_batch("ALTER TABLE jobs ADD COLUMN runner_start INTEGER")?;
-    }
+    add_column_if_missing(&tx, "jobs", "runner_start", "INTEGER")?;
     // Stores made before jobs had a fixed release time get the column (NULL: not started).
-    let has_release_at: bool = tx.query_row(
-        "SELECT COUNT(*) > 0 FROM pragma_table_info('jobs') WHERE name = 'release_at'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_release_at {
-        tx.execute_batch("ALTER TABLE jobs ADD COLUMN release_at TEXT")?;
-    }
+    add_column_if_missing(&tx, "jobs", "release_at", "TEXT")?;
     tx.execute_batch("CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq)")?;
     // Stores made before principals could be revoked get the column (NULL: active).
-    let has_revoked_at: bool = tx.query_row(
-        "SELECT COUNT(*) > 0 FROM pragma_table_info('principals') WHERE name = 'revoked_at'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_revoked_at {
-        tx.execute_batch("ALTER TABLE principals ADD COLUMN revoked_at TEXT")?;
-    }
+    add_column_if_missing(&tx, "principals", "revoked_at", "TEXT")?;
     tx.commit()?;
     Ok(conn)
+}
+
+/// Adds `column` (of SQL type `decl`) to `table` in stores made before it existed.
+fn add_column_if_missing(conn: &Connection, table: &str, column: &str, decl: &str) -> Result<()> {
+    let present: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |r| r.get(0),
+    )?;
+    if !present {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn now() -> String {
