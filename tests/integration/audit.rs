@@ -399,7 +399,7 @@ fn registration_certificates_verify_offline_for_the_owner_only() {
         serde_json::from_str(&env.ok(&["dataset", "list", "--format", "json"])).unwrap();
     let content = listing[0]["content_commitment"].as_str().unwrap();
     assert!(
-        msg.contains(&format!("dataset people of {HOLDER}")) && msg.contains(content),
+        msg.contains(&format!("dataset {HOLDER}:people registered")) && msg.contains(content),
         "{msg}"
     );
 

@@ -120,7 +120,7 @@ fn malformed_policies_are_rejected_with_line_and_field() {
         );
         assert_eq!(env.snapshot(), before);
     }
-    // Only the owner may set a policy.
+    // Only the owner may set a policy: to anyone else the dataset answers like a missing one.
     let p = env.write("p.toml", &good);
     let out = env.veil(&[
         "--as",
@@ -130,7 +130,11 @@ fn malformed_policies_are_rejected_with_line_and_field() {
         "people",
         p.to_str().unwrap(),
     ]);
-    assert!(text(&out.stderr).contains("only the owner"));
+    assert!(
+        text(&out.stderr).contains("no dataset named `people`"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(env.snapshot(), before);
 }
 

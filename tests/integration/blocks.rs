@@ -158,5 +158,9 @@ fn malformed_block_manifests_change_nothing() {
         );
     }
     assert_eq!(veil.audit_entries().unwrap().len(), before);
-    assert!(veil.jobs_for(CONSUMER).unwrap().is_empty());
+    assert!(
+        veil.visible_jobs(veil_engine::Viewer::Consumer(CONSUMER))
+            .unwrap()
+            .is_empty()
+    );
 }

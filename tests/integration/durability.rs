@@ -125,7 +125,9 @@ fn check_store(env: &Env) -> Checked {
     let (eps, delta) = debits.totals();
     assert_eq!(last_after, debits.epsilon_pure.0, "the log's running total");
     let ledger = veil.budget(CONSUMER).unwrap();
-    let line = ledger.iter().find(|l| l.dataset == "people");
+    let line = ledger
+        .iter()
+        .find(|l| l.dataset == format!("{HOLDER}:people"));
     let (spent, delta_spent) = line.map_or(("0".into(), "0".into()), |l| {
         (l.spent.clone(), l.delta_spent.clone())
     });
@@ -137,7 +139,9 @@ fn check_store(env: &Env) -> Checked {
     );
     // Job states agree with the log: nothing is left running (the server is dead), a released job
     // has its release record with the same hash, a started job is released or failed.
-    let jobs = veil.jobs_for(CONSUMER).unwrap();
+    let jobs = veil
+        .visible_jobs(veil_engine::Viewer::Consumer(CONSUMER))
+        .unwrap();
     let mut checked = Checked::default();
     let ids: BTreeSet<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
     for job in &jobs {

@@ -120,7 +120,11 @@ impl Range {
     fn footprint(&self) -> Footprint {
         Footprint {
             audit_entries: self.veil.audit_entries().unwrap().len(),
-            jobs: self.veil.jobs_for(CONSUMER).unwrap().len(),
+            jobs: self
+                .veil
+                .visible_jobs(veil_engine::Viewer::Consumer(CONSUMER))
+                .unwrap()
+                .len(),
             spent: self.spent(),
         }
     }
@@ -129,7 +133,7 @@ impl Range {
         let lines = self.veil.budget(CONSUMER).unwrap();
         lines
             .iter()
-            .find(|l| l.dataset == "people")
+            .find(|l| l.dataset == format!("{HOLDER}:people"))
             .map(|l| l.spent.clone())
             .unwrap_or_else(|| "0".into())
     }
@@ -208,9 +212,10 @@ impl Range {
         assert_eq!(info.state, JobState::Released, "{info:?}");
         assert!(info.code.is_none());
         self.veil.job_result(&info.id, CONSUMER).unwrap();
+        // To anyone but the dataset's owner the logs answer like a missing job.
         assert!(matches!(
             self.veil.job_logs(&info.id, CONSUMER),
-            Err(EngineError::Forbidden(_))
+            Err(EngineError::NotFound(_))
         ));
         let events = self.events_of(&info.id);
         assert!(
@@ -739,7 +744,12 @@ fn panic_stdout_and_log_carrying_raw_values() {
     // Nothing the consumer can list or read mentions the value.
     let listing = r.env.ok(&["--as", CONSUMER, "job", "list"]);
     assert!(!listing.contains("income="), "{listing}");
-    let job = r.veil.jobs_for(CONSUMER).unwrap()[0].id.clone();
+    let job = r
+        .veil
+        .visible_jobs(veil_engine::Viewer::Consumer(CONSUMER))
+        .unwrap()[0]
+        .id
+        .clone();
     let result = r.env.veil(&["--as", CONSUMER, "job", "result", &job]);
     let shown = text(&result.stdout) + &text(&result.stderr);
     assert!(!shown.contains("income="), "{shown}");
@@ -763,7 +773,12 @@ fn log_spam_is_bounded_and_for_the_holder_only() {
     );
     let release = r.released(&wasm, &["educ"], 1);
     assert_eq!(release.rows.len(), 1);
-    let job = r.veil.jobs_for(CONSUMER).unwrap()[0].id.clone();
+    let job = r
+        .veil
+        .visible_jobs(veil_engine::Viewer::Consumer(CONSUMER))
+        .unwrap()[0]
+        .id
+        .clone();
     let lines = r.veil.job_logs(&job, HOLDER).unwrap();
     let bytes: usize = lines.iter().map(String::len).sum();
     assert!(lines.iter().any(|l| l.contains("[log truncated]")));

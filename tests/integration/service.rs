@@ -90,13 +90,14 @@ fn every_endpoint_checks_token_role_and_ownership() {
     let matrix: Vec<Row> = vec![
         ("GET", "/v1/whoami".into(), None,                                   [401, 401, 200, 200, 200, 200, 200, 200]),
         ("GET", "/v1/datasets".into(), None,                                 [401, 401, 200, 200, 200, 200, 200, 200]),
+        // Names are scoped per holder: the other holder's `people` is its own, whatever exists.
         ("POST", "/v1/datasets?name=people".into(), Some(("text/csv", csv.as_bytes())),
-                                                                             [401, 401, 409, 409, 403, 403, 403, 403]),
-        ("GET", "/v1/datasets/people".into(), None,                          [401, 401, 200, 404, 200, 404, 200, 200]),
-        ("GET", "/v1/datasets/people/policy".into(), None,                   [401, 401, 200, 404, 200, 404, 200, 200]),
-        ("PUT", "/v1/datasets/people/policy".into(), Some(("application/toml", policy_text.as_bytes())),
+                                                                             [401, 401, 409, 201, 403, 403, 403, 403]),
+        ("GET", "/v1/datasets/clinic:people".into(), None,                          [401, 401, 200, 404, 200, 404, 200, 200]),
+        ("GET", "/v1/datasets/clinic:people/policy".into(), None,                   [401, 401, 200, 404, 200, 404, 200, 200]),
+        ("PUT", "/v1/datasets/clinic:people/policy".into(), Some(("application/toml", policy_text.as_bytes())),
                                                                              [401, 401, 200, 404, 403, 403, 403, 403]),
-        ("GET", "/v1/datasets/people/certificate".into(), None,              [401, 401, 200, 404, 403, 404, 403, 403]),
+        ("GET", "/v1/datasets/clinic:people/certificate".into(), None,              [401, 401, 200, 404, 403, 404, 403, 403]),
         ("GET", "/v1/jobs".into(), None,                                     [401, 401, 200, 200, 200, 200, 200, 200]),
         ("POST", "/v1/jobs".into(), Some(("application/json", submit_body.as_bytes())),
                                                                              [401, 401, 403, 403, 201, 404, 403, 403]),
@@ -157,11 +158,12 @@ fn every_endpoint_checks_token_role_and_ownership() {
             .map(|d| d["name"].as_str().unwrap().to_owned())
             .collect()
     };
-    assert_eq!(names(&w.holder), ["people"]);
-    assert_eq!(names(&w.consumer), ["people"]);
-    assert!(names(&w.other_holder).is_empty());
+    assert_eq!(names(&w.holder), ["clinic:people"]);
+    assert_eq!(names(&w.consumer), ["clinic:people"]);
+    // The other holder registered a `people` of its own in the matrix above.
+    assert_eq!(names(&w.other_holder), ["hospital:people"]);
     assert!(names(&w.stranger).is_empty());
-    assert_eq!(names(&w.reviewer), ["people"]);
+    assert_eq!(names(&w.reviewer), ["clinic:people", "hospital:people"]);
     let jobs = |token: &str| {
         w.http.json("/v1/jobs", token)["jobs"]
             .as_array()
@@ -205,6 +207,116 @@ fn every_endpoint_checks_token_role_and_ownership() {
     let fresh = id_of("bad id\twith junk");
     assert_eq!(fresh.len(), 16, "{fresh}");
     assert!(fresh.bytes().all(|b| b.is_ascii_hexdigit()));
+}
+
+/// Dataset names are scoped per holder, and a dataset the caller may not see answers exactly like
+/// one that does not exist, on reads and on writes: the answer's status and body are the same
+/// (up to the name asked for), so no request tells a hidden dataset from a missing one.
+#[test]
+fn hidden_and_missing_datasets_answer_alike_and_names_are_per_holder() {
+    let w = world();
+    let csv = people_csv();
+    // The other holder takes the name `people` too: its own namespace, so no clash is reported.
+    let (status, body) = w.http.call(
+        "POST",
+        "/v1/datasets?name=people",
+        Some(&w.other_holder),
+        Some(("text/csv", csv.as_bytes())),
+    );
+    assert_eq!(status, 201, "{body}");
+    let theirs: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(theirs["name"], "hospital:people");
+
+    // For each request: the hidden dataset (clinic:people, to the other holder and the stranger)
+    // against one that does not exist (clinic:absent).
+    let policy_text = policy("manual");
+    let wasm = std::fs::read(w.env.path().join("modules/income_by_education.wasm")).unwrap();
+    let submit = |dataset: &str| {
+        use base64::Engine as _;
+        serde_json::json!({
+            "manifest": income_manifest(0.5).replace("dataset = \"people\"", &format!("dataset = \"{dataset}\"")),
+            "module": base64::engine::general_purpose::STANDARD.encode(&wasm),
+        })
+        .to_string()
+    };
+    type Probe<'a> = (&'a str, &'a str, fn(&str) -> String, &'a str);
+    let probes: [Probe; 5] = [
+        ("other holder", "GET", |d| format!("/v1/datasets/{d}"), ""),
+        (
+            "other holder",
+            "GET",
+            |d| format!("/v1/datasets/{d}/policy"),
+            "",
+        ),
+        (
+            "other holder",
+            "PUT",
+            |d| format!("/v1/datasets/{d}/policy"),
+            "policy",
+        ),
+        (
+            "other holder",
+            "GET",
+            |d| format!("/v1/datasets/{d}/certificate"),
+            "",
+        ),
+        ("stranger", "POST", |_| "/v1/jobs".into(), "submit"),
+    ];
+    for (who, method, path, body) in probes {
+        let token = if who == "stranger" {
+            &w.stranger
+        } else {
+            &w.other_holder
+        };
+        let answer = |dataset: &str| {
+            let body = match body {
+                "policy" => Some(("application/toml", policy_text.clone().into_bytes())),
+                "submit" => Some(("application/json", submit(dataset).into_bytes())),
+                _ => None,
+            };
+            let (status, text) = w.http.call(
+                method,
+                &path(dataset),
+                Some(token),
+                body.as_ref().map(|(t, b)| (*t, b.as_slice())),
+            );
+            (status, text.replace(dataset, "DATASET"))
+        };
+        let hidden = answer("clinic:people");
+        let missing = answer("clinic:absent");
+        assert_eq!(hidden, missing, "{method} as {who}");
+        assert_eq!(hidden.0, 404, "{method} as {who}: {}", hidden.1);
+    }
+    // Nothing the probes did reached the log or the job list.
+    let jobs = w.http.json("/v1/jobs", &w.stranger);
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 0, "{jobs}");
+
+    // A short name means the one dataset the caller may see by that name: each holder its own.
+    let mine = w.http.json("/v1/datasets/people", &w.holder);
+    assert_eq!(mine["name"], "clinic:people");
+    let own = w.http.json("/v1/datasets/people", &w.other_holder);
+    assert_eq!(own["name"], "hospital:people");
+    // A consumer admitted to both must say which one; the error names only those it may see.
+    let (status, text) = w.http.call(
+        "PUT",
+        "/v1/datasets/people/policy",
+        Some(&w.other_holder),
+        Some((
+            "application/toml",
+            policy_text
+                .replace("max_units = 500", "max_units = 1000")
+                .as_bytes(),
+        )),
+    );
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = w.http.get("/v1/datasets/people", Some(&w.consumer));
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("`clinic:people`") && text.contains("`hospital:people`"),
+        "{text}"
+    );
+    let theirs = w.http.json("/v1/datasets/hospital:people", &w.consumer);
+    assert_eq!(theirs["owner"], "hospital");
 }
 
 #[test]
@@ -331,7 +443,7 @@ fn the_flow_over_http_and_what_each_party_sees() {
     assert_eq!(status, 200);
     for line in [
         "veil_jobs{state=\"released\"} 1",
-        "veil_budget_spent_epsilon{dataset=\"people\"} 1.0",
+        "veil_budget_spent_epsilon{dataset=\"clinic:people\"} 1.0",
         "veil_sandbox_units_total 402",
         "veil_http_request_duration_seconds_count{",
     ] {
@@ -439,8 +551,8 @@ fn bad_requests_get_json_errors_and_change_nothing() {
         ("POST", "/v1/datasets?name=bad%20name".into(), &holder, b"a\n1\n".to_vec(), 400, "bad_request"),
         ("POST", "/v1/datasets".into(), &holder, b"a\n1\n".to_vec(), 400, "bad_request"),
         ("POST", "/v1/datasets?name=x&privacy_unit=nope".into(), &holder, b"a\n1\n".to_vec(), 400, "bad_request"),
-        ("PUT", "/v1/datasets/people/policy".into(), &holder, b"epsilon = \"lots\"".to_vec(), 400, "bad_request"),
-        ("PUT", "/v1/datasets/people/policy".into(), &holder, vec![0xff, 0xfe], 400, "bad_request"),
+        ("PUT", "/v1/datasets/clinic:people/policy".into(), &holder, b"epsilon = \"lots\"".to_vec(), 400, "bad_request"),
+        ("PUT", "/v1/datasets/clinic:people/policy".into(), &holder, vec![0xff, 0xfe], 400, "bad_request"),
         ("POST", "/v1/jobs".into(), &consumer, b"{not json".to_vec(), 400, "bad_request"),
         ("POST", "/v1/jobs".into(), &consumer, br#"{"manifest": "x"}"#.to_vec(), 400, "bad_request"),
         ("POST", "/v1/jobs".into(), &consumer,

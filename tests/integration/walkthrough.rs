@@ -60,8 +60,8 @@ fn the_readme_walkthrough_runs_as_written() {
     );
     // Each party saw what it should.
     for expected in [
-        "registered dataset `people`: 1200 rows",
-        "policy version 1 set on `people`",
+        "registered dataset `clinic:people`: 1200 rows",
+        "policy version 1 set on `clinic:people`",
         "awaiting_approval",
         "approved; it is now released",
         "receipt holds: job job-000001 by researcher",

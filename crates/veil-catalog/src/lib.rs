@@ -85,9 +85,24 @@ pub struct ColumnInfo {
     pub nullable: bool,
 }
 
+/// What separates the owner from the name in a dataset id. `:` is not allowed in names and needs
+/// no escaping in a URL path segment, so ids work as they are in `/v1/datasets/{id}`.
+pub const ID_SEPARATOR: char = ':';
+
+/// The id of dataset `name` registered by `owner`: `owner:name`. Names are scoped per holder, so
+/// two holders may each have an `adult`, and registering a name tells a holder nothing about
+/// anyone else's datasets.
+///
+/// Requires `owner` and `name` to be valid principal-style names (no [`ID_SEPARATOR`]).
+pub fn dataset_id(owner: &str, name: &str) -> String {
+    format!("{owner}{ID_SEPARATOR}{name}")
+}
+
 /// A registered dataset's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatasetRecord {
+    /// The dataset's id, `owner:name` ([`dataset_id`]): what jobs, policies, the ledger and the
+    /// audit log refer to.
     pub name: String,
     pub owner: String,
     /// SHA-256 of the stored Parquet file. A function of the raw rows: for the owner and
@@ -123,6 +138,14 @@ pub struct CatalogEntry {
 }
 
 impl DatasetRecord {
+    /// The name within its owner's namespace (the id without `owner:`).
+    pub fn short_name(&self) -> &str {
+        self.name
+            .strip_prefix(&self.owner)
+            .and_then(|rest| rest.strip_prefix(ID_SEPARATOR))
+            .unwrap_or(&self.name)
+    }
+
     /// The consumer's view of this record (see [`CatalogEntry`]).
     pub fn consumer_view(&self) -> CatalogEntry {
         CatalogEntry {
@@ -434,7 +457,8 @@ pub fn migrate(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Records a dataset. Fails with [`CatalogError::Duplicate`] if the name is taken.
+/// Records a dataset. Fails with [`CatalogError::Duplicate`] if its id is taken (by the same
+/// owner: ids carry the owner).
 pub fn insert(conn: &Connection, r: &DatasetRecord) -> Result<()> {
     if get(conn, &r.name)?.is_some() {
         return Err(CatalogError::Duplicate(r.name.clone()));

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use veil_engine::{EngineConfig, EngineError, Veil};
+use veil_engine::{EngineConfig, EngineError, Veil, Viewer};
 
 #[derive(Parser)]
 #[command(name = "veil", version, about = "Veil: data usable, but not visible.")]
@@ -386,22 +386,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .find(|p| &p.name == name && p.role == veil_engine::Role::Consumer),
                 None => None,
             };
-            let mut list: Vec<serde_json::Value> = Vec::new();
-            for d in veil.datasets()? {
-                let value = match &consumer {
-                    None => serde_json::to_value(&d)?,
-                    Some(c) => {
-                        let admitted = veil
-                            .policy(&d.name)?
-                            .is_some_and(|p| p.policy.allows_consumer(&c.name));
-                        if !admitted {
-                            continue;
-                        }
-                        serde_json::to_value(d.consumer_view())?
-                    }
-                };
-                list.push(value);
-            }
+            let list: Vec<serde_json::Value> = match &consumer {
+                None => veil
+                    .datasets()?
+                    .iter()
+                    .map(serde_json::to_value)
+                    .collect::<Result<_, _>>()?,
+                Some(c) => veil
+                    .visible_datasets(Viewer::Consumer(&c.name))?
+                    .iter()
+                    .map(|d| serde_json::to_value(d.consumer_view()))
+                    .collect::<Result<_, _>>()?,
+            };
             output::datasets(&list, format == Format::Json);
         }
         Command::Policy(PolicyCmd::Set { dataset, file }) => {
@@ -409,12 +405,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut veil = open(&dir)?;
             let p = veil.set_policy(&dataset, &file, &holder)?;
             println!(
-                "policy version {} set on `{dataset}` (sha256 {})",
-                p.version, p.hash
+                "policy version {} set on `{}` (sha256 {})",
+                p.version, p.dataset, p.hash
             );
         }
         Command::Policy(PolicyCmd::Show { dataset }) => {
             let veil = open(&dir)?;
+            let dataset = veil.find_dataset(Viewer::Auditor, &dataset)?.name;
             match veil.policy(&dataset)? {
                 Some(p) => {
                     println!(
@@ -578,15 +575,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 serde_json::from_str(&text).context("the file is not a Veil certificate")?;
             match cert.verify(&key) {
                 Ok(f) => println!(
-                    "certificate holds: dataset {} of {} registered {} with content {} and \
+                    "certificate holds: dataset {} registered {} with content {} and \
                      schema {} ({} rows), log entry {}",
-                    f.dataset,
-                    f.owner,
-                    f.time,
-                    f.content_commitment,
-                    f.schema_hash,
-                    f.rows,
-                    f.log_index
+                    f.dataset, f.time, f.content_commitment, f.schema_hash, f.rows, f.log_index
                 ),
                 Err(e) => {
                     println!("certificate does NOT hold: {e}");
@@ -636,7 +627,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let veil = open(&dir)?;
             let entries = veil.audit_entries()?;
             let filter = veil_audit::review::Filter {
-                dataset,
+                dataset: dataset.map(|d| veil.dataset_filter(&d)).transpose()?,
                 consumer,
                 module_hash: module,
                 decision,
@@ -712,7 +703,7 @@ fn job(cmd: JobCmd, dir: &Path, who: &Option<String>) -> Result<ExitCode> {
         JobCmd::List => {
             let p = principal(who, "PRINCIPAL")?;
             let veil = open(dir)?;
-            output::job_list(&veil.jobs_for(&p)?);
+            output::job_list(&local_jobs(&veil, &p)?);
         }
         JobCmd::Logs { job } => {
             let holder = principal(who, "HOLDER")?;
@@ -737,13 +728,36 @@ fn job(cmd: JobCmd, dir: &Path, who: &Option<String>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A job is visible to its consumer and to the owner of its dataset.
+/// The views a principal known only by its name has in local mode: one name may both consume
+/// and own datasets.
+fn local_viewers(principal: &str) -> [Viewer<'_>; 2] {
+    [Viewer::Consumer(principal), Viewer::Holder(principal)]
+}
+
+/// A job is visible to its consumer and to the owner of its dataset (the engine's rules).
 fn visible_job(veil: &Veil, job: &str, principal: &str) -> Result<veil_engine::JobInfo> {
-    let visible = veil.jobs_for(principal)?;
-    match visible.into_iter().find(|j| j.id == job) {
-        Some(j) => Ok(j),
-        None => bail!("no job `{job}` visible to `{principal}`"),
+    for viewer in local_viewers(principal) {
+        match veil.find_job(viewer, job) {
+            Ok(info) => return Ok(info),
+            Err(EngineError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
+    bail!("no job `{job}`")
+}
+
+/// The jobs a principal sees in local mode, oldest first.
+fn local_jobs(veil: &Veil, principal: &str) -> Result<Vec<veil_engine::JobInfo>> {
+    let mut jobs = Vec::new();
+    for viewer in local_viewers(principal) {
+        for job in veil.visible_jobs(viewer)? {
+            if !jobs.iter().any(|j: &veil_engine::JobInfo| j.id == job.id) {
+                jobs.push(job);
+            }
+        }
+    }
+    jobs.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(jobs)
 }
 
 /// Writes `text` to `out`, or to standard output.

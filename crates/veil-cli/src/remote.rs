@@ -198,16 +198,18 @@ pub(crate) fn run(command: Command, server: &str, token: Option<String>) -> Resu
                 .send(text.as_slice());
             let v: Value = serde_json::from_str(&client.finish(response)?)?;
             println!(
-                "policy version {} set on `{dataset}` (sha256 {})",
+                "policy version {} set on `{}` (sha256 {})",
                 v["version"],
+                v["dataset"].as_str().unwrap_or(&dataset),
                 v["hash"].as_str().unwrap_or("?")
             );
         }
         Command::Policy(PolicyCmd::Show { dataset }) => {
             let v = client.get_json(&format!("/v1/datasets/{}/policy", encode(&dataset)))?;
             println!(
-                "# policy version {} of `{dataset}`, set by {} (sha256 {})",
+                "# policy version {} of `{}`, set by {} (sha256 {})",
                 v["version"],
+                v["dataset"].as_str().unwrap_or(&dataset),
                 v["holder"].as_str().unwrap_or("?"),
                 v["hash"].as_str().unwrap_or("?")
             );

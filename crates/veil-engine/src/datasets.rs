@@ -6,6 +6,7 @@ use veil_audit::{AuditEvent, AuditLog};
 use veil_catalog::{DatasetRecord, LoadOptions};
 use veil_policy::{Policy, document_hash, model::valid_principal};
 
+use crate::access::{Viewer, no_such_dataset};
 use crate::error::bad;
 use crate::store::now;
 use crate::{EngineError, Result, Veil};
@@ -13,6 +14,8 @@ use crate::{EngineError, Result, Veil};
 /// A policy as stored: its version, hash and text.
 #[derive(Debug, Clone)]
 pub struct StoredPolicy {
+    /// The id of the dataset it governs.
+    pub dataset: String,
     pub version: u64,
     pub hash: String,
     pub text: String,
@@ -21,8 +24,8 @@ pub struct StoredPolicy {
 }
 
 impl Veil {
-    /// Registers a file as dataset `name` owned by `owner`. On any error nothing is left behind:
-    /// no catalog row, no audit entry, no stored file.
+    /// Registers a file as dataset `name` in `owner`'s namespace (its id is `owner:name`). On any
+    /// error nothing is left behind: no catalog row, no audit entry, no stored file.
     pub fn register_dataset(
         &mut self,
         file: &Path,
@@ -39,9 +42,10 @@ impl Veil {
         if !valid_principal(owner) {
             return Err(bad(format!("`{owner}` is not a valid principal name")));
         }
-        if veil_catalog::get(&self.conn, name)?.is_some() {
+        let id = veil_catalog::dataset_id(owner, name);
+        if veil_catalog::get(&self.conn, &id)?.is_some() {
             return Err(EngineError::Catalog(veil_catalog::CatalogError::Duplicate(
-                name.into(),
+                id,
             )));
         }
         let table = self.runtime.block_on(veil_catalog::load_file(
@@ -63,7 +67,7 @@ impl Veil {
         let columns = veil_catalog::columns_of(&table.schema);
         let salt = veil_catalog::new_salt()?;
         let record = DatasetRecord {
-            name: name.into(),
+            name: id,
             owner: owner.into(),
             content_commitment: veil_catalog::content_commitment(&salt, &stored.content_hash),
             salt,
@@ -107,13 +111,14 @@ impl Veil {
         Ok(veil_catalog::list(&self.conn)?)
     }
 
-    /// One dataset's catalog record.
-    pub fn dataset(&self, name: &str) -> Result<DatasetRecord> {
-        veil_catalog::get(&self.conn, name)?
-            .ok_or_else(|| bad(format!("no dataset named `{name}`")))
+    /// One dataset's catalog record, by id (`owner:name`); for names as callers write them, see
+    /// [`Veil::find_dataset`].
+    pub fn dataset(&self, id: &str) -> Result<DatasetRecord> {
+        veil_catalog::get(&self.conn, id)?.ok_or_else(|| no_such_dataset(id))
     }
 
-    /// Sets a new version of the policy on `dataset`, as its owner.
+    /// Sets a new version of the policy on `dataset` (an id, or a short name in `holder`'s
+    /// namespace), as its owner.
     pub fn set_policy(&mut self, dataset: &str, file: &Path, holder: &str) -> Result<StoredPolicy> {
         let text = std::fs::read_to_string(file)
             .map_err(|e| bad(format!("cannot read {}: {e}", file.display())))?;
@@ -127,12 +132,9 @@ impl Veil {
         text: &str,
         holder: &str,
     ) -> Result<StoredPolicy> {
-        let record = self.dataset(dataset)?;
-        if record.owner != holder {
-            return Err(EngineError::Forbidden(format!(
-                "only the owner of `{dataset}` may set its policy"
-            )));
-        }
+        // Another holder's dataset answers like a missing one.
+        let record = self.find_dataset(Viewer::Holder(holder), dataset)?;
+        let dataset = record.name.as_str();
         let text = text.to_owned();
         let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
         let policy =
@@ -163,6 +165,7 @@ impl Veil {
         )?;
         tx.commit()?;
         Ok(StoredPolicy {
+            dataset: dataset.into(),
             version,
             hash,
             text,
@@ -199,7 +202,7 @@ impl Veil {
         Ok(())
     }
 
-    /// The current policy of a dataset, if one has been set.
+    /// The current policy of a dataset (by id), if one has been set.
     pub fn policy(&self, dataset: &str) -> Result<Option<StoredPolicy>> {
         self.dataset(dataset)?;
         let row = self
@@ -214,6 +217,7 @@ impl Veil {
             let policy = serde_json::from_str(&parsed)
                 .map_err(|e| EngineError::Internal(format!("stored policy: {e}")))?;
             Ok(StoredPolicy {
+                dataset: dataset.into(),
                 version,
                 hash,
                 text,

@@ -10,6 +10,7 @@ use veil_policy::{
     model::valid_principal, precheck,
 };
 
+use crate::access::Viewer;
 use crate::error::bad;
 use crate::execute::RunRequest;
 use crate::store::now;
@@ -194,6 +195,11 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(JobInfo, String)> {
     ))
 }
 
+/// The one answer for a job that does not exist or that the caller may not see.
+pub(crate) fn no_such_job(id: &str) -> EngineError {
+    EngineError::NotFound(format!("no job `{id}`"))
+}
+
 fn load_job(conn: &Connection, id: &str) -> Result<JobInfo> {
     let row = conn
         .query_row(
@@ -202,7 +208,7 @@ fn load_job(conn: &Connection, id: &str) -> Result<JobInfo> {
             job_from_row,
         )
         .optional()?;
-    let (mut job, state) = row.ok_or_else(|| bad(format!("no job `{id}`")))?;
+    let (mut job, state) = row.ok_or_else(|| no_such_job(id))?;
     job.state = JobState::parse(&state)?;
     Ok(job)
 }
@@ -273,8 +279,11 @@ impl Veil {
         if !valid_principal(consumer) {
             return Err(bad(format!("`{consumer}` is not a valid principal name")));
         }
-        let manifest = JobManifest::from_toml(text)?;
-        let record = self.dataset(&manifest.dataset)?;
+        let mut manifest = JobManifest::from_toml(text)?;
+        // A dataset the consumer is not admitted to answers like a missing one; from here on the
+        // manifest names the dataset by its id.
+        let record = self.find_dataset(Viewer::Consumer(consumer), &manifest.dataset)?;
+        manifest.dataset = record.name.clone();
         let stored = self.policy(&manifest.dataset)?.ok_or_else(|| {
             bad(format!(
                 "dataset `{}` has no release policy yet",
@@ -423,11 +432,9 @@ impl Veil {
         let owner = veil_catalog::get(&tx, &job.dataset)?
             .map(|d| d.owner)
             .unwrap_or_default();
+        // Another holder's job answers like a missing one.
         if owner != holder {
-            return Err(EngineError::Forbidden(format!(
-                "only the owner of `{}` may decide on its jobs",
-                job.dataset
-            )));
+            return Err(no_such_job(job_id));
         }
         if job.state != JobState::AwaitingApproval {
             return Err(bad(format!(
@@ -482,7 +489,8 @@ impl Veil {
         let stored = self
             .policy(&job.dataset)?
             .ok_or_else(|| internal("policy vanished"))?;
-        let manifest = JobManifest::from_toml(&job.manifest)?;
+        let mut manifest = JobManifest::from_toml(&job.manifest)?;
+        manifest.dataset = job.dataset.clone();
         let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
         let plan = precheck(&stored.policy, &manifest, &schema, &job.consumer);
 
@@ -851,11 +859,16 @@ impl Veil {
         load_job(&self.conn, id)
     }
 
-    /// Jobs visible to `principal`: their own, and those on datasets they own.
-    pub fn jobs_for(&self, principal: &str) -> Result<Vec<JobInfo>> {
+    /// Jobs `consumer` submitted.
+    pub(crate) fn jobs_of_consumer(&self, consumer: &str) -> Result<Vec<JobInfo>> {
+        self.query_jobs("consumer = ?1", &[consumer])
+    }
+
+    /// Jobs on the datasets `holder` owns.
+    pub(crate) fn jobs_on_datasets_of(&self, holder: &str) -> Result<Vec<JobInfo>> {
         self.query_jobs(
-            "consumer = ?1 OR dataset IN (SELECT name FROM datasets WHERE owner = ?1)",
-            &[principal],
+            "dataset IN (SELECT name FROM datasets WHERE owner = ?1)",
+            &[holder],
         )
     }
 
@@ -877,10 +890,9 @@ impl Veil {
     /// The released result of a job, for its consumer only.
     pub fn job_result(&self, id: &str, consumer: &str) -> Result<Release> {
         let job = load_job(&self.conn, id)?;
+        // Another consumer's job answers like a missing one.
         if job.consumer != consumer {
-            return Err(EngineError::Forbidden(format!(
-                "job {id} belongs to another consumer"
-            )));
+            return Err(no_such_job(id));
         }
         if job.state != JobState::Released {
             return Err(bad(format!("job {id} has no result: it is {}", job.state)));
@@ -894,10 +906,9 @@ impl Veil {
     /// The signed receipt of a released job, for its consumer (see `veil_audit::Receipt`).
     pub fn job_receipt(&self, id: &str, consumer: &str) -> Result<veil_audit::Receipt> {
         let job = load_job(&self.conn, id)?;
+        // Another consumer's job answers like a missing one.
         if job.consumer != consumer {
-            return Err(EngineError::Forbidden(format!(
-                "job {id} belongs to another consumer"
-            )));
+            return Err(no_such_job(id));
         }
         if job.state != JobState::Released {
             return Err(bad(format!("job {id} has no receipt: it is {}", job.state)));
@@ -913,10 +924,7 @@ impl Veil {
         let job = load_job(&self.conn, id)?;
         let owner = self.dataset(&job.dataset)?.owner;
         if owner != holder {
-            return Err(EngineError::Forbidden(format!(
-                "job logs of `{}` are for its owner",
-                job.dataset
-            )));
+            return Err(no_such_job(id));
         }
         let mut stmt = self
             .conn

@@ -28,6 +28,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod access;
 mod datasets;
 mod error;
 mod execute;
@@ -42,6 +43,7 @@ use rusqlite::Connection;
 use veil_audit::{AuditEvent, AuditLog, DomainKey, VerifierKey};
 use veil_sandbox::{Sandbox, SandboxConfig};
 
+pub use access::Viewer;
 pub use error::{EngineError, ErrorKind, Result};
 pub use jobs::{BudgetLine, ConsumerJobView, JobInfo, JobRun, JobState, SubmitOutcome};
 pub use principals::{Principal, Role};
@@ -294,20 +296,19 @@ impl Veil {
         Ok(self.key.verifier())
     }
 
-    /// The registration certificate of `dataset`, for its owner.
+    /// The registration certificate of `dataset` (an id, or a short name in `holder`'s namespace),
+    /// for its owner.
     pub fn dataset_certificate(
         &self,
         dataset: &str,
         holder: &str,
     ) -> Result<veil_audit::Certificate> {
-        let record = self.dataset(dataset)?;
-        if record.owner != holder {
-            return Err(EngineError::Forbidden(format!(
-                "the certificate of `{dataset}` is for its owner"
-            )));
-        }
+        // Another holder's dataset answers like a missing one.
+        let record = self.find_dataset(Viewer::Holder(holder), dataset)?;
         Ok(veil_audit::issue_certificate(
-            &self.conn, &self.key, dataset,
+            &self.conn,
+            &self.key,
+            &record.name,
         )?)
     }
 

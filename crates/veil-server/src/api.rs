@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use veil_engine::{
-    DatasetRecord, EngineConfig, EngineError, JobInfo, JobState, Principal, Role, Veil,
+    DatasetRecord, EngineConfig, EngineError, JobInfo, JobState, Principal, Role, Veil, Viewer,
 };
 
 use crate::AppState;
@@ -34,41 +34,16 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
 }
 
-/// The dataset `name` if `who` may see it: its owner, a consumer its policy admits, a reviewer or
-/// an admin.
+/// The dataset `name` (an id or a short name) if `who` may see it: its owner, a consumer its
+/// policy admits, a reviewer or an admin; otherwise the same 404 as for a missing one (the rules
+/// are the engine's, `veil_engine::Viewer`).
 fn visible_dataset(veil: &Veil, who: &Principal, name: &str) -> Result<DatasetRecord, ApiError> {
-    let hidden = || ApiError::not_found(format!("no dataset named `{name}`"));
-    let record = veil.dataset(name).map_err(|_| hidden())?;
-    if may_see(veil, who, &record)? {
-        Ok(record)
-    } else {
-        Err(hidden())
-    }
-}
-
-/// Whether `who` may see the catalog entry `record` (see [`visible_dataset`]).
-fn may_see(veil: &Veil, who: &Principal, record: &DatasetRecord) -> Result<bool, ApiError> {
-    Ok(match who.role {
-        Role::Holder => record.owner == who.name,
-        Role::Consumer => veil
-            .policy(&record.name)?
-            .is_some_and(|p| p.policy.allows_consumer(&who.name)),
-        Role::Reviewer | Role::Admin => true,
-    })
+    Ok(veil.find_dataset(Viewer::of(who), name)?)
 }
 
 /// The job `id` if `who` may see it: its consumer, the owner of its dataset, a reviewer or an admin.
 fn visible_job(veil: &Veil, who: &Principal, id: &str) -> Result<JobInfo, ApiError> {
-    let hidden = || ApiError::not_found(format!("no job `{id}`"));
-    let job = veil.job(id).map_err(|_| hidden())?;
-    let visible = match who.role {
-        Role::Consumer => job.consumer == who.name,
-        Role::Holder => veil
-            .dataset(&job.dataset)
-            .is_ok_and(|d| d.owner == who.name),
-        Role::Reviewer | Role::Admin => true,
-    };
-    if visible { Ok(job) } else { Err(hidden()) }
+    Ok(veil.find_job(Viewer::of(who), id)?)
 }
 
 /// A catalog record as `who` may see it: consumers get the entry without anything computed from
@@ -146,12 +121,11 @@ pub(crate) async fn whoami(State(state): State<AppState>, headers: HeaderMap) ->
 pub(crate) async fn datasets(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
     state
         .as_principal(&headers, ANY, |veil, who| {
-            let mut visible = Vec::new();
-            for d in veil.datasets()? {
-                if may_see(veil, &who, &d)? {
-                    visible.push(catalog_view(&who, &d));
-                }
-            }
+            let visible: Vec<Value> = veil
+                .visible_datasets(Viewer::of(&who))?
+                .iter()
+                .map(|d| catalog_view(&who, d))
+                .collect();
             Ok(Json(json!({ "datasets": visible })))
         })
         .await
@@ -251,12 +225,12 @@ pub(crate) async fn policy(
 ) -> ApiResult {
     state
         .as_principal(&headers, ANY, move |veil, who| {
-            visible_dataset(veil, &who, &name)?;
-            let p = veil.policy(&name)?.ok_or_else(|| {
-                ApiError::not_found(format!("dataset `{name}` has no policy yet"))
-            })?;
+            let id = visible_dataset(veil, &who, &name)?.name;
+            let p = veil
+                .policy(&id)?
+                .ok_or_else(|| ApiError::not_found(format!("dataset `{id}` has no policy yet")))?;
             Ok(Json(json!({
-                "dataset": name,
+                "dataset": id,
                 "version": p.version,
                 "hash": p.hash,
                 "holder": p.holder,
@@ -275,12 +249,11 @@ pub(crate) async fn set_policy(
 ) -> ApiResult {
     state
         .as_principal(&headers, HOLDER, move |veil, who| {
-            visible_dataset(veil, &who, &name)?;
             let text = std::str::from_utf8(&body)
                 .map_err(|_| ApiError::bad_request("the policy must be UTF-8 TOML"))?;
             let p = veil.set_policy_text(&name, text, &who.name)?;
             Ok(Json(
-                json!({ "dataset": name, "version": p.version, "hash": p.hash }),
+                json!({ "dataset": p.dataset, "version": p.version, "hash": p.hash }),
             ))
         })
         .await
@@ -293,8 +266,15 @@ pub(crate) async fn certificate(
 ) -> ApiResult {
     state
         .as_principal(&headers, ANY, move |veil, who| {
-            visible_dataset(veil, &who, &name)?;
-            Ok(Json(json!(veil.dataset_certificate(&name, &who.name)?)))
+            let id = visible_dataset(veil, &who, &name)?.name;
+            // Seen by those who may see the dataset, issued to its owner (a holder sees only its
+            // own datasets).
+            if who.role != Role::Holder {
+                return Err(ApiError::forbidden(
+                    "a dataset's certificate is for its owner",
+                ));
+            }
+            Ok(Json(json!(veil.dataset_certificate(&id, &who.name)?)))
         })
         .await
 }
@@ -321,15 +301,6 @@ pub(crate) async fn submit_job(
     let view = state
         .as_principal(&headers, CONSUMER, move |veil, who| {
             let request: SubmitJob = parse_body(&body)?;
-            // A dataset the consumer may not use answers like one that does not exist, so a
-            // submission cannot probe which datasets exist (a malformed manifest is left to the
-            // engine, which says what is wrong with it).
-            if let Some(dataset) = toml::from_str::<toml::Table>(&request.manifest)
-                .ok()
-                .and_then(|t| t.get("dataset").and_then(|d| d.as_str()).map(str::to_owned))
-            {
-                visible_dataset(veil, &who, &dataset)?;
-            }
             let wasm = base64::engine::general_purpose::STANDARD
                 .decode(request.module.as_bytes())
                 .map_err(|e| ApiError::bad_request(format!("`module` is not base64: {e}")))?;
@@ -363,26 +334,7 @@ pub(crate) async fn jobs(
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     state
         .as_principal(&headers, ANY, move |veil, who| {
-            let all = match who.role {
-                Role::Reviewer | Role::Admin => veil.all_jobs()?,
-                Role::Holder => {
-                    let owned: std::collections::HashSet<String> = veil
-                        .datasets()?
-                        .into_iter()
-                        .filter(|d| d.owner == who.name)
-                        .map(|d| d.name)
-                        .collect();
-                    veil.jobs_for(&who.name)?
-                        .into_iter()
-                        .filter(|j| owned.contains(&j.dataset))
-                        .collect()
-                }
-                Role::Consumer => veil
-                    .jobs_for(&who.name)?
-                    .into_iter()
-                    .filter(|j| j.consumer == who.name)
-                    .collect(),
-            };
+            let all = veil.visible_jobs(Viewer::of(&who))?;
             let views: Vec<Value> = all.iter().map(|j| job_view(&who, j)).collect();
             let views = match &query.state {
                 Some(s) => views.into_iter().filter(|v| v["state"] == *s).collect(),
@@ -567,15 +519,14 @@ pub(crate) async fn job_logs(
 ) -> ApiResult {
     state
         .as_principal(&headers, ANY, move |veil, who| {
-            let job = visible_job(veil, &who, &id)?;
-            let owner = veil.dataset(&job.dataset)?.owner;
-            if who.role != Role::Holder || owner != who.name {
+            visible_job(veil, &who, &id)?;
+            if who.role != Role::Holder {
                 return Err(ApiError::forbidden(
                     "job logs are for the owner of the job's dataset only",
                 ));
             }
             Ok(Json(
-                json!({ "job": id, "lines": veil.job_logs(&id, &owner)? }),
+                json!({ "job": id, "lines": veil.job_logs(&id, &who.name)? }),
             ))
         })
         .await
@@ -623,7 +574,7 @@ pub(crate) async fn audit_log(
         .as_principal(&headers, AUDITORS, move |veil, _| {
             let entries = veil.audit_entries()?;
             let filter = veil_audit::review::Filter {
-                dataset: q.dataset,
+                dataset: q.dataset.map(|d| veil.dataset_filter(&d)).transpose()?,
                 consumer: q.consumer,
                 module_hash: q.module,
                 decision: q.decision,
