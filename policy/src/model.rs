@@ -43,6 +43,9 @@ impl Epsilon {
     pub fn saturating_sub(self, other: Epsilon) -> Epsilon {
         Epsilon(self.0.saturating_sub(other.0))
     }
+    pub fn saturating_add(self, other: Epsilon) -> Epsilon {
+        Epsilon(self.0.saturating_add(other.0))
+    }
 }
 
 impl fmt::Display for Epsilon {
@@ -129,6 +132,11 @@ pub struct Policy {
     /// Total δ each consumer may spend on this dataset.
     #[serde(default = "default_delta_total")]
     pub delta_total: Delta,
+    /// ε the holder spends, once per dataset, to show admitted consumers a noisy count of its
+    /// privacy units in the catalog (`None`: consumers see no count at all). Everyone admitted
+    /// sees that one count, so its ε comes out of every consumer's `epsilon_total`.
+    #[serde(default)]
+    pub unit_count_epsilon: Option<Epsilon>,
     /// Public partitions: for an output key name, every value it may take. When all of a job's keys
     /// are listed here, exactly these groups are released (empty ones too, with noise) and no δ is
     /// spent choosing them.
@@ -190,6 +198,7 @@ struct RawDp {
     epsilon_total: Spanned<f64>,
     delta_per_job: Option<Spanned<f64>>,
     delta_total: Option<Spanned<f64>>,
+    unit_count_epsilon: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -334,6 +343,25 @@ impl Policy {
             );
         }
 
+        let unit_count_epsilon = match &raw.dp.unit_count_epsilon {
+            None => None,
+            Some(s) => {
+                let e = eps(s, "dp.unit_count_epsilon")?;
+                if e.saturating_add(epsilon_per_job) > epsilon_total {
+                    return src.err(
+                        s.span(),
+                        "dp.unit_count_epsilon",
+                        format!(
+                            "{e} plus dp.epsilon_per_job ({epsilon_per_job}) exceeds \
+                             dp.epsilon_total ({epsilon_total}); the published count's ε comes \
+                             out of every consumer's total"
+                        ),
+                    );
+                }
+                Some(e)
+            }
+        };
+
         let delta = |s: &Option<Spanned<f64>>, field: &str, default: Delta| -> Result<Delta> {
             match s {
                 None => Ok(default),
@@ -445,6 +473,7 @@ impl Policy {
             epsilon_total,
             delta_per_job,
             delta_total,
+            unit_count_epsilon,
             partitions,
             columns,
         })

@@ -192,3 +192,129 @@ fn concurrent_submissions_never_overspend() {
     assert_eq!(debits, 1_500_000);
     veil.verify_audit().unwrap();
 }
+
+/// A holder may publish a noisy count of its privacy units: drawn once, shown to admitted
+/// consumers with its interval, logged, and taken out of every consumer's budget; never redrawn.
+#[test]
+fn a_published_unit_count_is_drawn_once_and_charged_to_every_consumer() {
+    let env = Env::new();
+    // ε = 20 makes the discrete Laplace noise 0 except with probability 2e^-20/(1+e^-20) ≈ 4e-9,
+    // so the test can check the count itself; the mechanism's distribution is tested in
+    // veil-policy's sampler tests.
+    let publishing = policy("auto").replace(
+        "epsilon_total = 1.5",
+        "epsilon_total = 21.5\nunit_count_epsilon = 20",
+    );
+    env.setup_with_policy(&publishing);
+    // Local mode shows a consumer's view to a registered consumer.
+    env.ok(&[
+        "--as",
+        "root",
+        "admin",
+        "add-principal",
+        CONSUMER,
+        "--role",
+        "consumer",
+    ]);
+    let units = 402; // people_csv has 603 rows of 402 people
+    let catalog = |who: &str| -> Value {
+        let listing = env.ok(&["--as", who, "dataset", "list", "--format", "json"]);
+        serde_json::from_str::<Value>(&listing).unwrap()[0].clone()
+    };
+    let entry = catalog(CONSUMER);
+    assert_eq!(entry["units"]["noisy"], units, "{entry}");
+    assert_eq!(entry["units"]["epsilon"], 20.0);
+    assert_eq!(entry["units"]["ci95"], serde_json::json!([units, units]));
+    assert!(entry.get("rows").is_none(), "{entry}");
+    // The table view says what it is.
+    let table = env.ok(&["--as", CONSUMER, "dataset", "list"]);
+    assert!(table.contains(&format!("units≈{units}")), "{table}");
+
+    // The release is in the log, public part included.
+    let log = env.ok(&["audit", "log", "--format", "json"]);
+    let published: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["event"]["kind"] == "unit_count_published")
+        .collect();
+    assert_eq!(published.len(), 1, "{log}");
+    assert_eq!(published[0]["event"]["noisy_units"], units);
+
+    // Every consumer's jobs have ε = 1.5 left, not 21.5.
+    let budget = env.ok(&["--as", CONSUMER, "budget", "--format", "json"]);
+    let line = &serde_json::from_str::<Value>(&budget).unwrap()[0];
+    assert_eq!(
+        (&line["remaining"], &line["total"], &line["published"]),
+        (&"1.5".into(), &"21.5".into(), &"20".into()),
+        "{line}"
+    );
+
+    // A new policy version keeps the count (same ε); another ε would redraw it and is refused.
+    let same = env.write(
+        "same.toml",
+        &publishing.replace("min_units_per_group = 20", "min_units_per_group = 25"),
+    );
+    env.ok(&[
+        "--as",
+        HOLDER,
+        "policy",
+        "set",
+        "people",
+        same.to_str().unwrap(),
+    ]);
+    let before = env.snapshot();
+    let redraw = env.write(
+        "redraw.toml",
+        &publishing.replace("unit_count_epsilon = 20", "unit_count_epsilon = 10"),
+    );
+    let out = env.veil(&[
+        "--as",
+        HOLDER,
+        "policy",
+        "set",
+        "people",
+        redraw.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let msg = text(&out.stderr);
+    assert!(
+        msg.contains("dp.unit_count_epsilon") && msg.contains("drawn once"),
+        "{msg}"
+    );
+    assert_eq!(env.snapshot(), before, "a refused policy changes nothing");
+
+    // Without the field the count is no longer shown, but its ε stays spent.
+    let hidden = env.write(
+        "hidden.toml",
+        &publishing.replace("\nunit_count_epsilon = 20", ""),
+    );
+    env.ok(&[
+        "--as",
+        HOLDER,
+        "policy",
+        "set",
+        "people",
+        hidden.to_str().unwrap(),
+    ]);
+    assert!(catalog(CONSUMER).get("units").is_none());
+    let budget = env.ok(&["--as", CONSUMER, "budget", "--format", "json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&budget).unwrap()[0]["remaining"],
+        "1.5"
+    );
+}
+
+/// A policy whose published count would leave no room for a job is refused, naming the field.
+#[test]
+fn a_unit_count_that_leaves_no_budget_for_jobs_is_refused() {
+    let err = veil_policy::Policy::from_toml(&policy("auto").replace(
+        "epsilon_total = 1.5",
+        "epsilon_total = 1.5\nunit_count_epsilon = 0.6",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("dp.unit_count_epsilon") && err.contains("exceeds dp.epsilon_total"),
+        "{err}"
+    );
+}

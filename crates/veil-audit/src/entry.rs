@@ -59,6 +59,14 @@ pub enum AuditEvent {
         version: u64,
         policy_hash: String,
     },
+    /// A noisy count of a dataset's privacy units, drawn once for its catalog entry because its
+    /// policy (version `policy_version`) asked for it; a DP release, so public.
+    UnitCountPublished {
+        dataset: String,
+        policy_version: u64,
+        epsilon_micro: u64,
+        noisy_units: u64,
+    },
     JobSubmitted {
         job: String,
         consumer: String,
@@ -199,6 +207,7 @@ pub fn public_fields(kind: &str) -> &'static [&'static str] {
         "key_rotated" => &["new_public_key", "fingerprint"],
         "dataset_registered" => &["dataset", "content_commitment", "schema_hash"],
         "policy_set" => &["dataset", "version", "policy_hash"],
+        "unit_count_published" => &["dataset", "policy_version", "epsilon_micro", "noisy_units"],
         "job_submitted" => &[
             "job",
             "consumer",

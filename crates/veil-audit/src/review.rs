@@ -88,7 +88,8 @@ impl Filter {
                 let facts = job_of(&e.event).and_then(|j| jobs.get(j));
                 let dataset = match &e.event {
                     AuditEvent::DatasetRegistered { dataset, .. }
-                    | AuditEvent::PolicySet { dataset, .. } => Some(dataset.as_str()),
+                    | AuditEvent::PolicySet { dataset, .. }
+                    | AuditEvent::UnitCountPublished { dataset, .. } => Some(dataset.as_str()),
                     _ => facts.map(|f| f.dataset.as_str()),
                 };
                 let ok = |want: &Option<String>, have: Option<&str>| {

@@ -125,7 +125,7 @@ pub struct DatasetRecord {
 /// What a consumer admitted to a dataset sees of its catalog entry: the schema and names it needs
 /// to write a manifest and the commitment its receipts carry, nothing computed from the rows
 /// (no row count, no content hash).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CatalogEntry {
     pub name: String,
     pub owner: String,
@@ -135,6 +135,21 @@ pub struct CatalogEntry {
     pub privacy_unit: Option<String>,
     /// When the dataset was registered, to the second.
     pub created_at: String,
+    /// A noisy count of the privacy units, only where the policy publishes one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub units: Option<NoisyUnits>,
+}
+
+/// A differentially private count of a dataset's privacy units (discrete Laplace, sensitivity 1),
+/// drawn once and shown to every consumer the policy admits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoisyUnits {
+    /// The noisy count, clamped to `[0, max_units]`.
+    pub noisy: u64,
+    /// The ε it cost, which comes out of every admitted consumer's budget.
+    pub epsilon: f64,
+    /// An interval that covers the true count with probability at least 95 %.
+    pub ci95: [u64; 2],
 }
 
 impl DatasetRecord {
@@ -156,6 +171,7 @@ impl DatasetRecord {
             schema_hash: self.schema_hash.clone(),
             privacy_unit: self.privacy_unit.clone(),
             created_at: to_the_second(&self.created_at),
+            units: None,
         }
     }
 }

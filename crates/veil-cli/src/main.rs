@@ -395,8 +395,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(c) => veil
                     .visible_datasets(Viewer::Consumer(&c.name))?
                     .iter()
-                    .map(|d| serde_json::to_value(d.consumer_view()))
-                    .collect::<Result<_, _>>()?,
+                    .map(|d| Ok(serde_json::to_value(veil.catalog_entry(d)?)?))
+                    .collect::<Result<_>>()?,
             };
             output::datasets(&list, format == Format::Json);
         }

@@ -28,10 +28,15 @@ pub fn datasets(list: &[serde_json::Value], json: bool) {
     }
     for d in list {
         let text = |f: &str| d[f].as_str().map(escape).unwrap_or_default();
-        let rows = d["rows"]
-            .as_u64()
-            .map(|r| format!("  rows={r}"))
-            .unwrap_or_default();
+        let rows = match (d["rows"].as_u64(), d["units"]["noisy"].as_u64()) {
+            (Some(r), _) => format!("  rows={r}"),
+            // A consumer sees at most the policy's noisy unit count, with its interval.
+            (None, Some(n)) => format!(
+                "  units≈{n} (95% CI {}–{}, ε = {})",
+                d["units"]["ci95"][0], d["units"]["ci95"][1], d["units"]["epsilon"]
+            ),
+            (None, None) => String::new(),
+        };
         println!(
             "{}  owner={}{rows}  privacy_unit={}",
             text("name"),
@@ -98,6 +103,14 @@ pub fn budget(consumer: &str, lines: &[BudgetLine], json: bool) {
             "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
             l.dataset, l.spent, l.remaining, l.total, l.per_job_cap, l.delta_spent, l.delta_total
         );
+    }
+    for l in lines {
+        if let Some(published) = &l.published {
+            println!(
+                "`{}`: its published unit count took ε = {published} of the total",
+                l.dataset
+            );
+        }
     }
 }
 

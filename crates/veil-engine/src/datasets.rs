@@ -1,10 +1,11 @@
 //! Registering datasets and setting their policies.
 use std::path::Path;
 
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use veil_audit::{AuditEvent, AuditLog};
-use veil_catalog::{DatasetRecord, LoadOptions};
-use veil_policy::{Policy, document_hash, model::valid_principal};
+use veil_catalog::{CatalogEntry, DatasetRecord, LoadOptions, NoisyUnits};
+use veil_policy::mechanisms::DiscreteLaplace;
+use veil_policy::{Epsilon, Policy, document_hash, model::valid_principal};
 
 use crate::access::{Viewer, no_such_dataset};
 use crate::error::bad;
@@ -140,6 +141,8 @@ impl Veil {
         let policy =
             Policy::from_toml(&text)?.validate_against(&schema, record.privacy_unit.as_deref())?;
         self.check_max_units(&record, policy.max_units)?;
+        self.check_unit_count_unchanged(dataset, &policy)?;
+        let draw = self.unit_count_to_draw(&record, &policy)?;
         let hash = document_hash(&text);
         let tx = self
             .conn
@@ -163,6 +166,17 @@ impl Veil {
                 policy_hash: hash.clone(),
             },
         )?;
+        if let Some((epsilon, units)) = draw {
+            publish_unit_count(
+                &tx,
+                &self.key,
+                &record.name,
+                epsilon,
+                units,
+                &policy,
+                version,
+            )?;
+        }
         tx.commit()?;
         Ok(StoredPolicy {
             dataset: dataset.into(),
@@ -181,17 +195,7 @@ impl Veil {
         if record.rows <= max_units {
             return Ok(());
         }
-        let units = match &record.privacy_unit {
-            None => record.rows,
-            Some(unit) => {
-                let batches = self.runtime.block_on(veil_catalog::read_columns(
-                    &self.data_dir,
-                    record,
-                    std::slice::from_ref(unit),
-                ))?;
-                count_distinct(&batches)?
-            }
-        };
+        let units = self.units_of(record)?;
         if units > max_units {
             return Err(bad(format!(
                 "`{}` has {units} privacy units but the policy's max_units is {max_units}: set \
@@ -200,6 +204,76 @@ impl Veil {
             )));
         }
         Ok(())
+    }
+
+    /// The exact number of privacy units (distinct non-null unit values, or rows). Secret: for
+    /// the owner's messages and for DP mechanisms only.
+    fn units_of(&self, record: &DatasetRecord) -> Result<u64> {
+        match &record.privacy_unit {
+            None => Ok(record.rows),
+            Some(unit) => {
+                let batches = self.runtime.block_on(veil_catalog::read_columns(
+                    &self.data_dir,
+                    record,
+                    std::slice::from_ref(unit),
+                ))?;
+                count_distinct(&batches)
+            }
+        }
+    }
+
+    /// Refuses, before anything is written, a policy that would redraw the published unit count:
+    /// a second draw would be a second release to every consumer who saw the first.
+    fn check_unit_count_unchanged(&self, dataset: &str, policy: &Policy) -> Result<()> {
+        match (
+            policy.unit_count_epsilon,
+            published_count(&self.conn, dataset)?,
+        ) {
+            (Some(wanted), Some(drawn)) if wanted != drawn.epsilon => Err(bad(format!(
+                "dp.unit_count_epsilon: `{dataset}`'s unit count was published with ε = {}; it is \
+                 drawn once per dataset, so keep unit_count_epsilon = {} (or remove it to stop \
+                 showing the count)",
+                drawn.epsilon, drawn.epsilon
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The unit count to publish with this policy: `(ε, exact units)` when the policy asks for a
+    /// count and none was drawn yet.
+    fn unit_count_to_draw(
+        &self,
+        record: &DatasetRecord,
+        policy: &Policy,
+    ) -> Result<Option<(Epsilon, u64)>> {
+        match policy.unit_count_epsilon {
+            Some(epsilon) if published_count(&self.conn, &record.name)?.is_none() => {
+                Ok(Some((epsilon, self.units_of(record)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// What a consumer sees of `record`: its catalog entry without anything computed from the
+    /// rows, plus the noisy unit count where the current policy publishes one.
+    pub fn catalog_entry(&self, record: &DatasetRecord) -> Result<CatalogEntry> {
+        let mut entry = record.consumer_view();
+        let shown = self
+            .policy(&record.name)?
+            .is_some_and(|p| p.policy.unit_count_epsilon.is_some());
+        if let (true, Some(drawn)) = (shown, published_count(&self.conn, &record.name)?) {
+            let half = DiscreteLaplace::for_sensitivity(1, drawn.epsilon.micro()).half_width(0.95);
+            let half = u64::try_from(half).unwrap_or(u64::MAX);
+            entry.units = Some(NoisyUnits {
+                noisy: drawn.noisy_units,
+                epsilon: drawn.epsilon.as_f64(),
+                ci95: [
+                    drawn.noisy_units.saturating_sub(half),
+                    drawn.noisy_units.saturating_add(half),
+                ],
+            });
+        }
+        Ok(entry)
     }
 
     /// The current policy of a dataset (by id), if one has been set.
@@ -227,6 +301,63 @@ impl Veil {
         })
         .transpose()
     }
+}
+
+/// Draws and records a noisy count of `units` in the policy's transaction. Mechanism: discrete
+/// Laplace with scale 1/ε (Canonne, Kamath, Steinke 2020); sensitivity 1 because adding or
+/// removing one person changes the count of distinct units by at most one. Clamping to
+/// `[0, max_units]` is post-processing.
+fn publish_unit_count(
+    tx: &rusqlite::Transaction<'_>,
+    key: &veil_audit::DomainKey,
+    dataset: &str,
+    epsilon: Epsilon,
+    units: u64,
+    policy: &Policy,
+    version: u64,
+) -> Result<()> {
+    let noise = DiscreteLaplace::for_sensitivity(1, epsilon.micro())
+        .sample(&mut crate::execute::noise_rng());
+    let noisy = (i128::from(units) + noise).clamp(0, i128::from(policy.max_units)) as u64;
+    tx.execute(
+        "INSERT INTO published_counts (dataset, epsilon_micro, noisy_units, policy_version, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![dataset, epsilon.micro(), noisy, version, now()],
+    )?;
+    AuditLog::append(
+        tx,
+        key,
+        AuditEvent::UnitCountPublished {
+            dataset: dataset.into(),
+            policy_version: version,
+            epsilon_micro: epsilon.micro(),
+            noisy_units: noisy,
+        },
+    )?;
+    Ok(())
+}
+
+/// A dataset's published noisy unit count, as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PublishedCount {
+    pub epsilon: Epsilon,
+    pub noisy_units: u64,
+}
+
+/// The published unit count of `dataset` (an id), if one was drawn.
+pub(crate) fn published_count(conn: &Connection, dataset: &str) -> Result<Option<PublishedCount>> {
+    Ok(conn
+        .query_row(
+            "SELECT epsilon_micro, noisy_units FROM published_counts WHERE dataset = ?1",
+            [dataset],
+            |r| {
+                Ok(PublishedCount {
+                    epsilon: Epsilon(r.get(0)?),
+                    noisy_units: r.get(1)?,
+                })
+            },
+        )
+        .optional()?)
 }
 
 /// Distinct non-null values of the first column of `batches`.

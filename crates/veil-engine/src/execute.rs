@@ -69,7 +69,7 @@ fn failure(code: &'static str, public_reason: &str, holder_log: Vec<String>) -> 
 /// Test-only hook: in a debug build, `VEIL_INSECURE_TEST_NOISE_SEED=<u64>` seeds it instead, so
 /// the noninterference test can run a session twice with the same noise. The code does not exist
 /// in release builds (`debug_assertions` off), so no configuration can enable it there.
-fn noise_rng() -> ChaCha20Rng {
+pub(crate) fn noise_rng() -> ChaCha20Rng {
     #[cfg(debug_assertions)]
     if let Some(seed) = std::env::var("VEIL_INSECURE_TEST_NOISE_SEED")
         .ok()

@@ -162,8 +162,12 @@ pub struct BudgetLine {
     pub dataset: String,
     /// ε spent: pure ε plus the (ε, δ) conversion of the zCDP ρ spent (see `veil_policy::accountant`).
     pub spent: String,
+    /// `total` less `spent` and less `published`.
     pub remaining: String,
     pub total: String,
+    /// ε of the dataset's published unit count (seen by every admitted consumer), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<String>,
     pub per_job_cap: String,
     pub delta_spent: String,
     pub delta_remaining: String,
@@ -211,6 +215,19 @@ fn load_job(conn: &Connection, id: &str) -> Result<JobInfo> {
     let (mut job, state) = row.ok_or_else(|| no_such_job(id))?;
     job.state = JobState::parse(&state)?;
     Ok(job)
+}
+
+/// ε a consumer's jobs may spend on `dataset` in all: the policy's total less the ε of a
+/// published unit count, which every admitted consumer sees (`datasets.rs`).
+fn jobs_epsilon_total(
+    conn: &Connection,
+    dataset: &str,
+    policy: &veil_policy::Policy,
+) -> Result<Epsilon> {
+    let published = crate::datasets::published_count(conn, dataset)?
+        .map(|p| p.epsilon)
+        .unwrap_or_default();
+    Ok(policy.epsilon_total.saturating_sub(published))
 }
 
 /// The ledger line of `consumer` on `dataset`: the sums of its jobs' charges.
@@ -367,7 +384,7 @@ impl Veil {
                 let used = spent(&tx, consumer, &manifest.dataset)?;
                 used.admit(
                     &plan.charge,
-                    stored.policy.epsilon_total,
+                    jobs_epsilon_total(&tx, &manifest.dataset, &stored.policy)?,
                     stored.policy.delta_total,
                 )
                 .err()
@@ -506,12 +523,9 @@ impl Veil {
             )));
         }
         let used = spent(&tx, &job.consumer, &job.dataset)?;
+        let epsilon_total = jobs_epsilon_total(&tx, &job.dataset, &stored.policy)?;
         let admitted = match &plan {
-            Ok(plan) => Some(used.admit(
-                &plan.charge,
-                stored.policy.epsilon_total,
-                stored.policy.delta_total,
-            )),
+            Ok(plan) => Some(used.admit(&plan.charge, epsilon_total, stored.policy.delta_total)),
             Err(_) => None,
         };
         let refusal = match (&plan, &admitted) {
@@ -947,10 +961,13 @@ impl Veil {
                 continue;
             }
             let (eps, delta) = used.totals();
+            let for_jobs = jobs_epsilon_total(&self.conn, &d.name, &p.policy)?;
+            let published = crate::datasets::published_count(&self.conn, &d.name)?;
             out.push(BudgetLine {
                 dataset: d.name,
                 spent: eps.to_string(),
-                remaining: p.policy.epsilon_total.saturating_sub(eps).to_string(),
+                remaining: for_jobs.saturating_sub(eps).to_string(),
+                published: published.map(|p| p.epsilon.to_string()),
                 total: p.policy.epsilon_total.to_string(),
                 per_job_cap: p.policy.epsilon_per_job.to_string(),
                 delta_spent: delta.to_string(),

@@ -67,6 +67,13 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
              token_hash BLOB NOT NULL UNIQUE,
              created_at TEXT NOT NULL
          );
+         CREATE TABLE IF NOT EXISTS published_counts (
+             dataset        TEXT PRIMARY KEY,
+             epsilon_micro  INTEGER NOT NULL,
+             noisy_units    INTEGER NOT NULL,
+             policy_version INTEGER NOT NULL,
+             created_at     TEXT NOT NULL
+         );
          CREATE TABLE IF NOT EXISTS job_logs (
              job  TEXT NOT NULL REFERENCES jobs(id),
              seq  INTEGER NOT NULL,

@@ -47,12 +47,13 @@ fn visible_job(veil: &Veil, who: &Principal, id: &str) -> Result<JobInfo, ApiErr
 }
 
 /// A catalog record as `who` may see it: consumers get the entry without anything computed from
-/// the rows (no row count, no content hash or salt); owners, reviewers and admins the record.
-fn catalog_view(who: &Principal, record: &DatasetRecord) -> Value {
-    match who.role {
-        Role::Consumer => json!(record.consumer_view()),
+/// the rows (no row count, no content hash or salt; a noisy unit count where the policy publishes
+/// one); owners, reviewers and admins the record.
+fn catalog_view(veil: &Veil, who: &Principal, record: &DatasetRecord) -> Result<Value, ApiError> {
+    Ok(match who.role {
+        Role::Consumer => json!(veil.catalog_entry(record)?),
         _ => json!(record),
-    }
+    })
 }
 
 /// A job as `who` may see it: consumers get the coarse view, holders and reviewers the metadata.
@@ -124,8 +125,8 @@ pub(crate) async fn datasets(State(state): State<AppState>, headers: HeaderMap) 
             let visible: Vec<Value> = veil
                 .visible_datasets(Viewer::of(&who))?
                 .iter()
-                .map(|d| catalog_view(&who, d))
-                .collect();
+                .map(|d| catalog_view(veil, &who, d))
+                .collect::<Result<_, _>>()?;
             Ok(Json(json!({ "datasets": visible })))
         })
         .await
@@ -138,10 +139,8 @@ pub(crate) async fn dataset(
 ) -> ApiResult {
     state
         .as_principal(&headers, ANY, move |veil, who| {
-            Ok(Json(catalog_view(
-                &who,
-                &visible_dataset(veil, &who, &name)?,
-            )))
+            let record = visible_dataset(veil, &who, &name)?;
+            Ok(Json(catalog_view(veil, &who, &record)?))
         })
         .await
 }
