@@ -11,18 +11,38 @@
 //! WASI is linked against an empty context, so every interface exists but reaches nothing: no
 //! preopened directories (the filesystem is empty), no environment or arguments, stdin empty,
 //! stdout and stderr discarded, every socket address refused and no name lookup. Clocks and
-//! randomness work; they give a module nothing to read about the data. Fuel, an epoch deadline and
+//! randomness can be read; they give a module nothing to read about the data. Waiting is not
+//! possible: a pollable on the monotonic clock ([`COMPONENT_SLEEP_IMPORTS`]) is ready at once, so
+//! `time.sleep` returns immediately instead of holding a worker for as long as the guest likes
+//! (time a guest could spend on one person only: a channel the schedule would have to absorb).
+//! Every call into the host costs [`HOST_CALL_FUEL`] (and `log-line` one more per byte), so
+//! cheap host calls cannot buy time beyond what fuel pays for. Fuel, an epoch deadline and
 //! `StoreLimits` bound each instance as for core modules; a fresh `Store` and instance serve each
 //! block. Any import outside WASI 0.2 and `log-line` fails linking at submission.
-use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use std::future::Future;
+use std::pin::Pin;
+
+use wasmtime::component::{Component, InstancePre, Linker, Resource, ResourceTable};
+use wasmtime::{CallHook, Engine, Store, StoreContextMut, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::{SandboxConfig, SandboxError, UnitFault, classify};
+use crate::{LOG_BYTE_FUEL, SandboxConfig, SandboxError, UnitFault, classify};
 
 /// Name of the block export and the log import in the `map-block` world.
 pub const COMPONENT_EXPORT: &str = "run-block";
 pub const COMPONENT_LOG: &str = "log-line";
+
+/// The WASI interface whose waits Veil answers at once, and the functions of it that would
+/// otherwise sleep (`wasi:clocks/monotonic-clock`, as wasmtime-wasi links it; guests built for an
+/// earlier 0.2 release are matched to it by semver).
+pub const COMPONENT_CLOCK_INTERFACE: &str = "wasi:clocks/monotonic-clock@0.2.12";
+pub const COMPONENT_SLEEP_IMPORTS: [&str; 2] = ["subscribe-duration", "subscribe-instant"];
+
+/// Fuel every call from a component into the host costs (WASI and `log-line`): the price of the
+/// cheapest way to spend time without executing instructions, as `LOG_CALL_FUEL` is for core
+/// modules.
+pub const HOST_CALL_FUEL: u64 = 200;
 
 pub(crate) struct ComponentState {
     ctx: WasiCtx,
@@ -59,12 +79,27 @@ impl ComponentHost {
         let config_error = |e: wasmtime::Error| SandboxError::Config(format!("{e:#}"));
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(config_error)?;
+        // Replace the clock's sleeps with pollables that are ready at once.
+        linker.allow_shadowing(true);
+        let mut clock = linker
+            .instance(COMPONENT_CLOCK_INTERFACE)
+            .map_err(config_error)?;
+        for name in COMPONENT_SLEEP_IMPORTS {
+            clock
+                .func_wrap(name, |store, (_when,): (u64,)| Ok((ready_now(store)?,)))
+                .map_err(config_error)?;
+        }
+        linker.allow_shadowing(false);
         linker
             .root()
             .func_wrap(
                 COMPONENT_LOG,
                 |mut store: wasmtime::StoreContextMut<'_, ComponentState>,
                  (message,): (String,)| {
+                    charge(
+                        &mut store,
+                        LOG_BYTE_FUEL.saturating_mul(message.len() as u64),
+                    )?;
                     let state = store.data_mut();
                     // Each line costs its bytes plus the newline, as for core modules.
                     let room = state.log_cap.saturating_sub(state.log.len() + 1);
@@ -138,6 +173,10 @@ impl CompiledComponent {
             },
         );
         store.limiter(|s| &mut s.limits);
+        store.call_hook(|mut store, hook| match hook {
+            CallHook::CallingHost => charge(&mut store, HOST_CALL_FUEL),
+            _ => Ok(()),
+        });
         let result = (|| {
             store.set_fuel(fuel).map_err(classify)?;
             store.set_epoch_deadline(ticks);
@@ -163,6 +202,39 @@ impl CompiledComponent {
             log.push_str("[log truncated]\n");
         }
         (result, log)
+    }
+}
+
+/// Takes `cost` fuel from the running block; one that cannot pay runs out of fuel (the same
+/// `OutOfFuel` trap as running out in wasm, classified by type).
+fn charge(store: &mut StoreContextMut<'_, ComponentState>, cost: u64) -> wasmtime::Result<()> {
+    let fuel = store.get_fuel()?;
+    if fuel < cost {
+        store.set_fuel(0)?;
+        return Err(Trap::OutOfFuel.into());
+    }
+    store.set_fuel(fuel - cost)
+}
+
+/// A pollable that is ready at once: what a sleep on the monotonic clock gets.
+fn ready_now(
+    mut store: StoreContextMut<'_, ComponentState>,
+) -> wasmtime::Result<Resource<DynPollable>> {
+    let table = &mut store.data_mut().table;
+    let immediate = table.push(Immediate)?;
+    subscribe(table, immediate)
+}
+
+/// The host side of [`ready_now`]'s pollable.
+struct Immediate;
+
+impl Pollable for Immediate {
+    fn ready<'a, 'b>(&'a mut self) -> Pin<Box<dyn Future<Output = ()> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(std::future::ready(()))
     }
 }
 

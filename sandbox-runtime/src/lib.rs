@@ -42,7 +42,10 @@
 #![forbid(unsafe_code)]
 
 mod component;
-pub use component::{COMPONENT_EXPORT, COMPONENT_LOG};
+pub use component::{
+    COMPONENT_CLOCK_INTERFACE, COMPONENT_EXPORT, COMPONENT_LOG, COMPONENT_SLEEP_IMPORTS,
+    HOST_CALL_FUEL,
+};
 use component::{CompiledComponent, ComponentHost};
 
 use std::path::{Path, PathBuf};

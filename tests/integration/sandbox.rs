@@ -278,3 +278,106 @@ fn walk_files(dir: &std::path::Path) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// A component (the Python guests' shape) whose `run-block` body is `body`, with WASI's
+/// monotonic clock and pollables imported. `body` may call `$subscribe` (`(param i64) (result
+/// i32)`, a pollable handle), `$ready` (`(param i32) (result i32)`) and `$now` (`(result i64)`),
+/// and must leave nothing on the stack; the block then outputs zero contributions.
+fn clock_component(body: &str) -> Vec<u8> {
+    let text = format!(
+        r#"(component
+  (import "wasi:io/poll@0.2.0" (instance $poll
+    (export "pollable" (type (sub resource)))
+    (export "[method]pollable.ready" (func (param "self" (borrow 0)) (result bool)))
+  ))
+  (alias export $poll "pollable" (type $pollable))
+  (import "wasi:clocks/monotonic-clock@0.2.0" (instance $clock
+    (alias outer 1 $pollable (type $p))
+    (export "pollable" (type $pe (eq $p)))
+    (export "now" (func (result u64)))
+    (export "subscribe-duration" (func (param "when" u64) (result (own $pe))))
+  ))
+  (core module $mem_m
+    (memory (export "memory") 1)
+    (global $bump (mut i32) (i32.const 1024))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $at i32)
+      (local.set $at (global.get $bump))
+      (global.set $bump (i32.add (global.get $bump) (local.get 3)))
+      (local.get $at))
+  )
+  (core instance $mem (instantiate $mem_m))
+  (core func $subscribe_l (canon lower (func $clock "subscribe-duration")))
+  (core func $now_l (canon lower (func $clock "now")))
+  (core func $ready_l (canon lower (func $poll "[method]pollable.ready")))
+  (core instance $imports
+    (export "subscribe" (func $subscribe_l))
+    (export "now" (func $now_l))
+    (export "ready" (func $ready_l))
+  )
+  (core module $main_m
+    (import "host" "subscribe" (func $subscribe (param i64) (result i32)))
+    (import "host" "now" (func $now (result i64)))
+    (import "host" "ready" (func $ready (param i32) (result i32)))
+    (import "mem" "memory" (memory 1))
+    ;; Output: a pointer/length pair at 16 pointing at four zero bytes at 32 (no contributions).
+    (func (export "run") (param i32 i32) (result i32)
+      {body}
+      (i32.store (i32.const 16) (i32.const 32))
+      (i32.store (i32.const 20) (i32.const 4))
+      (i32.const 16))
+  )
+  (core instance $main (instantiate $main_m
+    (with "host" (instance $imports))
+    (with "mem" (instance $mem))
+  ))
+  (func (export "run-block") (param "input" (list u8)) (result (list u8))
+    (canon lift (core func $main "run") (memory (core memory $mem "memory"))
+      (realloc (core func $mem "realloc"))))
+)"#
+    );
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// Sleeping is not a way to spend time: in a block, a pollable on WASI's monotonic clock is ready
+/// at once, so a guest that waits an hour for one person (and a deadline the job cannot miss)
+/// waits for nothing; its time stays bounded by fuel.
+#[test]
+fn a_component_cannot_sleep() {
+    let sandbox = small_sandbox();
+    let wasm = clock_component(
+        "(if (i32.eqz (call $ready (call $subscribe (i64.const 3600000000000)))) (then unreachable))",
+    );
+    let module = sandbox.compile(&wasm).unwrap();
+    let outcome = module.runner().run_block(&[], 1);
+    assert!(
+        matches!(&outcome.result, Ok(c) if c.is_empty()),
+        "{:?}",
+        outcome.result
+    );
+}
+
+/// WASI calls cost fuel like `log` does, so a block cannot buy time with cheap host calls: a loop
+/// of clock reads that costs a few hundred thousand instructions runs out of fuel.
+#[test]
+fn a_components_host_calls_cost_fuel() {
+    let sandbox = small_sandbox();
+    let reads = |n: u32| {
+        clock_component(&format!(
+            "(local $i i32) (local.set $i (i32.const {n}))
+             (loop $l (drop (call $now)) (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+                      (br_if $l (local.get $i)))"
+        ))
+    };
+    // Ten reads fit in a unit's fuel; 100,000 would take ~600,000 instructions, well within the
+    // 2,000,000 fuel, but not at the host-call price.
+    let few = sandbox.compile(&reads(10)).unwrap();
+    assert!(few.runner().run_block(&[], 1).result.is_ok());
+    let many = sandbox.compile(&reads(100_000)).unwrap();
+    let outcome = many.runner().run_block(&[], 1);
+    assert!(
+        matches!(outcome.result, Err(UnitFault::OutOfFuel)),
+        "{:?}",
+        outcome.result
+    );
+}
