@@ -610,12 +610,7 @@ pub fn precheck(
         noise: manifest.noise,
         charge,
         public_groups,
-        schedule: crate::schedule::ScheduleRequest {
-            time_budget: manifest.time_budget,
-            fuel_per_unit: manifest.fuel_per_unit,
-            max_units: policy.max_units,
-            blocks: manifest.blocks,
-        },
+        schedule: crate::schedule::ScheduleRequest::for_job(manifest, policy),
     })
 }
 

@@ -52,6 +52,20 @@ pub struct ScheduleRequest {
     pub blocks: Option<u32>,
 }
 
+impl ScheduleRequest {
+    /// The request of a job: its manifest's time budget, fuel and blocks, its policy's bound on
+    /// units. The one way it is built, at submission (to refuse impossible budgets early) and at
+    /// the start (to fix the release time).
+    pub fn for_job(manifest: &crate::JobManifest, policy: &crate::Policy) -> Self {
+        ScheduleRequest {
+            time_budget: manifest.time_budget,
+            fuel_per_unit: manifest.fuel_per_unit,
+            max_units: policy.max_units,
+            blocks: manifest.blocks,
+        }
+    }
+}
+
 impl Default for ScheduleRequest {
     fn default() -> Self {
         ScheduleRequest {
