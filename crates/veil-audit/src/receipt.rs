@@ -262,6 +262,16 @@ fn registration_facts(entry: &Entry, checkpoint: String) -> Option<CertificateFa
 }
 
 /// Issues the registration certificate of `dataset` (its registration entry in the log).
+/// Whether a registration entry of `logged` by `owner` is of the dataset with id `id`: the same
+/// id, or — for entries signed before ids carried the owner — `id` is `owner:logged`.
+fn registered_as(id: &str, logged: &str, owner: &str) -> bool {
+    logged == id
+        || id
+            .strip_prefix(owner)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .is_some_and(|short| short == logged)
+}
+
 pub fn issue_certificate(
     conn: &Connection,
     key: &DomainKey,
@@ -271,7 +281,7 @@ pub fn issue_certificate(
     let entry = entries
         .iter()
         .rev()
-        .find(|e| matches!(&e.event, AuditEvent::DatasetRegistered { dataset: d, .. } if d == dataset))
+        .find(|e| matches!(&e.event, AuditEvent::DatasetRegistered { dataset: d, owner, .. } if registered_as(dataset, d, owner)))
         .ok_or_else(|| bad(None, format!("no registration of `{dataset}` in the log")))?;
     let proof = prove_inclusion(
         conn,

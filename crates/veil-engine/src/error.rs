@@ -24,6 +24,9 @@ pub enum EngineError {
     /// Too much is already pending for this principal; try again later. Nothing was changed.
     #[error("{0}")]
     Busy(String),
+    /// The store cannot be used by this build (written by a newer Veil); nothing was changed.
+    #[error("{0}")]
+    Unavailable(String),
     /// A job was refused by policy or budget; the refusal is recorded in the audit log.
     #[error("job {job} refused: {reason}")]
     Refused {
@@ -69,6 +72,8 @@ pub enum ErrorKind {
     Refused,
     /// Too much is pending for the caller; retry later.
     Busy,
+    /// The store cannot serve requests as it is (see [`EngineError::Unavailable`]).
+    Unavailable,
     /// Veil's own fault; the message is for the operator's log, not the caller.
     Internal,
 }
@@ -81,6 +86,7 @@ impl EngineError {
             EngineError::NotFound(_) => ErrorKind::NotFound,
             EngineError::Conflict(_) => ErrorKind::Conflict,
             EngineError::Busy(_) => ErrorKind::Busy,
+            EngineError::Unavailable(_) => ErrorKind::Unavailable,
             EngineError::Refused { .. } => ErrorKind::Refused,
             EngineError::Policy(PolicyError::Aggregation(_)) => ErrorKind::Internal,
             EngineError::Policy(_) => ErrorKind::BadInput,

@@ -318,12 +318,7 @@ impl Veil {
         }
         // A time budget too short for the policy's bound on units is bad input, told before
         // anything is recorded (it depends on public values only).
-        let request = veil_policy::schedule::ScheduleRequest {
-            time_budget: manifest.time_budget,
-            fuel_per_unit: manifest.fuel_per_unit,
-            max_units: stored.policy.max_units,
-            blocks: manifest.blocks,
-        };
+        let request = veil_policy::schedule::ScheduleRequest::for_job(&manifest, &stored.policy);
         veil_policy::schedule::schedule(&request, &self.config.cost_model())?;
         let module_hash = compiled.hash().to_owned();
         let manifest_hash = document_hash(text);

@@ -3,7 +3,7 @@ use std::path::Path;
 
 use rusqlite::Connection;
 
-use crate::Result;
+use crate::{EngineError, Result};
 
 /// Opens the store: WAL journal, `synchronous=FULL` (a committed debit or audit entry survives
 /// power loss), foreign keys on, and a busy timeout so concurrent CLI processes queue rather than fail.
@@ -17,8 +17,45 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
     // The audit log first: it refuses a store whose log predates sealed entries, before any other
     // table is touched.
     veil_audit::AuditLog::migrate(&tx)?;
-    veil_catalog::migrate(&tx)?;
-    tx.execute_batch(
+    migrate(&tx)?;
+    tx.commit()?;
+    Ok(conn)
+}
+
+/// The schema version this build reads and writes (`PRAGMA user_version`).
+pub(crate) const SCHEMA_VERSION: u32 = STEPS.len() as u32;
+
+/// Step `i` (counting from 1) brings a store from schema version `i - 1` to `i`. Append new steps;
+/// never change one that has shipped. Version 0 is a store made before versions were recorded
+/// (or a new, empty file): step 1 creates what such a store already has.
+const STEPS: [fn(&Connection) -> Result<()>; 3] = [
+    step_1_baseline,
+    step_2_published_counts,
+    step_3_owner_scoped_dataset_ids,
+];
+
+/// Brings the store to [`SCHEMA_VERSION`], in the caller's transaction, so a failed step leaves
+/// the store as it was. A store written by a newer Veil is refused, not guessed at.
+fn migrate(conn: &Connection) -> Result<()> {
+    let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(EngineError::Unavailable(format!(
+            "the store has schema version {version}, written by a newer Veil; this one reads up \
+             to version {SCHEMA_VERSION}: open it with the newer version"
+        )));
+    }
+    for (done, step) in STEPS.iter().enumerate().skip(version as usize) {
+        step(conn)?;
+        conn.pragma_update(None, "user_version", done as u32 + 1)?;
+    }
+    Ok(())
+}
+
+/// Version 1: the schema as it stood when versions began to be recorded. Stores older than that
+/// have audit entries without sealed parts and are refused before this runs.
+fn step_1_baseline(conn: &Connection) -> Result<()> {
+    veil_catalog::migrate(conn)?;
+    conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS policies (
              dataset    TEXT NOT NULL REFERENCES datasets(name),
              version    INTEGER NOT NULL,
@@ -50,8 +87,10 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
              result         TEXT,
              result_hash    TEXT,
              created_at     TEXT NOT NULL,
-             updated_at     TEXT NOT NULL
+             updated_at     TEXT NOT NULL,
+             release_at     TEXT
          );
+         CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
          CREATE TABLE IF NOT EXISTS budget (
              consumer    TEXT NOT NULL,
              dataset     TEXT NOT NULL,
@@ -65,14 +104,8 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
              name       TEXT PRIMARY KEY,
              role       TEXT NOT NULL CHECK (role IN ('holder', 'consumer', 'reviewer', 'admin')),
              token_hash BLOB NOT NULL UNIQUE,
-             created_at TEXT NOT NULL
-         );
-         CREATE TABLE IF NOT EXISTS published_counts (
-             dataset        TEXT PRIMARY KEY,
-             epsilon_micro  INTEGER NOT NULL,
-             noisy_units    INTEGER NOT NULL,
-             policy_version INTEGER NOT NULL,
-             created_at     TEXT NOT NULL
+             created_at TEXT NOT NULL,
+             revoked_at TEXT
          );
          CREATE TABLE IF NOT EXISTS job_logs (
              job  TEXT NOT NULL REFERENCES jobs(id),
@@ -81,43 +114,43 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
              PRIMARY KEY (job, seq)
          );",
     )?;
-    // Stores made before the zCDP/δ ledger columns existed get them, zero-filled.
-    let budget_columns: Vec<String> = tx
-        .prepare("SELECT name FROM pragma_table_info('budget')")?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    for column in [
-        "rho_pico",
-        "delta_conversion_femto",
-        "delta_selection_femto",
-    ] {
-        if !budget_columns.iter().any(|c| c == column) {
-            tx.execute_batch(&format!(
-                "ALTER TABLE budget ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
-            ))?;
-        }
-    }
-    // Stores made before runners were named by pid and start time get the column.
-    add_column_if_missing(&tx, "jobs", "runner_start", "INTEGER")?;
-    // Stores made before jobs had a fixed release time get the column (NULL: not started).
-    add_column_if_missing(&tx, "jobs", "release_at", "TEXT")?;
-    tx.execute_batch("CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq)")?;
-    // Stores made before principals could be revoked get the column (NULL: active).
-    add_column_if_missing(&tx, "principals", "revoked_at", "TEXT")?;
-    tx.commit()?;
-    Ok(conn)
+    Ok(())
 }
 
-/// Adds `column` (of SQL type `decl`) to `table` in stores made before it existed.
-fn add_column_if_missing(conn: &Connection, table: &str, column: &str, decl: &str) -> Result<()> {
-    let present: bool = conn.query_row(
-        "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
-        [table, column],
-        |r| r.get(0),
+/// Version 2: noisy unit counts a policy publishes (`datasets.rs`).
+fn step_2_published_counts(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE published_counts (
+             dataset        TEXT PRIMARY KEY REFERENCES datasets(name),
+             epsilon_micro  INTEGER NOT NULL,
+             noisy_units    INTEGER NOT NULL,
+             policy_version INTEGER NOT NULL,
+             created_at     TEXT NOT NULL
+         );",
     )?;
-    if !present {
-        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+    Ok(())
+}
+
+/// Version 3: dataset names are scoped per holder, so a dataset's id becomes `owner:name`
+/// everywhere a table refers to it. The audit log keeps the names its entries were signed with
+/// (certificates find a registration under either). Foreign keys are checked at commit, after
+/// every table has the new ids.
+fn step_3_owner_scoped_dataset_ids(conn: &Connection) -> Result<()> {
+    conn.pragma_update(None, "defer_foreign_keys", "ON")?;
+    let sep = veil_catalog::ID_SEPARATOR;
+    let renamed = format!(
+        "(SELECT owner || '{sep}' || name FROM datasets d WHERE d.name = {{t}}.dataset \
+           AND instr(d.name, '{sep}') = 0)"
+    );
+    for table in ["policies", "jobs", "budget", "published_counts"] {
+        let new_id = renamed.replace("{t}", table);
+        conn.execute_batch(&format!(
+            "UPDATE {table} SET dataset = {new_id} WHERE {new_id} IS NOT NULL"
+        ))?;
     }
+    conn.execute_batch(&format!(
+        "UPDATE datasets SET name = owner || '{sep}' || name WHERE instr(name, '{sep}') = 0"
+    ))?;
     Ok(())
 }
 

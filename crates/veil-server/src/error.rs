@@ -78,6 +78,14 @@ impl From<EngineError> for ApiError {
             ErrorKind::NotFound => Self::not_found(e.to_string()),
             ErrorKind::Conflict => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             ErrorKind::Busy => Self::new(StatusCode::TOO_MANY_REQUESTS, "busy", e.to_string()),
+            ErrorKind::Unavailable => {
+                tracing::error!(error = %e, "the store is unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the store is unavailable",
+                )
+            }
             // Refusals are answered as the job's state, not as errors; reaching here is a bug.
             _ => {
                 tracing::error!(error = %e, "internal error");
