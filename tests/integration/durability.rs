@@ -158,7 +158,7 @@ fn check_store(env: &Env) -> Checked {
             }
             JobState::Failed => {
                 assert!(started.contains_key(&job.id));
-                if job.code.as_deref() == Some("interrupted") {
+                if job.code == Some(veil_engine::JobCode::Interrupted) {
                     checked.interrupted += 1;
                 }
             }
@@ -312,7 +312,7 @@ fn sigterm_finishes_running_jobs_or_closes_them_after_the_grace() {
     let veil = Veil::open(&env.data_dir(), EngineConfig::default()).unwrap();
     let job = veil.job(&id).unwrap();
     assert_eq!(
-        (job.state, job.code.as_deref()),
+        (job.state, job.code.map(|c| c.as_str())),
         (JobState::Failed, Some("shutdown"))
     );
     assert_eq!(veil.budget(CONSUMER).unwrap()[0].spent, "1");
@@ -370,6 +370,9 @@ fn a_job_whose_stored_inputs_are_damaged_is_given_up_not_retried_forever() {
     );
     drop(server);
     let veil = Veil::open(&env.data_dir(), EngineConfig::default()).unwrap();
-    assert_eq!(veil.job(&id).unwrap().code.as_deref(), Some("internal"));
+    assert_eq!(
+        veil.job(&id).unwrap().code,
+        Some(veil_engine::JobCode::Internal)
+    );
     veil.verify_audit().unwrap();
 }

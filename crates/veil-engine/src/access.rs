@@ -66,7 +66,7 @@ impl Veil {
     /// The dataset `reference` names for `viewer`: its id (`owner:name`), or a short name that
     /// exactly one dataset `viewer` may see has (a holder's short names are its own datasets').
     /// Not found, or not visible: [`EngineError::NotFound`], the same for both. A short name that
-    /// several visible datasets share: [`EngineError::BadRequest`] listing their ids.
+    /// several visible datasets share: [`EngineError::BadInput`] listing their ids.
     pub fn find_dataset(&self, viewer: Viewer<'_>, reference: &str) -> Result<DatasetRecord> {
         let qualified = reference.contains(veil_catalog::ID_SEPARATOR);
         let mut matches: Vec<DatasetRecord> = self
@@ -85,7 +85,7 @@ impl Veil {
             1 => Ok(matches.remove(0)),
             _ => {
                 let ids: Vec<String> = matches.iter().map(|d| format!("`{}`", d.name)).collect();
-                Err(EngineError::BadRequest(format!(
+                Err(EngineError::BadInput(format!(
                     "`{reference}` could mean {}: name the dataset by its id",
                     ids.join(" or ")
                 )))

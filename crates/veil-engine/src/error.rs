@@ -8,9 +8,10 @@ use veil_sandbox::SandboxError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EngineError {
-    /// A request is malformed or names something that does not exist; nothing was changed.
+    /// A request is malformed or invalid (a file, policy, manifest, module or argument); the
+    /// message names what is wrong and how to fix it. Nothing was changed.
     #[error("{0}")]
-    BadRequest(String),
+    BadInput(String),
     /// The request names something that does not exist — or that the caller may not know exists,
     /// which answers exactly the same; nothing was changed.
     #[error("{0}")]
@@ -31,7 +32,7 @@ pub enum EngineError {
     #[error("job {job} refused: {reason}")]
     Refused {
         job: String,
-        code: &'static str,
+        code: crate::JobCode,
         reason: String,
     },
     #[error(transparent)]
@@ -53,7 +54,7 @@ pub enum EngineError {
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
 pub(crate) fn bad(msg: impl Into<String>) -> EngineError {
-    EngineError::BadRequest(msg.into())
+    EngineError::BadInput(msg.into())
 }
 
 /// What kind of failure an error is: how a service should answer it.
@@ -81,7 +82,7 @@ pub enum ErrorKind {
 impl EngineError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            EngineError::BadRequest(_) => ErrorKind::BadInput,
+            EngineError::BadInput(_) => ErrorKind::BadInput,
             EngineError::Forbidden(_) => ErrorKind::Forbidden,
             EngineError::NotFound(_) => ErrorKind::NotFound,
             EngineError::Conflict(_) => ErrorKind::Conflict,

@@ -19,6 +19,8 @@ use datafusion::arrow::datatypes::DataType;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use veil_abi::{ColumnType, UnitEncoder};
+
+use crate::JobCode;
 use veil_catalog::DatasetRecord;
 use veil_policy::gate::{self, Bounder};
 use veil_policy::mechanisms::{SampleAggregate, assign_blocks};
@@ -46,14 +48,14 @@ pub(crate) struct RunOutput {
 /// module did on it (the module could not be loaded, the stored data could not be read, the
 /// aggregation failed). Module faults never end a run: a faulting unit contributes nothing.
 pub(crate) struct ExecutionFailure {
-    pub code: &'static str,
+    pub code: JobCode,
     pub public_reason: String,
     pub holder_log: Vec<String>,
     pub units: u64,
     pub unit_faults: u64,
 }
 
-fn failure(code: &'static str, public_reason: &str, holder_log: Vec<String>) -> ExecutionFailure {
+fn failure(code: JobCode, public_reason: &str, holder_log: Vec<String>) -> ExecutionFailure {
     ExecutionFailure {
         code,
         public_reason: public_reason.into(),
@@ -277,14 +279,14 @@ impl Veil {
         let module = match self.sandbox() {
             Ok(s) => s.compile(req.wasm).map_err(|e| {
                 failure(
-                    "module_rejected",
+                    JobCode::ModuleRejected,
                     "the module was rejected",
                     vec![e.to_string()],
                 )
             })?,
             Err(e) => {
                 return Err(failure(
-                    "internal",
+                    JobCode::Internal,
                     "the sandbox could not start",
                     vec![e.to_string()],
                 ));
@@ -293,7 +295,8 @@ impl Veil {
         let plan = Arc::new(req.plan);
         let mut names: Vec<String> = plan.privacy_unit.iter().cloned().collect();
         names.extend(plan.columns.iter().map(|c| c.name.clone()));
-        let internal = |m: String| failure("internal", "the data could not be prepared", vec![m]);
+        let internal =
+            |m: String| failure(JobCode::Internal, "the data could not be prepared", vec![m]);
         let batches = self
             .runtime
             .block_on(veil_catalog::read_columns(
@@ -353,7 +356,7 @@ impl Veil {
         if module.is_component() {
             // Submission refuses this; a policy change cannot make it reachable, but stay safe.
             return Err(failure(
-                "module_rejected",
+                JobCode::ModuleRejected,
                 "the module was rejected",
                 vec!["components run in block mode only".into()],
             ));
@@ -410,7 +413,7 @@ impl Veil {
             .runtime
             .block_on(gate::release(&plan, bounders, &mut rng))
             .map_err(|e| ExecutionFailure {
-                code: "internal",
+                code: JobCode::Internal,
                 public_reason: "aggregation failed".into(),
                 holder_log: vec![e.to_string()],
                 units,

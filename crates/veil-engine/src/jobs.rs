@@ -11,6 +11,7 @@ use veil_policy::{
 };
 
 use crate::access::Viewer;
+use crate::codes::{ConsumerCode, ConsumerState, JobCode};
 use crate::error::bad;
 use crate::execute::RunRequest;
 use crate::store::now;
@@ -31,7 +32,7 @@ pub enum JobState {
 }
 
 impl JobState {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
             JobState::AwaitingApproval => "awaiting_approval",
@@ -69,8 +70,8 @@ pub struct JobInfo {
     pub consumer: String,
     pub dataset: String,
     pub state: JobState,
-    /// Generic reason code for refused/failed jobs.
-    pub code: Option<String>,
+    /// Why a job was refused, rejected or failed.
+    pub code: Option<JobCode>,
     pub module_hash: String,
     pub manifest_hash: String,
     pub manifest: String,
@@ -90,11 +91,9 @@ pub struct JobInfo {
 pub struct ConsumerJobView {
     pub id: String,
     pub dataset: String,
-    /// One of `queued`, `awaiting_approval`, `running`, `released`, `refused`.
-    pub state: &'static str,
-    /// Why a job was refused: `policy`, `budget`, `rejected` (by the holder) or `failed` (the run
-    /// did not produce a releasable result; its budget stays spent).
-    pub code: Option<&'static str>,
+    pub state: ConsumerState,
+    /// Why a job was refused (only for [`ConsumerState::Refused`]).
+    pub code: Option<ConsumerCode>,
     pub module_hash: String,
     pub manifest_hash: String,
     pub epsilon: String,
@@ -107,21 +106,18 @@ pub struct ConsumerJobView {
 impl JobInfo {
     /// The consumer's coarse view of this job.
     pub fn consumer_view(&self) -> ConsumerJobView {
+        let refused = |fallback: JobCode| {
+            let code = self.code.unwrap_or(fallback).for_consumer();
+            (ConsumerState::Refused, Some(code))
+        };
         let (state, code) = match self.state {
-            JobState::Queued => ("queued", None),
-            JobState::AwaitingApproval => ("awaiting_approval", None),
-            JobState::Running => ("running", None),
-            JobState::Released => ("released", None),
-            JobState::Refused => (
-                "refused",
-                Some(match self.code.as_deref() {
-                    Some("budget") => "budget",
-                    Some("internal") => "failed",
-                    _ => "policy",
-                }),
-            ),
-            JobState::Rejected => ("refused", Some("rejected")),
-            JobState::Failed => ("refused", Some("failed")),
+            JobState::Queued => (ConsumerState::Queued, None),
+            JobState::AwaitingApproval => (ConsumerState::AwaitingApproval, None),
+            JobState::Running => (ConsumerState::Running, None),
+            JobState::Released => (ConsumerState::Released, None),
+            JobState::Refused => refused(JobCode::Policy),
+            JobState::Rejected => refused(JobCode::RejectedByHolder),
+            JobState::Failed => refused(JobCode::Internal),
         };
         ConsumerJobView {
             id: self.id.clone(),
@@ -199,6 +195,33 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(JobInfo, String)> {
     ))
 }
 
+/// Records a refusal in the caller's write transaction and commits it: the job's state and code
+/// and its `job_refused` entry, together. Returns the error the caller answers with.
+fn refuse(
+    tx: rusqlite::Transaction<'_>,
+    key: &veil_audit::DomainKey,
+    job: &str,
+    code: JobCode,
+    reason: String,
+) -> Result<EngineError> {
+    set_state(&tx, job, JobState::Refused, Some(code))?;
+    AuditLog::append(
+        &tx,
+        key,
+        AuditEvent::JobRefused {
+            job: job.into(),
+            code: code.to_string(),
+            reason: reason.clone(),
+        },
+    )?;
+    tx.commit()?;
+    Ok(EngineError::Refused {
+        job: job.into(),
+        code,
+        reason,
+    })
+}
+
 /// The one answer for a job that does not exist or that the caller may not see.
 pub(crate) fn no_such_job(id: &str) -> EngineError {
     EngineError::NotFound(format!("no job `{id}`"))
@@ -250,7 +273,7 @@ fn spent(conn: &Connection, consumer: &str, dataset: &str) -> Result<Spent> {
     Ok(row.unwrap_or_default())
 }
 
-fn set_state(conn: &Connection, job: &str, state: JobState, code: Option<&str>) -> Result<()> {
+fn set_state(conn: &Connection, job: &str, state: JobState, code: Option<JobCode>) -> Result<()> {
     conn.execute(
         "UPDATE jobs SET state = ?2, code = ?3, updated_at = ?4 WHERE id = ?1",
         params![job, state.as_str(), code, now()],
@@ -373,7 +396,7 @@ impl Veil {
             },
         )?;
         let refusal = match precheck(&stored.policy, &manifest, &schema, consumer) {
-            Err(PolicyError::Refused(reason)) => Some(("policy", reason)),
+            Err(PolicyError::Refused(reason)) => Some((JobCode::Policy, reason)),
             Err(other) => return Err(other.into()),
             Ok(plan) => {
                 let used = spent(&tx, consumer, &manifest.dataset)?;
@@ -385,29 +408,14 @@ impl Veil {
                 .err()
                 .map(|why| {
                     (
-                        "budget",
+                        JobCode::Budget,
                         format!("{why} for `{consumer}` on `{}`", manifest.dataset),
                     )
                 })
             }
         };
         if let Some((code, reason)) = refusal {
-            set_state(&tx, &job, JobState::Refused, Some(code))?;
-            AuditLog::append(
-                &tx,
-                &self.key,
-                AuditEvent::JobRefused {
-                    job: job.clone(),
-                    code: code.into(),
-                    reason: reason.clone(),
-                },
-            )?;
-            tx.commit()?;
-            return Err(EngineError::Refused {
-                job,
-                code: if code == "budget" { "budget" } else { "policy" },
-                reason,
-            });
+            return Err(refuse(tx, &self.key, &job, code, reason)?);
         }
         tx.commit()?;
         Ok(SubmitOutcome {
@@ -456,7 +464,12 @@ impl Veil {
         }
         match reject {
             Some(reason) => {
-                set_state(&tx, job_id, JobState::Rejected, Some("rejected_by_holder"))?;
+                set_state(
+                    &tx,
+                    job_id,
+                    JobState::Rejected,
+                    Some(JobCode::RejectedByHolder),
+                )?;
                 AuditLog::append(
                     &tx,
                     &self.key,
@@ -524,31 +537,16 @@ impl Veil {
             Err(_) => None,
         };
         let refusal = match (&plan, &admitted) {
-            (Err(PolicyError::Refused(reason)), _) => Some(("policy", reason.clone())),
+            (Err(PolicyError::Refused(reason)), _) => Some((JobCode::Policy, reason.clone())),
             (Err(e), _) => return Err(EngineError::Internal(e.to_string())),
             (Ok(_), Some(Err(why))) => Some((
-                "budget",
+                JobCode::Budget,
                 format!("{why} for `{}` on `{}`", job.consumer, job.dataset),
             )),
             (Ok(_), _) => None,
         };
         if let Some((code, reason)) = refusal {
-            set_state(&tx, job_id, JobState::Refused, Some(code))?;
-            AuditLog::append(
-                &tx,
-                &self.key,
-                AuditEvent::JobRefused {
-                    job: job_id.into(),
-                    code: code.into(),
-                    reason: reason.clone(),
-                },
-            )?;
-            tx.commit()?;
-            return Err(EngineError::Refused {
-                job: job_id.into(),
-                code: if code == "budget" { "budget" } else { "policy" },
-                reason,
-            });
+            return Err(refuse(tx, &self.key, job_id, code, reason)?);
         }
         let plan = plan.expect("refusals handled above");
         let schedule = veil_policy::schedule::schedule(&plan.schedule, &self.config.cost_model())
@@ -691,7 +689,7 @@ impl Veil {
                     &self.key,
                     AuditEvent::ReleaseDenied {
                         job: job_id.into(),
-                        code: failure.code.into(),
+                        code: failure.code.to_string(),
                         reason: failure.public_reason.clone(),
                     },
                     release_at,
@@ -724,7 +722,7 @@ impl Veil {
         };
         self.close_running(
             orphaned,
-            "interrupted",
+            JobCode::Interrupted,
             "the run was interrupted; its budget stays spent",
         )
         .map(|_| ())
@@ -738,7 +736,7 @@ impl Veil {
         let my_start = process_start(me);
         self.close_running(
             |pid, start| pid == Some(me) && start == my_start,
-            "shutdown",
+            JobCode::Shutdown,
             "the service shut down before the run finished; its budget stays spent",
         )
     }
@@ -746,7 +744,7 @@ impl Veil {
     fn close_running(
         &mut self,
         select: impl Fn(Option<u32>, Option<u64>) -> bool,
-        code: &str,
+        code: JobCode,
         reason: &str,
     ) -> Result<usize> {
         let tx = self
@@ -780,7 +778,7 @@ impl Veil {
                 &self.key,
                 AuditEvent::ReleaseDenied {
                     job,
-                    code: code.into(),
+                    code: code.to_string(),
                     reason: reason.into(),
                 },
             )?;
@@ -800,13 +798,13 @@ impl Veil {
         if load_job(&tx, job_id)?.state != JobState::Queued {
             return Ok(());
         }
-        set_state(&tx, job_id, JobState::Refused, Some("internal"))?;
+        set_state(&tx, job_id, JobState::Refused, Some(JobCode::Internal))?;
         AuditLog::append(
             &tx,
             &self.key,
             AuditEvent::JobRefused {
                 job: job_id.into(),
-                code: "internal".into(),
+                code: JobCode::Internal.to_string(),
                 reason: reason.into(),
             },
         )?;

@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 mod access;
+mod codes;
 mod datasets;
 mod error;
 mod execute;
@@ -44,6 +45,7 @@ use veil_audit::{AuditEvent, AuditLog, DomainKey, VerifierKey};
 use veil_sandbox::{Sandbox, SandboxConfig};
 
 pub use access::Viewer;
+pub use codes::{ConsumerCode, ConsumerState, JobCode};
 pub use error::{EngineError, ErrorKind, Result};
 pub use jobs::{BudgetLine, ConsumerJobView, JobInfo, JobRun, JobState, SubmitOutcome};
 pub use principals::{Principal, Role};

@@ -153,7 +153,9 @@ impl Veil {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if tx.execute(update, args)? == 0 {
-            return Err(bad(format!("no principal named `{name}`")));
+            return Err(EngineError::NotFound(format!(
+                "no principal named `{name}`"
+            )));
         }
         AuditLog::append(&tx, &self.key, event)?;
         tx.commit()?;

@@ -312,7 +312,7 @@ pub(crate) async fn submit_job(
         })
         .await?;
     tracing::Span::current().record("job", view.id.as_str());
-    if view.state == "queued" {
+    if view.state == veil_engine::ConsumerState::Queued {
         pool.wake();
     }
     Ok((StatusCode::CREATED, Json(json!(view))))
@@ -320,7 +320,8 @@ pub(crate) async fn submit_job(
 
 #[derive(Deserialize)]
 pub(crate) struct JobsQuery {
-    state: Option<String>,
+    /// Only jobs in this state, as the caller sees states (a consumer: its coarse view).
+    state: Option<JobState>,
 }
 
 /// Jobs the caller may see: a consumer's own (coarse view), those on a holder's datasets (its
@@ -333,12 +334,16 @@ pub(crate) async fn jobs(
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     state
         .as_principal(&headers, ANY, move |veil, who| {
-            let all = veil.visible_jobs(Viewer::of(&who))?;
-            let views: Vec<Value> = all.iter().map(|j| job_view(&who, j)).collect();
-            let views = match &query.state {
-                Some(s) => views.into_iter().filter(|v| v["state"] == *s).collect(),
-                None => views,
+            let seen_as = |job: &JobInfo| match who.role {
+                Role::Consumer => job.consumer_view().state.as_str(),
+                _ => job.state.as_str(),
             };
+            let views: Vec<Value> = veil
+                .visible_jobs(Viewer::of(&who))?
+                .iter()
+                .filter(|j| query.state.is_none_or(|s| seen_as(j) == s.as_str()))
+                .map(|j| job_view(&who, j))
+                .collect();
             Ok(Json(json!({ "jobs": views })))
         })
         .await

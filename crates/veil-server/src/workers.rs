@@ -99,7 +99,7 @@ impl Pool {
                         seconds = started.elapsed().as_secs_f64(), "job finished");
                 }
                 Err(EngineError::Refused { code, .. }) => {
-                    tracing::info!(job, code, "job refused at start");
+                    tracing::info!(job, code = code.as_str(), "job refused at start");
                 }
                 // Another worker or process started it first.
                 Err(EngineError::Conflict(reason)) => {
