@@ -1,0 +1,428 @@
+//! A job's life as transactions: submission and pre-check, the holder's decision, the debit and
+//! start, the run, and the release or denial committed at the scheduled time.
+use super::*;
+use crate::execute::{ExecutionFailure, RunOutput};
+
+impl Veil {
+    /// Submits the job described by the manifest at `manifest_path` (its `module` is read relative
+    /// to the manifest) as `consumer`, and runs it at once if no approval is needed: the local
+    /// CLI's way. The service records jobs with [`Veil::submit`] and leaves running to its workers.
+    pub fn submit_job(&mut self, manifest_path: &Path, consumer: &str) -> Result<SubmitOutcome> {
+        let text = std::fs::read_to_string(manifest_path).map_err(|e| {
+            bad(format!(
+                "cannot read manifest {}: {e}",
+                manifest_path.display()
+            ))
+        })?;
+        let manifest = JobManifest::from_toml(&text)?;
+        let module_path = manifest_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(&manifest.module);
+        let wasm = std::fs::read(&module_path)
+            .map_err(|e| bad(format!("cannot read module {}: {e}", module_path.display())))?;
+        let outcome = self.submit(&text, &wasm, consumer)?;
+        if outcome.state == JobState::Queued {
+            let state = self.run_job(&outcome.job)?.state;
+            return Ok(SubmitOutcome {
+                job: outcome.job,
+                state,
+            });
+        }
+        Ok(outcome)
+    }
+
+    /// Records a job: manifest text (TOML; its `module` field is ignored) and module bytes, as
+    /// `consumer`. Malformed manifests, invalid modules and unknown datasets are errors that change
+    /// nothing. A job the policy or the budget refuses is recorded (with its audit entries) and
+    /// returned as [`EngineError::Refused`]. Otherwise the job is `queued` for a worker
+    /// ([`Veil::run_job`]) or `awaiting_approval`.
+    pub fn submit(&mut self, text: &str, wasm: &[u8], consumer: &str) -> Result<SubmitOutcome> {
+        if !valid_principal(consumer) {
+            return Err(bad(format!("`{consumer}` is not a valid principal name")));
+        }
+        let mut manifest = JobManifest::from_toml(text)?;
+        // A dataset the consumer is not admitted to answers like a missing one; from here on the
+        // manifest names the dataset by its id.
+        let record = self.find_dataset(Viewer::Consumer(consumer), &manifest.dataset)?;
+        manifest.dataset = record.name.clone();
+        let stored = self.policy(&manifest.dataset)?.ok_or_else(|| {
+            bad(format!(
+                "dataset `{}` has no release policy yet",
+                manifest.dataset
+            ))
+        })?;
+        // Validate and compile before recording anything: a bad module is bad input.
+        let compiled = self.sandbox()?.compile(wasm)?;
+        if compiled.is_component() && manifest.blocks.is_none() {
+            return Err(bad(
+                "the module is a WebAssembly component (Python and other interpreted guests): \
+                 components run in sample-and-aggregate mode only; add `blocks = N` to the \
+                 manifest (docs/jobs.md)",
+            ));
+        }
+        // A time budget too short for the policy's bound on units is bad input, told before
+        // anything is recorded (it depends on public values only).
+        let request = veil_policy::schedule::ScheduleRequest::for_job(&manifest, &stored.policy);
+        veil_policy::schedule::schedule(&request, &self.config.cost_model())?;
+        let module_hash = compiled.hash().to_owned();
+        let manifest_hash = document_hash(text);
+        let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
+
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let open: u64 = tx.query_row(
+            "SELECT COUNT(*) FROM jobs WHERE consumer = ?1
+               AND state IN ('queued', 'awaiting_approval', 'running')",
+            [consumer],
+            |r| r.get(0),
+        )?;
+        if open >= self.config.max_open_jobs {
+            return Err(EngineError::Busy(format!(
+                "`{consumer}` already has {open} jobs queued, awaiting approval or running \
+                 (at most {}); wait for some to finish",
+                self.config.max_open_jobs
+            )));
+        }
+        let seq: u64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs", [], |r| {
+            r.get(0)
+        })?;
+        let job = format!("job-{seq:06}");
+        // The state the job has unless the pre-check below refuses it.
+        let admitted = match stored.policy.approval {
+            Approval::Manual => JobState::AwaitingApproval,
+            Approval::Auto => JobState::Queued,
+        };
+        tx.execute(
+            "INSERT OR IGNORE INTO modules (hash, bytes) VALUES (?1, ?2)",
+            params![module_hash, wasm],
+        )?;
+        let ts = now();
+        tx.execute(
+            "INSERT INTO jobs (id, seq, consumer, dataset, manifest, manifest_hash, module_hash, epsilon_micro, policy_version, state, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+            params![job, seq, consumer, manifest.dataset, text, manifest_hash, module_hash, manifest.epsilon.micro(), stored.version, admitted.as_str(), ts],
+        )?;
+        AuditLog::append(
+            &tx,
+            &self.key,
+            AuditEvent::JobSubmitted {
+                job: job.clone(),
+                consumer: consumer.into(),
+                dataset: manifest.dataset.clone(),
+                module_hash,
+                manifest_hash,
+                epsilon_micro: manifest.epsilon.micro(),
+                purpose: manifest.purpose.clone(),
+            },
+        )?;
+        let refusal = match precheck(&stored.policy, &manifest, &schema, consumer) {
+            Err(PolicyError::Refused(reason)) => Some((JobCode::Policy, reason)),
+            Err(other) => return Err(other.into()),
+            Ok(plan) => {
+                let used = spent(&tx, consumer, &manifest.dataset)?;
+                used.admit(
+                    &plan.charge,
+                    jobs_epsilon_total(&tx, &manifest.dataset, &stored.policy)?,
+                    stored.policy.delta_total,
+                )
+                .err()
+                .map(|why| {
+                    (
+                        JobCode::Budget,
+                        format!("{why} for `{consumer}` on `{}`", manifest.dataset),
+                    )
+                })
+            }
+        };
+        if let Some((code, reason)) = refusal {
+            return Err(refuse(tx, &self.key, &job, code, reason)?);
+        }
+        tx.commit()?;
+        Ok(SubmitOutcome {
+            job,
+            state: admitted,
+        })
+    }
+
+    /// Approves a job waiting for `holder` (the dataset's owner) and runs it at once: the local
+    /// CLI's way. The service queues it with [`Veil::approve`].
+    pub fn approve_job(&mut self, job: &str, holder: &str) -> Result<JobState> {
+        self.approve(job, holder)?;
+        Ok(self.run_job(job)?.state)
+    }
+
+    /// Approves a job waiting for `holder` (the dataset's owner): it is queued for a worker.
+    pub fn approve(&mut self, job: &str, holder: &str) -> Result<()> {
+        self.decide(job, holder, None)
+    }
+
+    /// Rejects a job waiting for `holder`. Nothing is charged.
+    pub fn reject_job(&mut self, job: &str, holder: &str, reason: &str) -> Result<()> {
+        self.decide(job, holder, Some(reason))
+    }
+
+    fn decide(&mut self, job_id: &str, holder: &str, reject: Option<&str>) -> Result<()> {
+        if let Some(reason) = reject {
+            check_reason(reason)?;
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let job = load_job(&tx, job_id)?;
+        let owner = veil_catalog::get(&tx, &job.dataset)?
+            .map(|d| d.owner)
+            .unwrap_or_default();
+        // Another holder's job answers like a missing one.
+        if owner != holder {
+            return Err(no_such_job(job_id));
+        }
+        if job.state != JobState::AwaitingApproval {
+            return Err(bad(format!(
+                "job {job_id} is {}, not awaiting approval",
+                job.state
+            )));
+        }
+        match reject {
+            Some(reason) => {
+                set_state(
+                    &tx,
+                    job_id,
+                    JobState::Rejected,
+                    Some(JobCode::RejectedByHolder),
+                )?;
+                AuditLog::append(
+                    &tx,
+                    &self.key,
+                    AuditEvent::JobRejected {
+                        job: job_id.into(),
+                        holder: holder.into(),
+                        reason: reason.into(),
+                    },
+                )?;
+            }
+            None => {
+                set_state(&tx, job_id, JobState::Queued, None)?;
+                AuditLog::append(
+                    &tx,
+                    &self.key,
+                    AuditEvent::JobApproved {
+                        job: job_id.into(),
+                        holder: holder.into(),
+                    },
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Charges the budget (committed with `job_started`), runs the module, passes the output through
+    /// the gate, and commits the release with its audit record at the scheduled time.
+    ///
+    /// Only a `queued` job starts; the check and the debit share one write transaction, so of two
+    /// workers (or processes) that try the same job exactly one runs it. If the job is closed
+    /// meanwhile (graceful shutdown gave up on it), its outcome is discarded: it stays failed.
+    /// The caller's thread is held until the release time, on purpose: a worker freed earlier
+    /// would start its next job at a time that depends on how long this module ran on its data.
+    pub fn run_job(&mut self, job_id: &str) -> Result<JobRun> {
+        let started = self.start_run(job_id)?;
+        let wasm: Vec<u8> = self.conn.query_row(
+            "SELECT bytes FROM modules WHERE hash = ?1",
+            [&started.job.module_hash],
+            |r| r.get(0),
+        )?;
+        let clock = std::time::Instant::now();
+        let outcome = self.execute(RunRequest {
+            plan: started.plan.clone(),
+            record: &started.record,
+            wasm: &wasm,
+            fuel_per_unit: started.fuel_per_unit,
+        });
+        let sandbox_time = clock.elapsed();
+        let units = match &outcome {
+            Ok(run) => run.units,
+            Err(failure) => failure.units,
+        };
+        let overran = wait_until(started.release_at);
+        if overran {
+            tracing::warn!(job = job_id, "the run overran its schedule; released late");
+        }
+        let state = self.close_run(&started, outcome)?;
+        Ok(JobRun {
+            state,
+            units,
+            sandbox_time,
+            overran,
+        })
+    }
+
+    /// Step 1 of a run: the pre-check again (the policy may have changed since submission), then
+    /// the debit, the schedule and `job_started`, committed together before anything runs. A
+    /// refusal is recorded and returned as [`EngineError::Refused`].
+    fn start_run(&mut self, job_id: &str) -> Result<StartedRun> {
+        let job = load_job(&self.conn, job_id)?;
+        let record = veil_catalog::get(&self.conn, &job.dataset)?
+            .ok_or_else(|| internal("dataset vanished"))?;
+        let stored = self
+            .policy(&job.dataset)?
+            .ok_or_else(|| internal("policy vanished"))?;
+        let mut manifest = JobManifest::from_toml(&job.manifest)?;
+        manifest.dataset = job.dataset.clone();
+        let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
+        let plan = precheck(&stored.policy, &manifest, &schema, &job.consumer);
+
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Re-read under the write lock: another process may have run or charged meanwhile.
+        let job = load_job(&tx, job_id)?;
+        if job.state != JobState::Queued {
+            return Err(EngineError::Conflict(format!(
+                "job {job_id} is {}, it cannot start",
+                job.state
+            )));
+        }
+        let used = spent(&tx, &job.consumer, &job.dataset)?;
+        let epsilon_total = jobs_epsilon_total(&tx, &job.dataset, &stored.policy)?;
+        let (plan, after) = match plan {
+            Err(PolicyError::Refused(reason)) => {
+                return Err(refuse(tx, &self.key, job_id, JobCode::Policy, reason)?);
+            }
+            Err(e) => return Err(EngineError::Internal(e.to_string())),
+            Ok(plan) => match used.admit(&plan.charge, epsilon_total, stored.policy.delta_total) {
+                Ok(after) => (plan, after),
+                Err(why) => {
+                    let reason = format!("{why} for `{}` on `{}`", job.consumer, job.dataset);
+                    return Err(refuse(tx, &self.key, job_id, JobCode::Budget, reason)?);
+                }
+            },
+        };
+        let schedule = veil_policy::schedule::schedule(&plan.schedule, &self.config.cost_model())
+            .map_err(|e| EngineError::Internal(format!("schedule: {e}")))?;
+        let started_at = to_the_millisecond(time::OffsetDateTime::now_utc());
+        let release_at = started_at + schedule.duration;
+        debit(&tx, &job, &after)?;
+        tx.execute(
+            "UPDATE jobs SET state = ?2, policy_version = ?3, runner_pid = ?4, runner_start = ?5, updated_at = ?6, release_at = ?7 WHERE id = ?1",
+            params![job_id, JobState::Running.as_str(), stored.version, std::process::id(), process_start(std::process::id()), now(), rfc3339(release_at)],
+        )?;
+        let (after_epsilon, after_delta) = after.totals();
+        AuditLog::append_at(
+            &tx,
+            &self.key,
+            AuditEvent::JobStarted {
+                job: job_id.into(),
+                consumer: job.consumer.clone(),
+                dataset: job.dataset.clone(),
+                dataset_commitment: record.content_commitment.clone(),
+                policy_version: stored.version,
+                policy_hash: stored.hash.clone(),
+                module_hash: job.module_hash.clone(),
+                epsilon_micro: manifest.epsilon.micro(),
+                spent_micro_after: after_epsilon.micro(),
+                total_micro: stored.policy.epsilon_total.micro(),
+                rho_pico: plan.charge.rho,
+                delta_conversion_femto: plan.charge.delta_conversion.0,
+                delta_selection_femto: plan.charge.delta_selection.0,
+                spent_delta_femto_after: after_delta.0,
+            },
+            started_at,
+        )?;
+        tx.commit()?;
+        Ok(StartedRun {
+            job,
+            record,
+            plan,
+            fuel_per_unit: schedule.fuel_per_unit,
+            release_at,
+        })
+    }
+
+    /// Step 3 of a run, at its release time: the release or the denial with their audit entries
+    /// (public time: the scheduled instant), in one transaction. A job closed while it ran
+    /// (shutdown gave up on it) keeps its state and releases nothing.
+    fn close_run(
+        &mut self,
+        started: &StartedRun,
+        outcome: std::result::Result<RunOutput, ExecutionFailure>,
+    ) -> Result<JobState> {
+        let job_id = started.job.id.as_str();
+        let release_at = started.release_at;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now_state = load_job(&tx, job_id)?.state;
+        if now_state != JobState::Running {
+            return Ok(now_state);
+        }
+        let (holder_log, finished, last, state) = match outcome {
+            Ok(run) => {
+                let result = serde_json::to_string(&run.release)
+                    .map_err(|e| EngineError::Internal(e.to_string()))?;
+                let result_hash = veil_audit::sha256_hex(result.as_bytes());
+                tx.execute(
+                    "UPDATE jobs SET state = ?2, result = ?3, result_hash = ?4, updated_at = ?5 WHERE id = ?1",
+                    params![job_id, JobState::Released.as_str(), result, result_hash, now()],
+                )?;
+                let finished = AuditEvent::JobFinished {
+                    job: job_id.into(),
+                    status: "completed".into(),
+                    units: run.units,
+                    unit_faults: run.unit_faults,
+                };
+                let released = AuditEvent::ReleaseCreated {
+                    job: job_id.into(),
+                    result_hash,
+                    groups: run.release.rows.len() as u64,
+                };
+                (run.holder_log, finished, released, JobState::Released)
+            }
+            Err(failure) => {
+                set_state(&tx, job_id, JobState::Failed, Some(failure.code))?;
+                let finished = AuditEvent::JobFinished {
+                    job: job_id.into(),
+                    status: format!("failed:{}", failure.code),
+                    units: failure.units,
+                    unit_faults: failure.unit_faults,
+                };
+                let denied = AuditEvent::ReleaseDenied {
+                    job: job_id.into(),
+                    code: failure.code.to_string(),
+                    reason: failure.public_reason,
+                };
+                (failure.holder_log, finished, denied, JobState::Failed)
+            }
+        };
+        write_logs(&tx, job_id, &holder_log)?;
+        AuditLog::append_at(&tx, &self.key, finished, release_at)?;
+        AuditLog::append_at(&tx, &self.key, last, release_at)?;
+        tx.commit()?;
+        Ok(state)
+    }
+
+    /// Gives up on a queued job that could not be started (its stored inputs are unusable — a
+    /// damaged dataset file, say): it is refused with code `internal`, nothing charged, recorded in
+    /// the log, so workers stop retrying it. Does nothing if the job is no longer queued.
+    pub fn abandon_queued_job(&mut self, job_id: &str, reason: &str) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if load_job(&tx, job_id)?.state != JobState::Queued {
+            return Ok(());
+        }
+        set_state(&tx, job_id, JobState::Refused, Some(JobCode::Internal))?;
+        AuditLog::append(
+            &tx,
+            &self.key,
+            AuditEvent::JobRefused {
+                job: job_id.into(),
+                code: JobCode::Internal.to_string(),
+                reason: reason.into(),
+            },
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
