@@ -87,43 +87,55 @@ impl SandboxConfig {
 pub struct SandboxConfigBuilder(SandboxConfig);
 
 impl SandboxConfigBuilder {
-    /// Instructions (fuel units) one privacy unit may use.
+    /// Most fuel (≈ wasm instructions, plus host-call prices) one privacy unit may use; the
+    /// engine's schedule gives each unit at most this. Default 20,000,000. At the limit the unit
+    /// traps with [`UnitFault::OutOfFuel`] and contributes nothing; the job goes on.
     pub fn fuel_per_unit(mut self, fuel: u64) -> Self {
         self.0.fuel_per_unit = fuel;
         self
     }
-    /// Wall-clock time one privacy unit may use (enforced by epoch interruption, 10 ms ticks).
+    /// Wall-clock time one privacy unit may use, rounded up to 10 ms epoch ticks; a backstop
+    /// behind fuel. Default 1 s. At the limit the unit is interrupted ([`UnitFault::Deadline`])
+    /// and contributes nothing.
     pub fn unit_deadline(mut self, d: Duration) -> Self {
         self.0.unit_deadline = d;
         self
     }
-    /// Linear memory one instance may grow to, in bytes.
+    /// Linear memory one instance may grow to, in bytes (also sizes the instance pool's slots).
+    /// Default 32 MiB. A module declaring more initial memory is rejected at submission; a
+    /// `memory.grow` past it (or past what the unit's fuel pays for) returns -1.
     pub fn memory_per_instance(mut self, bytes: usize) -> Self {
         self.0.memory_per_instance = bytes;
         self
     }
-    /// Largest module accepted for compilation, in bytes.
+    /// Largest core module accepted for compilation, in bytes. Default 8 MiB. A larger module is
+    /// rejected at submission, before the compiler sees it.
     pub fn max_module_bytes(mut self, bytes: usize) -> Self {
         self.0.max_module_bytes = bytes;
         self
     }
-    /// Largest encoded output one unit may return, in bytes.
+    /// Largest encoded output one unit may return, in bytes. Default 1 MiB. A larger output is
+    /// [`UnitFault::BadOutput`]: the unit contributes nothing.
     pub fn max_output_bytes(mut self, bytes: u32) -> Self {
         self.0.max_output_bytes = bytes;
         self
     }
-    /// Bounds for decoding a unit's contributions.
+    /// Bounds for decoding a unit's contributions. Default: 1,024 contributions, 8 key parts of
+    /// at most 256 bytes, 16 values. Output beyond any bound is [`UnitFault::BadOutput`].
     pub fn decode_limits(mut self, limits: DecodeLimits) -> Self {
         self.0.decode_limits = limits;
         self
     }
-    /// Holder-log bytes kept per unit; the rest is truncated.
+    /// Holder-log bytes kept per unit, newlines included. Default 4,096. Past it the rest of the
+    /// unit's log is dropped and `[log truncated]` is noted (each call still costs its fuel).
     pub fn max_log_bytes_per_unit(mut self, bytes: usize) -> Self {
         self.0.max_log_bytes_per_unit = bytes;
         self
     }
     /// Unit runners (threads running units) that may be active at once in each engine shard;
-    /// sizes its pooling allocator together with [`Self::units_per_store`].
+    /// sizes its pooling allocator together with [`Self::units_per_store`]. Default 16, at least
+    /// 1. Past it, instantiation fails for lack of a pool slot and the unit faults as a resource
+    /// limit, so size it for the engine's threads.
     pub fn max_concurrent_instances(mut self, n: u32) -> Self {
         self.0.max_concurrent_instances = n.max(1);
         self
@@ -131,20 +143,22 @@ impl SandboxConfigBuilder {
     /// Units a [`UnitRunner`] runs in one wasmtime `Store` before replacing it. Every unit
     /// still gets its own instance (memory, globals, tables); sharing the store only saves
     /// creating it and registering the module per unit. The instance pool holds
-    /// `max_concurrent_instances × units_per_store` instances.
+    /// `max_concurrent_instances × units_per_store` instances. Default 16, at least 1.
     pub fn units_per_store(mut self, n: u32) -> Self {
         self.0.units_per_store = n.max(1);
         self
     }
     /// Independent wasmtime engines; each thread that runs units sticks to one. Instantiation
     /// touches engine-wide reference counts and pool locks, so threads sharing one engine
-    /// contend; one shard per core lets units scale with cores. Defaults to the core count.
+    /// contend; one shard per core lets units scale with cores. Default: the core count; at least
+    /// 1. Each shard compiles each module once.
     pub fn engine_shards(mut self, n: usize) -> Self {
         self.0.engine_shards = n.max(1);
         self
     }
     /// Compiled modules kept in memory, keyed by module hash, so a module compiles once per
-    /// process however many jobs use it.
+    /// process however many jobs use it. Default 32, at least 1. Past it the least recently used
+    /// module is dropped and compiles again (or loads from the disk cache) when next used.
     pub fn compiled_cache_entries(mut self, n: usize) -> Self {
         self.0.compiled_cache_entries = n.max(1);
         self
@@ -152,22 +166,25 @@ impl SandboxConfigBuilder {
     /// Directory for wasmtime's on-disk cache of compiled code, so a module compiles once per
     /// machine. Entries are keyed by the module bytes and by the engine's compiler version and
     /// settings, so a cache written by another engine configuration is never used. The
-    /// directory holds native code: it must be as trusted as the store itself.
+    /// directory holds native code: it must be as trusted as the store itself. Default: none
+    /// (compiled code lives in memory only).
     pub fn disk_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.0.disk_cache_dir = Some(dir.into());
         self
     }
     /// Largest component accepted (components carry their language's runtime: a CPython
-    /// component is about 18 MB).
+    /// component is about 18 MB). Default 64 MiB. A larger one is rejected at submission.
     pub fn max_component_bytes(mut self, bytes: usize) -> Self {
         self.0.max_component_bytes = bytes;
         self
     }
-    /// Linear memory cap for each memory of a component instance.
+    /// Linear memory cap for each memory of a component instance. Default 256 MiB. Growth past it
+    /// traps, and the block contributes nothing.
     pub fn component_memory(mut self, bytes: usize) -> Self {
         self.0.component_memory = bytes;
         self
     }
+    /// The configuration; every knob not set keeps its default.
     pub fn build(self) -> SandboxConfig {
         self.0
     }

@@ -106,13 +106,16 @@ impl EngineConfig {
 pub struct EngineConfigBuilder(EngineConfig);
 
 impl EngineConfigBuilder {
-    /// Sandbox limits (fuel, memory, deadlines) for each privacy unit.
+    /// Sandbox limits (fuel, memory, deadlines) for each privacy unit. Default:
+    /// [`SandboxConfig`]'s defaults with `max_concurrent_instances` = 2 × cores + 2 (each knob
+    /// states its own default and limit there).
     pub fn sandbox(mut self, sandbox: SandboxConfig) -> Self {
         self.0.sandbox = sandbox;
         self
     }
     /// Threads that run one job's units in parallel. Default: the machine's cores. The schedule
-    /// counts on exactly this many, so fewer cores than threads make jobs release late.
+    /// counts on exactly this many, so fewer cores than threads make jobs release late. At least
+    /// 1.
     pub fn workers(mut self, n: usize) -> Self {
         self.0.workers = n.max(1);
         self
@@ -139,16 +142,18 @@ impl EngineConfigBuilder {
     }
     /// Jobs one consumer may have queued, awaiting approval or running at once; more are refused
     /// before anything is recorded ([`EngineError::Busy`]), so nobody can flood the queue or the
-    /// log. Queued jobs are not charged until they start, hence a cap of its own.
+    /// log. Queued jobs are not charged until they start, hence a cap of its own. Default 64.
     pub fn max_open_jobs(mut self, n: u64) -> Self {
         self.0.max_open_jobs = n.max(1);
         self
     }
-    /// Name of the audit log's origin and signing key (C2SP note name).
+    /// Name of the audit log's origin and signing key (C2SP note name). Default
+    /// `veil.local/audit`. Checkpoints and receipts name it; verifiers compare it.
     pub fn domain(mut self, name: &str) -> Self {
         self.0.domain = name.into();
         self
     }
+    /// The configuration; every knob not set keeps its default.
     pub fn build(self) -> EngineConfig {
         self.0
     }
