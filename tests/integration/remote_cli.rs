@@ -208,3 +208,26 @@ fn remote_commands_answer_like_local_ones() {
         text(&out.stderr)
     );
 }
+
+/// The commands that work on the store's host only are refused with `--server`, before any
+/// request, each with the same message naming them.
+#[test]
+fn host_only_commands_are_refused_in_remote_mode() {
+    let env = Env::new();
+    let server = Server::start(&env.data_dir(), &[]);
+    for args in [
+        vec!["init"],
+        vec!["demo"],
+        vec!["serve"],
+        vec!["keys", "rotate"],
+        vec!["audit", "verify"],
+    ] {
+        let out = remote(&env, &server, "veil_unused", &args);
+        assert!(!out.status.success(), "{args:?}");
+        let msg = text(&out.stderr);
+        assert!(
+            msg.contains("works on the store's host only"),
+            "{args:?}: {msg}"
+        );
+    }
+}

@@ -323,6 +323,19 @@ fn open(dir: &Path) -> Result<Veil> {
         .with_context(|| format!("opening data directory {}", dir.display()))
 }
 
+/// Commands that work on the store's host only (they create, serve, rotate or check the store
+/// itself): with `--server` they are refused. README.md lists the same.
+fn is_host_only(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Init
+            | Command::Demo { .. }
+            | Command::Serve { .. }
+            | Command::Keys(KeysCmd::Rotate)
+            | Command::Audit(AuditCmd::Verify { log: None, .. })
+    )
+}
+
 /// Commands that check signed documents offline: the same in local and remote mode.
 fn is_offline(command: &Command) -> bool {
     matches!(
@@ -340,6 +353,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
     {
         if cli.as_principal.is_some() {
             bail!("--as is for local mode; with --server the token in VEIL_TOKEN says who you are");
+        }
+        if is_host_only(&cli.command) {
+            bail!(
+                "this command works on the store's host only, in local mode (init, demo, serve, \
+                 keys rotate, audit verify without --log): run it there without --server"
+            );
         }
         let token = std::env::var("VEIL_TOKEN").ok().filter(|t| !t.is_empty());
         return remote::run(cli.command, server, token);

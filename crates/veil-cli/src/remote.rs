@@ -337,7 +337,7 @@ pub(crate) fn run(command: Command, server: &str, token: Option<String>) -> Resu
         | Command::Serve { .. }
         | Command::Keys(KeysCmd::Rotate)
         | Command::Audit(AuditCmd::Verify { log: None, .. }) => {
-            bail!("this command works on the server's host (local mode), not with --server")
+            unreachable!("host-only commands are refused before remote dispatch")
         }
         Command::Audit(_) | Command::Receipt(_) | Command::Certificate(_) => {
             unreachable!("offline commands are handled before remote dispatch")
