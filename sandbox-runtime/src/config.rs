@@ -133,9 +133,9 @@ impl SandboxConfigBuilder {
         self
     }
     /// Unit runners (threads running units) that may be active at once in each engine shard;
-    /// sizes its pooling allocator together with [`Self::units_per_store`]. Default 16, at least
-    /// 1. Past it, instantiation fails for lack of a pool slot and the unit faults as a resource
-    /// limit, so size it for the engine's threads.
+    /// sizes its pooling allocator together with [`Self::units_per_store`]. Default 16 (never
+    /// less than 1). Past it, instantiation finds no free pool slot and the unit faults, so size
+    /// it for the engine's threads.
     pub fn max_concurrent_instances(mut self, n: u32) -> Self {
         self.0.max_concurrent_instances = n.max(1);
         self
@@ -143,21 +143,21 @@ impl SandboxConfigBuilder {
     /// Units a [`UnitRunner`] runs in one wasmtime `Store` before replacing it. Every unit
     /// still gets its own instance (memory, globals, tables); sharing the store only saves
     /// creating it and registering the module per unit. The instance pool holds
-    /// `max_concurrent_instances × units_per_store` instances. Default 16, at least 1.
+    /// `max_concurrent_instances × units_per_store` instances. Default 16 (never less than 1).
     pub fn units_per_store(mut self, n: u32) -> Self {
         self.0.units_per_store = n.max(1);
         self
     }
     /// Independent wasmtime engines; each thread that runs units sticks to one. Instantiation
     /// touches engine-wide reference counts and pool locks, so threads sharing one engine
-    /// contend; one shard per core lets units scale with cores. Default: the core count; at least
-    /// 1. Each shard compiles each module once.
+    /// contend; one shard per core lets units scale with cores. Default: the core count (never
+    /// less than one). Each shard compiles each module once.
     pub fn engine_shards(mut self, n: usize) -> Self {
         self.0.engine_shards = n.max(1);
         self
     }
     /// Compiled modules kept in memory, keyed by module hash, so a module compiles once per
-    /// process however many jobs use it. Default 32, at least 1. Past it the least recently used
+    /// process however many jobs use it. Default 32 (never less than 1). Past it the least recently used
     /// module is dropped and compiles again (or loads from the disk cache) when next used.
     pub fn compiled_cache_entries(mut self, n: usize) -> Self {
         self.0.compiled_cache_entries = n.max(1);

@@ -114,8 +114,8 @@ impl EngineConfigBuilder {
         self
     }
     /// Threads that run one job's units in parallel. Default: the machine's cores. The schedule
-    /// counts on exactly this many, so fewer cores than threads make jobs release late. At least
-    /// 1.
+    /// counts on exactly this many, so fewer cores than threads make jobs release late. Never
+    /// less than one.
     pub fn workers(mut self, n: usize) -> Self {
         self.0.workers = n.max(1);
         self
