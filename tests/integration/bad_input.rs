@@ -1,4 +1,4 @@
-//! Bad input gets a clear error and changes nothing (DEVELOPERS.md invariant 5).
+//! Bad input gets a clear error and changes nothing (SECURITY.md, invariant 5).
 use crate::common::*;
 
 #[test]

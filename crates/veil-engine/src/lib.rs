@@ -2,14 +2,14 @@
 //!
 //! ```text
 //! register dataset ─▶ set policy ─▶ submit job ─▶ pre-check / approval ─▶ sandbox run ─▶ gate ─▶ audit ─▶ release
-//!   (veil-catalog)    (veil-policy)   (jobs.rs)      (veil-policy, here)   (veil-sandbox)  (veil-policy) (veil-audit)
+//!   (veil-catalog)    (veil-policy)   (jobs/)        (veil-policy, here)   (veil-sandbox)  (veil-policy) (veil-audit)
 //! ```
 //!
 //! [`Veil::open`] opens (or creates) a data directory: `veil.db` (SQLite, WAL, `synchronous=FULL`)
 //! holds the catalog, policies, jobs, modules, the budget ledger, holder-only job logs and the audit
 //! log; `datasets/` holds content-addressed Parquet files; `keys/` the domain's Ed25519 key.
 //!
-//! Ordering guarantees (DEVELOPERS.md invariant 2):
+//! Ordering guarantees (SECURITY.md, invariant 2):
 //! - a job's ε is debited in the same transaction that records `job_started`, committed before the
 //!   module runs — whatever happens afterwards, the budget is spent;
 //! - a result becomes readable only in the transaction that records `release_created` with its hash;
