@@ -38,6 +38,7 @@ mod principals;
 mod store;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -159,35 +160,109 @@ impl EngineConfigBuilder {
     }
 }
 
-/// An open data directory.
+/// What every engine handle of a process shares: the sandbox (wasmtime engines, the compiled-module
+/// cache, the epoch ticker), built on first use, and the tokio runtime DataFusion runs on. Built
+/// once per process ([`Runtime::new`]) and handed to each [`Veil::open_with`], so that request
+/// handlers and workers compile a module once and keep one set of engines and threads.
+///
+/// Owns no store state: connections and the signing key belong to each [`Veil`] handle.
+pub struct Runtime {
+    config: EngineConfig,
+    sandbox: Mutex<Option<Arc<Sandbox>>>,
+    tokio: tokio::runtime::Runtime,
+}
+
+impl Runtime {
+    /// A runtime with `config` (threads per job, sandbox limits, cost model) for every handle.
+    pub fn new(config: EngineConfig) -> Result<Arc<Runtime>> {
+        // Every handle of the process runs its DataFusion work here: all cores, not one job's
+        // share of them.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores.max(config.workers))
+            .enable_all()
+            .build()?;
+        Ok(Arc::new(Runtime {
+            config,
+            sandbox: Mutex::new(None),
+            tokio,
+        }))
+    }
+
+    /// The configuration every handle runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The sandbox, built on first use. Compiled code is cached beside the store of the first
+    /// caller (`data_dir/module-cache`) unless the operator chose a place.
+    fn sandbox(&self, data_dir: &Path) -> Result<Arc<Sandbox>> {
+        let mut slot = self
+            .sandbox
+            .lock()
+            .map_err(|_| EngineError::Internal("the sandbox lock is poisoned".into()))?;
+        if let Some(sandbox) = slot.as_ref() {
+            return Ok(sandbox.clone());
+        }
+        let mut config = self.config.sandbox.clone();
+        if config.disk_cache_dir().is_none() {
+            config = config
+                .into_builder()
+                // wasmtime's cache wants an absolute path; the data dir may be relative.
+                .disk_cache_dir(
+                    std::path::absolute(data_dir.join("module-cache"))
+                        .map_err(|e| EngineError::Internal(format!("module cache: {e}")))?,
+                )
+                .build();
+        }
+        let sandbox = Arc::new(Sandbox::new(config)?);
+        *slot = Some(sandbox.clone());
+        Ok(sandbox)
+    }
+}
+
+/// An open data directory: a handle with its own store connection and signing key, on a shared
+/// [`Runtime`]. Cheap to open beside others of the same process.
 pub struct Veil {
     data_dir: PathBuf,
     conn: Connection,
     key: DomainKey,
     config: EngineConfig,
-    sandbox: Option<Sandbox>,
-    runtime: tokio::runtime::Runtime,
+    shared: Arc<Runtime>,
+    runtime: RuntimeRef,
+}
+
+/// Borrow of the shared tokio runtime under the name the engine's code uses.
+struct RuntimeRef(Arc<Runtime>);
+
+impl RuntimeRef {
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.0.tokio.block_on(future)
+    }
 }
 
 impl Veil {
-    /// Opens or initialises a data directory, creating the signing key on first use and closing
-    /// jobs left running by a crashed process.
+    /// Opens or initialises a data directory on a runtime of its own (the CLI's way), creating
+    /// the signing key on first use and closing jobs left running by a crashed process.
     pub fn open(data_dir: &Path, config: EngineConfig) -> Result<Veil> {
+        Veil::open_with(data_dir, Runtime::new(config)?)
+    }
+
+    /// Opens a data directory on a shared [`Runtime`] (the service's way: one runtime, a handle
+    /// per request engine and worker).
+    pub fn open_with(data_dir: &Path, shared: Arc<Runtime>) -> Result<Veil> {
+        let config = shared.config.clone();
         std::fs::create_dir_all(data_dir)?;
         let conn = store::open(&data_dir.join("veil.db"))?;
         finish_key_rotation(&conn, data_dir, &config.domain)?;
         let (key, _created) = DomainKey::load_or_create(&key_path(data_dir), &config.domain)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.workers)
-            .enable_all()
-            .build()?;
         let mut veil = Veil {
             data_dir: data_dir.to_owned(),
             conn,
             key,
             config,
-            sandbox: None,
-            runtime,
+            runtime: RuntimeRef(shared.clone()),
+            shared,
         };
         let empty: bool = veil
             .conn
@@ -226,24 +301,8 @@ impl Veil {
         self.key.verifier()
     }
 
-    fn sandbox(&mut self) -> Result<&Sandbox> {
-        if self.sandbox.is_none() {
-            let mut config = self.config.sandbox.clone();
-            // Compiled code is cached beside the store unless the operator chose a place: a module
-            // then compiles once per machine, not once per process and engine shard.
-            if config.disk_cache_dir().is_none() {
-                config = config
-                    .into_builder()
-                    // wasmtime's cache wants an absolute path; the data dir may be relative.
-                    .disk_cache_dir(
-                        std::path::absolute(self.data_dir.join("module-cache"))
-                            .map_err(|e| EngineError::Internal(format!("module cache: {e}")))?,
-                    )
-                    .build();
-            }
-            self.sandbox = Some(Sandbox::new(config)?);
-        }
-        Ok(self.sandbox.as_ref().expect("just set"))
+    fn sandbox(&self) -> Result<Arc<Sandbox>> {
+        self.shared.sandbox(&self.data_dir)
     }
 
     /// Exports the audit log (JSON lines plus a fresh signed checkpoint).

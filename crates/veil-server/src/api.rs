@@ -12,9 +12,7 @@ use base64::Engine as _;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use veil_engine::{
-    DatasetRecord, EngineConfig, EngineError, JobInfo, JobState, Principal, Role, Veil, Viewer,
-};
+use veil_engine::{DatasetRecord, EngineError, JobInfo, JobState, Principal, Role, Veil, Viewer};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -196,8 +194,9 @@ pub(crate) async fn upload_dataset(
     // Reading and converting a large file takes a while: do it on an engine of its own, so the
     // request engines keep answering everyone else meanwhile.
     let data_dir = state.config.data_dir.clone();
+    let runtime = state.runtime.clone();
     let record = tokio::task::spawn_blocking(move || -> Result<DatasetRecord, ApiError> {
-        let mut veil = Veil::open(&data_dir, EngineConfig::default())?;
+        let mut veil = Veil::open_with(&data_dir, runtime)?;
         let record = veil.register_dataset(
             file.path(),
             &query.name,

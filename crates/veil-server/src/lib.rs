@@ -41,7 +41,7 @@ use axum::http::HeaderMap;
 use axum::http::header;
 use axum::routing::{get, post};
 use tokio::sync::watch;
-use veil_engine::{EngineConfig, Principal, Role, Veil};
+use veil_engine::{EngineConfig, Principal, Role, Runtime, Veil};
 
 pub use config::{LogFormat, ServerConfig};
 pub use error::{ApiError, ServerError};
@@ -80,6 +80,9 @@ impl RequestEngines {
 #[derive(Clone)]
 pub(crate) struct AppState {
     veil: Arc<RequestEngines>,
+    /// The process's one engine runtime (sandbox, compile cache, tokio), for engines opened per
+    /// request (uploads).
+    runtime: Arc<Runtime>,
     pool: Pool,
     metrics: Arc<Metrics>,
     config: Arc<ServerConfig>,
@@ -217,18 +220,28 @@ pub struct Service {
     http: std::thread::JoinHandle<std::io::Result<()>>,
     pool: Pool,
     config: ServerConfig,
+    runtime: Arc<Runtime>,
 }
 
 impl Service {
     /// Opens the store (closing jobs a crashed predecessor left running), starts the workers and
     /// binds the listener; requests are served on a thread of its own from here on.
     pub fn start(config: &ServerConfig) -> Result<Service, ServerError> {
-        let engine_config = EngineConfig::builder()
-            .max_open_jobs(config.max_open_jobs)
-            .build();
+        // The cores are shared out: with as many workers as cores each job runs its units on one
+        // thread (small jobs pay no hand-off between threads), with one worker a job gets them
+        // all. One configuration for every handle, so a job is scheduled alike at submission
+        // and at start.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads_per_job = (cores / config.workers.max(1)).max(1);
+        let runtime = Runtime::new(
+            EngineConfig::builder()
+                .workers(threads_per_job)
+                .max_open_jobs(config.max_open_jobs)
+                .build(),
+        )?;
         // Opening the store also closes jobs a crashed predecessor left running.
         let engines = (0..REQUEST_ENGINES)
-            .map(|_| Veil::open(&config.data_dir, engine_config.clone()).map(Mutex::new))
+            .map(|_| Veil::open_with(&config.data_dir, runtime.clone()).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
         // Uploads a killed predecessor was receiving: never registered, only taking space.
         if let Ok(stale) = std::fs::read_dir(config.data_dir.join("uploads")) {
@@ -237,13 +250,19 @@ impl Service {
             }
         }
         let metrics = Arc::new(Metrics::new());
-        let pool = Pool::start(config.data_dir.clone(), config.workers, metrics.clone())?;
+        let pool = Pool::start(
+            config.data_dir.clone(),
+            config.workers,
+            runtime.clone(),
+            metrics.clone(),
+        )?;
         let (stop, shutdown) = watch::channel(false);
         let state = AppState {
             veil: Arc::new(RequestEngines {
                 engines,
                 next: Default::default(),
             }),
+            runtime: runtime.clone(),
             pool: pool.clone(),
             metrics,
             config: Arc::new(config.clone()),
@@ -283,6 +302,7 @@ impl Service {
             http,
             pool,
             config: config.clone(),
+            runtime,
         })
     }
 
@@ -302,7 +322,7 @@ impl Service {
             .map_err(|_| ServerError::Io(std::io::Error::other("the HTTP thread panicked")))?;
         let left = self.pool.stop(self.config.shutdown_grace());
         if left > 0 {
-            let mut veil = Veil::open(&self.config.data_dir, EngineConfig::default())?;
+            let mut veil = Veil::open_with(&self.config.data_dir, self.runtime.clone())?;
             let closed = veil.close_own_running_jobs()?;
             tracing::warn!(closed, "closed jobs still running after the shutdown grace");
         }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use veil_engine::{EngineConfig, EngineError, Veil};
+use veil_engine::{EngineError, Runtime, Veil};
 
 use crate::telemetry::Metrics;
 
@@ -39,10 +39,11 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// Starts `workers` threads, each with its own engine on `data_dir`.
+    /// Starts `workers` threads, each with its own engine handle on `data_dir`, all on `runtime`.
     pub(crate) fn start(
         data_dir: PathBuf,
         workers: usize,
+        runtime: Arc<Runtime>,
         metrics: Arc<Metrics>,
     ) -> Result<Pool, EngineError> {
         let pool = Pool {
@@ -50,14 +51,9 @@ impl Pool {
             finished: watch::Sender::new(0),
             threads: Arc::default(),
         };
-        // The cores are shared out: with as many workers as cores each job runs its units on one
-        // thread (small jobs pay no hand-off between threads), with one worker a job gets them all.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads_per_job = (cores / workers.max(1)).max(1);
         for i in 0..workers {
             // Open on this thread so a broken store fails the start, not a worker later.
-            let config = EngineConfig::builder().workers(threads_per_job).build();
-            let veil = Veil::open(&data_dir, config)?;
+            let veil = Veil::open_with(&data_dir, runtime.clone())?;
             let worker = pool.clone();
             let metrics = metrics.clone();
             let handle = std::thread::Builder::new()
