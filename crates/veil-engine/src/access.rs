@@ -8,7 +8,9 @@
 //! caller may see), so neither the answer nor its time tells a hidden dataset from a missing one.
 use veil_catalog::DatasetRecord;
 
-use crate::jobs::{JobInfo, no_such_job};
+use veil_policy::Release;
+
+use crate::jobs::{JobInfo, JobState, no_such_job};
 
 use crate::principals::{Principal, Role};
 use crate::{EngineError, Result, Veil};
@@ -131,5 +133,52 @@ impl Veil {
             Err(EngineError::NotFound(_)) => Ok(reference.to_owned()),
             Err(e) => Err(e),
         }
+    }
+
+    /// A released job whose result and receipt `viewer` may read: its consumer's. A job `viewer`
+    /// may not see is [`EngineError::NotFound`]; one it may see but not read (its holder, an
+    /// auditor) is [`EngineError::Forbidden`]; one not released yet is [`EngineError::Conflict`].
+    pub fn released_job_for(&self, viewer: Viewer<'_>, id: &str) -> Result<JobInfo> {
+        let job = self.find_job(viewer, id)?;
+        if viewer != Viewer::Consumer(&job.consumer) {
+            return Err(EngineError::Forbidden(
+                "results and receipts are for the job's consumer only".into(),
+            ));
+        }
+        if job.state != JobState::Released {
+            return Err(EngineError::Conflict(format!(
+                "job {id} has no result: it is {}",
+                job.consumer_view().state
+            )));
+        }
+        Ok(job)
+    }
+
+    /// The released result of job `id`, for its consumer ([`Veil::released_job_for`]).
+    pub fn job_result_as(&self, viewer: Viewer<'_>, id: &str) -> Result<Release> {
+        self.released_job_for(viewer, id)?;
+        serde_json::from_str(&self.stored_result(id)?)
+            .map_err(|e| EngineError::Internal(e.to_string()))
+    }
+
+    /// The signed receipt of job `id`, for its consumer ([`Veil::released_job_for`]).
+    pub fn job_receipt_as(&self, viewer: Viewer<'_>, id: &str) -> Result<veil_audit::Receipt> {
+        self.released_job_for(viewer, id)?;
+        let text = self.stored_result(id)?;
+        Ok(veil_audit::issue_receipt(&self.conn, &self.key, id, &text)?)
+    }
+
+    /// The holder-only log of job `id` (module log text, traps, bounding statistics): for the
+    /// owner of its dataset only, since a module may print raw values there. A job `viewer` may
+    /// not see is [`EngineError::NotFound`]; one it may see but not own (its consumer, an
+    /// auditor) is [`EngineError::Forbidden`].
+    pub fn job_logs_as(&self, viewer: Viewer<'_>, id: &str) -> Result<Vec<String>> {
+        self.find_job(viewer, id)?;
+        if !matches!(viewer, Viewer::Holder(_)) {
+            return Err(EngineError::Forbidden(
+                "job logs are for the owner of the job's dataset only".into(),
+            ));
+        }
+        self.stored_logs(id)
     }
 }

@@ -403,14 +403,8 @@ async fn decide(
     let pool = state.pool.clone();
     let view = state
         .as_principal(&headers, HOLDER, move |veil, who| {
-            let job = visible_job(veil, &who, &id)?;
-            if job.state != JobState::AwaitingApproval {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "conflict",
-                    format!("job {id} is {}, not awaiting approval", job.state),
-                ));
-            }
+            // The engine decides: another holder's job is NotFound, one not awaiting approval a
+            // Conflict (409).
             match reject {
                 Some(reason) => veil.reject_job(&id, &who.name, &reason)?,
                 None => veil.approve(&id, &who.name)?,
@@ -456,35 +450,16 @@ pub(crate) async fn reject_job(
 }
 
 /// The job `id` for its consumer only; others who may see it are told results are not theirs.
-fn own_released_job(veil: &Veil, who: &Principal, id: &str) -> Result<JobInfo, ApiError> {
-    let job = visible_job(veil, who, id)?;
-    if job.consumer != who.name {
-        return Err(ApiError::forbidden(
-            "results are for the job's consumer only",
-        ));
-    }
-    if job.state != JobState::Released {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_ready",
-            format!(
-                "job {id} has no result: it is {}",
-                job.consumer_view().state
-            ),
-        ));
-    }
-    Ok(job)
-}
-
 pub(crate) async fn job_result(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult {
-    for_its_consumer(state, headers, id, |veil, id, who| {
-        Ok(json!(veil.job_result(id, &who.name)?))
-    })
-    .await
+    state
+        .as_principal(&headers, ANY, move |veil, who| {
+            Ok(Json(json!(veil.job_result_as(Viewer::of(&who), &id)?)))
+        })
+        .await
 }
 
 pub(crate) async fn job_receipt(
@@ -492,23 +467,9 @@ pub(crate) async fn job_receipt(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult {
-    for_its_consumer(state, headers, id, |veil, id, who| {
-        Ok(json!(veil.job_receipt(id, &who.name)?))
-    })
-    .await
-}
-
-/// Answers `make` for a released job's own consumer (see [`own_released_job`]).
-async fn for_its_consumer(
-    state: AppState,
-    headers: HeaderMap,
-    id: String,
-    make: impl FnOnce(&Veil, &str, &Principal) -> Result<Value, ApiError> + Send + 'static,
-) -> ApiResult {
     state
         .as_principal(&headers, ANY, move |veil, who| {
-            own_released_job(veil, &who, &id)?;
-            Ok(Json(make(veil, &id, &who)?))
+            Ok(Json(json!(veil.job_receipt_as(Viewer::of(&who), &id)?)))
         })
         .await
 }
@@ -522,15 +483,8 @@ pub(crate) async fn job_logs(
 ) -> ApiResult {
     state
         .as_principal(&headers, ANY, move |veil, who| {
-            visible_job(veil, &who, &id)?;
-            if who.role != Role::Holder {
-                return Err(ApiError::forbidden(
-                    "job logs are for the owner of the job's dataset only",
-                ));
-            }
-            Ok(Json(
-                json!({ "job": id, "lines": veil.job_logs(&id, &who.name)? }),
-            ))
+            let lines = veil.job_logs_as(Viewer::of(&who), &id)?;
+            Ok(Json(json!({ "job": id, "lines": lines })))
         })
         .await
 }

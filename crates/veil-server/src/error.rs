@@ -23,7 +23,8 @@ pub enum ServerError {
 /// An API error: HTTP status, stable machine-readable code, and a message for the caller.
 ///
 /// Codes: `unauthenticated` (401), `forbidden` (403), `not_found` (404), `bad_request` (400),
-/// `conflict` (409), `not_ready` (409: a job without a result yet), `too_large` (413),
+/// `conflict` (409: a name taken, a job not in the state asked for, or without a result yet),
+/// `too_large` (413),
 /// `unsupported_media_type` (415), `busy` (429: too many of the caller's jobs are open),
 /// `internal` (500; details go to the operator's log only), `unavailable` (503: the store does not
 /// answer; from the health check).

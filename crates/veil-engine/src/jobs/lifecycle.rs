@@ -179,7 +179,7 @@ impl Veil {
             return Err(no_such_job(job_id));
         }
         if job.state != JobState::AwaitingApproval {
-            return Err(bad(format!(
+            return Err(EngineError::Conflict(format!(
                 "job {job_id} is {}, not awaiting approval",
                 job.state
             )));

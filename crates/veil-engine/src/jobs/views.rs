@@ -85,45 +85,30 @@ impl Veil {
             .collect()
     }
 
-    /// The released result of a job, for its consumer only.
+    /// The released result of a job, for its consumer only (see [`Veil::job_result_as`]).
     pub fn job_result(&self, id: &str, consumer: &str) -> Result<Release> {
-        let job = load_job(&self.conn, id)?;
-        // Another consumer's job answers like a missing one.
-        if job.consumer != consumer {
-            return Err(no_such_job(id));
-        }
-        if job.state != JobState::Released {
-            return Err(bad(format!("job {id} has no result: it is {}", job.state)));
-        }
-        let text: String =
-            self.conn
-                .query_row("SELECT result FROM jobs WHERE id = ?1", [id], |r| r.get(0))?;
-        serde_json::from_str(&text).map_err(|e| EngineError::Internal(e.to_string()))
+        self.job_result_as(Viewer::Consumer(consumer), id)
     }
 
-    /// The signed receipt of a released job, for its consumer (see `veil_audit::Receipt`).
+    /// The signed receipt of a released job, for its consumer (see [`Veil::job_receipt_as`]).
     pub fn job_receipt(&self, id: &str, consumer: &str) -> Result<veil_audit::Receipt> {
-        let job = load_job(&self.conn, id)?;
-        // Another consumer's job answers like a missing one.
-        if job.consumer != consumer {
-            return Err(no_such_job(id));
-        }
-        if job.state != JobState::Released {
-            return Err(bad(format!("job {id} has no receipt: it is {}", job.state)));
-        }
-        let text: String =
-            self.conn
-                .query_row("SELECT result FROM jobs WHERE id = ?1", [id], |r| r.get(0))?;
-        Ok(veil_audit::issue_receipt(&self.conn, &self.key, id, &text)?)
+        self.job_receipt_as(Viewer::Consumer(consumer), id)
     }
 
-    /// The holder-only log of a job (module log text, trap messages, bounding statistics).
+    /// The holder-only log of a job, for the owner of its dataset (see [`Veil::job_logs_as`]).
     pub fn job_logs(&self, id: &str, holder: &str) -> Result<Vec<String>> {
-        let job = load_job(&self.conn, id)?;
-        let owner = self.dataset(&job.dataset)?.owner;
-        if owner != holder {
-            return Err(no_such_job(id));
-        }
+        self.job_logs_as(Viewer::Holder(holder), id)
+    }
+
+    /// The stored release of job `id`. Requires the caller to have checked who may read it.
+    pub(crate) fn stored_result(&self, id: &str) -> Result<String> {
+        Ok(self
+            .conn
+            .query_row("SELECT result FROM jobs WHERE id = ?1", [id], |r| r.get(0))?)
+    }
+
+    /// The stored holder log of job `id`. Requires the caller to have checked who may read it.
+    pub(crate) fn stored_logs(&self, id: &str) -> Result<Vec<String>> {
         let mut stmt = self
             .conn
             .prepare("SELECT line FROM job_logs WHERE job = ?1 ORDER BY seq")?;
