@@ -246,154 +246,10 @@ impl JobManifest {
                 }
             },
         };
-        let values_span = raw.output.values.span();
-        let raw_values = raw.output.values.into_inner();
-        if raw_values.is_empty() || raw_values.len() > MAX_VALUES {
-            return invalid(
-                text,
-                values_span,
-                "output.values",
-                format!("declare 1 to {MAX_VALUES} values"),
-            );
-        }
-        let mut values = Vec::new();
-        for (i, v) in raw_values.into_iter().enumerate() {
-            let span = v.span();
-            let v = v.into_inner();
-            let field = format!("output.values[{i}]");
-            if !valid_name(&v.name)
-                || keys.contains(&v.name)
-                || values.iter().any(|x: &ValueSpec| x.name == v.name)
-            {
-                return invalid(
-                    text,
-                    span,
-                    &format!("{field}.name"),
-                    format!("`{}` is not a valid, unique name", v.name),
-                );
-            }
-            let [lo, hi] = v.bounds;
-            if let Err(m) = check_bounds(lo, hi) {
-                return invalid(text, span, &format!("{field}.bounds"), m);
-            }
-            let aggregate = match v.aggregate.as_deref() {
-                // In block mode each value is the noisy average of the blocks' clamped outputs.
-                None | Some("mean") if blocks.is_some() => Aggregate::Mean,
-                Some(_) if blocks.is_some() => {
-                    return invalid(
-                        text,
-                        span,
-                        &format!("{field}.aggregate"),
-                        "sample-and-aggregate values are averages over blocks: use \"mean\" or leave it out",
-                    );
-                }
-                None | Some("sum") => Aggregate::Sum,
-                Some("mean") => Aggregate::Mean,
-                Some("median") => Aggregate::Quantile(500_000),
-                Some("quantile") => match v.quantile {
-                    Some(q) if q > 0.0 && q < 1.0 => {
-                        Aggregate::Quantile(((q * 1e6).round() as u32).clamp(1, 999_999))
-                    }
-                    _ => {
-                        return invalid(
-                            text,
-                            span,
-                            &format!("{field}.quantile"),
-                            "`aggregate = \"quantile\"` needs `quantile = q` with 0 < q < 1",
-                        );
-                    }
-                },
-                Some(other) => {
-                    return invalid(
-                        text,
-                        span,
-                        &format!("{field}.aggregate"),
-                        format!(
-                            "`{other}` is not one of \"sum\", \"mean\", \"median\", \"quantile\""
-                        ),
-                    );
-                }
-            };
-            if v.quantile.is_some() && !matches!(aggregate, Aggregate::Quantile(_)) {
-                return invalid(
-                    text,
-                    span,
-                    &format!("{field}.quantile"),
-                    "`quantile` applies only with `aggregate = \"quantile\"`",
-                );
-            }
-            values.push(ValueSpec {
-                name: v.name,
-                bounds: (lo, hi),
-                aggregate,
-            });
-        }
-        let purpose = match raw.purpose {
-            None => String::new(),
-            Some(p) => {
-                let span = p.span();
-                let p = p.into_inner();
-                if p.chars().count() > MAX_PURPOSE_CHARS {
-                    return invalid(
-                        text,
-                        span,
-                        "purpose",
-                        format!("at most {MAX_PURPOSE_CHARS} characters; shorten it"),
-                    );
-                }
-                if p.chars().any(char::is_control) {
-                    return invalid(
-                        text,
-                        span,
-                        "purpose",
-                        "control characters (newlines, tabs, terminal escapes) are not allowed; \
-                         write it on one line",
-                    );
-                }
-                p
-            }
-        };
-        let time_budget = match raw.time_budget_ms {
-            None => None,
-            Some(t) => {
-                let ms = *t.get_ref();
-                if !(1..=MAX_TIME_BUDGET_MS).contains(&ms) {
-                    return invalid(
-                        text,
-                        t.span(),
-                        "time_budget_ms",
-                        format!(
-                            "must be a whole number of milliseconds from 1 to {MAX_TIME_BUDGET_MS}"
-                        ),
-                    );
-                }
-                Some(std::time::Duration::from_millis(ms as u64))
-            }
-        };
-        let fuel_per_unit = match raw.fuel_per_unit {
-            None => None,
-            Some(f) => {
-                let n = *f.get_ref();
-                let min = crate::schedule::MIN_FUEL_PER_UNIT as i64;
-                if n < min {
-                    return invalid(
-                        text,
-                        f.span(),
-                        "fuel_per_unit",
-                        format!("must be a whole number of at least {min}"),
-                    );
-                }
-                if time_budget.is_some() {
-                    return invalid(
-                        text,
-                        f.span(),
-                        "fuel_per_unit",
-                        "give either time_budget_ms (fuel follows from it) or fuel_per_unit, not both",
-                    );
-                }
-                Some(n as u64)
-            }
-        };
+        let values = parse_values(text, raw.output.values, &keys, blocks)?;
+        let purpose = parse_purpose(text, raw.purpose)?;
+        let (time_budget, fuel_per_unit) =
+            parse_schedule(text, raw.time_budget_ms, raw.fuel_per_unit)?;
         Ok(JobManifest {
             dataset: raw.dataset,
             module: raw.module,
@@ -409,6 +265,190 @@ impl JobManifest {
             delta,
         })
     }
+}
+
+/// `output.values`: 1 to [`MAX_VALUES`] values with valid, unique names (not a key's), sound
+/// bounds and an aggregate (only `mean` in block mode).
+fn parse_values(
+    text: &str,
+    raw_values: Spanned<Vec<Spanned<RawValue>>>,
+    keys: &[String],
+    blocks: Option<u32>,
+) -> Result<Vec<ValueSpec>> {
+    let values_span = raw_values.span();
+    let raw_values = raw_values.into_inner();
+    if raw_values.is_empty() || raw_values.len() > MAX_VALUES {
+        return invalid(
+            text,
+            values_span,
+            "output.values",
+            format!("declare 1 to {MAX_VALUES} values"),
+        );
+    }
+    let mut values = Vec::new();
+    for (i, v) in raw_values.into_iter().enumerate() {
+        let span = v.span();
+        let v = v.into_inner();
+        let field = format!("output.values[{i}]");
+        if !valid_name(&v.name)
+            || keys.contains(&v.name)
+            || values.iter().any(|x: &ValueSpec| x.name == v.name)
+        {
+            return invalid(
+                text,
+                span,
+                &format!("{field}.name"),
+                format!("`{}` is not a valid, unique name", v.name),
+            );
+        }
+        let [lo, hi] = v.bounds;
+        if let Err(m) = check_bounds(lo, hi) {
+            return invalid(text, span, &format!("{field}.bounds"), m);
+        }
+        let aggregate = parse_aggregate(text, span.clone(), &field, &v, blocks.is_some())?;
+        if v.quantile.is_some() && !matches!(aggregate, Aggregate::Quantile(_)) {
+            return invalid(
+                text,
+                span,
+                &format!("{field}.quantile"),
+                "`quantile` applies only with `aggregate = \"quantile\"`",
+            );
+        }
+        values.push(ValueSpec {
+            name: v.name,
+            bounds: (lo, hi),
+            aggregate,
+        });
+    }
+    Ok(values)
+}
+
+/// One value's `aggregate` (and `quantile`); `in_blocks`: sample-and-aggregate mode, where
+/// values are averages over blocks.
+fn parse_aggregate(
+    text: &str,
+    span: std::ops::Range<usize>,
+    field: &str,
+    v: &RawValue,
+    in_blocks: bool,
+) -> Result<Aggregate> {
+    let aggregate = match v.aggregate.as_deref() {
+        // In block mode each value is the noisy average of the blocks' clamped outputs.
+        None | Some("mean") if in_blocks => Aggregate::Mean,
+        Some(_) if in_blocks => {
+            return invalid(
+                text,
+                span.clone(),
+                &format!("{field}.aggregate"),
+                "sample-and-aggregate values are averages over blocks: use \"mean\" or leave it out",
+            );
+        }
+        None | Some("sum") => Aggregate::Sum,
+        Some("mean") => Aggregate::Mean,
+        Some("median") => Aggregate::Quantile(500_000),
+        Some("quantile") => match v.quantile {
+            Some(q) if q > 0.0 && q < 1.0 => {
+                Aggregate::Quantile(((q * 1e6).round() as u32).clamp(1, 999_999))
+            }
+            _ => {
+                return invalid(
+                    text,
+                    span.clone(),
+                    &format!("{field}.quantile"),
+                    "`aggregate = \"quantile\"` needs `quantile = q` with 0 < q < 1",
+                );
+            }
+        },
+        Some(other) => {
+            return invalid(
+                text,
+                span.clone(),
+                &format!("{field}.aggregate"),
+                format!("`{other}` is not one of \"sum\", \"mean\", \"median\", \"quantile\""),
+            );
+        }
+    };
+    Ok(aggregate)
+}
+
+/// `purpose`: one line of at most [`MAX_PURPOSE_CHARS`] characters (it is shown to the holder
+/// and reviewers, in terminals too).
+fn parse_purpose(text: &str, purpose: Option<Spanned<String>>) -> Result<String> {
+    Ok(match purpose {
+        None => String::new(),
+        Some(p) => {
+            let span = p.span();
+            let p = p.into_inner();
+            if p.chars().count() > MAX_PURPOSE_CHARS {
+                return invalid(
+                    text,
+                    span,
+                    "purpose",
+                    format!("at most {MAX_PURPOSE_CHARS} characters; shorten it"),
+                );
+            }
+            if p.chars().any(char::is_control) {
+                return invalid(
+                    text,
+                    span,
+                    "purpose",
+                    "control characters (newlines, tabs, terminal escapes) are not allowed; \
+                     write it on one line",
+                );
+            }
+            p
+        }
+    })
+}
+
+/// `time_budget_ms` or `fuel_per_unit` (not both): what the job's schedule follows from.
+fn parse_schedule(
+    text: &str,
+    time_budget_ms: Option<Spanned<i64>>,
+    fuel_per_unit: Option<Spanned<i64>>,
+) -> Result<(Option<std::time::Duration>, Option<u64>)> {
+    let time_budget = match time_budget_ms {
+        None => None,
+        Some(t) => {
+            let ms = *t.get_ref();
+            if !(1..=MAX_TIME_BUDGET_MS).contains(&ms) {
+                return invalid(
+                    text,
+                    t.span(),
+                    "time_budget_ms",
+                    format!(
+                        "must be a whole number of milliseconds from 1 to {MAX_TIME_BUDGET_MS}"
+                    ),
+                );
+            }
+            Some(std::time::Duration::from_millis(ms as u64))
+        }
+    };
+    let fuel_per_unit = match fuel_per_unit {
+        None => None,
+        Some(f) => {
+            let n = *f.get_ref();
+            let min = crate::schedule::MIN_FUEL_PER_UNIT as i64;
+            if n < min {
+                return invalid(
+                    text,
+                    f.span(),
+                    "fuel_per_unit",
+                    format!("must be a whole number of at least {min}"),
+                );
+            }
+            if time_budget.is_some() {
+                return invalid(
+                    text,
+                    f.span(),
+                    "fuel_per_unit",
+                    "give either time_budget_ms (fuel follows from it) or fuel_per_unit, not both",
+                );
+            }
+            Some(n as u64)
+        }
+    };
+    Ok((time_budget, fuel_per_unit))
 }
 
 /// The type a column is delivered to the module as.
