@@ -142,21 +142,7 @@ impl JobManifest {
             what: WHAT,
             message: e.to_string(),
         })?;
-        let columns_span = raw.columns.span();
-        let columns = raw.columns.into_inner();
-        if columns.is_empty() {
-            return invalid(text, columns_span, "columns", "request at least one column");
-        }
-        for (i, c) in columns.iter().enumerate() {
-            if columns[..i].contains(c) {
-                return invalid(
-                    text,
-                    columns_span.clone(),
-                    "columns",
-                    format!("`{c}` is listed twice"),
-                );
-            }
-        }
+        let columns = parse_columns(text, raw.columns)?;
         let epsilon = match Epsilon::from_f64(*raw.epsilon.get_ref()) {
             Some(e) => e,
             None => {
@@ -169,23 +155,7 @@ impl JobManifest {
             }
         };
         let keys_span = raw.output.keys.span();
-        let keys = raw.output.keys.into_inner();
-        if keys.len() > MAX_KEY_PARTS {
-            return invalid(
-                text,
-                keys_span,
-                "output.keys",
-                format!("at most {MAX_KEY_PARTS} key parts"),
-            );
-        }
-        if let Some(bad) = keys.iter().find(|k| !valid_name(k)) {
-            return invalid(
-                text,
-                keys_span,
-                "output.keys",
-                format!("`{bad}` is not a valid name"),
-            );
-        }
+        let keys = parse_keys(text, raw.output.keys)?;
         let blocks = match raw.blocks {
             None => None,
             Some(b) => {
@@ -209,43 +179,8 @@ impl JobManifest {
                 Some(n as u32)
             }
         };
-        let noise = match raw.noise {
-            None => Noise::Laplace,
-            Some(n) => match n.get_ref().as_str() {
-                "laplace" => Noise::Laplace,
-                "gaussian" if blocks.is_some() => {
-                    return invalid(
-                        text,
-                        n.span(),
-                        "noise",
-                        "sample-and-aggregate jobs use Laplace noise",
-                    );
-                }
-                "gaussian" => Noise::Gaussian,
-                other => {
-                    return invalid(
-                        text,
-                        n.span(),
-                        "noise",
-                        format!("`{other}` is not one of \"laplace\", \"gaussian\""),
-                    );
-                }
-            },
-        };
-        let delta = match raw.delta {
-            None => None,
-            Some(d) => match Delta::from_f64(*d.get_ref()) {
-                Some(d) => Some(d),
-                None => {
-                    return invalid(
-                        text,
-                        d.span(),
-                        "delta",
-                        format!("must be a number in [{:e}, {:e}]", Delta::MIN, Delta::MAX),
-                    );
-                }
-            },
-        };
+        let noise = parse_noise(text, raw.noise, blocks.is_some())?;
+        let delta = parse_delta(text, raw.delta)?;
         let values = parse_values(text, raw.output.values, &keys, blocks)?;
         let purpose = parse_purpose(text, raw.purpose)?;
         let (time_budget, fuel_per_unit) =
@@ -265,6 +200,94 @@ impl JobManifest {
             delta,
         })
     }
+}
+
+/// `columns`: at least one, none twice (whether the policy allows them is the pre-check's).
+fn parse_columns(text: &str, columns_raw: Spanned<Vec<String>>) -> Result<Vec<String>> {
+    let columns_span = columns_raw.span();
+    let columns = columns_raw.into_inner();
+    if columns.is_empty() {
+        return invalid(text, columns_span, "columns", "request at least one column");
+    }
+    for (i, c) in columns.iter().enumerate() {
+        if columns[..i].contains(c) {
+            return invalid(
+                text,
+                columns_span.clone(),
+                "columns",
+                format!("`{c}` is listed twice"),
+            );
+        }
+    }
+    Ok(columns)
+}
+
+/// `output.keys`: at most [`MAX_KEY_PARTS`] valid names.
+fn parse_keys(text: &str, keys_raw: Spanned<Vec<String>>) -> Result<Vec<String>> {
+    let keys_span = keys_raw.span();
+    let keys = keys_raw.into_inner();
+    if keys.len() > MAX_KEY_PARTS {
+        return invalid(
+            text,
+            keys_span,
+            "output.keys",
+            format!("at most {MAX_KEY_PARTS} key parts"),
+        );
+    }
+    if let Some(bad) = keys.iter().find(|k| !valid_name(k)) {
+        return invalid(
+            text,
+            keys_span,
+            "output.keys",
+            format!("`{bad}` is not a valid name"),
+        );
+    }
+    Ok(keys)
+}
+
+/// `noise`: Laplace (the default) or Gaussian; `in_blocks`: sample-and-aggregate, Laplace only.
+fn parse_noise(text: &str, noise: Option<Spanned<String>>, in_blocks: bool) -> Result<Noise> {
+    Ok(match noise {
+        None => Noise::Laplace,
+        Some(n) => match n.get_ref().as_str() {
+            "laplace" => Noise::Laplace,
+            "gaussian" if in_blocks => {
+                return invalid(
+                    text,
+                    n.span(),
+                    "noise",
+                    "sample-and-aggregate jobs use Laplace noise",
+                );
+            }
+            "gaussian" => Noise::Gaussian,
+            other => {
+                return invalid(
+                    text,
+                    n.span(),
+                    "noise",
+                    format!("`{other}` is not one of \"laplace\", \"gaussian\""),
+                );
+            }
+        },
+    })
+}
+
+/// `delta`: within [`Delta::MIN`, `Delta::MAX`] when given.
+fn parse_delta(text: &str, delta: Option<Spanned<f64>>) -> Result<Option<Delta>> {
+    Ok(match delta {
+        None => None,
+        Some(d) => match Delta::from_f64(*d.get_ref()) {
+            Some(d) => Some(d),
+            None => {
+                return invalid(
+                    text,
+                    d.span(),
+                    "delta",
+                    format!("must be a number in [{:e}, {:e}]", Delta::MIN, Delta::MAX),
+                );
+            }
+        },
+    })
 }
 
 /// `output.values`: 1 to [`MAX_VALUES`] values with valid, unique names (not a key's), sound
