@@ -208,6 +208,178 @@ struct RawColumn {
     bounds: Option<[f64; 2]>,
 }
 
+/// The `[dp]` section, checked: each ε within (0, [`MAX_EPSILON`]], each δ within
+/// [`Delta::MIN`, `Delta::MAX`], per-job caps within the totals, and room left for a job beside
+/// a published unit count.
+struct Dp {
+    epsilon_per_job: Epsilon,
+    epsilon_total: Epsilon,
+    delta_per_job: Delta,
+    delta_total: Delta,
+    unit_count_epsilon: Option<Epsilon>,
+}
+
+fn parse_dp(src: &Src<'_>, dp: &RawDp) -> Result<Dp> {
+    let eps = |s: &Spanned<f64>, field: &str| -> Result<Epsilon> {
+        match Epsilon::from_f64(*s.get_ref()) {
+            Some(e) => Ok(e),
+            None => src.err(
+                s.span(),
+                field,
+                format!("must be a number in (0, {MAX_EPSILON}]"),
+            ),
+        }
+    };
+    let epsilon_per_job = eps(&dp.epsilon_per_job, "dp.epsilon_per_job")?;
+    let epsilon_total = eps(&dp.epsilon_total, "dp.epsilon_total")?;
+    if epsilon_per_job > epsilon_total {
+        return src.err(
+            dp.epsilon_per_job.span(),
+            "dp.epsilon_per_job",
+            format!("{epsilon_per_job} exceeds dp.epsilon_total ({epsilon_total})"),
+        );
+    }
+
+    let unit_count_epsilon = match &dp.unit_count_epsilon {
+        None => None,
+        Some(s) => {
+            let e = eps(s, "dp.unit_count_epsilon")?;
+            if e.saturating_add(epsilon_per_job) > epsilon_total {
+                return src.err(
+                    s.span(),
+                    "dp.unit_count_epsilon",
+                    format!(
+                        "{e} plus dp.epsilon_per_job ({epsilon_per_job}) exceeds \
+                         dp.epsilon_total ({epsilon_total}); the published count's ε comes \
+                         out of every consumer's total"
+                    ),
+                );
+            }
+            Some(e)
+        }
+    };
+
+    let delta = |s: &Option<Spanned<f64>>, field: &str, default: Delta| -> Result<Delta> {
+        match s {
+            None => Ok(default),
+            Some(s) => match Delta::from_f64(*s.get_ref()) {
+                Some(d) => Ok(d),
+                None => src.err(
+                    s.span(),
+                    field,
+                    format!("must be a number in [{:e}, {:e}]", Delta::MIN, Delta::MAX),
+                ),
+            },
+        }
+    };
+    let delta_per_job = delta(
+        &dp.delta_per_job,
+        "dp.delta_per_job",
+        default_delta_per_job(),
+    )?;
+    let delta_total = delta(&dp.delta_total, "dp.delta_total", default_delta_total())?;
+    if delta_per_job > delta_total {
+        let span = dp
+            .delta_per_job
+            .as_ref()
+            .or(dp.delta_total.as_ref())
+            .map(|s| s.span())
+            .unwrap_or(0..0);
+        return src.err(
+            span,
+            "dp.delta_per_job",
+            format!("{delta_per_job} exceeds dp.delta_total ({delta_total})"),
+        );
+    }
+    Ok(Dp {
+        epsilon_per_job,
+        epsilon_total,
+        delta_per_job,
+        delta_total,
+        unit_count_epsilon,
+    })
+}
+
+/// `[partitions]`: per key, a non-empty list of distinct values; at most [`MAX_PUBLIC_GROUPS`]
+/// groups in all.
+fn parse_partitions(
+    src: &Src<'_>,
+    raw_partitions: BTreeMap<String, Spanned<Vec<String>>>,
+) -> Result<BTreeMap<String, Vec<String>>> {
+    let mut partitions = BTreeMap::new();
+    let mut groups: usize = 1;
+    for (name, values) in raw_partitions {
+        let field = format!("partitions.{name}");
+        let span = values.span();
+        let values = values.into_inner();
+        if values.is_empty() {
+            return src.err(span, &field, "list at least one value");
+        }
+        if let Some(dup) = values
+            .iter()
+            .enumerate()
+            .find(|(i, v)| values[..*i].contains(v))
+        {
+            return src.err(span, &field, format!("`{}` is listed twice", dup.1));
+        }
+        groups = groups.saturating_mul(values.len());
+        if groups > MAX_PUBLIC_GROUPS {
+            return src.err(
+                span,
+                &field,
+                format!("the public partitions describe more than {MAX_PUBLIC_GROUPS} groups"),
+            );
+        }
+        partitions.insert(name, values);
+    }
+    Ok(partitions)
+}
+
+/// `[columns]`: at least one, each with a known class and sound bounds when given.
+fn parse_column_rules(
+    src: &Src<'_>,
+    raw_columns: BTreeMap<Spanned<String>, Spanned<RawColumn>>,
+) -> Result<BTreeMap<String, ColumnRule>> {
+    let mut columns = BTreeMap::new();
+    for (name, rule) in raw_columns {
+        let field = format!("columns.{}", name.get_ref());
+        let class = match ColumnClass::parse(&rule.get_ref().class) {
+            Some(c) => c,
+            None => {
+                return src.err(
+                    rule.span(),
+                    &format!("{field}.class"),
+                    format!(
+                        "`{}` is not one of \"public\", \"quasi\", \"sensitive\", \"forbidden\"",
+                        rule.get_ref().class
+                    ),
+                );
+            }
+        };
+        let bounds = match rule.get_ref().bounds {
+            Some([lo, hi]) => {
+                if let Err(m) = check_bounds(lo, hi) {
+                    return src.err(rule.span(), &format!("{field}.bounds"), m);
+                }
+                Some((lo, hi))
+            }
+            None => None,
+        };
+        columns.insert(name.into_inner(), ColumnRule { class, bounds });
+    }
+    if columns.is_empty() {
+        return Err(PolicyError::Invalid {
+            what: WHAT,
+            location: Location {
+                line: None,
+                field: "columns".into(),
+            },
+            message: "classify at least one column".into(),
+        });
+    }
+    Ok(columns)
+}
+
 const WHAT: &str = "policy";
 
 struct Src<'a>(&'a str);
@@ -323,143 +495,15 @@ impl Policy {
                 );
             }
         };
-        let eps = |s: &Spanned<f64>, field: &str| -> Result<Epsilon> {
-            match Epsilon::from_f64(*s.get_ref()) {
-                Some(e) => Ok(e),
-                None => src.err(
-                    s.span(),
-                    field,
-                    format!("must be a number in (0, {MAX_EPSILON}]"),
-                ),
-            }
-        };
-        let epsilon_per_job = eps(&raw.dp.epsilon_per_job, "dp.epsilon_per_job")?;
-        let epsilon_total = eps(&raw.dp.epsilon_total, "dp.epsilon_total")?;
-        if epsilon_per_job > epsilon_total {
-            return src.err(
-                raw.dp.epsilon_per_job.span(),
-                "dp.epsilon_per_job",
-                format!("{epsilon_per_job} exceeds dp.epsilon_total ({epsilon_total})"),
-            );
-        }
-
-        let unit_count_epsilon = match &raw.dp.unit_count_epsilon {
-            None => None,
-            Some(s) => {
-                let e = eps(s, "dp.unit_count_epsilon")?;
-                if e.saturating_add(epsilon_per_job) > epsilon_total {
-                    return src.err(
-                        s.span(),
-                        "dp.unit_count_epsilon",
-                        format!(
-                            "{e} plus dp.epsilon_per_job ({epsilon_per_job}) exceeds \
-                             dp.epsilon_total ({epsilon_total}); the published count's ε comes \
-                             out of every consumer's total"
-                        ),
-                    );
-                }
-                Some(e)
-            }
-        };
-
-        let delta = |s: &Option<Spanned<f64>>, field: &str, default: Delta| -> Result<Delta> {
-            match s {
-                None => Ok(default),
-                Some(s) => match Delta::from_f64(*s.get_ref()) {
-                    Some(d) => Ok(d),
-                    None => src.err(
-                        s.span(),
-                        field,
-                        format!("must be a number in [{:e}, {:e}]", Delta::MIN, Delta::MAX),
-                    ),
-                },
-            }
-        };
-        let delta_per_job = delta(
-            &raw.dp.delta_per_job,
-            "dp.delta_per_job",
-            default_delta_per_job(),
-        )?;
-        let delta_total = delta(&raw.dp.delta_total, "dp.delta_total", default_delta_total())?;
-        if delta_per_job > delta_total {
-            let span = raw
-                .dp
-                .delta_per_job
-                .as_ref()
-                .or(raw.dp.delta_total.as_ref())
-                .map(|s| s.span())
-                .unwrap_or(0..0);
-            return src.err(
-                span,
-                "dp.delta_per_job",
-                format!("{delta_per_job} exceeds dp.delta_total ({delta_total})"),
-            );
-        }
-
-        let mut partitions = BTreeMap::new();
-        let mut groups: usize = 1;
-        for (name, values) in raw.partitions {
-            let field = format!("partitions.{name}");
-            let span = values.span();
-            let values = values.into_inner();
-            if values.is_empty() {
-                return src.err(span, &field, "list at least one value");
-            }
-            if let Some(dup) = values
-                .iter()
-                .enumerate()
-                .find(|(i, v)| values[..*i].contains(v))
-            {
-                return src.err(span, &field, format!("`{}` is listed twice", dup.1));
-            }
-            groups = groups.saturating_mul(values.len());
-            if groups > MAX_PUBLIC_GROUPS {
-                return src.err(
-                    span,
-                    &field,
-                    format!("the public partitions describe more than {MAX_PUBLIC_GROUPS} groups"),
-                );
-            }
-            partitions.insert(name, values);
-        }
-
-        let mut columns = BTreeMap::new();
-        for (name, rule) in raw.columns {
-            let field = format!("columns.{}", name.get_ref());
-            let class = match ColumnClass::parse(&rule.get_ref().class) {
-                Some(c) => c,
-                None => {
-                    return src.err(
-                        rule.span(),
-                        &format!("{field}.class"),
-                        format!(
-                            "`{}` is not one of \"public\", \"quasi\", \"sensitive\", \"forbidden\"",
-                            rule.get_ref().class
-                        ),
-                    );
-                }
-            };
-            let bounds = match rule.get_ref().bounds {
-                Some([lo, hi]) => {
-                    if let Err(m) = check_bounds(lo, hi) {
-                        return src.err(rule.span(), &format!("{field}.bounds"), m);
-                    }
-                    Some((lo, hi))
-                }
-                None => None,
-            };
-            columns.insert(name.into_inner(), ColumnRule { class, bounds });
-        }
-        if columns.is_empty() {
-            return Err(PolicyError::Invalid {
-                what: WHAT,
-                location: Location {
-                    line: None,
-                    field: "columns".into(),
-                },
-                message: "classify at least one column".into(),
-            });
-        }
+        let Dp {
+            epsilon_per_job,
+            epsilon_total,
+            delta_per_job,
+            delta_total,
+            unit_count_epsilon,
+        } = parse_dp(&src, &raw.dp)?;
+        let partitions = parse_partitions(&src, raw.partitions)?;
+        let columns = parse_column_rules(&src, raw.columns)?;
 
         Ok(Policy {
             privacy_unit,
