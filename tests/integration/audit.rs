@@ -213,19 +213,6 @@ fn inclusion_proofs_verify_offline_and_tampered_ones_fail() {
     assert_eq!(verify_proof(&env, &proof, &other_key, None).0, 1);
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn consistency_proofs_show_growth_and_expose_a_forked_log() {
     let env = Env::new();

@@ -10,19 +10,6 @@ use crate::common::*;
 /// The schema version the current code writes (`veil-engine`'s `store.rs`).
 const CURRENT: u32 = 3;
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 /// A copy of the fixture store of `version` as the env's data directory.
 fn env_with_fixture(version: u32) -> Env {
     let env = Env::new();
