@@ -273,11 +273,62 @@ fn cap_rows_per_unit(grouped: GroupedByUnit, max: usize) -> Result<(GroupedByUni
 }
 
 impl Veil {
+    /// Runs a started job's module over its units (or blocks) and passes the output through the
+    /// gate: the release, or a failure that has nothing to do with what the module did.
     pub(crate) fn execute(&mut self, req: RunRequest<'_>) -> Result<RunOutput, ExecutionFailure> {
         let workers = self.config.workers;
         let fuel = req.fuel_per_unit;
+        let module = self.load_module(req.wasm)?;
+        let plan = Arc::new(req.plan);
+        let Prepared {
+            columns,
+            ranges,
+            notes: prep_notes,
+        } = self.prepare_units(&plan, req.record)?;
+        let abi_columns: Vec<(&str, ColumnType)> = plan
+            .columns
+            .iter()
+            .map(|c| (c.name.as_str(), abi_type(c.ty)))
+            .collect();
+
+        if let Some(sample_aggregate) = SampleAggregate::for_plan(&plan) {
+            let run = BlockRun {
+                module: &module,
+                columns: &columns,
+                ranges: &ranges,
+                abi_columns: &abi_columns,
+                workers,
+                fuel,
+            };
+            return run.release(&sample_aggregate, prep_notes);
+        }
+        if module.is_component() {
+            // Submission refuses this; a policy change cannot make it reachable, but stay safe.
+            return Err(failure(
+                JobCode::ModuleRejected,
+                "the module was rejected",
+                vec!["components run in block mode only".into()],
+            ));
+        }
+        let faults = AtomicU64::new(0);
+        let results = map_units(
+            &plan,
+            &module,
+            &columns,
+            &ranges,
+            &abi_columns,
+            &faults,
+            workers,
+            fuel,
+        );
+        let unit_faults = faults.load(Ordering::Relaxed);
+        self.release_through_gate(&plan, results, prep_notes, ranges.len() as u64, unit_faults)
+    }
+
+    /// The job's module, compiled (from the cache when it was compiled before).
+    fn load_module(&self, wasm: &[u8]) -> Result<Arc<CompiledModule>, ExecutionFailure> {
         let module = match self.sandbox() {
-            Ok(s) => s.compile(req.wasm).map_err(|e| {
+            Ok(s) => s.compile(wasm).map_err(|e| {
                 failure(
                     JobCode::ModuleRejected,
                     "the module was rejected",
@@ -292,18 +343,23 @@ impl Veil {
                 ));
             }
         };
-        let plan = Arc::new(req.plan);
+        Ok(module)
+    }
+
+    /// Reads the delivered columns (checking the content hash), groups rows by privacy unit,
+    /// drops rows without a unit, caps each unit's rows and casts and clamps each column.
+    fn prepare_units(
+        &self,
+        plan: &JobPlan,
+        record: &veil_catalog::DatasetRecord,
+    ) -> Result<Prepared, ExecutionFailure> {
         let mut names: Vec<String> = plan.privacy_unit.iter().cloned().collect();
         names.extend(plan.columns.iter().map(|c| c.name.clone()));
         let internal =
             |m: String| failure(JobCode::Internal, "the data could not be prepared", vec![m]);
         let batches = self
             .runtime
-            .block_on(veil_catalog::read_columns(
-                &self.data_dir,
-                req.record,
-                &names,
-            ))
+            .block_on(veil_catalog::read_columns(&self.data_dir, record, &names))
             .map_err(|e| internal(e.to_string()))?;
         let Some(first) = batches.first() else {
             return Err(internal("dataset has no batches".into()));
@@ -336,62 +392,22 @@ impl Veil {
             .map(|(i, c)| prepare_column(batch.column(i + offset), c.ty, c.clamp))
             .collect::<Result<_, _>>()
             .map_err(internal)?;
-        let abi_columns: Vec<(&str, ColumnType)> = plan
-            .columns
-            .iter()
-            .map(|c| (c.name.as_str(), abi_type(c.ty)))
-            .collect();
+        Ok(Prepared {
+            columns,
+            ranges,
+            notes: prep_notes,
+        })
+    }
 
-        if let Some(sample_aggregate) = SampleAggregate::for_plan(&plan) {
-            let run = BlockRun {
-                module: &module,
-                columns: &columns,
-                ranges: &ranges,
-                abi_columns: &abi_columns,
-                workers,
-                fuel,
-            };
-            return run.release(&sample_aggregate, prep_notes);
-        }
-        if module.is_component() {
-            // Submission refuses this; a policy change cannot make it reachable, but stay safe.
-            return Err(failure(
-                JobCode::ModuleRejected,
-                "the module was rejected",
-                vec!["components run in block mode only".into()],
-            ));
-        }
-        let next = AtomicUsize::new(0);
-        let faults = AtomicU64::new(0);
-        let results: Vec<(Bounder, Vec<String>, BTreeMap<&'static str, u64>)> =
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..workers)
-                    .map(|_| {
-                        let (plan, module, columns, ranges) =
-                            (plan.clone(), &module, &columns, &ranges);
-                        let (next, faults, abi_columns) = (&next, &faults, &abi_columns);
-                        scope.spawn(move || {
-                            run_worker(
-                                WorkerCtx {
-                                    plan,
-                                    module,
-                                    columns,
-                                    ranges,
-                                    next,
-                                    faults,
-                                    fuel,
-                                },
-                                abi_columns,
-                            )
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("worker panicked"))
-                    .collect()
-            });
-
+    /// Merges the workers' bounders and logs and releases through the gate with fresh noise.
+    fn release_through_gate(
+        &self,
+        plan: &JobPlan,
+        results: Vec<WorkerResult>,
+        prep_notes: Vec<String>,
+        units: u64,
+        unit_faults: u64,
+    ) -> Result<RunOutput, ExecutionFailure> {
         let mut holder_log = Vec::new();
         let mut by_code: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut bounders = Vec::new();
@@ -402,8 +418,6 @@ impl Veil {
                 *by_code.entry(k).or_default() += v;
             }
         }
-        let unit_faults = faults.load(Ordering::Relaxed);
-        let units = ranges.len() as u64;
         holder_log.extend(prep_notes.iter().cloned());
         if !by_code.is_empty() {
             holder_log.push(format!("unit faults by kind: {by_code:?}"));
@@ -411,7 +425,7 @@ impl Veil {
         let mut rng = noise_rng();
         let (release, stats) = self
             .runtime
-            .block_on(gate::release(&plan, bounders, &mut rng))
+            .block_on(gate::release(plan, bounders, &mut rng))
             .map_err(|e| ExecutionFailure {
                 code: JobCode::Internal,
                 public_reason: "aggregation failed".into(),
@@ -430,6 +444,61 @@ impl Veil {
             holder_log,
         })
     }
+}
+
+/// What one worker thread of the per-unit map returns: its bounder, its holder-log lines and
+/// its fault counts by kind.
+type WorkerResult = (Bounder, Vec<String>, BTreeMap<&'static str, u64>);
+
+/// A job's units, ready for the sandbox.
+struct Prepared {
+    columns: Vec<Column>,
+    /// Each unit's rows, as a range of the prepared columns.
+    ranges: Vec<(usize, usize)>,
+    /// Holder-only notes about the preparation (they describe the data).
+    notes: Vec<String>,
+}
+
+/// Runs the module once per unit on `workers` threads, each taking units in chunks; counts the
+/// faulting units in `faults`.
+#[allow(clippy::too_many_arguments)] // the run's pieces, borrowed for the scoped threads
+fn map_units(
+    plan: &Arc<JobPlan>,
+    module: &CompiledModule,
+    columns: &[Column],
+    ranges: &[(usize, usize)],
+    abi_columns: &[(&str, ColumnType)],
+    faults: &AtomicU64,
+    workers: usize,
+    fuel: u64,
+) -> Vec<WorkerResult> {
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let (plan, module, columns, ranges) = (plan.clone(), module, columns, ranges);
+                let (next, faults, abi_columns) = (&next, faults, abi_columns);
+                scope.spawn(move || {
+                    run_worker(
+                        WorkerCtx {
+                            plan,
+                            module,
+                            columns,
+                            ranges,
+                            next,
+                            faults,
+                            fuel,
+                        },
+                        abi_columns,
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker panicked"))
+            .collect()
+    })
 }
 
 struct WorkerCtx<'a> {
