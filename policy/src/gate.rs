@@ -45,7 +45,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, Decimal128Array, Int64Array, Int64Builder, RecordBatch, StringArray,
     StringBuilder, UInt64Array, UInt64Builder,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use rand::{CryptoRng, Rng};
@@ -56,7 +56,7 @@ use num_bigint::BigUint;
 use crate::accountant::{Delta, RHO_PER_ONE};
 use crate::error::{PolicyError, Result};
 use crate::fixed;
-use crate::manifest::{Aggregate, JobPlan, Noise};
+use crate::manifest::{Aggregate, GateValue, JobPlan, Noise};
 use crate::mechanisms::{DiscreteGaussian, DiscreteLaplace, normal_upper_quantile, quantile};
 /// The gate takes contributions in the ABI's own type, as decoded from the module.
 pub use veil_abi::Contribution as GateContribution;
@@ -378,7 +378,7 @@ pub fn mechanisms(plan: &JobPlan) -> (Box<dyn IntegerNoise>, Vec<Box<dyn Integer
     let g = u128::from(plan.max_groups_per_unit);
     let shares = 1 + plan.values.len() as u128;
     // A unit moves a sum by at most max(|lo|, |hi|), a quantile histogram by one entry.
-    let magnitude = |v: &crate::manifest::GateValue| match v.aggregate {
+    let magnitude = |v: &GateValue| match v.aggregate {
         Aggregate::Quantile(_) => 1,
         _ => u128::from(v.lo.unsigned_abs().max(v.hi.unsigned_abs())),
     };
@@ -447,11 +447,39 @@ fn key_at(batch: &RecordBatch, parts: usize, row: usize) -> Vec<String> {
         .collect()
 }
 
-/// Aggregates the bounded contributions of all workers exactly (DataFusion).
+/// Aggregates the bounded contributions of all workers exactly (DataFusion): per group the
+/// count of distinct units, the exact sums, and for quantile values the units per bin.
 pub async fn aggregate(
     plan: &JobPlan,
     bounders: Vec<Bounder>,
 ) -> Result<(ExactGroups, BoundingStats)> {
+    let (batches, schema, stats) = finish_bounders(bounders)?;
+    let rows: i128 = batches.iter().flatten().map(|b| b.num_rows() as i128).sum();
+    let ctx = SessionContext::new();
+    ctx.register_table(
+        "contributions",
+        Arc::new(MemTable::try_new(schema, batches)?),
+    )?;
+    let keys: Vec<String> = (0..plan.keys.len()).map(|i| format!("k{i}")).collect();
+    let batches = ctx
+        .sql(&sums_sql(plan, &keys, rows))
+        .await?
+        .collect()
+        .await?;
+    let mut groups = read_groups(plan, &keys, &batches);
+    for (i, v) in plan.values.iter().enumerate() {
+        if let Aggregate::Quantile(_) = v.aggregate {
+            add_quantile_bins(&ctx, &keys, i, v, &mut groups).await?;
+        }
+    }
+    Ok((ExactGroups { groups }, stats))
+}
+
+/// Each worker's bounded contributions (one table per worker) and the bounding statistics
+/// summed over the workers. Requires at least one worker.
+fn finish_bounders(
+    bounders: Vec<Bounder>,
+) -> Result<(Vec<Vec<RecordBatch>>, SchemaRef, BoundingStats)> {
     let mut stats = BoundingStats::default();
     let mut batches = Vec::new();
     let mut schema = None;
@@ -467,28 +495,19 @@ pub async fn aggregate(
         batches.push(bounded);
     }
     let schema = schema.ok_or_else(|| PolicyError::Aggregation("no workers".into()))?;
-    let rows: i128 = batches.iter().flatten().map(|b| b.num_rows() as i128).sum();
-    let ctx = SessionContext::new();
-    ctx.register_table(
-        "contributions",
-        Arc::new(MemTable::try_new(schema, batches)?),
-    )?;
+    Ok((batches, schema, stats))
+}
 
-    let keys: Vec<String> = (0..plan.keys.len()).map(|i| format!("k{i}")).collect();
-    let mut select = keys.clone();
+/// The query for counts and sums per group over `rows` contributions. Sums are exact. When no
+/// sum can exceed i64 (rows × max |value| < 2^63, both known before aggregating), SUM runs on
+/// Int64; otherwise on DECIMAL(38,0), which cannot overflow for any realistic input but is several
+/// times slower.
+fn sums_sql(plan: &JobPlan, keys: &[String], rows: i128) -> String {
+    let mut select = keys.to_vec();
     select.push("COUNT(DISTINCT unit) AS units".into());
-    // Sums are exact. When no sum can exceed i64 (rows × max |value| < 2^63, both known before
-    // aggregating), SUM runs on Int64; otherwise on DECIMAL(38,0), which cannot overflow for any
-    // realistic input but is several times slower.
-    let int64_sums: Vec<bool> = plan
-        .values
-        .iter()
-        .map(|v| {
-            let m = i128::from(v.lo.unsigned_abs().max(v.hi.unsigned_abs()));
-            m.saturating_mul(rows) < i128::from(i64::MAX) && !force_decimal_sums()
-        })
-        .collect();
-    for (i, &int64) in int64_sums.iter().enumerate() {
+    for (i, v) in plan.values.iter().enumerate() {
+        let m = i128::from(v.lo.unsigned_abs().max(v.hi.unsigned_abs()));
+        let int64 = m.saturating_mul(rows) < i128::from(i64::MAX) && !force_decimal_sums();
         select.push(if int64 {
             format!("SUM(v{i}) AS s{i}")
         } else {
@@ -499,10 +518,18 @@ pub async fn aggregate(
     if !keys.is_empty() {
         sql += &format!(" GROUP BY {}", keys.join(", "));
     }
-    let batches = ctx.sql(&sql).await?.collect().await?;
+    sql
+}
 
+/// The groups of the counts-and-sums query's result, without quantile bins yet. A global
+/// aggregate over no rows yields one row with count 0: not a group.
+fn read_groups(
+    plan: &JobPlan,
+    keys: &[String],
+    batches: &[RecordBatch],
+) -> BTreeMap<Vec<String>, ExactGroup> {
     let mut groups: BTreeMap<Vec<String>, ExactGroup> = BTreeMap::new();
-    for batch in &batches {
+    for batch in batches {
         let units = batch
             .column(keys.len())
             .as_any()
@@ -545,51 +572,56 @@ pub async fn aggregate(
             }
         }
     }
-    // Quantile values: the number of units per (group, bin). Each unit has one merged row per
-    // group, so rows are distinct units.
-    for (i, v) in plan.values.iter().enumerate() {
-        if !matches!(v.aggregate, Aggregate::Quantile(_)) {
-            continue;
-        }
-        let width = i128::from(v.hi) - i128::from(v.lo) + 1;
-        let bin = format!(
-            "CAST((CAST(v{i} AS DECIMAL(38,0)) - {lo}) * {b} / {width} AS BIGINT)",
-            lo = v.lo,
-            b = quantile::QUANTILE_BINS,
-        );
-        let mut select = keys.clone();
-        select.push(format!("{bin} AS bin"));
-        select.push("COUNT(*) AS n".into());
-        let mut group_by = keys.clone();
-        group_by.push("bin".into());
-        let sql = format!(
-            "SELECT {} FROM contributions GROUP BY {}",
-            select.join(", "),
-            group_by.join(", ")
-        );
-        for batch in ctx.sql(&sql).await?.collect().await? {
-            let bins = batch
-                .column(keys.len())
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or_else(|| PolicyError::Aggregation("bin is not Int64".into()))?;
-            let counts = batch
-                .column(keys.len() + 1)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or_else(|| PolicyError::Aggregation("count is not Int64".into()))?;
-            for row in 0..batch.num_rows() {
-                let key = key_at(&batch, keys.len(), row);
-                if let Some(group) = groups.get_mut(&key) {
-                    let hist = &mut group.bins[i];
-                    hist.resize(quantile::QUANTILE_BINS as usize, 0);
-                    let b = (bins.value(row).clamp(0, quantile::QUANTILE_BINS - 1)) as usize;
-                    hist[b] += i128::from(counts.value(row));
-                }
+    groups
+}
+
+/// Adds quantile value `i`'s histogram to each group: the number of units per (group, bin).
+/// Each unit has one merged row per group, so rows are distinct units.
+async fn add_quantile_bins(
+    ctx: &SessionContext,
+    keys: &[String],
+    i: usize,
+    v: &GateValue,
+    groups: &mut BTreeMap<Vec<String>, ExactGroup>,
+) -> Result<()> {
+    let width = i128::from(v.hi) - i128::from(v.lo) + 1;
+    let bin = format!(
+        "CAST((CAST(v{i} AS DECIMAL(38,0)) - {lo}) * {b} / {width} AS BIGINT)",
+        lo = v.lo,
+        b = quantile::QUANTILE_BINS,
+    );
+    let mut select = keys.to_vec();
+    select.push(format!("{bin} AS bin"));
+    select.push("COUNT(*) AS n".into());
+    let mut group_by = keys.to_vec();
+    group_by.push("bin".into());
+    let sql = format!(
+        "SELECT {} FROM contributions GROUP BY {}",
+        select.join(", "),
+        group_by.join(", ")
+    );
+    for batch in ctx.sql(&sql).await?.collect().await? {
+        let bins = batch
+            .column(keys.len())
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| PolicyError::Aggregation("bin is not Int64".into()))?;
+        let counts = batch
+            .column(keys.len() + 1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| PolicyError::Aggregation("count is not Int64".into()))?;
+        for row in 0..batch.num_rows() {
+            let key = key_at(&batch, keys.len(), row);
+            if let Some(group) = groups.get_mut(&key) {
+                let hist = &mut group.bins[i];
+                hist.resize(quantile::QUANTILE_BINS as usize, 0);
+                let b = (bins.value(row).clamp(0, quantile::QUANTILE_BINS - 1)) as usize;
+                hist[b] += i128::from(counts.value(row));
             }
         }
     }
-    Ok((ExactGroups { groups }, stats))
+    Ok(())
 }
 
 /// The noisy release of exact aggregates: noise on every cell, then partition selection (or the
@@ -716,7 +748,7 @@ pub async fn release<R: Rng + CryptoRng>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{GateValue, JobPlan};
+    use crate::manifest::JobPlan;
     use crate::model::Epsilon;
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
