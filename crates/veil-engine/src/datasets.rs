@@ -49,7 +49,7 @@ impl Veil {
                 id,
             )));
         }
-        let table = self.runtime.block_on(veil_catalog::load_file(
+        let table = self.block_on(veil_catalog::load_file(
             file,
             &LoadOptions {
                 columns,
@@ -212,7 +212,7 @@ impl Veil {
         match &record.privacy_unit {
             None => Ok(record.rows),
             Some(unit) => {
-                let batches = self.runtime.block_on(veil_catalog::read_columns(
+                let batches = self.block_on(veil_catalog::read_columns(
                     &self.data_dir,
                     record,
                     std::slice::from_ref(unit),

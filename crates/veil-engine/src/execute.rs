@@ -358,7 +358,6 @@ impl Veil {
         let internal =
             |m: String| failure(JobCode::Internal, "the data could not be prepared", vec![m]);
         let batches = self
-            .runtime
             .block_on(veil_catalog::read_columns(&self.data_dir, record, &names))
             .map_err(|e| internal(e.to_string()))?;
         let Some(first) = batches.first() else {
@@ -424,7 +423,6 @@ impl Veil {
         }
         let mut rng = noise_rng();
         let (release, stats) = self
-            .runtime
             .block_on(gate::release(plan, bounders, &mut rng))
             .map_err(|e| ExecutionFailure {
                 code: JobCode::Internal,

@@ -229,16 +229,6 @@ pub struct Veil {
     key: DomainKey,
     config: EngineConfig,
     shared: Arc<Runtime>,
-    runtime: RuntimeRef,
-}
-
-/// Borrow of the shared tokio runtime under the name the engine's code uses.
-struct RuntimeRef(Arc<Runtime>);
-
-impl RuntimeRef {
-    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
-        self.0.tokio.block_on(future)
-    }
 }
 
 impl Veil {
@@ -261,7 +251,6 @@ impl Veil {
             conn,
             key,
             config,
-            runtime: RuntimeRef(shared.clone()),
             shared,
         };
         let empty: bool = veil
@@ -303,6 +292,11 @@ impl Veil {
 
     fn sandbox(&self) -> Result<Arc<Sandbox>> {
         self.shared.sandbox(&self.data_dir)
+    }
+
+    /// Runs `future` (DataFusion work) to completion on the shared tokio runtime.
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.shared.tokio.block_on(future)
     }
 
     /// Exports the audit log (JSON lines plus a fresh signed checkpoint).
