@@ -250,31 +250,16 @@ fn a_published_unit_count_is_drawn_once_and_charged_to_every_consumer() {
     );
 
     // A new policy version keeps the count (same ε); another ε would redraw it and is refused.
-    let same = env.write(
+    let same = env.set_policy(
         "same.toml",
         &publishing.replace("min_units_per_group = 20", "min_units_per_group = 25"),
     );
-    env.ok(&[
-        "--as",
-        HOLDER,
-        "policy",
-        "set",
-        "people",
-        same.to_str().unwrap(),
-    ]);
+    assert!(same.status.success(), "{}", text(&same.stderr));
     let before = env.snapshot();
-    let redraw = env.write(
+    let out = env.set_policy(
         "redraw.toml",
         &publishing.replace("unit_count_epsilon = 20", "unit_count_epsilon = 10"),
     );
-    let out = env.veil(&[
-        "--as",
-        HOLDER,
-        "policy",
-        "set",
-        "people",
-        redraw.to_str().unwrap(),
-    ]);
     assert!(!out.status.success());
     let msg = text(&out.stderr);
     assert!(
@@ -284,18 +269,11 @@ fn a_published_unit_count_is_drawn_once_and_charged_to_every_consumer() {
     assert_eq!(env.snapshot(), before, "a refused policy changes nothing");
 
     // Without the field the count is no longer shown, but its ε stays spent.
-    let hidden = env.write(
+    let hidden = env.set_policy(
         "hidden.toml",
         &publishing.replace("\nunit_count_epsilon = 20", ""),
     );
-    env.ok(&[
-        "--as",
-        HOLDER,
-        "policy",
-        "set",
-        "people",
-        hidden.to_str().unwrap(),
-    ]);
+    assert!(hidden.status.success(), "{}", text(&hidden.stderr));
     assert!(catalog(CONSUMER).get("units").is_none());
     let budget = env.ok(&["--as", CONSUMER, "budget", "--format", "json"]);
     assert_eq!(

@@ -100,6 +100,19 @@ impl Env {
             policy.to_str().unwrap(),
         ]);
     }
+    /// Writes `text` to `file` and sets it as the holder's policy on `people`; the command's
+    /// output, for callers that expect it to fail.
+    pub fn set_policy(&self, file: &str, text: &str) -> Output {
+        let path = self.write(file, text);
+        self.veil(&[
+            "--as",
+            HOLDER,
+            "policy",
+            "set",
+            "people",
+            path.to_str().unwrap(),
+        ])
+    }
     /// A snapshot of everything a failed command must leave unchanged.
     pub fn snapshot(&self) -> String {
         let mut s = self.ok(&["audit", "log", "--format", "json"]);

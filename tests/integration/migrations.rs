@@ -90,15 +90,9 @@ fn a_store_of_schema_version_0_migrates_and_keeps_everything() {
 
     // New work goes on: a new policy version and a new job under the short name.
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/store-v0");
-    let policy = fixture.join("policy.toml");
-    env.ok(&[
-        "--as",
-        HOLDER,
-        "policy",
-        "set",
-        "people",
-        policy.to_str().unwrap(),
-    ]);
+    let policy = std::fs::read_to_string(fixture.join("policy.toml")).unwrap();
+    let set = env.set_policy("policy.toml", &policy);
+    assert!(set.status.success(), "{}", text(&set.stderr));
     let job = std::fs::read_to_string(fixture.join("job.toml"))
         .unwrap()
         .replace(
