@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use veil_abi::{ColumnType, Contribution, UnitEncoder};
-use veil_engine::{EngineConfig, Veil};
+use veil_engine::{Caller, EngineConfig, Role, Veil};
 use veil_policy::Aggregate;
 use veil_policy::gate::{Bounder, release};
 use veil_sandbox::{Sandbox, SandboxConfig};
@@ -83,8 +83,9 @@ fn main() {
 
     // Stage 1: ingest (CSV → Parquet, content hash, catalog).
     let mut veil = Veil::open(&dir.path().join("data"), EngineConfig::default()).expect("open");
+    let holder = Caller::new("holder", Role::Holder);
     let t = Instant::now();
-    veil.register_dataset(&csv_path, "bench", "holder", Some("person_id"), None)
+    veil.register_dataset(&holder, &csv_path, "bench", Some("person_id"), None)
         .expect("register");
     let ingest = t.elapsed().as_secs_f64();
     println!(
@@ -92,7 +93,7 @@ fn main() {
         ingest,
         rate(rows, ingest)
     );
-    veil.set_policy("bench", &dir.path().join("policy.toml"), "holder")
+    veil.set_policy(&holder, "bench", &dir.path().join("policy.toml"))
         .expect("policy");
 
     // Stage 2: sandbox alone — one fresh instance per unit, all cores.
@@ -175,7 +176,10 @@ fn main() {
     // End to end: submit → pre-check → debit → sandbox → gate → audit → release.
     let t = Instant::now();
     let outcome = veil
-        .submit_job(&dir.path().join("job.toml"), "bench")
+        .submit_job(
+            &Caller::new("bench", Role::Consumer),
+            &dir.path().join("job.toml"),
+        )
         .expect("job");
     let e2e = t.elapsed().as_secs_f64();
     println!(

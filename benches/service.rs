@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use veil_engine::{EngineConfig, Role, Veil};
+use veil_engine::{Caller, EngineConfig, Role, Veil};
 use veil_server::{LogFormat, ServerConfig, Service};
 
 const POLICY: &str = r#"privacy_unit = "person_id"
@@ -114,17 +114,18 @@ fn main() {
     std::fs::write(dir.path().join("policy.toml"), POLICY).expect("policy");
     let token = {
         let mut veil = Veil::open(&data, EngineConfig::default()).expect("open");
+        let holder = Caller::new("holder", Role::Holder);
         veil.register_dataset(
+            &holder,
             &dir.path().join("bench.csv"),
             "bench",
-            "holder",
             Some("person_id"),
             None,
         )
         .expect("register");
-        veil.set_policy("bench", &dir.path().join("policy.toml"), "holder")
+        veil.set_policy(&holder, "bench", &dir.path().join("policy.toml"))
             .expect("policy");
-        veil.create_principal("bench", Role::Consumer, "bench-admin")
+        veil.create_principal(&Caller::operator(), "bench", Role::Consumer)
             .expect("principal")
     };
     let config = ServerConfig {

@@ -156,7 +156,7 @@ fn concurrent_submissions_never_overspend() {
                 s.spawn(move || {
                     let mut veil = engine(env);
                     barrier.wait();
-                    match veil.submit_job(path, CONSUMER) {
+                    match veil.submit_job(&consumer(), path) {
                         Ok(o) => Ok(o.state),
                         Err(EngineError::Refused { code, .. }) => Err(code.to_string()),
                         Err(e) => panic!("unexpected error: {e}"),
@@ -178,7 +178,7 @@ fn concurrent_submissions_never_overspend() {
 
     // The ledger says 1.5, and so does the sum of the debits in the verified log.
     let veil = engine(&env);
-    let line = &veil.budget(CONSUMER).unwrap()[0];
+    let line = &veil.budget(&consumer()).unwrap()[0];
     assert_eq!((line.spent.as_str(), line.remaining.as_str()), ("1.5", "0"));
     let debits: u64 = veil
         .audit_entries()
@@ -206,16 +206,7 @@ fn a_published_unit_count_is_drawn_once_and_charged_to_every_consumer() {
         "epsilon_total = 21.5\nunit_count_epsilon = 20",
     );
     env.setup_with_policy(&publishing);
-    // Local mode shows a consumer's view to a registered consumer.
-    env.ok(&[
-        "--as",
-        "root",
-        "admin",
-        "add-principal",
-        CONSUMER,
-        "--role",
-        "consumer",
-    ]);
+    // Local mode shows a consumer's view to a registered consumer (setup created it).
     let units = 402; // people_csv has 603 rows of 402 people
     let catalog = |who: &str| -> Value {
         let listing = env.ok(&["--as", who, "dataset", "list", "--format", "json"]);

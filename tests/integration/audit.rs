@@ -101,15 +101,16 @@ fn store_verification_catches_a_row_edited_in_sqlite() {
     let out = env.veil(&["audit", "verify"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stdout).contains("entry 1:"),
+        text(&out.stdout).contains("entry 3:"),
         "{}",
         text(&out.stdout)
     );
 }
 
-/// Edits the stored line of entry 1 using the sqlite3 shell if present, else Python's sqlite3.
+/// Edits the stored line of entry 3 (the dataset's registration, after the key and the two
+/// parties' creation) using the sqlite3 shell if present, else Python's sqlite3.
 fn rusqlite_free_edit(db: &std::path::Path) -> bool {
-    let sql = "UPDATE audit_log SET line = replace(line, '\"owner\":\"clinic\"', '\"owner\":\"mallory\"') WHERE idx = 1;";
+    let sql = "UPDATE audit_log SET line = replace(line, '\"owner\":\"clinic\"', '\"owner\":\"mallory\"') WHERE idx = 3;";
     std::process::Command::new("python3")
         .args([
             "-c",
@@ -701,7 +702,7 @@ fn a_process_holding_a_rotated_key_cannot_sign() {
     let mut stale = veil_engine::Veil::open(&env.data_dir(), config).unwrap();
     env.ok(&["keys", "rotate"]);
     let m = env.write("m.toml", &income_manifest(0.5));
-    let err = stale.submit_job(&m, CONSUMER).unwrap_err();
+    let err = stale.submit_job(&consumer(), &m).unwrap_err();
     assert!(
         err.to_string().contains("rotated by another process"),
         "{err}"

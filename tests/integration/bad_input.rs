@@ -31,7 +31,7 @@ fn malformed_datasets_are_rejected_without_trace() {
             path.to_str().unwrap(),
             "--name",
             "other",
-            "--owner",
+            "--as",
             HOLDER,
         ];
         args.extend_from_slice(extra);
@@ -52,7 +52,7 @@ fn malformed_datasets_are_rejected_without_trace() {
         dup.to_str().unwrap(),
         "--name",
         "people",
-        "--owner",
+        "--as",
         HOLDER,
     ]);
     assert!(text(&out.stderr).contains("already exists"));
@@ -65,7 +65,7 @@ fn malformed_datasets_are_rejected_without_trace() {
         nohdr.to_str().unwrap(),
         "--name",
         "pairs",
-        "--owner",
+        "--as",
         HOLDER,
         "--columns",
         "x,y",
@@ -120,16 +120,21 @@ fn malformed_policies_are_rejected_with_line_and_field() {
         );
         assert_eq!(env.snapshot(), before);
     }
-    // Only the owner may set a policy: to anyone else the dataset answers like a missing one.
+    // Only the owner may set a policy: a consumer is refused by its role, and to another holder the
+    // dataset answers like a missing one (the same answers the server gives).
     let p = env.write("p.toml", &good);
-    let out = env.veil(&[
-        "--as",
-        CONSUMER,
-        "policy",
-        "set",
-        "people",
-        p.to_str().unwrap(),
-    ]);
+    let set_as =
+        |who: &str| env.veil(&["--as", who, "policy", "set", "people", p.to_str().unwrap()]);
+    let out = set_as(CONSUMER);
+    assert!(
+        text(&out.stderr).contains("this needs the role holder"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(env.snapshot(), before);
+    env.ok(&["admin", "add-principal", "other-clinic", "--role", "holder"]);
+    let before = env.snapshot();
+    let out = set_as("other-clinic");
     assert!(
         text(&out.stderr).contains("no dataset named `people`"),
         "{}",

@@ -46,9 +46,9 @@ fn median_by_sample_and_aggregate() {
         "median.toml",
         &block_manifest("modules/median_income.wasm", 1.0, ""),
     );
-    let outcome = veil.submit_job(&path, CONSUMER).unwrap();
+    let outcome = veil.submit_job(&consumer(), &path).unwrap();
     assert_eq!(outcome.state, JobState::Released);
-    let release = veil.job_result(&outcome.job, CONSUMER).unwrap();
+    let release = veil.job_result(&consumer(), &outcome.job).unwrap();
     assert!(release.rows.is_empty());
     assert!(release.mechanism.contains("sample-and-aggregate"));
     assert_eq!(release.estimates.len(), 1);
@@ -66,7 +66,7 @@ fn median_by_sample_and_aggregate() {
         e.estimate.value
     );
     // Charged, audited, rendered for the consumer.
-    assert_eq!(veil.budget(CONSUMER).unwrap()[0].spent, "1");
+    assert_eq!(veil.budget(&consumer()).unwrap()[0].spent, "1");
     veil.verify_audit().unwrap();
     let table = env.ok(&["--as", CONSUMER, "job", "result", &outcome.job]);
     assert!(
@@ -84,7 +84,7 @@ fn median_by_sample_and_aggregate() {
     ]);
     assert!(csv.starts_with("value,estimate,ci95_low"), "{csv}");
     // The holder sees how blocks were formed; the consumer cannot.
-    let logs = veil.job_logs(&outcome.job, HOLDER).unwrap().join("\n");
+    let logs = veil.job_logs(&holder(), &outcome.job).unwrap().join("\n");
     assert!(logs.contains(&format!("in {BLOCKS} blocks")), "{logs}");
 }
 
@@ -97,8 +97,11 @@ fn hostile_block_outputs_are_clamped_and_faults_do_not_show() {
     let huge = wat_module(&data, &ret);
     std::fs::write(env.path().join("modules/huge.wasm"), huge).unwrap();
     let path = env.write("huge.toml", &block_manifest("modules/huge.wasm", 1.0, ""));
-    let outcome = veil.submit_job(&path, CONSUMER).unwrap();
-    let e = &veil.job_result(&outcome.job, CONSUMER).unwrap().estimates[0];
+    let outcome = veil.submit_job(&consumer(), &path).unwrap();
+    let e = &veil
+        .job_result(&consumer(), &outcome.job)
+        .unwrap()
+        .estimates[0];
     assert!(
         (e.estimate.value - 2000.0).abs() < 600.0,
         "{}",
@@ -109,15 +112,18 @@ fn hostile_block_outputs_are_clamped_and_faults_do_not_show() {
     let looping = wat_module("", "(loop br 0) i64.const 0");
     std::fs::write(env.path().join("modules/loop.wasm"), looping).unwrap();
     let path = env.write("loop.toml", &block_manifest("modules/loop.wasm", 1.0, ""));
-    let outcome = veil.submit_job(&path, CONSUMER).unwrap();
+    let outcome = veil.submit_job(&consumer(), &path).unwrap();
     assert_eq!(outcome.state, JobState::Released);
-    let e = &veil.job_result(&outcome.job, CONSUMER).unwrap().estimates[0];
+    let e = &veil
+        .job_result(&consumer(), &outcome.job)
+        .unwrap()
+        .estimates[0];
     assert!(
         (e.estimate.value - 1250.0).abs() < 600.0,
         "{}",
         e.estimate.value
     );
-    let logs = veil.job_logs(&outcome.job, HOLDER).unwrap().join("\n");
+    let logs = veil.job_logs(&holder(), &outcome.job).unwrap().join("\n");
     assert!(
         logs.contains("out_of_fuel") && logs.contains("40 blocks counted as the midpoint"),
         "{logs}"
@@ -151,16 +157,12 @@ fn malformed_block_manifests_change_nothing() {
     ];
     for (i, (manifest, expect)) in cases.iter().enumerate() {
         let path = env.write(&format!("bad{i}.toml"), manifest);
-        let err = veil.submit_job(&path, CONSUMER).unwrap_err();
+        let err = veil.submit_job(&consumer(), &path).unwrap_err();
         assert!(
             matches!(err, EngineError::Policy(_)) && err.to_string().contains(expect),
             "{err}"
         );
     }
     assert_eq!(veil.audit_entries().unwrap().len(), before);
-    assert!(
-        veil.visible_jobs(veil_engine::Viewer::Consumer(CONSUMER))
-            .unwrap()
-            .is_empty()
-    );
+    assert!(veil.all_jobs().unwrap().is_empty());
 }

@@ -5,6 +5,16 @@ use std::process::{Command, Output};
 pub const HOLDER: &str = "clinic";
 pub const CONSUMER: &str = "researcher";
 
+/// The test holder, as the engine's caller (for tests that drive the engine directly).
+pub fn holder() -> veil_engine::Caller {
+    veil_engine::Caller::new(HOLDER, veil_engine::Role::Holder)
+}
+
+/// The test consumer, as the engine's caller.
+pub fn consumer() -> veil_engine::Caller {
+    veil_engine::Caller::new(CONSUMER, veil_engine::Role::Consumer)
+}
+
 /// The `veil` binary built by `cargo build -p veil-cli` (scripts/test.sh does it first).
 pub fn veil_bin() -> PathBuf {
     if let Ok(p) = std::env::var("VEIL_BIN") {
@@ -78,6 +88,7 @@ impl Env {
     /// Registers `csv` as the dataset `people` (privacy unit `person_id`) owned by the holder, and
     /// sets the given policy text.
     pub fn setup_with(&self, csv_text: &str, policy_text: &str) {
+        self.add_parties();
         let csv = self.write("people.csv", csv_text);
         self.ok(&[
             "dataset",
@@ -85,7 +96,7 @@ impl Env {
             csv.to_str().unwrap(),
             "--name",
             "people",
-            "--owner",
+            "--as",
             HOLDER,
             "--privacy-unit",
             "person_id",
@@ -99,6 +110,13 @@ impl Env {
             "people",
             policy.to_str().unwrap(),
         ]);
+    }
+    /// Creates the test's holder and consumer principals (as the host's operator), as a real
+    /// deployment does before they act.
+    pub fn add_parties(&self) {
+        for (name, role) in [(HOLDER, "holder"), (CONSUMER, "consumer")] {
+            self.ok(&["admin", "add-principal", name, "--role", role]);
+        }
     }
     /// Writes `text` to `file` and sets it as the holder's policy on `people`; the command's
     /// output, for callers that expect it to fail.
@@ -409,17 +427,20 @@ impl Http {
     }
 }
 
-/// Creates a principal with the local admin command; returns its token.
+/// A token for the principal `name` with the local admin command (as the host's operator):
+/// creates it, or reissues the token of one that exists already (it must have `role`).
 pub fn token_for(env: &Env, name: &str, role: &str) -> String {
-    let out = env.ok(&[
-        "--as",
-        "root",
-        "admin",
-        "add-principal",
-        name,
-        "--role",
-        role,
-    ]);
+    let listing = env.ok(&["admin", "principals"]);
+    let existing = listing
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name));
+    let out = match existing {
+        Some(line) => {
+            assert_eq!(line.split_whitespace().nth(1), Some(role), "{name}'s role");
+            env.ok(&["admin", "reissue-token", name])
+        }
+        None => env.ok(&["admin", "add-principal", name, "--role", role]),
+    };
     out.lines().last().expect("token line").trim().to_owned()
 }
 

@@ -27,6 +27,7 @@ fn slow_module() -> Vec<u8> {
 fn killing_the_runner_mid_job_leaves_budget_and_log_consistent() {
     let env = Env::new();
     // Many people, so the run lasts seconds.
+    env.add_parties();
     let mut csv = String::from("person_id,educ,weekly_income\n");
     for p in 0..6000 {
         csv += &format!("{p},{},{}\n", p % 16, 300 + p % 900);
@@ -38,7 +39,7 @@ fn killing_the_runner_mid_job_leaves_budget_and_log_consistent() {
         data.to_str().unwrap(),
         "--name",
         "people",
-        "--owner",
+        "--as",
         HOLDER,
         "--privacy-unit",
         "person_id",
@@ -121,8 +122,11 @@ values = [{ name = "v", bounds = [0, 1], aggregate = "sum" }]
     runner.wait().unwrap();
 
     // The next process recovers: the job failed, nothing is released, the budget stays spent.
-    let status = env.ok(&["--as", CONSUMER, "job", "status", "job-000001"]);
+    let status = env.ok(&["--as", HOLDER, "job", "status", "job-000001"]);
     assert_eq!(status.trim(), "job-000001 failed (interrupted)");
+    // Its consumer sees the coarse view, as the server shows it.
+    let status = env.ok(&["--as", CONSUMER, "job", "status", "job-000001"]);
+    assert_eq!(status.trim(), "job-000001 refused (failed)");
     let out = env.veil(&["--as", CONSUMER, "job", "result", "job-000001"]);
     assert!(!out.status.success());
     let budget: Value =

@@ -124,7 +124,7 @@ fn check_store(env: &Env) -> Checked {
     // The ledger equals the sum of the debits in the log.
     let (eps, delta) = debits.totals();
     assert_eq!(last_after, debits.epsilon_pure.0, "the log's running total");
-    let ledger = veil.budget(CONSUMER).unwrap();
+    let ledger = veil.budget(&consumer()).unwrap();
     let line = ledger
         .iter()
         .find(|l| l.dataset == format!("{HOLDER}:people"));
@@ -139,9 +139,7 @@ fn check_store(env: &Env) -> Checked {
     );
     // Job states agree with the log: nothing is left running (the server is dead), a released job
     // has its release record with the same hash, a started job is released or failed.
-    let jobs = veil
-        .visible_jobs(veil_engine::Viewer::Consumer(CONSUMER))
-        .unwrap();
+    let jobs = veil.all_jobs().unwrap();
     let mut checked = Checked::default();
     let ids: BTreeSet<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
     for job in &jobs {
@@ -293,7 +291,7 @@ fn sigterm_finishes_running_jobs_or_closes_them_after_the_grace() {
         job.state,
         JobState::Released,
         "{job:?} {:?}",
-        veil.job_logs(&id, HOLDER)
+        veil.job_logs(&holder(), &id)
     );
     drop(veil);
 
@@ -315,7 +313,10 @@ fn sigterm_finishes_running_jobs_or_closes_them_after_the_grace() {
         (job.state, job.code.map(|c| c.as_str())),
         (JobState::Failed, Some("shutdown"))
     );
-    assert_eq!(veil.budget(CONSUMER).unwrap()[0].spent, "1");
+    assert_eq!(
+        veil.budget(&crate::common::consumer()).unwrap()[0].spent,
+        "1"
+    );
     drop(veil);
     let server = Server::start(&env.data_dir(), &[]);
     let http = Http::new(&server);

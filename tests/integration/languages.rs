@@ -61,9 +61,9 @@ fn c_guest_runs_as_a_job() {
         "modules/income_by_education_c.wasm",
     );
     let path = env.write("c.toml", &manifest);
-    let outcome = veil.submit_job(&path, CONSUMER).unwrap();
+    let outcome = veil.submit_job(&consumer(), &path).unwrap();
     assert_eq!(outcome.state, JobState::Released);
-    let release = veil.job_result(&outcome.job, CONSUMER).unwrap();
+    let release = veil.job_result(&consumer(), &outcome.job).unwrap();
     let keys: Vec<&str> = release.rows.iter().map(|r| r.key[0].as_str()).collect();
     assert_eq!(keys, ["bachelor", "high school"]);
     veil.verify_audit().unwrap();
@@ -135,14 +135,14 @@ fn python_guest_runs_in_block_mode_only() {
         "per_unit.toml",
         &block_manifest.replace("blocks = 20\n", ""),
     );
-    let err = veil.submit_job(&per_unit, CONSUMER).unwrap_err();
+    let err = veil.submit_job(&consumer(), &per_unit).unwrap_err();
     assert!(err.to_string().contains("add `blocks = N`"), "{err}");
     assert_eq!(veil.audit_entries().unwrap().len(), before);
 
     let path = env.write("py.toml", block_manifest);
-    let outcome = veil.submit_job(&path, CONSUMER).unwrap();
+    let outcome = veil.submit_job(&consumer(), &path).unwrap();
     assert_eq!(outcome.state, JobState::Released);
-    let release = veil.job_result(&outcome.job, CONSUMER).unwrap();
+    let release = veil.job_result(&consumer(), &outcome.job).unwrap();
     let e = &release.estimates[0];
     // Block medians sit near 1,300 (see blocks.rs); noise scale 1,500 / 20 = 75, so ±600 is 8 scales.
     assert!(
@@ -150,7 +150,7 @@ fn python_guest_runs_in_block_mode_only() {
         "{}",
         e.estimate.value
     );
-    let logs = veil.job_logs(&outcome.job, HOLDER).unwrap().join("\n");
+    let logs = veil.job_logs(&holder(), &outcome.job).unwrap().join("\n");
     assert!(logs.contains("0 blocks counted as the midpoint"), "{logs}");
     veil.verify_audit().unwrap();
 }

@@ -265,7 +265,7 @@ fn the_release_time_is_fixed_at_the_start_whatever_the_module_does() {
         let mut veil = veil_engine::Veil::open(&env.data_dir(), Default::default()).unwrap();
         let m = env.write("m.toml", &manifest());
         std::fs::write(env.path().join("hostile.wasm"), hostile_module()).unwrap();
-        let outcome = veil.submit_job(&m, CONSUMER).unwrap();
+        let outcome = veil.submit_job(&consumer(), &m).unwrap();
         assert_eq!(outcome.state, veil_engine::JobState::Released);
         let entries = veil.audit_entries().unwrap();
         let of_job: Vec<_> = entries

@@ -291,13 +291,14 @@ fn real_census_2000_data_when_shared_material_is_present() {
         return;
     };
     let env = Env::new();
+    env.add_parties();
     env.ok(&[
         "dataset",
         "add",
         csv.to_str().unwrap(),
         "--name",
         "census2000",
-        "--owner",
+        "--as",
         HOLDER,
     ]);
     let policy = r#"consumers = ["researcher"]

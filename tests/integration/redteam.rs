@@ -120,17 +120,13 @@ impl Range {
     fn footprint(&self) -> Footprint {
         Footprint {
             audit_entries: self.veil.audit_entries().unwrap().len(),
-            jobs: self
-                .veil
-                .visible_jobs(veil_engine::Viewer::Consumer(CONSUMER))
-                .unwrap()
-                .len(),
+            jobs: self.veil.all_jobs().unwrap().len(),
             spent: self.spent(),
         }
     }
 
     fn spent(&self) -> String {
-        let lines = self.veil.budget(CONSUMER).unwrap();
+        let lines = self.veil.budget(&consumer()).unwrap();
         lines
             .iter()
             .find(|l| l.dataset == format!("{HOLDER}:people"))
@@ -153,7 +149,7 @@ impl Range {
     fn rejected(&mut self, wasm: &[u8], expect: &str) -> String {
         let before = self.footprint();
         let path = self.stage(wasm, &["educ"], 1);
-        let err = match self.veil.submit_job(&path, CONSUMER) {
+        let err = match self.veil.submit_job(&consumer(), &path) {
             Err(EngineError::Sandbox(SandboxError::ModuleRejected(m))) => m,
             Err(other) => panic!("expected a module rejection, got {other:?}"),
             Ok(outcome) => panic!("module accepted: {outcome:?}"),
@@ -184,7 +180,7 @@ impl Range {
         let path = self.stage(wasm, columns, keys);
         let outcome = self
             .veil
-            .submit_job(&path, CONSUMER)
+            .submit_job(&consumer(), &path)
             .expect("module accepted");
         let info = self.veil.job(&outcome.job).unwrap();
         assert_eq!(info.state, outcome.state);
@@ -211,10 +207,16 @@ impl Range {
         let info = self.run(wasm, columns, 1);
         assert_eq!(info.state, JobState::Released, "{info:?}");
         assert!(info.code.is_none());
-        self.veil.job_result(&info.id, CONSUMER).unwrap();
-        // To anyone but the dataset's owner the logs answer like a missing job.
+        self.veil.job_result(&consumer(), &info.id).unwrap();
+        // The logs are for the dataset's owner only: the job's consumer is refused them, and a
+        // holder of another dataset is told the job does not exist.
         assert!(matches!(
-            self.veil.job_logs(&info.id, CONSUMER),
+            self.veil.job_logs(&consumer(), &info.id),
+            Err(EngineError::Forbidden(_))
+        ));
+        let stranger = veil_engine::Caller::new("stranger", veil_engine::Role::Holder);
+        assert!(matches!(
+            self.veil.job_logs(&stranger, &info.id),
             Err(EngineError::NotFound(_))
         ));
         let events = self.events_of(&info.id);
@@ -229,7 +231,7 @@ impl Range {
         // What the consumer's binary shows: the state, as for any released job.
         let status = self.env.ok(&["--as", CONSUMER, "job", "status", &info.id]);
         assert_eq!(status.trim(), format!("{} released", info.id));
-        let logs = self.veil.job_logs(&info.id, HOLDER).unwrap().join("\n");
+        let logs = self.veil.job_logs(&holder(), &info.id).unwrap().join("\n");
         for needle in holder_sees {
             assert!(
                 logs.contains(needle),
@@ -244,7 +246,7 @@ impl Range {
     fn released(&mut self, wasm: &[u8], columns: &[&str], keys: usize) -> Release {
         let info = self.run(wasm, columns, keys);
         assert_eq!(info.state, JobState::Released, "{info:?}");
-        let release = self.veil.job_result(&info.id, CONSUMER).unwrap();
+        let release = self.veil.job_result(&consumer(), &info.id).unwrap();
         let events = self.events_of(&info.id);
         assert!(
             events.iter().any(|e| e["kind"] == "release_created"
@@ -280,9 +282,12 @@ impl Range {
             "honest.toml",
             &manifest("modules/trivial.wasm", &["educ"], 1),
         );
-        let outcome = self.veil.submit_job(&path, CONSUMER).expect("honest job");
+        let outcome = self
+            .veil
+            .submit_job(&consumer(), &path)
+            .expect("honest job");
         assert_eq!(outcome.state, JobState::Released);
-        let release = self.veil.job_result(&outcome.job, CONSUMER).unwrap();
+        let release = self.veil.job_result(&consumer(), &outcome.job).unwrap();
         assert_eq!(release.rows.len(), 1);
         assert_eq!(release.rows[0].key, ["all"]);
     }
@@ -744,12 +749,7 @@ fn panic_stdout_and_log_carrying_raw_values() {
     // Nothing the consumer can list or read mentions the value.
     let listing = r.env.ok(&["--as", CONSUMER, "job", "list"]);
     assert!(!listing.contains("income="), "{listing}");
-    let job = r
-        .veil
-        .visible_jobs(veil_engine::Viewer::Consumer(CONSUMER))
-        .unwrap()[0]
-        .id
-        .clone();
+    let job = r.veil.all_jobs().unwrap()[0].id.clone();
     let result = r.env.veil(&["--as", CONSUMER, "job", "result", &job]);
     let shown = text(&result.stdout) + &text(&result.stderr);
     assert!(!shown.contains("income="), "{shown}");
@@ -773,18 +773,13 @@ fn log_spam_is_bounded_and_for_the_holder_only() {
     );
     let release = r.released(&wasm, &["educ"], 1);
     assert_eq!(release.rows.len(), 1);
-    let job = r
-        .veil
-        .visible_jobs(veil_engine::Viewer::Consumer(CONSUMER))
-        .unwrap()[0]
-        .id
-        .clone();
-    let lines = r.veil.job_logs(&job, HOLDER).unwrap();
+    let job = r.veil.all_jobs().unwrap()[0].id.clone();
+    let lines = r.veil.job_logs(&holder(), &job).unwrap();
     let bytes: usize = lines.iter().map(String::len).sum();
     assert!(lines.iter().any(|l| l.contains("[log truncated]")));
     assert!(lines.len() <= 2 * 50 + 10, "{} lines", lines.len());
     assert!(bytes < 120 * 5000, "{bytes} bytes of holder log");
-    assert!(r.veil.job_logs(&job, CONSUMER).is_err());
+    assert!(r.veil.job_logs(&consumer(), &job).is_err());
 }
 
 #[test]

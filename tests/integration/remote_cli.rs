@@ -231,3 +231,110 @@ fn host_only_commands_are_refused_in_remote_mode() {
         );
     }
 }
+
+/// How a cell of the mode matrix is compared.
+#[derive(Clone, Copy, PartialEq)]
+enum Compare {
+    /// Same exit code and the same bytes on stdout (or the same error message).
+    Exact,
+    /// Same exit code and error message; a success's output carries fresh signatures or times.
+    Outcome,
+}
+
+/// The error message of a failed command: local mode prints `error: MESSAGE`, remote mode
+/// `error: MESSAGE (code, HTTP status)`.
+fn message(out: &Output) -> String {
+    let line = text(&out.stderr);
+    let line = line.trim().strip_prefix("error: ").unwrap_or(line.trim());
+    match line.rfind(" (") {
+        Some(i) if line.ends_with(')') && line[i..].contains("HTTP ") => line[..i].to_owned(),
+        _ => line.to_owned(),
+    }
+}
+
+/// Every command a principal may try, × every kind of caller, in local mode (`--as NAME` on the
+/// store) and remote mode (its token against a server on the same store): the same outcome in
+/// each cell — same exit code, same error message, and for deterministic answers the same bytes.
+/// The access rules live in the engine (`veil_engine::access`); this is what proves both modes
+/// reach them the same way.
+#[test]
+fn local_and_remote_mode_answer_alike_for_every_command_and_caller() {
+    let env = Env::new();
+    env.setup("manual");
+    let callers = [
+        (HOLDER, "holder"),
+        ("hospital", "holder"),
+        (CONSUMER, "consumer"),
+        ("stranger", "consumer"),
+        ("rev", "reviewer"),
+        ("ops", "admin"),
+    ];
+    let tokens: Vec<(&str, String)> = callers
+        .iter()
+        .map(|(name, role)| (*name, token_for(&env, name, role)))
+        .collect();
+    let manifest = env.write("job.toml", &income_manifest(0.5));
+    let manifest = manifest.to_str().unwrap();
+    let job = env.ok(&["--as", CONSUMER, "job", "submit", manifest]);
+    let job = job.trim().to_owned();
+    env.ok(&["--as", HOLDER, "job", "approve", &job]);
+    let pending = env.ok(&["--as", CONSUMER, "job", "submit", manifest]);
+    let pending = pending.trim().to_owned();
+    let policy = env.write("again.toml", &policy("manual"));
+    let policy = policy.to_str().unwrap();
+    let server = Server::start(&env.data_dir(), &[]);
+
+    use Compare::*;
+    let commands: Vec<(Vec<&str>, Compare)> = vec![
+        (vec!["dataset", "list", "--format", "json"], Exact),
+        (vec!["dataset", "certificate", "people"], Outcome),
+        (vec!["policy", "show", "people"], Exact),
+        (vec!["job", "status", &job], Exact),
+        (vec!["job", "show", &job], Exact),
+        (vec!["job", "show", &pending], Exact),
+        (vec!["job", "show", "job-999999"], Exact),
+        (vec!["job", "list"], Exact),
+        (vec!["job", "logs", &job], Exact),
+        (vec!["job", "result", &job, "--format", "json"], Exact),
+        (vec!["job", "result", &pending], Exact),
+        (vec!["job", "receipt", &job], Outcome),
+        (vec!["job", "approve", &job], Exact),
+        (vec!["job", "reject", &job], Exact),
+        (vec!["budget", "--format", "json"], Exact),
+        (vec!["audit", "log", "--format", "json"], Exact),
+        (vec!["audit", "summary", "--format", "json"], Exact),
+        (vec!["audit", "prove", "--entry", "3"], Outcome),
+        (vec!["admin", "principals"], Exact),
+    ];
+    let mut checked = 0;
+    for (name, token) in &tokens {
+        let mut cells = commands.clone();
+        // Setting a policy succeeds for its owner (and changes the store): try it as the others.
+        if *name != HOLDER {
+            cells.push((vec!["policy", "set", "people", policy], Exact));
+        }
+        for (args, compare) in &cells {
+            let mut local_args = vec!["--as", name];
+            local_args.extend(args.iter().copied());
+            let local = env.veil(&local_args);
+            let remote = remote(&env, &server, token, args);
+            let cell = format!("{args:?} as {name}");
+            assert_eq!(
+                local.status.code(),
+                remote.status.code(),
+                "{cell}: {} | {}",
+                text(&local.stderr),
+                text(&remote.stderr)
+            );
+            if local.status.success() {
+                if *compare == Exact {
+                    assert_eq!(text(&local.stdout), text(&remote.stdout), "{cell}");
+                }
+            } else {
+                assert_eq!(message(&local), message(&remote), "{cell}");
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 6 * commands.len() + 5);
+}

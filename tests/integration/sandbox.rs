@@ -228,30 +228,30 @@ fn hostile_job_releases_like_any_other_and_host_lives_on() {
             &format!("{name}.toml"),
             &manifest_for(&format!("modules/{file}"), &["educ"], 1, 0.1),
         );
-        let outcome = veil.submit_job(&m, CONSUMER).unwrap();
+        let outcome = veil.submit_job(&consumer(), &m).unwrap();
         assert_eq!(outcome.state, JobState::Released, "{name}");
         let info = veil.job(&outcome.job).unwrap();
         assert_eq!(info.code, None);
         // No unit contributed, so no data-chosen group passed partition selection.
         assert!(
-            veil.job_result(&outcome.job, CONSUMER)
+            veil.job_result(&consumer(), &outcome.job)
                 .unwrap()
                 .rows
                 .is_empty()
         );
-        let logs = veil.job_logs(&outcome.job, HOLDER).unwrap().join("\n");
+        let logs = veil.job_logs(&holder(), &outcome.job).unwrap().join("\n");
         assert!(
             logs.contains("out_of_fuel") || logs.contains("resource_limit"),
             "{logs}"
         );
     }
     // Both jobs were charged (budget is spent before the run, whatever the outcome).
-    let b = veil.budget(CONSUMER).unwrap();
+    let b = veil.budget(&consumer()).unwrap();
     assert_eq!(b[0].spent, "0.2");
     // The host is alive: a good job still runs in the same process.
     let good = env.write("good.toml", &income_manifest(0.5));
     assert_eq!(
-        veil.submit_job(&good, CONSUMER).unwrap().state,
+        veil.submit_job(&consumer(), &good).unwrap().state,
         JobState::Released
     );
     veil.verify_audit().unwrap();

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use veil_engine::{EngineConfig, EngineError, JobState, Veil};
+use veil_engine::{Caller, EngineConfig, EngineError, JobState, Role, Veil};
 
 const MARKER: &str = ".veil-demo";
 const HOLDER: &str = "census-bureau";
@@ -173,12 +173,20 @@ pub fn run(dir: &Path, people: usize) -> Result<()> {
 
     let mut veil = Veil::open(dir, EngineConfig::default())?;
     println!("   Audit signing key: {}", veil.public_key());
+    // The operator creates both parties, so that `veil --as NAME ...` works on this directory
+    // afterwards; their tokens (for a server) are not needed here.
+    let operator = Caller::operator();
+    veil.create_principal(&operator, HOLDER, Role::Holder)?;
+    veil.create_principal(&operator, CONSUMER, Role::Consumer)?;
+    let holder = Caller::new(HOLDER, Role::Holder);
+    let consumer = Caller::new(CONSUMER, Role::Consumer);
+    println!("   Principals: {HOLDER} (holder) and {CONSUMER} (consumer).");
 
     step(
         2,
         "The holder registers the dataset; it is stored as content-addressed Parquet.",
     );
-    let record = veil.register_dataset(&csv, "census", HOLDER, Some("person_id"), None)?;
+    let record = veil.register_dataset(&holder, &csv, "census", Some("person_id"), None)?;
     println!(
         "   `census`: {} rows, privacy unit person_id, content commitment {}…",
         record.rows,
@@ -191,7 +199,7 @@ pub fn run(dir: &Path, people: usize) -> Result<()> {
     );
     let policy_path = work.join("census-policy.toml");
     std::fs::write(&policy_path, POLICY_AUTO)?;
-    let p = veil.set_policy("census", &policy_path, HOLDER)?;
+    let p = veil.set_policy(&holder, "census", &policy_path)?;
     println!(
         "   Policy version {} (sha256 {}…), jobs run without approval.",
         p.version,
@@ -206,7 +214,7 @@ pub fn run(dir: &Path, people: usize) -> Result<()> {
         4,
         "acme-research (consumer) submits a module: mean weekly income by education, ε = 0.5.",
     );
-    let job1 = veil.submit_job(&work.join("income.toml"), CONSUMER)?;
+    let job1 = veil.submit_job(&consumer, &work.join("income.toml"))?;
     println!(
         "   {} ran in the sandbox, one fresh instance per person, and is {}.",
         job1.job, job1.state
@@ -221,7 +229,7 @@ pub fn run(dir: &Path, people: usize) -> Result<()> {
         &policy_path,
         POLICY_AUTO.replace("approval = \"auto\"", "approval = \"manual\""),
     )?;
-    let p2 = veil.set_policy("census", &policy_path, HOLDER)?;
+    let p2 = veil.set_policy(&holder, "census", &policy_path)?;
     println!(
         "   Policy version {} now requires the holder's approval for each job.",
         p2.version
@@ -231,12 +239,12 @@ pub fn run(dir: &Path, people: usize) -> Result<()> {
         6,
         "acme-research submits a second module: people by age band and region, ε = 1.0.",
     );
-    let job2 = veil.submit_job(&work.join("regions.toml"), CONSUMER)?;
+    let job2 = veil.submit_job(&consumer, &work.join("regions.toml"))?;
     let info = veil.job(&job2.job)?;
     println!("   {} is {}. The holder reviews it:", job2.job, job2.state);
     println!("     module sha256 {}", info.module_hash);
     println!("     requested ε {}, columns age and state", info.epsilon);
-    let state = veil.approve_job(&job2.job, HOLDER)?;
+    let state = veil.approve_job(&holder, &job2.job)?;
     println!("   Approved; the job ran and is {state}.");
     print_release(&veil, &job2.job)?;
 
@@ -244,14 +252,14 @@ pub fn run(dir: &Path, people: usize) -> Result<()> {
         7,
         "acme-research tries the income job again: it would exceed the total budget.",
     );
-    match veil.submit_job(&work.join("income.toml"), CONSUMER) {
+    match veil.submit_job(&consumer, &work.join("income.toml")) {
         Err(EngineError::Refused { job, reason, .. }) => {
             println!("   {job} refused before running: {reason}");
         }
         Ok(o) => bail!("expected a budget refusal, got {} {}", o.job, o.state),
         Err(e) => return Err(e.into()),
     }
-    for line in veil.budget(CONSUMER)? {
+    for line in veil.budget(&consumer)? {
         println!(
             "   Budget of {CONSUMER} on `{}`: spent ε = {}, left ε = {} of {}.",
             line.dataset, line.spent, line.remaining, line.total
@@ -296,7 +304,7 @@ pub fn run(dir: &Path, people: usize) -> Result<()> {
 }
 
 fn print_release(veil: &Veil, job: &str) -> Result<()> {
-    let release = veil.job_result(job, CONSUMER)?;
+    let release = veil.job_result(&Caller::new(CONSUMER, Role::Consumer), job)?;
     println!();
     crate::output::release_table(&release);
     Ok(())

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use veil_engine::{EngineConfig, EngineError, Veil, Viewer};
+use veil_engine::{Caller, EngineConfig, EngineError, Veil};
 
 #[derive(Parser)]
 #[command(name = "veil", version, about = "Veil: data usable, but not visible.")]
@@ -28,7 +28,8 @@ struct Cli {
         default_value = "./veil-data"
     )]
     data_dir: PathBuf,
-    /// Principal to act as (holder, consumer or reviewer) in local mode.
+    /// Principal to act as in local mode: a principal stored in the data directory (its role
+    /// decides what it may do). Without it, the host's operator (an admin).
     #[arg(long = "as", global = true, value_name = "PRINCIPAL")]
     as_principal: Option<String>,
     /// Work against this Veil server (remote mode), e.g. http://127.0.0.1:8420; the token is read
@@ -142,9 +143,6 @@ enum DatasetCmd {
         file: PathBuf,
         #[arg(long)]
         name: String,
-        /// The holder who owns it (local mode; in remote mode the token's principal owns it).
-        #[arg(long)]
-        owner: Option<String>,
         /// Column identifying the person (privacy unit); without it each row is a unit.
         #[arg(long)]
         privacy_unit: Option<String>,
@@ -311,11 +309,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn principal(cli_as: &Option<String>, role: &str) -> Result<String> {
-    match cli_as {
-        Some(p) => Ok(p.clone()),
-        None => bail!("this command needs --as {role}"),
-    }
+/// Who a local command acts as: the stored principal `--as` names (unknown or revoked: an
+/// error), or the host's operator without `--as`.
+fn caller(veil: &Veil, cli_as: &Option<String>) -> Result<Caller> {
+    Ok(match cli_as {
+        Some(name) => veil.local_caller(name)?,
+        None => Caller::operator(),
+    })
 }
 
 fn open(dir: &Path) -> Result<Veil> {
@@ -376,53 +376,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Dataset(DatasetCmd::Add {
             file,
             name,
-            owner,
             privacy_unit,
             columns,
         }) => {
-            let Some(owner) = owner else {
-                bail!("dataset add needs --owner HOLDER in local mode");
-            };
             let mut veil = open(&dir)?;
-            let r =
-                veil.register_dataset(&file, &name, &owner, privacy_unit.as_deref(), columns)?;
+            let who = caller(&veil, &cli.as_principal)?;
+            let r = veil.register_dataset(&who, &file, &name, privacy_unit.as_deref(), columns)?;
             output::registered(&r);
         }
         Command::Dataset(DatasetCmd::Certificate { name, out }) => {
-            let holder = principal(&cli.as_principal, "HOLDER")?;
-            let cert = open(&dir)?.dataset_certificate(&name, &holder)?;
+            let veil = open(&dir)?;
+            let cert = veil.dataset_certificate(&caller(&veil, &cli.as_principal)?, &name)?;
             let text = serde_json::to_string_pretty(&cert)? + "\n";
             write_or_print(out.as_deref(), &text)?;
         }
         Command::Dataset(DatasetCmd::List { format }) => {
             let veil = open(&dir)?;
-            // A consumer (`--as`) sees what the server would show it: admitted datasets, without
-            // anything computed from the rows.
-            let consumer = match &cli.as_principal {
-                Some(name) => veil
-                    .principals()?
-                    .into_iter()
-                    .find(|p| &p.name == name && p.role == veil_engine::Role::Consumer),
-                None => None,
-            };
-            let list: Vec<serde_json::Value> = match &consumer {
-                None => veil
-                    .datasets()?
-                    .iter()
-                    .map(serde_json::to_value)
-                    .collect::<Result<_, _>>()?,
-                Some(c) => veil
-                    .visible_datasets(Viewer::Consumer(&c.name))?
-                    .iter()
-                    .map(|d| Ok(serde_json::to_value(veil.catalog_entry(d)?)?))
-                    .collect::<Result<_>>()?,
-            };
+            let views = veil.datasets_as(&caller(&veil, &cli.as_principal)?)?;
+            let list: Vec<serde_json::Value> = views
+                .iter()
+                .map(serde_json::to_value)
+                .collect::<Result<_, _>>()?;
             output::datasets(&list, format == Format::Json);
         }
         Command::Policy(PolicyCmd::Set { dataset, file }) => {
-            let holder = principal(&cli.as_principal, "HOLDER")?;
             let mut veil = open(&dir)?;
-            let p = veil.set_policy(&dataset, &file, &holder)?;
+            let who = caller(&veil, &cli.as_principal)?;
+            let p = veil.set_policy(&who, &dataset, &file)?;
             println!(
                 "policy version {} set on `{}` (sha256 {})",
                 p.version, p.dataset, p.hash
@@ -430,27 +410,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Policy(PolicyCmd::Show { dataset }) => {
             let veil = open(&dir)?;
-            let dataset = veil.find_dataset(Viewer::Auditor, &dataset)?.name;
-            match veil.policy(&dataset)? {
-                Some(p) => {
-                    println!(
-                        "# policy version {} of `{dataset}`, set by {} (sha256 {})",
-                        p.version, p.holder, p.hash
-                    );
-                    print!("{}", p.text);
-                }
-                None => bail!("dataset `{dataset}` has no policy yet"),
-            }
+            let p = veil.policy_as(&caller(&veil, &cli.as_principal)?, &dataset)?;
+            println!(
+                "# policy version {} of `{}`, set by {} (sha256 {})",
+                p.version, p.dataset, p.holder, p.hash
+            );
+            print!("{}", p.text);
         }
         Command::Job(cmd) => return job(cmd, &dir, &cli.as_principal),
         Command::Budget { format } => {
-            let consumer = principal(&cli.as_principal, "CONSUMER")?;
             let veil = open(&dir)?;
-            output::budget(&consumer, &veil.budget(&consumer)?, format == Format::Json);
+            let who = caller(&veil, &cli.as_principal)?;
+            output::budget(&who.name, &veil.budget(&who)?, format == Format::Json);
         }
         Command::Audit(AuditCmd::Export { out }) => {
             let veil = open(&dir)?;
-            let text = veil.export_audit()?;
+            let text = veil.export_audit_for(&caller(&veil, &cli.as_principal)?)?;
             match out {
                 Some(path) => {
                     std::fs::write(&path, &text)
@@ -504,8 +479,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             out,
         }) => {
             let veil = open(&dir)?;
+            let who = caller(&veil, &cli.as_principal)?;
             let proof = match (entry, from) {
-                (Some(index), _) => veil.prove_inclusion(index, size)?,
+                (Some(index), _) => veil.prove_inclusion_as(&who, index, size)?,
                 (None, Some(old)) => veil.prove_consistency(old, size)?,
                 (None, None) => unreachable!("clap requires one"),
             };
@@ -554,14 +530,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             veil_server::serve(&settings)?;
         }
         Command::Admin(AdminCmd::AddPrincipal { name, role }) => {
-            let admin = principal(&cli.as_principal, "ADMIN")?;
+            let mut veil = open(&dir)?;
+            let admin = caller(&veil, &cli.as_principal)?;
             let role = veil_engine::Role::parse(&role).expect("clap checked it");
-            let token = open(&dir)?.create_principal(&name, role, &admin)?;
+            let token = veil.create_principal(&admin, &name, role)?;
             println!("{name} ({}) created. Token, shown only now:", role.as_str());
             println!("{token}");
         }
         Command::Admin(AdminCmd::Principals) => {
-            for p in open(&dir)?.principals()? {
+            let veil = open(&dir)?;
+            for p in veil.principals_as(&caller(&veil, &cli.as_principal)?)? {
                 let revoked = p.revoked_at.map(|t| format!("  revoked {t}"));
                 println!(
                     "{:<24} {:<10} {}{}",
@@ -573,13 +551,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Admin(AdminCmd::Revoke { name }) => {
-            let admin = principal(&cli.as_principal, "ADMIN")?;
-            open(&dir)?.revoke_principal(&name, &admin)?;
+            let mut veil = open(&dir)?;
+            let admin = caller(&veil, &cli.as_principal)?;
+            veil.revoke_principal(&admin, &name)?;
             println!("{name} revoked");
         }
         Command::Admin(AdminCmd::ReissueToken { name }) => {
-            let admin = principal(&cli.as_principal, "ADMIN")?;
-            let token = open(&dir)?.reissue_token(&name, &admin)?;
+            let mut veil = open(&dir)?;
+            let admin = caller(&veil, &cli.as_principal)?;
+            let token = veil.reissue_token(&admin, &name)?;
             println!("new token for {name}, shown only now (the old one no longer works):");
             println!("{token}");
         }
@@ -644,7 +624,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             until,
         }) => {
             let veil = open(&dir)?;
-            let entries = veil.audit_entries()?;
+            let entries = veil.audit_entries_for(&caller(&veil, &cli.as_principal)?)?;
             let filter = veil_audit::review::Filter {
                 dataset: dataset.map(|d| veil.dataset_filter(&d)).transpose()?,
                 consumer,
@@ -658,7 +638,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Audit(AuditCmd::Summary { format }) => {
             let veil = open(&dir)?;
-            let summary = veil_audit::review::summarize(&veil.audit_entries()?);
+            let who = caller(&veil, &cli.as_principal)?;
+            let summary = veil_audit::review::summarize(&veil.audit_entries_for(&who)?);
             output::audit_summary(&summary, format == Format::Json);
         }
         Command::Keys(KeysCmd::Public) => {
@@ -684,99 +665,40 @@ fn hex_root(root: &[u8; 32]) -> String {
 }
 
 fn job(cmd: JobCmd, dir: &Path, who: &Option<String>) -> Result<ExitCode> {
+    let mut veil = open(dir)?;
+    let who = caller(&veil, who)?;
     match cmd {
         JobCmd::Submit { manifest } => {
-            let consumer = principal(who, "CONSUMER")?;
-            let mut veil = open(dir)?;
-            let outcome = veil.submit_job(&manifest, &consumer)?;
+            let outcome = veil.submit_job(&who, &manifest)?;
             println!("{}", outcome.job);
             eprintln!("job {} is {}", outcome.job, outcome.state);
         }
         JobCmd::Approve { job } => {
-            let holder = principal(who, "HOLDER")?;
-            let mut veil = open(dir)?;
-            let state = veil.approve_job(&job, &holder)?;
+            let state = veil.approve_job(&who, &job)?;
             println!("job {job} approved; it is now {state}");
         }
         JobCmd::Reject { job, reason } => {
-            let holder = principal(who, "HOLDER")?;
-            let mut veil = open(dir)?;
-            veil.reject_job(&job, &holder, &reason)?;
+            veil.reject_job(&who, &job, &reason)?;
             println!("job {job} rejected");
         }
-        JobCmd::Status { job } => {
-            let p = principal(who, "PRINCIPAL")?;
-            let veil = open(dir)?;
-            let info = visible_job(&veil, &job, &p)?;
-            match &info.code {
-                Some(code) => println!("{} {} ({code})", info.id, info.state),
-                None => println!("{} {}", info.id, info.state),
-            }
-        }
-        JobCmd::Show { job } => {
-            let p = principal(who, "PRINCIPAL")?;
-            let veil = open(dir)?;
-            let info = visible_job(&veil, &job, &p)?;
-            output::job_details(&info);
-        }
-        JobCmd::List => {
-            let p = principal(who, "PRINCIPAL")?;
-            let veil = open(dir)?;
-            output::job_list(&local_jobs(&veil, &p)?);
-        }
+        JobCmd::Status { job } => output::job_line(&veil.job_as(&who, &job)?),
+        JobCmd::Show { job } => output::job_view(&veil.job_as(&who, &job)?)?,
+        JobCmd::List => output::job_views(&veil.jobs_as(&who, None)?)?,
         JobCmd::Logs { job } => {
-            let holder = principal(who, "HOLDER")?;
-            let veil = open(dir)?;
-            for line in veil.job_logs(&job, &holder)? {
+            for line in veil.job_logs(&who, &job)? {
                 println!("{}", output::escape(&line));
             }
         }
         JobCmd::Receipt { job, out } => {
-            let consumer = principal(who, "CONSUMER")?;
-            let receipt = open(dir)?.job_receipt(&job, &consumer)?;
+            let receipt = veil.job_receipt(&who, &job)?;
             let text = serde_json::to_string_pretty(&receipt)? + "\n";
             write_or_print(out.as_deref(), &text)?;
         }
         JobCmd::Result { job, format } => {
-            let consumer = principal(who, "CONSUMER")?;
-            let veil = open(dir)?;
-            let release = veil.job_result(&job, &consumer)?;
-            output::release(&release, format);
+            output::release(&veil.job_result(&who, &job)?, format);
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The views a principal known only by its name has in local mode: one name may both consume
-/// and own datasets.
-fn local_viewers(principal: &str) -> [Viewer<'_>; 2] {
-    [Viewer::Consumer(principal), Viewer::Holder(principal)]
-}
-
-/// A job is visible to its consumer and to the owner of its dataset (the engine's rules).
-fn visible_job(veil: &Veil, job: &str, principal: &str) -> Result<veil_engine::JobInfo> {
-    for viewer in local_viewers(principal) {
-        match veil.find_job(viewer, job) {
-            Ok(info) => return Ok(info),
-            Err(EngineError::NotFound(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    bail!("no job `{job}`")
-}
-
-/// The jobs a principal sees in local mode, oldest first.
-fn local_jobs(veil: &Veil, principal: &str) -> Result<Vec<veil_engine::JobInfo>> {
-    let mut jobs = Vec::new();
-    for viewer in local_viewers(principal) {
-        for job in veil.visible_jobs(viewer)? {
-            if !jobs.iter().any(|j: &veil_engine::JobInfo| j.id == job.id) {
-                jobs.push(job);
-            }
-        }
-    }
-    jobs.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(jobs)
 }
 
 /// Writes `text` to `out`, or to standard output.

@@ -1,5 +1,5 @@
 //! Rendering for people (tables) and machines (JSON, CSV).
-use veil_engine::{AuditEntry, BudgetLine, DatasetRecord, JobInfo, Release};
+use veil_engine::{AuditEntry, BudgetLine, DatasetRecord, JobInfo, JobView, Release};
 
 /// The one line that confirms a registration.
 pub fn registered(r: &DatasetRecord) {
@@ -216,6 +216,41 @@ pub fn job_details(j: &JobInfo) {
     for line in j.manifest.lines() {
         println!("  {}", escape(line));
     }
+}
+
+/// One line for a job: its id, state and reason code as the caller sees them.
+pub fn job_line(view: &JobView) {
+    match view.code() {
+        Some(code) => println!("{} {} ({code})", view.id(), view.state()),
+        None => println!("{} {}", view.id(), view.state()),
+    }
+}
+
+/// A job's details as the caller may see them: the holder's and reviewer's metadata, or a
+/// consumer's coarse view as JSON.
+pub fn job_view(view: &JobView) -> anyhow::Result<()> {
+    match view {
+        JobView::Full(info) => job_details(info),
+        JobView::Consumer(v) => println!("{}", serde_json::to_string_pretty(v)?),
+    }
+    Ok(())
+}
+
+/// Jobs as the caller may see them: a table of metadata, or a consumer's job lines.
+pub fn job_views(views: &[JobView]) -> anyhow::Result<()> {
+    let full: Vec<JobInfo> = views
+        .iter()
+        .filter_map(|v| match v {
+            JobView::Full(info) => Some(info.clone()),
+            JobView::Consumer(_) => None,
+        })
+        .collect();
+    if full.len() == views.len() {
+        job_list(&full);
+    } else {
+        views.iter().for_each(job_line);
+    }
+    Ok(())
 }
 
 pub fn job_list(jobs: &[JobInfo]) {

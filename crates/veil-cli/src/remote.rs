@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
 use serde_json::{Value, json};
-use veil_engine::{AuditEntry, BudgetLine, DatasetRecord, JobInfo, Release};
+use veil_engine::{AuditEntry, BudgetLine, DatasetRecord, JobView, Release};
 
 use crate::{
     AdminCmd, AuditCmd, Command, DatasetCmd, Format, JobCmd, KeysCmd, PolicyCmd, output,
@@ -125,15 +125,6 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
     }
 }
 
-fn print_job_line(v: &Value) {
-    let id = v["id"].as_str().unwrap_or("?");
-    let state = v["state"].as_str().unwrap_or("?");
-    match v["code"].as_str() {
-        Some(code) => println!("{id} {state} ({code})"),
-        None => println!("{id} {state}"),
-    }
-}
-
 /// Runs `command` against `server`. Commands that only make sense on the server's host are errors.
 pub(crate) fn run(command: Command, server: &str, token: Option<String>) -> Result<ExitCode> {
     let client = Client::new(server, token);
@@ -149,16 +140,9 @@ pub(crate) fn run(command: Command, server: &str, token: Option<String>) -> Resu
         Command::Dataset(DatasetCmd::Add {
             file,
             name,
-            owner,
             privacy_unit,
             columns,
         }) => {
-            if let Some(owner) = owner {
-                let me = client.get_json("/v1/whoami")?;
-                if me["name"] != owner.as_str() {
-                    bail!("the server registers datasets to the token's principal, not `{owner}`");
-                }
-            }
             let mut f = std::fs::File::open(&file)
                 .with_context(|| format!("opening {}", file.display()))?;
             let path = format!(
@@ -346,6 +330,11 @@ pub(crate) fn run(command: Command, server: &str, token: Option<String>) -> Resu
     Ok(ExitCode::SUCCESS)
 }
 
+/// The job `id` as the server shows it to the token's principal.
+fn job_view(client: &Client, id: &str) -> Result<JobView> {
+    Ok(serde_json::from_value(client.get_json(&job_path(id, ""))?)?)
+}
+
 fn job_path(id: &str, tail: &str) -> String {
     format!("/v1/jobs/{}{tail}", encode(id))
 }
@@ -392,21 +381,12 @@ fn job(client: &Client, cmd: JobCmd) -> Result<ExitCode> {
             client.send_json(&job_path(&job, "/reject"), &json!({ "reason": reason }))?;
             println!("job {job} rejected");
         }
-        JobCmd::Status { job } => print_job_line(&client.get_json(&job_path(&job, ""))?),
-        JobCmd::Show { job } => {
-            let v = client.get_json(&job_path(&job, ""))?;
-            match serde_json::from_value::<JobInfo>(v.clone()) {
-                Ok(info) => output::job_details(&info),
-                Err(_) => println!("{}", serde_json::to_string_pretty(&v)?),
-            }
-        }
+        JobCmd::Status { job } => output::job_line(&job_view(client, &job)?),
+        JobCmd::Show { job } => output::job_view(&job_view(client, &job)?)?,
         JobCmd::List => {
             let v = client.get_json("/v1/jobs")?;
-            let jobs = v["jobs"].as_array().cloned().unwrap_or_default();
-            match serde_json::from_value::<Vec<JobInfo>>(Value::Array(jobs.clone())) {
-                Ok(infos) => output::job_list(&infos),
-                Err(_) => jobs.iter().for_each(print_job_line),
-            }
+            let views: Vec<JobView> = serde_json::from_value(v["jobs"].clone())?;
+            output::job_views(&views)?;
         }
         JobCmd::Logs { job } => {
             let v = client.get_json(&job_path(&job, "/logs"))?;

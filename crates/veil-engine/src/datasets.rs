@@ -7,7 +7,7 @@ use veil_catalog::{CatalogEntry, DatasetRecord, LoadOptions, NoisyUnits};
 use veil_policy::mechanisms::DiscreteLaplace;
 use veil_policy::{Epsilon, Policy, document_hash, model::valid_principal};
 
-use crate::access::{Viewer, no_such_dataset};
+use crate::access::{Caller, Operation, no_such_dataset, require};
 use crate::error::bad;
 use crate::store::now;
 use crate::{EngineError, Result, Veil};
@@ -25,16 +25,18 @@ pub struct StoredPolicy {
 }
 
 impl Veil {
-    /// Registers a file as dataset `name` in `owner`'s namespace (its id is `owner:name`). On any
-    /// error nothing is left behind: no catalog row, no audit entry, no stored file.
+    /// Registers a file as dataset `name` owned by the calling holder (its id is `owner:name`). On
+    /// any error nothing is left behind: no catalog row, no audit entry, no stored file.
     pub fn register_dataset(
         &mut self,
+        owner: &Caller,
         file: &Path,
         name: &str,
-        owner: &str,
         privacy_unit: Option<&str>,
         columns: Option<Vec<String>>,
     ) -> Result<DatasetRecord> {
+        require(owner, Operation::RegisterDataset)?;
+        let owner = owner.name.as_str();
         if !valid_principal(name) {
             return Err(bad(format!(
                 "`{name}` is not a valid dataset name (letters, digits, '-', '_', '.')"
@@ -119,22 +121,30 @@ impl Veil {
     }
 
     /// Sets a new version of the policy on `dataset` (an id, or a short name in `holder`'s
-    /// namespace), as its owner.
-    pub fn set_policy(&mut self, dataset: &str, file: &Path, holder: &str) -> Result<StoredPolicy> {
+    /// namespace) from the TOML file `file`, as its owner.
+    pub fn set_policy(
+        &mut self,
+        holder: &Caller,
+        dataset: &str,
+        file: &Path,
+    ) -> Result<StoredPolicy> {
+        require(holder, Operation::SetPolicy)?;
         let text = std::fs::read_to_string(file)
             .map_err(|e| bad(format!("cannot read {}: {e}", file.display())))?;
-        self.set_policy_text(dataset, &text, holder)
+        self.set_policy_text(holder, dataset, &text)
     }
 
     /// Sets a new version of the policy on `dataset` from its TOML text, as its owner.
     pub fn set_policy_text(
         &mut self,
+        holder: &Caller,
         dataset: &str,
         text: &str,
-        holder: &str,
     ) -> Result<StoredPolicy> {
+        require(holder, Operation::SetPolicy)?;
         // Another holder's dataset answers like a missing one.
-        let record = self.find_dataset(Viewer::Holder(holder), dataset)?;
+        let record = self.find_dataset(holder, dataset)?;
+        let holder = holder.name.as_str();
         let dataset = record.name.as_str();
         let text = text.to_owned();
         let schema = veil_catalog::schema_of(&self.data_dir, &record)?;

@@ -16,13 +16,21 @@
 //! - a job found `running` whose process is gone (a crash) is closed as failed, with an audit entry,
 //!   the next time the store is opened.
 //!
+//! Every operation on a principal's objects takes the [`Caller`] it is made for; who may do and
+//! see what is decided in one place (`access.rs`, [`Operation`]), for the server and the CLI alike.
+//!
 //! ```no_run
-//! use veil_engine::{EngineConfig, Veil};
+//! use veil_engine::{Caller, EngineConfig, Role, Veil};
 //! # fn main() -> veil_engine::Result<()> {
 //! let mut veil = Veil::open("./veil-data".as_ref(), EngineConfig::default())?;
-//! veil.register_dataset("people.csv".as_ref(), "people", "hospital", Some("patient_id"), None)?;
-//! veil.set_policy("people", "policy.toml".as_ref(), "hospital")?;
-//! let outcome = veil.submit_job("job.toml".as_ref(), "researcher")?;
+//! let operator = Caller::operator();
+//! veil.create_principal(&operator, "hospital", Role::Holder)?;
+//! veil.create_principal(&operator, "researcher", Role::Consumer)?;
+//! let hospital = Caller::new("hospital", Role::Holder);
+//! veil.register_dataset(&hospital, "people.csv".as_ref(), "people", Some("patient_id"), None)?;
+//! veil.set_policy(&hospital, "people", "policy.toml".as_ref())?;
+//! let researcher = Caller::new("researcher", Role::Consumer);
+//! let outcome = veil.submit_job(&researcher, "job.toml".as_ref())?;
 //! println!("{}", outcome.job);
 //! # Ok(()) }
 //! ```
@@ -45,8 +53,9 @@ use rusqlite::Connection;
 use veil_audit::{AuditEvent, AuditLog, DomainKey, VerifierKey};
 use veil_sandbox::{Sandbox, SandboxConfig};
 
-pub use access::Viewer;
+pub use access::{Caller, DatasetView, JobView, OPERATOR, Operation, Viewer, require};
 pub use codes::{ConsumerCode, ConsumerState, JobCode};
+pub use datasets::StoredPolicy;
 pub use error::{EngineError, ErrorKind, Result};
 pub use jobs::{BudgetLine, ConsumerJobView, JobInfo, JobRun, JobState, SubmitOutcome};
 pub use principals::{Principal, Role};
@@ -360,11 +369,13 @@ impl Veil {
     /// for its owner.
     pub fn dataset_certificate(
         &self,
+        holder: &Caller,
         dataset: &str,
-        holder: &str,
     ) -> Result<veil_audit::Certificate> {
-        // Another holder's dataset answers like a missing one.
-        let record = self.find_dataset(Viewer::Holder(holder), dataset)?;
+        // Seen by those who may see the dataset (others: like a missing one), issued to its owner
+        // (a holder sees only its own datasets).
+        let record = self.find_dataset(holder, dataset)?;
+        access::require(holder, access::Operation::ReadCertificate)?;
         Ok(veil_audit::issue_certificate(
             &self.conn,
             &self.key,
@@ -377,25 +388,13 @@ impl Veil {
         Ok(AuditLog::checkpoint(&self.conn, &self.key)?.note)
     }
 
-    /// Proof that entry `index` is in the first `size` entries (default: all of them), with the
-    /// full entry: for the operator on the host.
-    pub fn prove_inclusion(&self, index: u64, size: Option<u64>) -> Result<veil_audit::Proof> {
-        Ok(veil_audit::prove_inclusion(
-            &self.conn,
-            &self.key,
-            index,
-            size,
-            veil_audit::Disclosure::Full,
-        )?)
-    }
-
     /// Proof that entry `index` is in the first `size` entries, showing `who` what it may see of
     /// the entry: reviewers and admins the full entry; a dataset's owner the full entries about
     /// its dataset and its jobs; a consumer the public part of its own jobs' entries. Any other
     /// entry answers exactly like one beyond the log.
     pub fn prove_inclusion_as(
         &self,
-        who: &Principal,
+        who: &Caller,
         index: u64,
         size: Option<u64>,
     ) -> Result<veil_audit::Proof> {
@@ -409,7 +408,7 @@ impl Veil {
     /// How much of `entry` `who` may see, if anything.
     fn disclosure(
         &self,
-        who: &Principal,
+        who: &Caller,
         entry: &AuditEntry,
     ) -> Result<Option<veil_audit::Disclosure>> {
         use veil_audit::Disclosure;

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use veil_audit::{AuditEvent, AuditLog};
 use veil_policy::model::valid_principal;
 
+use crate::access::{Caller, Operation, require};
 use crate::error::bad;
 use crate::store::now;
 use crate::{EngineError, Result, Veil};
@@ -65,8 +66,9 @@ fn token_hash(token: &str) -> Vec<u8> {
 
 impl Veil {
     /// Creates a principal and returns its token — the only time the token exists in the clear.
-    /// `admin` names who did it, for the log.
-    pub fn create_principal(&mut self, name: &str, role: Role, admin: &str) -> Result<String> {
+    /// For admins; the log names `admin` as who did it.
+    pub fn create_principal(&mut self, admin: &Caller, name: &str, role: Role) -> Result<String> {
+        require(admin, Operation::ManagePrincipals)?;
         if !valid_principal(name) {
             return Err(bad(format!(
                 "`{name}` is not a principal name (letters, digits, '-', '_', '.')"
@@ -96,7 +98,7 @@ impl Veil {
             AuditEvent::PrincipalCreated {
                 name: name.into(),
                 role: role.as_str().into(),
-                admin: admin.into(),
+                admin: admin.name.clone(),
             },
         )?;
         tx.commit()?;
@@ -105,7 +107,8 @@ impl Veil {
 
     /// Replaces `name`'s token with a fresh one, returned once; the old token stops working. A
     /// revoked principal is active again. Recorded in the audit log (without the token).
-    pub fn reissue_token(&mut self, name: &str, admin: &str) -> Result<String> {
+    pub fn reissue_token(&mut self, admin: &Caller, name: &str) -> Result<String> {
+        require(admin, Operation::ManagePrincipals)?;
         let token = fresh_token()?;
         self.change_principal(
             name,
@@ -113,7 +116,7 @@ impl Veil {
             params![name, token_hash(&token)],
             AuditEvent::PrincipalTokenReissued {
                 name: name.into(),
-                admin: admin.into(),
+                admin: admin.name.clone(),
             },
         )?;
         Ok(token)
@@ -121,7 +124,8 @@ impl Veil {
 
     /// Revokes `name`'s token: it authenticates no more. The name stays taken (the log's history
     /// keeps meaning one party); [`Veil::reissue_token`] re-enables it with a new token.
-    pub fn revoke_principal(&mut self, name: &str, admin: &str) -> Result<()> {
+    pub fn revoke_principal(&mut self, admin: &Caller, name: &str) -> Result<()> {
+        require(admin, Operation::ManagePrincipals)?;
         if self
             .principals()?
             .iter()
@@ -137,7 +141,7 @@ impl Veil {
             params![name, now()],
             AuditEvent::PrincipalRevoked {
                 name: name.into(),
-                admin: admin.into(),
+                admin: admin.name.clone(),
             },
         )
     }
@@ -188,8 +192,39 @@ impl Veil {
         })
     }
 
-    /// Every principal (never their tokens).
-    pub fn principals(&self) -> Result<Vec<Principal>> {
+    /// Every principal (never their tokens), for admins.
+    pub fn principals_as(&self, admin: &Caller) -> Result<Vec<Principal>> {
+        require(admin, Operation::ManagePrincipals)?;
+        self.principals()
+    }
+
+    /// The principal `name`, for an admin acting on it; [`EngineError::NotFound`] if there is none.
+    pub fn principal_as(&self, admin: &Caller, name: &str) -> Result<Principal> {
+        require(admin, Operation::ManagePrincipals)?;
+        self.principals()?
+            .into_iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| EngineError::NotFound(format!("no principal named `{name}`")))
+    }
+
+    /// The caller the host's CLI acts as with `--as NAME`: the stored, active principal `name`.
+    /// No such principal, or a revoked one: [`EngineError::NotFound`] saying how to create it.
+    pub fn local_caller(&self, name: &str) -> Result<Caller> {
+        let principal = self.principals()?.into_iter().find(|p| p.name == name);
+        match principal {
+            Some(p) if p.revoked_at.is_none() => Ok(Caller::from(&p)),
+            Some(_) => Err(EngineError::Forbidden(format!(
+                "principal `{name}` is revoked: `veil admin reissue-token {name}` re-enables it"
+            ))),
+            None => Err(EngineError::NotFound(format!(
+                "no principal named `{name}` in this data directory: create it with \
+                 `veil admin add-principal {name} --role ROLE`"
+            ))),
+        }
+    }
+
+    /// Every principal (never their tokens): for the host and for the checks above.
+    pub(crate) fn principals(&self) -> Result<Vec<Principal>> {
         let mut stmt = self
             .conn
             .prepare("SELECT name, role, created_at, revoked_at FROM principals ORDER BY name")?;

@@ -1,6 +1,7 @@
-//! The endpoint handlers. Each authenticates and checks roles through
-//! [`AppState::as_principal`], then checks per-object visibility: an object the caller may not see
-//! answers exactly like one that does not exist.
+//! The endpoint handlers: parse the request, call the engine as the authenticated [`Caller`]
+//! ([`AppState::as_caller`]), serialise the answer. Who may do and see what is the engine's
+//! (`veil_engine::access`); an object the caller may not see answers exactly like one that does
+//! not exist.
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -12,16 +13,13 @@ use base64::Engine as _;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use veil_engine::{DatasetRecord, EngineError, JobInfo, JobState, Principal, Role, Veil, Viewer};
+use veil_engine::{Caller, DatasetRecord, EngineError, JobState, Operation, Role, Veil};
 
 use crate::AppState;
 use crate::error::ApiError;
 
-const ANY: &[Role] = &[];
-const HOLDER: &[Role] = &[Role::Holder];
-const CONSUMER: &[Role] = &[Role::Consumer];
-const AUDITORS: &[Role] = &[Role::Reviewer, Role::Admin];
-const ADMIN: &[Role] = &[Role::Admin];
+/// For handlers open to every role (the engine checks the objects).
+const ANYONE: Option<Operation> = None;
 
 /// Longest a `GET /v1/jobs/{id}?wait=` may wait.
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -30,36 +28,6 @@ type ApiResult<T = Json<Value>> = Result<T, ApiError>;
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
-}
-
-/// The dataset `name` (an id or a short name) if `who` may see it: its owner, a consumer its
-/// policy admits, a reviewer or an admin; otherwise the same 404 as for a missing one (the rules
-/// are the engine's, `veil_engine::Viewer`).
-fn visible_dataset(veil: &Veil, who: &Principal, name: &str) -> Result<DatasetRecord, ApiError> {
-    Ok(veil.find_dataset(Viewer::of(who), name)?)
-}
-
-/// The job `id` if `who` may see it: its consumer, the owner of its dataset, a reviewer or an admin.
-fn visible_job(veil: &Veil, who: &Principal, id: &str) -> Result<JobInfo, ApiError> {
-    Ok(veil.find_job(Viewer::of(who), id)?)
-}
-
-/// A catalog record as `who` may see it: consumers get the entry without anything computed from
-/// the rows (no row count, no content hash or salt; a noisy unit count where the policy publishes
-/// one); owners, reviewers and admins the record.
-fn catalog_view(veil: &Veil, who: &Principal, record: &DatasetRecord) -> Result<Value, ApiError> {
-    Ok(match who.role {
-        Role::Consumer => json!(veil.catalog_entry(record)?),
-        _ => json!(record),
-    })
-}
-
-/// A job as `who` may see it: consumers get the coarse view, holders and reviewers the metadata.
-fn job_view(who: &Principal, job: &JobInfo) -> Value {
-    match who.role {
-        Role::Consumer => json!(job.consumer_view()),
-        _ => json!(job),
-    }
 }
 
 /// Liveness and readiness: answers 200 only when the store answers too (503 `unavailable` if not).
@@ -111,7 +79,7 @@ pub(crate) async fn public_key(State(state): State<AppState>) -> ApiResult {
 
 pub(crate) async fn whoami(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
     state
-        .as_principal(&headers, ANY, |_, who| Ok(Json(json!(who))))
+        .as_principal(&headers, |_, who| Ok(Json(json!(who))))
         .await
 }
 
@@ -119,13 +87,8 @@ pub(crate) async fn whoami(State(state): State<AppState>, headers: HeaderMap) ->
 
 pub(crate) async fn datasets(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
     state
-        .as_principal(&headers, ANY, |veil, who| {
-            let visible: Vec<Value> = veil
-                .visible_datasets(Viewer::of(&who))?
-                .iter()
-                .map(|d| catalog_view(veil, &who, d))
-                .collect::<Result<_, _>>()?;
-            Ok(Json(json!({ "datasets": visible })))
+        .as_caller(&headers, ANYONE, |veil, who| {
+            Ok(Json(json!({ "datasets": veil.datasets_as(&who)? })))
         })
         .await
 }
@@ -136,9 +99,8 @@ pub(crate) async fn dataset(
     Path(name): Path<String>,
 ) -> ApiResult {
     state
-        .as_principal(&headers, ANY, move |veil, who| {
-            let record = visible_dataset(veil, &who, &name)?;
-            Ok(Json(catalog_view(veil, &who, &record)?))
+        .as_caller(&headers, ANYONE, move |veil, who| {
+            Ok(Json(json!(veil.dataset_as(&who, &name)?)))
         })
         .await
 }
@@ -162,7 +124,7 @@ pub(crate) async fn upload_dataset(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let who = state
-        .as_principal(&headers, HOLDER, |_, who| Ok(who))
+        .as_caller(&headers, Some(Operation::RegisterDataset), |_, who| Ok(who))
         .await?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = state.config.max_upload_bytes;
@@ -198,9 +160,9 @@ pub(crate) async fn upload_dataset(
     let record = tokio::task::spawn_blocking(move || -> Result<DatasetRecord, ApiError> {
         let mut veil = Veil::open_with(&data_dir, runtime)?;
         let record = veil.register_dataset(
+            &who,
             file.path(),
             &query.name,
-            &who.name,
             query.privacy_unit.as_deref(),
             columns,
         )?;
@@ -222,13 +184,10 @@ pub(crate) async fn policy(
     Path(name): Path<String>,
 ) -> ApiResult {
     state
-        .as_principal(&headers, ANY, move |veil, who| {
-            let id = visible_dataset(veil, &who, &name)?.name;
-            let p = veil
-                .policy(&id)?
-                .ok_or_else(|| ApiError::not_found(format!("dataset `{id}` has no policy yet")))?;
+        .as_caller(&headers, ANYONE, move |veil, who| {
+            let p = veil.policy_as(&who, &name)?;
             Ok(Json(json!({
-                "dataset": id,
+                "dataset": p.dataset,
                 "version": p.version,
                 "hash": p.hash,
                 "holder": p.holder,
@@ -246,10 +205,10 @@ pub(crate) async fn set_policy(
     body: Bytes,
 ) -> ApiResult {
     state
-        .as_principal(&headers, HOLDER, move |veil, who| {
+        .as_caller(&headers, Some(Operation::SetPolicy), move |veil, who| {
             let text = std::str::from_utf8(&body)
                 .map_err(|_| ApiError::bad_request("the policy must be UTF-8 TOML"))?;
-            let p = veil.set_policy_text(&name, text, &who.name)?;
+            let p = veil.set_policy_text(&who, &name, text)?;
             Ok(Json(
                 json!({ "dataset": p.dataset, "version": p.version, "hash": p.hash }),
             ))
@@ -263,16 +222,9 @@ pub(crate) async fn certificate(
     Path(name): Path<String>,
 ) -> ApiResult {
     state
-        .as_principal(&headers, ANY, move |veil, who| {
-            let id = visible_dataset(veil, &who, &name)?.name;
-            // Seen by those who may see the dataset, issued to its owner (a holder sees only its
-            // own datasets).
-            if who.role != Role::Holder {
-                return Err(ApiError::forbidden(
-                    "a dataset's certificate is for its owner",
-                ));
-            }
-            Ok(Json(json!(veil.dataset_certificate(&id, &who.name)?)))
+        // The engine checks visibility before the role (a hidden dataset answers 404).
+        .as_caller(&headers, ANYONE, move |veil, who| {
+            Ok(Json(json!(veil.dataset_certificate(&who, &name)?)))
         })
         .await
 }
@@ -297,12 +249,12 @@ pub(crate) async fn submit_job(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let pool = state.pool.clone();
     let view = state
-        .as_principal(&headers, CONSUMER, move |veil, who| {
+        .as_caller(&headers, Some(Operation::SubmitJob), move |veil, who| {
             let request: SubmitJob = parse_body(&body)?;
             let wasm = base64::engine::general_purpose::STANDARD
                 .decode(request.module.as_bytes())
                 .map_err(|e| ApiError::bad_request(format!("`module` is not base64: {e}")))?;
-            let id = match veil.submit(&request.manifest, &wasm, &who.name) {
+            let id = match veil.submit(&who, &request.manifest, &wasm) {
                 Ok(outcome) => outcome.job,
                 Err(EngineError::Refused { job, .. }) => job,
                 Err(e) => return Err(e.into()),
@@ -332,18 +284,8 @@ pub(crate) async fn jobs(
 ) -> ApiResult {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     state
-        .as_principal(&headers, ANY, move |veil, who| {
-            let seen_as = |job: &JobInfo| match who.role {
-                Role::Consumer => job.consumer_view().state.as_str(),
-                _ => job.state.as_str(),
-            };
-            let views: Vec<Value> = veil
-                .visible_jobs(Viewer::of(&who))?
-                .iter()
-                .filter(|j| query.state.is_none_or(|s| seen_as(j) == s.as_str()))
-                .map(|j| job_view(&who, j))
-                .collect();
-            Ok(Json(json!({ "jobs": views })))
+        .as_caller(&headers, ANYONE, move |veil, who| {
+            Ok(Json(json!({ "jobs": veil.jobs_as(&who, query.state)? })))
         })
         .await
 }
@@ -377,10 +319,10 @@ pub(crate) async fn job(
         finished.mark_unchanged();
         let id = id.clone();
         let (view, settled) = state
-            .as_principal(&headers, ANY, move |veil, who| {
-                let job = visible_job(veil, &who, &id)?;
-                let settled = !matches!(job.state, JobState::Queued | JobState::Running);
-                Ok((job_view(&who, &job), settled))
+            .as_caller(&headers, ANYONE, move |veil, who| {
+                let job = veil.job_as(&who, &id)?;
+                let settled = job.settled();
+                Ok((json!(job), settled))
             })
             .await?;
         let left = deadline.saturating_duration_since(Instant::now());
@@ -402,14 +344,14 @@ async fn decide(
 ) -> ApiResult {
     let pool = state.pool.clone();
     let view = state
-        .as_principal(&headers, HOLDER, move |veil, who| {
+        .as_caller(&headers, Some(Operation::DecideJob), move |veil, who| {
             // The engine decides: another holder's job is NotFound, one not awaiting approval a
             // Conflict (409).
             match reject {
-                Some(reason) => veil.reject_job(&id, &who.name, &reason)?,
-                None => veil.approve(&id, &who.name)?,
+                Some(reason) => veil.reject_job(&who, &id, &reason)?,
+                None => veil.approve(&who, &id)?,
             }
-            Ok(job_view(&who, &veil.job(&id)?))
+            Ok(json!(veil.job_as(&who, &id)?))
         })
         .await?;
     pool.wake();
@@ -456,8 +398,8 @@ pub(crate) async fn job_result(
     Path(id): Path<String>,
 ) -> ApiResult {
     state
-        .as_principal(&headers, ANY, move |veil, who| {
-            Ok(Json(json!(veil.job_result_as(Viewer::of(&who), &id)?)))
+        .as_caller(&headers, ANYONE, move |veil, who| {
+            Ok(Json(json!(veil.job_result(&who, &id)?)))
         })
         .await
 }
@@ -468,8 +410,8 @@ pub(crate) async fn job_receipt(
     Path(id): Path<String>,
 ) -> ApiResult {
     state
-        .as_principal(&headers, ANY, move |veil, who| {
-            Ok(Json(json!(veil.job_receipt_as(Viewer::of(&who), &id)?)))
+        .as_caller(&headers, ANYONE, move |veil, who| {
+            Ok(Json(json!(veil.job_receipt(&who, &id)?)))
         })
         .await
 }
@@ -482,8 +424,8 @@ pub(crate) async fn job_logs(
     Path(id): Path<String>,
 ) -> ApiResult {
     state
-        .as_principal(&headers, ANY, move |veil, who| {
-            let lines = veil.job_logs_as(Viewer::of(&who), &id)?;
+        .as_caller(&headers, ANYONE, move |veil, who| {
+            let lines = veil.job_logs(&who, &id)?;
             Ok(Json(json!({ "job": id, "lines": lines })))
         })
         .await
@@ -491,8 +433,8 @@ pub(crate) async fn job_logs(
 
 pub(crate) async fn budget(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
     state
-        .as_principal(&headers, CONSUMER, |veil, who| {
-            Ok(Json(json!({ "budget": veil.budget(&who.name)? })))
+        .as_caller(&headers, Some(Operation::ReadBudget), |veil, who| {
+            Ok(Json(json!({ "budget": veil.budget(&who)? })))
         })
         .await
 }
@@ -528,8 +470,8 @@ pub(crate) async fn audit_log(
         ));
     }
     state
-        .as_principal(&headers, AUDITORS, move |veil, _| {
-            let entries = veil.audit_entries()?;
+        .as_caller(&headers, Some(Operation::ReadAudit), move |veil, who| {
+            let entries = veil.audit_entries_for(&who)?;
             let filter = veil_audit::review::Filter {
                 dataset: q.dataset.map(|d| veil.dataset_filter(&d)).transpose()?,
                 consumer: q.consumer,
@@ -546,9 +488,9 @@ pub(crate) async fn audit_log(
 
 pub(crate) async fn audit_summary(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
     state
-        .as_principal(&headers, AUDITORS, |veil, _| {
+        .as_caller(&headers, Some(Operation::ReadAudit), |veil, who| {
             Ok(Json(json!(veil_audit::review::summarize(
-                &veil.audit_entries()?
+                &veil.audit_entries_for(&who)?
             ))))
         })
         .await
@@ -561,7 +503,9 @@ pub(crate) async fn audit_export(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let text = state
-        .as_principal(&headers, AUDITORS, |veil, _| Ok(veil.export_audit()?))
+        .as_caller(&headers, Some(Operation::ReadAudit), |veil, who| {
+            Ok(veil.export_audit_for(&who)?)
+        })
         .await?;
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], text).into_response())
 }
@@ -612,10 +556,10 @@ pub(crate) async fn consistency_proof(
 async fn proof(
     state: AppState,
     headers: HeaderMap,
-    make: impl FnOnce(&Veil, &Principal) -> veil_engine::Result<veil_audit::Proof> + Send + 'static,
+    make: impl FnOnce(&Veil, &Caller) -> veil_engine::Result<veil_audit::Proof> + Send + 'static,
 ) -> ApiResult {
     state
-        .as_principal(&headers, ANY, move |veil, who| {
+        .as_caller(&headers, ANYONE, move |veil, who| {
             Ok(Json(json!(make(veil, &who).map_err(beyond_the_log)?)))
         })
         .await
@@ -633,8 +577,8 @@ fn beyond_the_log(e: EngineError) -> ApiError {
 
 pub(crate) async fn principals(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
     state
-        .as_principal(&headers, ADMIN, |veil, _| {
-            Ok(Json(json!({ "principals": veil.principals()? })))
+        .as_caller(&headers, Some(Operation::ManagePrincipals), |veil, who| {
+            Ok(Json(json!({ "principals": veil.principals_as(&who)? })))
         })
         .await
 }
@@ -653,26 +597,22 @@ pub(crate) async fn add_principal(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     state
-        .as_principal(&headers, ADMIN, move |veil, admin| {
-            let request: AddPrincipal = parse_body(&body)?;
-            let role = Role::parse(&request.role).ok_or_else(|| {
-                ApiError::bad_request("role is one of holder, consumer, reviewer, admin")
-            })?;
-            let token = veil.create_principal(&request.name, role, &admin.name)?;
-            Ok((
-                StatusCode::CREATED,
-                Json(json!({ "name": request.name, "role": role, "token": token })),
-            ))
-        })
+        .as_caller(
+            &headers,
+            Some(Operation::ManagePrincipals),
+            move |veil, admin| {
+                let request: AddPrincipal = parse_body(&body)?;
+                let role = Role::parse(&request.role).ok_or_else(|| {
+                    ApiError::bad_request("role is one of holder, consumer, reviewer, admin")
+                })?;
+                let token = veil.create_principal(&admin, &request.name, role)?;
+                Ok((
+                    StatusCode::CREATED,
+                    Json(json!({ "name": request.name, "role": role, "token": token })),
+                ))
+            },
+        )
         .await
-}
-
-/// The principal `name`, for an admin acting on it (404 when there is none).
-fn existing_principal(veil: &Veil, name: &str) -> Result<Principal, ApiError> {
-    veil.principals()?
-        .into_iter()
-        .find(|p| p.name == name)
-        .ok_or_else(|| ApiError::not_found(format!("no principal named `{name}`")))
 }
 
 /// Revokes a principal's token (admin). The name stays taken; the log records who did it.
@@ -682,11 +622,14 @@ pub(crate) async fn revoke_principal(
     Path(name): Path<String>,
 ) -> ApiResult {
     state
-        .as_principal(&headers, ADMIN, move |veil, admin| {
-            existing_principal(veil, &name)?;
-            veil.revoke_principal(&name, &admin.name)?;
-            Ok(Json(json!(existing_principal(veil, &name)?)))
-        })
+        .as_caller(
+            &headers,
+            Some(Operation::ManagePrincipals),
+            move |veil, admin| {
+                veil.revoke_principal(&admin, &name)?;
+                Ok(Json(json!(veil.principal_as(&admin, &name)?)))
+            },
+        )
         .await
 }
 
@@ -697,13 +640,17 @@ pub(crate) async fn reissue_token(
     Path(name): Path<String>,
 ) -> ApiResult {
     state
-        .as_principal(&headers, ADMIN, move |veil, admin| {
-            let who = existing_principal(veil, &name)?;
-            let token = veil.reissue_token(&name, &admin.name)?;
-            Ok(Json(
-                json!({ "name": name, "role": who.role, "token": token }),
-            ))
-        })
+        .as_caller(
+            &headers,
+            Some(Operation::ManagePrincipals),
+            move |veil, admin| {
+                let who = veil.principal_as(&admin, &name)?;
+                let token = veil.reissue_token(&admin, &name)?;
+                Ok(Json(
+                    json!({ "name": name, "role": who.role, "token": token }),
+                ))
+            },
+        )
         .await
 }
 
@@ -714,7 +661,9 @@ pub(crate) async fn metrics(
 ) -> Result<Response, ApiError> {
     let metrics = state.metrics.clone();
     let text = state
-        .as_principal(&headers, AUDITORS, move |veil, _| Ok(metrics.render(veil)?))
+        .as_caller(&headers, Some(Operation::ReadAudit), move |veil, _| {
+            Ok(metrics.render(veil)?)
+        })
         .await?;
     Ok((
         [(

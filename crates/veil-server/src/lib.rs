@@ -12,8 +12,9 @@
 //! Every request except `GET /v1/health`, `/v1/public-key`, `/v1/audit/checkpoint` (published on
 //! purpose: reviewers compare checkpoints to detect a forked log) and `/v1/openapi.json` carries
 //! `Authorization: Bearer <token>`; the token names a principal and its role
-//! ([`veil_engine::Role`]). Each endpoint checks the role and, per object, ownership: an object the
-//! caller may not see answers `404` exactly like one that does not exist. Errors are JSON with a
+//! ([`veil_engine::Role`]). Handlers parse the request, call the engine as that [`Caller`] and
+//! serialise its answer: the engine decides roles and, per object, visibility (an object the
+//! caller may not see answers `404` exactly like one that does not exist). Errors are JSON with a
 //! stable `code` (see [`ApiError`]):
 //!
 //! ```json
@@ -41,7 +42,7 @@ use axum::http::HeaderMap;
 use axum::http::header;
 use axum::routing::{get, post};
 use tokio::sync::watch;
-use veil_engine::{EngineConfig, Principal, Role, Runtime, Veil};
+use veil_engine::{Caller, EngineConfig, Operation, Principal, Runtime, Veil};
 
 pub use config::{LogFormat, ServerConfig};
 pub use error::{ApiError, ServerError};
@@ -102,12 +103,29 @@ impl AppState {
             .map_err(|_| ApiError::internal())?
     }
 
-    /// Authenticates the request's bearer token, checks the caller has one of `roles` (any role
-    /// when empty), then runs `f` on the engine as that principal.
+    /// Authenticates the request's bearer token, then runs `f` on the engine as that principal.
+    /// With `operation`, first checks the principal's role may call it (the engine's table,
+    /// [`veil_engine::Operation::roles`]) — before the request body is looked at.
+    async fn as_caller<T: Send + 'static>(
+        &self,
+        headers: &HeaderMap,
+        operation: Option<Operation>,
+        f: impl FnOnce(&mut Veil, Caller) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        self.as_principal(headers, move |veil, who| {
+            let caller = Caller::from(&who);
+            if let Some(operation) = operation {
+                veil_engine::require(&caller, operation)?;
+            }
+            f(veil, caller)
+        })
+        .await
+    }
+
+    /// Authenticates the request's bearer token, then runs `f` on the engine with the principal.
     async fn as_principal<T: Send + 'static>(
         &self,
         headers: &HeaderMap,
-        roles: &'static [Role],
         f: impl FnOnce(&mut Veil, Principal) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let token = bearer(headers)?;
@@ -118,7 +136,6 @@ impl AppState {
                 .authenticate(&token)
                 .map_err(|_| ApiError::unauthenticated())?;
             span.record("principal", who.name.as_str());
-            require(&who, roles)?;
             f(veil, who)
         })
         .await
@@ -132,17 +149,6 @@ fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| t.trim().to_owned())
         .ok_or_else(ApiError::unauthenticated)
-}
-
-fn require(who: &Principal, roles: &[Role]) -> Result<(), ApiError> {
-    if roles.is_empty() || roles.contains(&who.role) {
-        return Ok(());
-    }
-    let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
-    Err(ApiError::forbidden(format!(
-        "this needs the role {}",
-        names.join(" or ")
-    )))
 }
 
 /// The whole application: routes, request ids and metrics, body limits.

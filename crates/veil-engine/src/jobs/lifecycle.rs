@@ -7,7 +7,8 @@ impl Veil {
     /// Submits the job described by the manifest at `manifest_path` (its `module` is read relative
     /// to the manifest) as `consumer`, and runs it at once if no approval is needed: the local
     /// CLI's way. The service records jobs with [`Veil::submit`] and leaves running to its workers.
-    pub fn submit_job(&mut self, manifest_path: &Path, consumer: &str) -> Result<SubmitOutcome> {
+    pub fn submit_job(&mut self, consumer: &Caller, manifest_path: &Path) -> Result<SubmitOutcome> {
+        require(consumer, Operation::SubmitJob)?;
         let text = std::fs::read_to_string(manifest_path).map_err(|e| {
             bad(format!(
                 "cannot read manifest {}: {e}",
@@ -21,7 +22,7 @@ impl Veil {
             .join(&manifest.module);
         let wasm = std::fs::read(&module_path)
             .map_err(|e| bad(format!("cannot read module {}: {e}", module_path.display())))?;
-        let outcome = self.submit(&text, &wasm, consumer)?;
+        let outcome = self.submit(consumer, &text, &wasm)?;
         if outcome.state == JobState::Queued {
             let state = self.run_job(&outcome.job)?.state;
             return Ok(SubmitOutcome {
@@ -37,14 +38,16 @@ impl Veil {
     /// nothing. A job the policy or the budget refuses is recorded (with its audit entries) and
     /// returned as [`EngineError::Refused`]. Otherwise the job is `queued` for a worker
     /// ([`Veil::run_job`]) or `awaiting_approval`.
-    pub fn submit(&mut self, text: &str, wasm: &[u8], consumer: &str) -> Result<SubmitOutcome> {
+    pub fn submit(&mut self, caller: &Caller, text: &str, wasm: &[u8]) -> Result<SubmitOutcome> {
+        require(caller, Operation::SubmitJob)?;
+        let consumer = caller.name.as_str();
         if !valid_principal(consumer) {
             return Err(bad(format!("`{consumer}` is not a valid principal name")));
         }
         let mut manifest = JobManifest::from_toml(text)?;
         // A dataset the consumer is not admitted to answers like a missing one; from here on the
         // manifest names the dataset by its id.
-        let record = self.find_dataset(Viewer::Consumer(consumer), &manifest.dataset)?;
+        let record = self.find_dataset(caller, &manifest.dataset)?;
         manifest.dataset = record.name.clone();
         let stored = self.policy(&manifest.dataset)?.ok_or_else(|| {
             bad(format!(
@@ -148,22 +151,25 @@ impl Veil {
 
     /// Approves a job waiting for `holder` (the dataset's owner) and runs it at once: the local
     /// CLI's way. The service queues it with [`Veil::approve`].
-    pub fn approve_job(&mut self, job: &str, holder: &str) -> Result<JobState> {
-        self.approve(job, holder)?;
+    pub fn approve_job(&mut self, holder: &Caller, job: &str) -> Result<JobState> {
+        self.approve(holder, job)?;
         Ok(self.run_job(job)?.state)
     }
 
     /// Approves a job waiting for `holder` (the dataset's owner): it is queued for a worker.
-    pub fn approve(&mut self, job: &str, holder: &str) -> Result<()> {
-        self.decide(job, holder, None)
+    pub fn approve(&mut self, holder: &Caller, job: &str) -> Result<()> {
+        self.decide(holder, job, None)
     }
 
     /// Rejects a job waiting for `holder`. Nothing is charged.
-    pub fn reject_job(&mut self, job: &str, holder: &str, reason: &str) -> Result<()> {
-        self.decide(job, holder, Some(reason))
+    pub fn reject_job(&mut self, holder: &Caller, job: &str, reason: &str) -> Result<()> {
+        self.decide(holder, job, Some(reason))
     }
 
-    fn decide(&mut self, job_id: &str, holder: &str, reject: Option<&str>) -> Result<()> {
+    /// Approves (`reject` = `None`) or rejects a job on `holder`'s dataset.
+    fn decide(&mut self, holder: &Caller, job_id: &str, reject: Option<&str>) -> Result<()> {
+        require(holder, Operation::DecideJob)?;
+        let holder = holder.name.as_str();
         if let Some(reason) = reject {
             check_reason(reason)?;
         }

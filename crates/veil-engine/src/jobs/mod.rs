@@ -8,11 +8,11 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use veil_audit::{AuditEvent, AuditLog};
 use veil_policy::{
-    Approval, Delta, Epsilon, JobManifest, PolicyError, Release, Spent, document_hash,
+    Approval, Delta, Epsilon, JobManifest, PolicyError, Spent, document_hash,
     model::valid_principal, precheck,
 };
 
-use crate::access::Viewer;
+use crate::access::{Caller, Operation, require};
 use crate::codes::{ConsumerCode, ConsumerState, JobCode};
 use crate::error::bad;
 use crate::execute::RunRequest;
@@ -93,7 +93,7 @@ pub struct JobInfo {
 
 /// What a consumer may learn about a job: a coarse state and a generic reason code — never module
 /// logs, trap text, unit counts or timings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConsumerJobView {
     pub id: String,
     pub dataset: String,

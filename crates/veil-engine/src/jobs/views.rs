@@ -85,21 +85,6 @@ impl Veil {
             .collect()
     }
 
-    /// The released result of a job, for its consumer only (see [`Veil::job_result_as`]).
-    pub fn job_result(&self, id: &str, consumer: &str) -> Result<Release> {
-        self.job_result_as(Viewer::Consumer(consumer), id)
-    }
-
-    /// The signed receipt of a released job, for its consumer (see [`Veil::job_receipt_as`]).
-    pub fn job_receipt(&self, id: &str, consumer: &str) -> Result<veil_audit::Receipt> {
-        self.job_receipt_as(Viewer::Consumer(consumer), id)
-    }
-
-    /// The holder-only log of a job, for the owner of its dataset (see [`Veil::job_logs_as`]).
-    pub fn job_logs(&self, id: &str, holder: &str) -> Result<Vec<String>> {
-        self.job_logs_as(Viewer::Holder(holder), id)
-    }
-
     /// The stored release of job `id`. Requires the caller to have checked who may read it.
     pub(crate) fn stored_result(&self, id: &str) -> Result<String> {
         Ok(self
@@ -118,8 +103,10 @@ impl Veil {
         Ok(lines)
     }
 
-    /// Budget of `consumer` on every dataset whose policy lets them in.
-    pub fn budget(&self, consumer: &str) -> Result<Vec<BudgetLine>> {
+    /// Budget of `consumer` on every dataset whose policy lets them in, or on which it spent.
+    pub fn budget(&self, caller: &Caller) -> Result<Vec<BudgetLine>> {
+        require(caller, Operation::ReadBudget)?;
+        let consumer = caller.name.as_str();
         let mut out = Vec::new();
         for d in self.datasets()? {
             let Some(p) = self.policy(&d.name)? else {
