@@ -157,6 +157,27 @@ impl std::fmt::Display for ConsumerCode {
     }
 }
 
+/// ε on the wire as its exact decimal text (`"0.5"`), not as millionths: what every answer and
+/// document shows a person. Used as `#[serde(with = "crate::codes::epsilon_text")]`.
+pub(crate) mod epsilon_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use veil_policy::Epsilon;
+
+    pub fn serialize<S: Serializer>(epsilon: &Epsilon, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(epsilon)
+    }
+
+    /// Requires a positive decimal of at most six fractional digits (what [`Epsilon`] holds).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Epsilon, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse::<f64>()
+            .ok()
+            .and_then(Epsilon::from_f64)
+            .filter(|e| e.to_string() == text)
+            .ok_or_else(|| serde::de::Error::custom(format!("`{text}` is not an ε")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +192,29 @@ mod tests {
         for state in ConsumerState::ALL {
             let json = serde_json::to_string(&state).unwrap();
             assert_eq!(json, format!("\"{}\"", state.as_str()));
+        }
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Charged {
+        #[serde(with = "epsilon_text")]
+        epsilon: veil_policy::Epsilon,
+    }
+
+    #[test]
+    fn epsilon_travels_as_its_exact_decimal_text() {
+        use veil_policy::Epsilon;
+        for (micro, text) in [(500_000, "0.5"), (1_000_000, "1"), (1, "0.000001")] {
+            let value = Charged {
+                epsilon: Epsilon(micro),
+            };
+            let json = serde_json::to_string(&value).unwrap();
+            assert_eq!(json, format!("{{\"epsilon\":\"{text}\"}}"));
+            assert_eq!(serde_json::from_str::<Charged>(&json).unwrap(), value);
+        }
+        for bad in ["0", "-1", "0.0000001", "1e400", "x", "0.50"] {
+            let json = format!("{{\"epsilon\":\"{bad}\"}}");
+            assert!(serde_json::from_str::<Charged>(&json).is_err(), "{bad}");
         }
     }
 }

@@ -81,7 +81,8 @@ pub struct JobInfo {
     pub module_hash: String,
     pub manifest_hash: String,
     pub manifest: String,
-    pub epsilon: String,
+    #[serde(with = "crate::codes::epsilon_text")]
+    pub epsilon: Epsilon,
     pub policy_version: Option<u64>,
     pub result_hash: Option<String>,
     pub created_at: String,
@@ -102,7 +103,8 @@ pub struct ConsumerJobView {
     pub code: Option<ConsumerCode>,
     pub module_hash: String,
     pub manifest_hash: String,
-    pub epsilon: String,
+    #[serde(with = "crate::codes::epsilon_text")]
+    pub epsilon: Epsilon,
     /// When the consumer submitted it, to the second. No update time: it would time the run.
     pub created_at: String,
     /// Once started: when the outcome becomes visible (fixed at the start, see [`JobInfo`]).
@@ -132,7 +134,7 @@ impl JobInfo {
             code,
             module_hash: self.module_hash.clone(),
             manifest_hash: self.manifest_hash.clone(),
-            epsilon: self.epsilon.clone(),
+            epsilon: self.epsilon,
             created_at: veil_catalog::to_the_second(&self.created_at),
             release_at: self.release_at.clone(),
         }
@@ -190,7 +192,7 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(JobInfo, String)> {
             module_hash: r.get(5)?,
             manifest_hash: r.get(6)?,
             manifest: r.get(7)?,
-            epsilon: Epsilon(r.get(8)?).to_string(),
+            epsilon: Epsilon(r.get(8)?),
             policy_version: r.get(9)?,
             result_hash: r.get(10)?,
             created_at: r.get(11)?,
