@@ -219,6 +219,88 @@ struct Dp {
     unit_count_epsilon: Option<Epsilon>,
 }
 
+/// The privacy unit column, if named: it must not be blank.
+fn parse_privacy_unit(src: &Src<'_>, unit: Option<Spanned<String>>) -> Result<Option<String>> {
+    match unit {
+        Some(u) if u.get_ref().trim().is_empty() => {
+            src.err(u.span(), "privacy_unit", "must name a column")
+        }
+        Some(u) => Ok(Some(u.into_inner())),
+        None => Ok(None),
+    }
+}
+
+/// The admitted consumers: at least one, each a valid principal name.
+fn parse_consumers(src: &Src<'_>, consumers: Spanned<Vec<String>>) -> Result<Vec<String>> {
+    let span = consumers.span();
+    let consumers = consumers.into_inner();
+    if consumers.is_empty() {
+        return src.err(span, "consumers", "list at least one consumer");
+    }
+    if let Some(bad) = consumers.iter().find(|c| !valid_principal(c)) {
+        return src.err(
+            span,
+            "consumers",
+            format!("`{bad}` is not a principal name (letters, digits, '-', '_', '.')"),
+        );
+    }
+    Ok(consumers)
+}
+
+fn parse_approval(src: &Src<'_>, approval: &Spanned<String>) -> Result<Approval> {
+    match approval.get_ref().as_str() {
+        "auto" => Ok(Approval::Auto),
+        "manual" => Ok(Approval::Manual),
+        other => src.err(
+            approval.span(),
+            "approval",
+            format!("`{other}` is not one of \"auto\", \"manual\""),
+        ),
+    }
+}
+
+/// The policy's size limits, each checked against its range.
+struct Limits {
+    min_units_per_group: u64,
+    max_groups_per_unit: u32,
+    max_rows_per_unit: u32,
+    max_units: u64,
+}
+
+impl Limits {
+    fn parse(
+        src: &Src<'_>,
+        min_units: &Spanned<i64>,
+        max_groups: &Spanned<i64>,
+        max_rows: Option<&Spanned<i64>>,
+        max_units: Option<&Spanned<i64>>,
+    ) -> Result<Limits> {
+        let in_range = |value: &Spanned<i64>, field: &'static str, max: i64| -> Result<i64> {
+            if (1..=max).contains(value.get_ref()) {
+                Ok(*value.get_ref())
+            } else {
+                src.err(value.span(), field, format!("must be between 1 and {max}"))
+            }
+        };
+        let min_units_per_group = in_range(min_units, "min_units_per_group", 1_000_000)? as u64;
+        let max_groups_per_unit = in_range(max_groups, "max_groups_per_unit", 10_000)? as u32;
+        let max_rows_per_unit = match max_rows {
+            None => DEFAULT_MAX_ROWS_PER_UNIT,
+            Some(m) => in_range(m, "max_rows_per_unit", 1_000_000)? as u32,
+        };
+        let max_units = match max_units {
+            None => DEFAULT_MAX_UNITS,
+            Some(m) => in_range(m, "max_units", MAX_MAX_UNITS)? as u64,
+        };
+        Ok(Limits {
+            min_units_per_group,
+            max_groups_per_unit,
+            max_rows_per_unit,
+            max_units,
+        })
+    }
+}
+
 fn parse_dp(src: &Src<'_>, dp: &RawDp) -> Result<Dp> {
     let eps = |s: &Spanned<f64>, field: &str| -> Result<Epsilon> {
         match Epsilon::from_f64(*s.get_ref()) {
@@ -427,74 +509,21 @@ impl Policy {
         })?;
         let src = Src(text);
 
-        let privacy_unit = match raw.privacy_unit {
-            Some(u) if u.get_ref().trim().is_empty() => {
-                return src.err(u.span(), "privacy_unit", "must name a column");
-            }
-            Some(u) => Some(u.into_inner()),
-            None => None,
-        };
-        let consumers_span = raw.consumers.span();
-        let consumers = raw.consumers.into_inner();
-        if consumers.is_empty() {
-            return src.err(consumers_span, "consumers", "list at least one consumer");
-        }
-        if let Some(bad) = consumers.iter().find(|c| !valid_principal(c)) {
-            return src.err(
-                consumers_span,
-                "consumers",
-                format!("`{bad}` is not a principal name (letters, digits, '-', '_', '.')"),
-            );
-        }
-        let approval = match raw.approval.get_ref().as_str() {
-            "auto" => Approval::Auto,
-            "manual" => Approval::Manual,
-            other => {
-                return src.err(
-                    raw.approval.span(),
-                    "approval",
-                    format!("`{other}` is not one of \"auto\", \"manual\""),
-                );
-            }
-        };
-        let min_units = *raw.min_units_per_group.get_ref();
-        if !(1..=1_000_000).contains(&min_units) {
-            return src.err(
-                raw.min_units_per_group.span(),
-                "min_units_per_group",
-                "must be between 1 and 1000000",
-            );
-        }
-        let max_groups = *raw.max_groups_per_unit.get_ref();
-        if !(1..=10_000).contains(&max_groups) {
-            return src.err(
-                raw.max_groups_per_unit.span(),
-                "max_groups_per_unit",
-                "must be between 1 and 10000",
-            );
-        }
-        let max_rows = match &raw.max_rows_per_unit {
-            None => DEFAULT_MAX_ROWS_PER_UNIT,
-            Some(m) if (1..=1_000_000).contains(m.get_ref()) => *m.get_ref() as u32,
-            Some(m) => {
-                return src.err(
-                    m.span(),
-                    "max_rows_per_unit",
-                    "must be between 1 and 1000000",
-                );
-            }
-        };
-        let max_units = match &raw.max_units {
-            None => DEFAULT_MAX_UNITS,
-            Some(m) if (1..=MAX_MAX_UNITS).contains(m.get_ref()) => *m.get_ref() as u64,
-            Some(m) => {
-                return src.err(
-                    m.span(),
-                    "max_units",
-                    format!("must be between 1 and {MAX_MAX_UNITS}"),
-                );
-            }
-        };
+        let privacy_unit = parse_privacy_unit(&src, raw.privacy_unit)?;
+        let consumers = parse_consumers(&src, raw.consumers)?;
+        let approval = parse_approval(&src, &raw.approval)?;
+        let Limits {
+            min_units_per_group,
+            max_groups_per_unit,
+            max_rows_per_unit,
+            max_units,
+        } = Limits::parse(
+            &src,
+            &raw.min_units_per_group,
+            &raw.max_groups_per_unit,
+            raw.max_rows_per_unit.as_ref(),
+            raw.max_units.as_ref(),
+        )?;
         let Dp {
             epsilon_per_job,
             epsilon_total,
@@ -509,9 +538,9 @@ impl Policy {
             privacy_unit,
             consumers,
             approval,
-            min_units_per_group: min_units as u64,
-            max_groups_per_unit: max_groups as u32,
-            max_rows_per_unit: max_rows,
+            min_units_per_group,
+            max_groups_per_unit,
+            max_rows_per_unit,
             max_units,
             epsilon_per_job,
             epsilon_total,
