@@ -185,6 +185,13 @@ fn remote_commands_answer_like_local_ones() {
         &["job", "submit", big.to_str().unwrap()],
     );
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    // The refusal says why, as in local mode, and the job id is still printed.
+    assert!(
+        text(&out.stderr).contains("caps each job at ε"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).trim().starts_with("job-"));
     let out = remote(&env, &server, &admin, &["keys", "rotate"]);
     assert!(!out.status.success());
     assert!(
@@ -305,6 +312,7 @@ fn local_and_remote_mode_answer_alike_for_every_command_and_caller() {
         (vec!["audit", "summary", "--format", "json"], Exact),
         (vec!["audit", "prove", "--entry", "3"], Outcome),
         (vec!["admin", "principals"], Exact),
+        (vec!["whoami"], Exact),
     ];
     let mut checked = 0;
     for (name, token) in &tokens {

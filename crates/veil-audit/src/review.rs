@@ -2,7 +2,7 @@
 //! functions over entries (no I/O), so they work the same on a store and on an exported log.
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -53,14 +53,54 @@ fn jobs(entries: &[Entry]) -> BTreeMap<String, JobFacts> {
         .collect()
 }
 
+/// A decision an entry can record: what `audit log --decision` and `?decision=` select.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// The pre-check or the ledger refused a job.
+    Refused,
+    /// Its holder approved a job.
+    Approved,
+    /// Its holder rejected a job.
+    Rejected,
+    /// A result was released.
+    Released,
+    /// A release was denied (the run failed).
+    Denied,
+}
+
+impl Decision {
+    pub const ALL: [Decision; 5] = [
+        Decision::Refused,
+        Decision::Approved,
+        Decision::Rejected,
+        Decision::Released,
+        Decision::Denied,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Refused => "refused",
+            Decision::Approved => "approved",
+            Decision::Rejected => "rejected",
+            Decision::Released => "released",
+            Decision::Denied => "denied",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Decision> {
+        Decision::ALL.into_iter().find(|d| d.as_str() == text)
+    }
+}
+
 /// The decision an entry records, if it records one.
-pub fn decision(event: &AuditEvent) -> Option<&'static str> {
+pub fn decision(event: &AuditEvent) -> Option<Decision> {
     Some(match event {
-        AuditEvent::JobRefused { .. } => "refused",
-        AuditEvent::JobApproved { .. } => "approved",
-        AuditEvent::JobRejected { .. } => "rejected",
-        AuditEvent::ReleaseCreated { .. } => "released",
-        AuditEvent::ReleaseDenied { .. } => "denied",
+        AuditEvent::JobRefused { .. } => Decision::Refused,
+        AuditEvent::JobApproved { .. } => Decision::Approved,
+        AuditEvent::JobRejected { .. } => Decision::Rejected,
+        AuditEvent::ReleaseCreated { .. } => Decision::Released,
+        AuditEvent::ReleaseDenied { .. } => Decision::Denied,
         _ => return None,
     })
 }
@@ -72,8 +112,7 @@ pub struct Filter {
     pub dataset: Option<String>,
     pub consumer: Option<String>,
     pub module_hash: Option<String>,
-    /// `refused`, `approved`, `rejected`, `released` or `denied`.
-    pub decision: Option<String>,
+    pub decision: Option<Decision>,
     pub since: Option<String>,
     pub until: Option<String>,
 }
@@ -98,7 +137,7 @@ impl Filter {
                 ok(&self.dataset, dataset)
                     && ok(&self.consumer, facts.map(|f| f.consumer.as_str()))
                     && ok(&self.module_hash, facts.map(|f| f.module_hash.as_str()))
-                    && ok(&self.decision, decision(&e.event))
+                    && self.decision.is_none_or(|d| decision(&e.event) == Some(d))
                     && self.since.as_deref().is_none_or(|s| e.time.as_str() >= s)
                     && self.until.as_deref().is_none_or(|u| e.time.as_str() < u)
             })

@@ -1,39 +1,40 @@
-//! Remote mode: the same commands against a Veil server (`--server URL`, token in `VEIL_TOKEN`).
-//!
-//! The server decides who the caller is from the token, so `--as` is not used here. Output matches
-//! local mode where the server returns the same objects; a consumer's job views are coarse (state
-//! and a generic reason code), as the server gives them.
+//! Remote mode: the [`Backend`] over a Veil server's HTTP API (`--server URL`, token in
+//! `VEIL_TOKEN`). The server decides who the caller is from the token, so `--as` is not used
+//! here; each call is one endpoint of `crates/veil-server/openapi.json`, its answer deserialized
+//! into the same type the engine returns in local mode.
 use std::path::Path;
-use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use base64::Engine as _;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use veil_engine::{AuditEntry, BudgetLine, DatasetRecord, JobView, Release};
-
-use crate::{
-    AdminCmd, AuditCmd, Command, DatasetCmd, Format, JobCmd, KeysCmd, PolicyCmd, output,
-    write_or_print,
+use veil_audit::{Certificate, Proof, Receipt};
+use veil_engine::{
+    AuditEntry, BudgetLine, ConsumerJobView, DatasetRecord, DatasetView, JobView, PolicyDocument,
+    PolicyVersion, Principal, Release, Role, Submission,
 };
+
+use crate::backend::{Backend, Identity, LogQuery, ProofRequest, PublicKeys, Registration};
 
 /// Largest response read (an audit export of a long-lived store can be large).
 const MAX_RESPONSE_BYTES: u64 = 1 << 30;
 
-struct Client {
+/// A server and the token to present.
+pub(crate) struct Remote {
     base: String,
     token: Option<String>,
     agent: ureq::Agent,
 }
 
-impl Client {
-    fn new(server: &str, token: Option<String>) -> Client {
+impl Remote {
+    pub(crate) fn new(server: &str, token: Option<String>) -> Remote {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(300)))
             .build()
             .into();
-        Client {
+        Remote {
             base: server.trim_end_matches('/').to_owned(),
             token,
             agent,
@@ -86,19 +87,69 @@ impl Client {
         self.finish(self.agent.get(self.url(path)).call())
     }
 
-    fn get_json(&self, path: &str) -> Result<Value> {
-        Ok(serde_json::from_str(&self.get(path)?)?)
+    fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        decode(&self.get(path)?)
     }
 
-    fn send_json(&self, path: &str, body: &Value) -> Result<Value> {
+    fn send_json<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T> {
         let response = self
             .agent
             .post(self.url(path))
             .header("Authorization", self.auth()?)
             .header("Content-Type", "application/json")
             .send(serde_json::to_vec(body)?.as_slice());
-        Ok(serde_json::from_str(&self.finish(response)?)?)
+        decode(&self.finish(response)?)
     }
+
+    /// The job `id` once it has left `queued` and `running`: long-polls the server (which waits
+    /// at most 30 s per request) until it has.
+    fn settled_job<T: DeserializeOwned>(
+        &self,
+        id: &str,
+        settled: impl Fn(&T) -> bool,
+    ) -> Result<T> {
+        loop {
+            let view: T = self.get_json(&job_path(id, "?wait=30"))?;
+            if settled(&view) {
+                return Ok(view);
+            }
+        }
+    }
+}
+
+/// A server's JSON answer as `T`; an answer of another shape means client and server disagree.
+fn decode<T: DeserializeOwned>(body: &str) -> Result<T> {
+    serde_json::from_str(body).context("the server's answer is not what this client expects")
+}
+
+/// Fields of a JSON object answer.
+#[derive(serde::Deserialize)]
+struct Datasets {
+    datasets: Vec<DatasetView>,
+}
+#[derive(serde::Deserialize)]
+struct Jobs {
+    jobs: Vec<JobView>,
+}
+#[derive(serde::Deserialize)]
+struct Lines {
+    lines: Vec<String>,
+}
+#[derive(serde::Deserialize)]
+struct Budget {
+    budget: Vec<BudgetLine>,
+}
+#[derive(serde::Deserialize)]
+struct Entries {
+    entries: Vec<AuditEntry>,
+}
+#[derive(serde::Deserialize)]
+struct Principals {
+    principals: Vec<Principal>,
+}
+#[derive(serde::Deserialize)]
+struct Token {
+    token: String,
 }
 
 /// Query-string encoding of one value.
@@ -125,294 +176,193 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
     }
 }
 
-/// Runs `command` against `server`. Commands that only make sense on the server's host are errors.
-pub(crate) fn run(command: Command, server: &str, token: Option<String>) -> Result<ExitCode> {
-    let client = Client::new(server, token);
-    match command {
-        Command::Whoami => {
-            let me = client.get_json("/v1/whoami")?;
-            println!(
-                "{} ({})",
-                me["name"].as_str().unwrap_or("?"),
-                me["role"].as_str().unwrap_or("?")
-            );
-        }
-        Command::Dataset(DatasetCmd::Add {
-            file,
-            name,
-            privacy_unit,
-            columns,
-        }) => {
-            let mut f = std::fs::File::open(&file)
-                .with_context(|| format!("opening {}", file.display()))?;
-            let path = format!(
-                "/v1/datasets{}",
-                query(&[
-                    ("name", Some(name)),
-                    ("privacy_unit", privacy_unit),
-                    ("columns", columns.map(|c| c.join(","))),
-                ])
-            );
-            let response = client
-                .agent
-                .post(client.url(&path))
-                .header("Authorization", client.auth()?)
-                .header("Content-Type", "application/octet-stream")
-                .send(ureq::SendBody::from_reader(&mut f));
-            let r: DatasetRecord = serde_json::from_str(&client.finish(response)?)?;
-            output::registered(&r);
-        }
-        Command::Dataset(DatasetCmd::List { format }) => {
-            let v = client.get_json("/v1/datasets")?;
-            let list: Vec<serde_json::Value> = serde_json::from_value(v["datasets"].clone())?;
-            output::datasets(&list, format == Format::Json);
-        }
-        Command::Dataset(DatasetCmd::Certificate { name, out }) => {
-            let v = client.get_json(&format!("/v1/datasets/{}/certificate", encode(&name)))?;
-            write_or_print(out.as_deref(), &(serde_json::to_string_pretty(&v)? + "\n"))?;
-        }
-        Command::Policy(PolicyCmd::Set { dataset, file }) => {
-            let text =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let response = client
-                .agent
-                .put(client.url(&format!("/v1/datasets/{}/policy", encode(&dataset))))
-                .header("Authorization", client.auth()?)
-                .header("Content-Type", "application/toml")
-                .send(text.as_slice());
-            let v: Value = serde_json::from_str(&client.finish(response)?)?;
-            println!(
-                "policy version {} set on `{}` (sha256 {})",
-                v["version"],
-                v["dataset"].as_str().unwrap_or(&dataset),
-                v["hash"].as_str().unwrap_or("?")
-            );
-        }
-        Command::Policy(PolicyCmd::Show { dataset }) => {
-            let v = client.get_json(&format!("/v1/datasets/{}/policy", encode(&dataset)))?;
-            println!(
-                "# policy version {} of `{}`, set by {} (sha256 {})",
-                v["version"],
-                v["dataset"].as_str().unwrap_or(&dataset),
-                v["holder"].as_str().unwrap_or("?"),
-                v["hash"].as_str().unwrap_or("?")
-            );
-            print!("{}", v["toml"].as_str().unwrap_or(""));
-        }
-        Command::Job(cmd) => return job(&client, cmd),
-        Command::Budget { format } => {
-            let v = client.get_json("/v1/budget")?;
-            let lines: Vec<BudgetLine> = serde_json::from_value(v["budget"].clone())?;
-            let me = client.get_json("/v1/whoami")?;
-            output::budget(
-                me["name"].as_str().unwrap_or("?"),
-                &lines,
-                format == Format::Json,
-            );
-        }
-        Command::Audit(AuditCmd::Export { out }) => {
-            let text = client.get("/v1/audit/export")?;
-            write_or_print(out.as_deref(), &text)?;
-        }
-        Command::Audit(AuditCmd::Checkpoint { out }) => {
-            write_or_print(out.as_deref(), &client.get_public("/v1/audit/checkpoint")?)?;
-        }
-        Command::Audit(AuditCmd::Log {
-            format,
-            dataset,
-            consumer,
-            module,
-            decision,
-            since,
-            until,
-        }) => {
-            let path = format!(
-                "/v1/audit/log{}",
-                query(&[
-                    ("dataset", dataset),
-                    ("consumer", consumer),
-                    ("module", module),
-                    ("decision", decision),
-                    ("since", since),
-                    ("until", until),
-                ])
-            );
-            let v = client.get_json(&path)?;
-            let entries: Vec<AuditEntry> = serde_json::from_value(v["entries"].clone())?;
-            output::audit_log(&entries, format == Format::Json);
-        }
-        Command::Audit(AuditCmd::Summary { format }) => {
-            let v = client.get_json("/v1/audit/log")?;
-            let entries: Vec<AuditEntry> = serde_json::from_value(v["entries"].clone())?;
-            output::audit_summary(
-                &veil_audit::review::summarize(&entries),
-                format == Format::Json,
-            );
-        }
-        Command::Audit(AuditCmd::Prove {
-            entry,
-            from,
-            size,
-            out,
-        }) => {
-            let size = size.map(|s| s.to_string());
-            let path = match (entry, from) {
-                (Some(e), _) => format!(
-                    "/v1/audit/proof/inclusion{}",
-                    query(&[("entry", Some(e.to_string())), ("size", size)])
-                ),
-                (None, Some(f)) => format!(
-                    "/v1/audit/proof/consistency{}",
-                    query(&[("from", Some(f.to_string())), ("size", size)])
-                ),
-                (None, None) => unreachable!("clap requires one"),
-            };
-            let v = client.get_json(&path)?;
-            write_or_print(out.as_deref(), &(serde_json::to_string_pretty(&v)? + "\n"))?;
-        }
-        Command::Keys(KeysCmd::Public) => {
-            let v: Value = serde_json::from_str(&client.get_public("/v1/public-key")?)?;
-            println!("{}", v["public_key"].as_str().unwrap_or("?"));
-        }
-        Command::Keys(KeysCmd::First) => {
-            let v: Value = serde_json::from_str(&client.get_public("/v1/public-key")?)?;
-            println!("{}", v["first_public_key"].as_str().unwrap_or("?"));
-        }
-        Command::Admin(AdminCmd::AddPrincipal { name, role }) => {
-            let v = client.send_json(
-                "/v1/admin/principals",
-                &json!({ "name": name, "role": role }),
-            )?;
-            println!("{name} ({role}) created. Token, shown only now:");
-            println!("{}", v["token"].as_str().unwrap_or("?"));
-        }
-        Command::Admin(AdminCmd::Principals) => {
-            let v = client.get_json("/v1/admin/principals")?;
-            for p in v["principals"].as_array().into_iter().flatten() {
-                let revoked = p["revoked_at"].as_str().map(|t| format!("  revoked {t}"));
-                println!(
-                    "{:<24} {:<10} {}{}",
-                    p["name"].as_str().unwrap_or("?"),
-                    p["role"].as_str().unwrap_or("?"),
-                    p["created_at"].as_str().unwrap_or("?"),
-                    revoked.unwrap_or_default()
-                );
-            }
-        }
-        Command::Admin(AdminCmd::Revoke { name }) => {
-            let response = client
-                .agent
-                .delete(client.url(&format!("/v1/admin/principals/{}", encode(&name))))
-                .header("Authorization", client.auth()?)
-                .call();
-            client.finish(response)?;
-            println!("{name} revoked");
-        }
-        Command::Admin(AdminCmd::ReissueToken { name }) => {
-            let v = client.send_json(
-                &format!("/v1/admin/principals/{}/token", encode(&name)),
-                &json!({}),
-            )?;
-            println!("new token for {name}, shown only now (the old one no longer works):");
-            println!("{}", v["token"].as_str().unwrap_or("?"));
-        }
-        Command::Init
-        | Command::Demo { .. }
-        | Command::Serve { .. }
-        | Command::Keys(KeysCmd::Rotate)
-        | Command::Audit(AuditCmd::Verify { log: None, .. }) => {
-            unreachable!("host-only commands are refused before remote dispatch")
-        }
-        Command::Audit(_) | Command::Receipt(_) | Command::Certificate(_) => {
-            unreachable!("offline commands are handled before remote dispatch")
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The job `id` as the server shows it to the token's principal.
-fn job_view(client: &Client, id: &str) -> Result<JobView> {
-    Ok(serde_json::from_value(client.get_json(&job_path(id, ""))?)?)
-}
-
 fn job_path(id: &str, tail: &str) -> String {
     format!("/v1/jobs/{}{tail}", encode(id))
 }
 
-fn job(client: &Client, cmd: JobCmd) -> Result<ExitCode> {
-    match cmd {
-        JobCmd::Submit { manifest } => {
-            let text = std::fs::read_to_string(&manifest)
-                .with_context(|| format!("reading {}", manifest.display()))?;
-            let module = module_of(&manifest, &text)?;
-            let wasm =
-                std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
-            let v = client.send_json(
-                "/v1/jobs",
-                &json!({
-                    "manifest": text,
-                    "module": base64::engine::general_purpose::STANDARD.encode(&wasm),
-                }),
-            )?;
-            let id = v["id"]
-                .as_str()
-                .ok_or_else(|| anyhow!("the server named no job"))?;
-            // Like local mode, answer once the job has settled (or after the server's longest wait).
-            let v = client.get_json(&job_path(id, "?wait=30"))?;
-            println!("{id}");
-            let state = v["state"].as_str().unwrap_or("?");
-            match v["code"].as_str() {
-                Some(code) => eprintln!("job {id} is {state} ({code})"),
-                None => eprintln!("job {id} is {state}"),
-            }
-            if state == "refused" && matches!(v["code"].as_str(), Some("policy" | "budget")) {
-                return Ok(ExitCode::from(3));
-            }
-        }
-        JobCmd::Approve { job } => {
-            client.send_json(&job_path(&job, "/approve"), &json!({}))?;
-            let v = client.get_json(&job_path(&job, "?wait=30"))?;
-            println!(
-                "job {job} approved; it is now {}",
-                v["state"].as_str().unwrap_or("?")
-            );
-        }
-        JobCmd::Reject { job, reason } => {
-            client.send_json(&job_path(&job, "/reject"), &json!({ "reason": reason }))?;
-            println!("job {job} rejected");
-        }
-        JobCmd::Status { job } => output::job_line(&job_view(client, &job)?),
-        JobCmd::Show { job } => output::job_view(&job_view(client, &job)?)?,
-        JobCmd::List => {
-            let v = client.get_json("/v1/jobs")?;
-            let views: Vec<JobView> = serde_json::from_value(v["jobs"].clone())?;
-            output::job_views(&views)?;
-        }
-        JobCmd::Logs { job } => {
-            let v = client.get_json(&job_path(&job, "/logs"))?;
-            for line in v["lines"].as_array().into_iter().flatten() {
-                println!("{}", output::escape(line.as_str().unwrap_or("")));
-            }
-        }
-        JobCmd::Receipt { job, out } => {
-            let v = client.get_json(&job_path(&job, "/receipt"))?;
-            write_or_print(out.as_deref(), &(serde_json::to_string_pretty(&v)? + "\n"))?;
-        }
-        JobCmd::Result { job, format } => {
-            let release: Release =
-                serde_json::from_value(client.get_json(&job_path(&job, "/result"))?)?;
-            output::release(&release, format);
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+fn dataset_path(name: &str, tail: &str) -> String {
+    format!("/v1/datasets/{}{tail}", encode(name))
 }
 
-/// The module a manifest names, relative to the manifest's folder.
-fn module_of(manifest: &Path, text: &str) -> Result<std::path::PathBuf> {
-    let parsed: toml::Value = toml::from_str(text).context("the manifest is not TOML")?;
-    let module = parsed
-        .get("module")
-        .and_then(|m| m.as_str())
-        .ok_or_else(|| anyhow!("the manifest names no `module`"))?;
-    Ok(manifest.parent().unwrap_or(Path::new(".")).join(module))
+/// Whether a job, as the server shows it, has left `queued` and `running`.
+fn settled(view: &ConsumerJobView) -> bool {
+    JobView::Consumer(view.clone()).settled()
+}
+
+impl Backend for Remote {
+    fn whoami(&mut self) -> Result<Identity> {
+        self.get_json("/v1/whoami")
+    }
+
+    fn register_dataset(&mut self, r: Registration<'_>) -> Result<DatasetRecord> {
+        let mut f =
+            std::fs::File::open(r.file).with_context(|| format!("opening {}", r.file.display()))?;
+        let path = format!(
+            "/v1/datasets{}",
+            query(&[
+                ("name", Some(r.name.to_owned())),
+                ("privacy_unit", r.privacy_unit.map(str::to_owned)),
+                ("columns", r.columns.map(|c| c.join(","))),
+            ])
+        );
+        let response = self
+            .agent
+            .post(self.url(&path))
+            .header("Authorization", self.auth()?)
+            .header("Content-Type", "application/octet-stream")
+            .send(ureq::SendBody::from_reader(&mut f));
+        decode(&self.finish(response)?)
+    }
+
+    fn datasets(&mut self) -> Result<Vec<DatasetView>> {
+        Ok(self.get_json::<Datasets>("/v1/datasets")?.datasets)
+    }
+
+    fn dataset_certificate(&mut self, name: &str) -> Result<Certificate> {
+        self.get_json(&dataset_path(name, "/certificate"))
+    }
+
+    fn set_policy(&mut self, dataset: &str, toml: &str) -> Result<PolicyVersion> {
+        let response = self
+            .agent
+            .put(self.url(&dataset_path(dataset, "/policy")))
+            .header("Authorization", self.auth()?)
+            .header("Content-Type", "application/toml")
+            .send(toml.as_bytes());
+        decode(&self.finish(response)?)
+    }
+
+    fn policy(&mut self, dataset: &str) -> Result<PolicyDocument> {
+        self.get_json(&dataset_path(dataset, "/policy"))
+    }
+
+    fn budget(&mut self) -> Result<Vec<BudgetLine>> {
+        Ok(self.get_json::<Budget>("/v1/budget")?.budget)
+    }
+
+    fn submit(&mut self, manifest: &Path) -> Result<Submission> {
+        let (text, wasm) = veil_engine::read_job_files(manifest)?;
+        let submitted: Submission = self.send_json(
+            "/v1/jobs",
+            &json!({
+                "manifest": text,
+                "module": base64::engine::general_purpose::STANDARD.encode(&wasm),
+            }),
+        )?;
+        if settled(&submitted.job) {
+            return Ok(submitted);
+        }
+        // Like local mode, answer once the job has settled.
+        let job = self.settled_job(&submitted.job.id, settled)?;
+        Ok(Submission {
+            job,
+            refusal: submitted.refusal,
+        })
+    }
+
+    fn approve(&mut self, job: &str) -> Result<JobView> {
+        self.send_json::<Value>(&job_path(job, "/approve"), &json!({}))?;
+        self.settled_job(job, JobView::settled)
+    }
+
+    fn reject(&mut self, job: &str, reason: &str) -> Result<()> {
+        self.send_json::<Value>(&job_path(job, "/reject"), &json!({ "reason": reason }))?;
+        Ok(())
+    }
+
+    fn job(&mut self, job: &str) -> Result<JobView> {
+        self.get_json(&job_path(job, ""))
+    }
+
+    fn jobs(&mut self) -> Result<Vec<JobView>> {
+        Ok(self.get_json::<Jobs>("/v1/jobs")?.jobs)
+    }
+
+    fn job_logs(&mut self, job: &str) -> Result<Vec<String>> {
+        Ok(self.get_json::<Lines>(&job_path(job, "/logs"))?.lines)
+    }
+
+    fn job_receipt(&mut self, job: &str) -> Result<Receipt> {
+        self.get_json(&job_path(job, "/receipt"))
+    }
+
+    fn job_result(&mut self, job: &str) -> Result<Release> {
+        self.get_json(&job_path(job, "/result"))
+    }
+
+    fn audit_export(&mut self) -> Result<String> {
+        self.get("/v1/audit/export")
+    }
+
+    fn audit_checkpoint(&mut self) -> Result<String> {
+        self.get_public("/v1/audit/checkpoint")
+    }
+
+    fn audit_log(&mut self, q: &LogQuery) -> Result<Vec<AuditEntry>> {
+        let path = format!(
+            "/v1/audit/log{}",
+            query(&[
+                ("dataset", q.dataset.clone()),
+                ("consumer", q.consumer.clone()),
+                ("module", q.module.clone()),
+                ("decision", q.decision.map(|d| d.as_str().to_owned())),
+                ("since", q.since.clone()),
+                ("until", q.until.clone()),
+            ])
+        );
+        Ok(self.get_json::<Entries>(&path)?.entries)
+    }
+
+    fn prove(&mut self, request: ProofRequest) -> Result<Proof> {
+        let path = match request {
+            ProofRequest::Inclusion { entry, size } => format!(
+                "/v1/audit/proof/inclusion{}",
+                query(&[
+                    ("entry", Some(entry.to_string())),
+                    ("size", size.map(|s| s.to_string()))
+                ])
+            ),
+            ProofRequest::Consistency { from, size } => format!(
+                "/v1/audit/proof/consistency{}",
+                query(&[
+                    ("from", Some(from.to_string())),
+                    ("size", size.map(|s| s.to_string()))
+                ])
+            ),
+        };
+        self.get_json(&path)
+    }
+
+    fn public_keys(&mut self) -> Result<PublicKeys> {
+        decode(&self.get_public("/v1/public-key")?)
+    }
+
+    fn add_principal(&mut self, name: &str, role: Role) -> Result<String> {
+        let body = json!({ "name": name, "role": role });
+        Ok(self
+            .send_json::<Token>("/v1/admin/principals", &body)?
+            .token)
+    }
+
+    fn principals(&mut self) -> Result<Vec<Principal>> {
+        Ok(self
+            .get_json::<Principals>("/v1/admin/principals")?
+            .principals)
+    }
+
+    fn revoke(&mut self, name: &str) -> Result<()> {
+        let url = self.url(&format!("/v1/admin/principals/{}", encode(name)));
+        let response = self
+            .agent
+            .delete(url)
+            .header("Authorization", self.auth()?)
+            .call();
+        self.finish(response)?;
+        Ok(())
+    }
+
+    fn reissue_token(&mut self, name: &str) -> Result<String> {
+        let path = format!("/v1/admin/principals/{}/token", encode(name));
+        Ok(self.send_json::<Token>(&path, &json!({}))?.token)
+    }
 }

@@ -134,15 +134,16 @@ pub enum Viewer<'a> {
     Auditor,
 }
 
-/// A dataset as a caller may see it.
-#[derive(Debug, Clone, Serialize)]
+/// A dataset as a caller may see it. (Deserializing tries the record first: an entry lacks its
+/// required row count, so it cannot be mistaken for one.)
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum DatasetView {
+    /// For its owner, reviewers and admins: the catalog record.
+    Record(DatasetRecord),
     /// For consumers: the catalog entry, without anything computed from the rows (no row count,
     /// no content hash or salt; a noisy unit count where the policy publishes one).
     Entry(CatalogEntry),
-    /// For its owner, reviewers and admins: the catalog record.
-    Record(DatasetRecord),
 }
 
 /// A job as a caller may see it. (Read back from JSON, the fuller view is tried first: a
@@ -400,6 +401,21 @@ impl Veil {
     pub fn audit_entries_for(&self, caller: &Caller) -> Result<Vec<veil_audit::Entry>> {
         require(caller, Operation::ReadAudit)?;
         self.audit_entries()
+    }
+
+    /// The audit entries `filter` selects, for reviewers and admins. Its `dataset` may be a short
+    /// name ([`Veil::dataset_filter`]).
+    pub fn audit_log_as(
+        &self,
+        caller: &Caller,
+        mut filter: veil_audit::review::Filter,
+    ) -> Result<Vec<veil_audit::Entry>> {
+        let entries = self.audit_entries_for(caller)?;
+        filter.dataset = filter
+            .dataset
+            .map(|d| self.dataset_filter(&d))
+            .transpose()?;
+        Ok(filter.apply(&entries).into_iter().cloned().collect())
     }
 
     /// The log as JSON lines with a fresh signed checkpoint, for reviewers and admins.

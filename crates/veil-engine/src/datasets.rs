@@ -2,6 +2,7 @@
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
 use veil_audit::{AuditEvent, AuditLog};
 use veil_catalog::{CatalogEntry, DatasetRecord, LoadOptions, NoisyUnits};
 use veil_policy::mechanisms::DiscreteLaplace;
@@ -22,6 +23,48 @@ pub struct StoredPolicy {
     pub text: String,
     pub policy: Policy,
     pub holder: String,
+}
+
+/// A policy as the API and the CLI show it (`GET /v1/datasets/{name}/policy`, `policy show`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyDocument {
+    /// The id of the dataset it governs.
+    pub dataset: String,
+    pub version: u64,
+    /// SHA-256 of the text.
+    pub hash: String,
+    /// Who set it: the dataset's owner.
+    pub holder: String,
+    /// The policy as its holder wrote it (TOML).
+    pub toml: String,
+}
+
+/// The answer to setting a policy: which version it became.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyVersion {
+    pub dataset: String,
+    pub version: u64,
+    pub hash: String,
+}
+
+impl StoredPolicy {
+    pub fn document(&self) -> PolicyDocument {
+        PolicyDocument {
+            dataset: self.dataset.clone(),
+            version: self.version,
+            hash: self.hash.clone(),
+            holder: self.holder.clone(),
+            toml: self.text.clone(),
+        }
+    }
+
+    pub fn version_info(&self) -> PolicyVersion {
+        PolicyVersion {
+            dataset: self.dataset.clone(),
+            version: self.version,
+            hash: self.hash.clone(),
+        }
+    }
 }
 
 impl Veil {

@@ -50,14 +50,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::Connection;
-use veil_audit::{AuditEvent, AuditLog, DomainKey, VerifierKey};
+use veil_audit::{AuditError, AuditEvent, AuditLog, DomainKey, VerifierKey};
 use veil_sandbox::{Sandbox, SandboxConfig};
 
 pub use access::{Caller, DatasetView, JobView, OPERATOR, Operation, Viewer, require};
 pub use codes::{ConsumerCode, ConsumerState, JobCode};
-pub use datasets::StoredPolicy;
+pub use datasets::{PolicyDocument, PolicyVersion, StoredPolicy};
 pub use error::{EngineError, ErrorKind, Result};
-pub use jobs::{BudgetLine, ConsumerJobView, JobInfo, JobRun, JobState, SubmitOutcome};
+pub use jobs::lifecycle::read_job_files;
+pub use jobs::{BudgetLine, ConsumerJobView, JobInfo, JobRun, JobState, Submission, SubmitOutcome};
 pub use principals::{Principal, Role};
 pub use veil_audit::Entry as AuditEntry;
 pub use veil_catalog::DatasetRecord;
@@ -438,15 +439,20 @@ impl Veil {
         })
     }
 
-    /// Proof that the first `new_size` entries (default: all) extend the first `old_size`.
+    /// Proof that the first `new_size` entries (default: all) extend the first `old_size`; sizes
+    /// beyond the log are [`EngineError::NotFound`].
     pub fn prove_consistency(
         &self,
         old_size: u64,
         new_size: Option<u64>,
     ) -> Result<veil_audit::Proof> {
-        Ok(veil_audit::prove_consistency(
-            &self.conn, &self.key, old_size, new_size,
-        )?)
+        // A size beyond the log names a tree that does not exist.
+        veil_audit::prove_consistency(&self.conn, &self.key, old_size, new_size).map_err(
+            |e| match e {
+                AuditError::Verification { .. } => EngineError::NotFound(e.to_string()),
+                e => e.into(),
+            },
+        )
     }
 
     /// Checks that the store answers (a read of the audit log's first entry), for health probes.

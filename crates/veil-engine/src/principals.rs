@@ -6,7 +6,7 @@
 //! 256 bits of entropy a fast hash is enough (there is nothing to brute-force). Creation is
 //! recorded in the audit log without the token.
 use rusqlite::{OptionalExtension, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use veil_audit::{AuditEvent, AuditLog};
 use veil_policy::model::valid_principal;
@@ -17,7 +17,7 @@ use crate::store::now;
 use crate::{EngineError, Result, Veil};
 
 /// What a principal may do (enforced per endpoint by the service).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Holder,
@@ -47,7 +47,7 @@ impl Role {
 }
 
 /// An authenticated principal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
     pub name: String,
     pub role: Role,

@@ -185,14 +185,7 @@ pub(crate) async fn policy(
 ) -> ApiResult {
     state
         .as_caller(&headers, ANYONE, move |veil, who| {
-            let p = veil.policy_as(&who, &name)?;
-            Ok(Json(json!({
-                "dataset": p.dataset,
-                "version": p.version,
-                "hash": p.hash,
-                "holder": p.holder,
-                "toml": p.text,
-            })))
+            Ok(Json(json!(veil.policy_as(&who, &name)?.document())))
         })
         .await
 }
@@ -208,10 +201,9 @@ pub(crate) async fn set_policy(
         .as_caller(&headers, Some(Operation::SetPolicy), move |veil, who| {
             let text = std::str::from_utf8(&body)
                 .map_err(|_| ApiError::bad_request("the policy must be UTF-8 TOML"))?;
-            let p = veil.set_policy_text(&who, &name, text)?;
-            Ok(Json(
-                json!({ "dataset": p.dataset, "version": p.version, "hash": p.hash }),
-            ))
+            Ok(Json(json!(
+                veil.set_policy_text(&who, &name, text)?.version_info()
+            )))
         })
         .await
 }
@@ -254,16 +246,11 @@ pub(crate) async fn submit_job(
             let wasm = base64::engine::general_purpose::STANDARD
                 .decode(request.module.as_bytes())
                 .map_err(|e| ApiError::bad_request(format!("`module` is not base64: {e}")))?;
-            let id = match veil.submit(&who, &request.manifest, &wasm) {
-                Ok(outcome) => outcome.job,
-                Err(EngineError::Refused { job, .. }) => job,
-                Err(e) => return Err(e.into()),
-            };
-            Ok(veil.job(&id)?.consumer_view())
+            Ok(veil.submit_as(&who, &request.manifest, &wasm, false)?)
         })
         .await?;
-    tracing::Span::current().record("job", view.id.as_str());
-    if view.state == veil_engine::ConsumerState::Queued {
+    tracing::Span::current().record("job", view.job.id.as_str());
+    if view.job.state == veil_engine::ConsumerState::Queued {
         pool.wake();
     }
     Ok((StatusCode::CREATED, Json(json!(view))))
@@ -451,7 +438,7 @@ pub(crate) struct LogQuery {
     dataset: Option<String>,
     consumer: Option<String>,
     module: Option<String>,
-    decision: Option<String>,
+    decision: Option<veil_audit::review::Decision>,
     since: Option<String>,
     until: Option<String>,
 }
@@ -462,26 +449,17 @@ pub(crate) async fn audit_log(
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    if let Some(d) = &q.decision
-        && !["refused", "approved", "rejected", "released", "denied"].contains(&d.as_str())
-    {
-        return Err(ApiError::bad_request(
-            "decision is one of refused, approved, rejected, released, denied",
-        ));
-    }
     state
         .as_caller(&headers, Some(Operation::ReadAudit), move |veil, who| {
-            let entries = veil.audit_entries_for(&who)?;
             let filter = veil_audit::review::Filter {
-                dataset: q.dataset.map(|d| veil.dataset_filter(&d)).transpose()?,
+                dataset: q.dataset,
                 consumer: q.consumer,
                 module_hash: q.module,
                 decision: q.decision,
                 since: q.since,
                 until: q.until,
             };
-            let shown: Vec<_> = filter.apply(&entries);
-            Ok(Json(json!({ "entries": shown })))
+            Ok(Json(json!({ "entries": veil.audit_log_as(&who, filter)? })))
         })
         .await
 }
@@ -560,17 +538,9 @@ async fn proof(
 ) -> ApiResult {
     state
         .as_caller(&headers, ANYONE, move |veil, who| {
-            Ok(Json(json!(make(veil, &who).map_err(beyond_the_log)?)))
+            Ok(Json(json!(make(veil, &who)?)))
         })
         .await
-}
-
-/// A proof the log cannot give names a tree or entry that does not exist.
-fn beyond_the_log(e: EngineError) -> ApiError {
-    match e.kind() {
-        veil_engine::ErrorKind::BadInput => ApiError::not_found(e.to_string()),
-        _ => e.into(),
-    }
 }
 
 // ---- administration and operations ----

@@ -3,25 +3,33 @@
 use super::*;
 use crate::execute::{ExecutionFailure, RunOutput};
 
+/// Reads a job's manifest at `manifest_path` and the module it names (relative to the manifest's
+/// folder): what a client uploads. A file that cannot be read or a manifest that does not parse
+/// is bad input naming the file.
+pub fn read_job_files(manifest_path: &Path) -> Result<(String, Vec<u8>)> {
+    let text = std::fs::read_to_string(manifest_path).map_err(|e| {
+        bad(format!(
+            "cannot read manifest {}: {e}",
+            manifest_path.display()
+        ))
+    })?;
+    let manifest = JobManifest::from_toml(&text)?;
+    let module_path = manifest_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(&manifest.module);
+    let wasm = std::fs::read(&module_path)
+        .map_err(|e| bad(format!("cannot read module {}: {e}", module_path.display())))?;
+    Ok((text, wasm))
+}
+
 impl Veil {
     /// Submits the job described by the manifest at `manifest_path` (its `module` is read relative
     /// to the manifest) as `consumer`, and runs it at once if no approval is needed: the local
     /// CLI's way. The service records jobs with [`Veil::submit`] and leaves running to its workers.
     pub fn submit_job(&mut self, consumer: &Caller, manifest_path: &Path) -> Result<SubmitOutcome> {
         require(consumer, Operation::SubmitJob)?;
-        let text = std::fs::read_to_string(manifest_path).map_err(|e| {
-            bad(format!(
-                "cannot read manifest {}: {e}",
-                manifest_path.display()
-            ))
-        })?;
-        let manifest = JobManifest::from_toml(&text)?;
-        let module_path = manifest_path
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(&manifest.module);
-        let wasm = std::fs::read(&module_path)
-            .map_err(|e| bad(format!("cannot read module {}: {e}", module_path.display())))?;
+        let (text, wasm) = read_job_files(manifest_path)?;
         let outcome = self.submit(consumer, &text, &wasm)?;
         if outcome.state == JobState::Queued {
             let state = self.run_job(&outcome.job)?.state;
@@ -31,6 +39,32 @@ impl Veil {
             });
         }
         Ok(outcome)
+    }
+
+    /// [`Veil::submit`] answered as [`Submission`]: a refusal by policy or budget is an answer
+    /// (the job is recorded), not an error. `run_now` runs a `queued` job at once, as the local CLI
+    /// does; the service leaves it to its workers.
+    pub fn submit_as(
+        &mut self,
+        caller: &Caller,
+        text: &str,
+        wasm: &[u8],
+        run_now: bool,
+    ) -> Result<Submission> {
+        let (job, refusal) = match self.submit(caller, text, wasm) {
+            Ok(outcome) => {
+                if run_now && outcome.state == JobState::Queued {
+                    self.run_job(&outcome.job)?;
+                }
+                (outcome.job, None)
+            }
+            Err(EngineError::Refused { job, reason, .. }) => (job, Some(reason)),
+            Err(e) => return Err(e),
+        };
+        Ok(Submission {
+            job: self.job(&job)?.consumer_view(),
+            refusal,
+        })
     }
 
     /// Records a job: manifest text (TOML; its `module` field is ignored) and module bytes, as

@@ -19,7 +19,7 @@ use crate::execute::RunRequest;
 use crate::store::now;
 use crate::{EngineError, Result, Veil};
 
-mod lifecycle;
+pub(crate) mod lifecycle;
 mod recovery;
 mod views;
 
@@ -158,6 +158,18 @@ pub struct JobRun {
 pub struct SubmitOutcome {
     pub job: String,
     pub state: JobState,
+}
+
+/// The answer to a submission, the same from the API and the CLI: the job as its consumer sees it
+/// and, when the pre-check refused it, why. The reason names the policy rule or the ε/δ left in
+/// the consumer's own ledger: a function of the manifest, the policy and the consumer's earlier
+/// charges, never of the data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Submission {
+    #[serde(flatten)]
+    pub job: ConsumerJobView,
+    #[serde(default)]
+    pub refusal: Option<String>,
 }
 
 /// One line of `veil budget`.

@@ -1,0 +1,96 @@
+//! The one client path: every command that asks the domain something goes through [`Backend`],
+//! implemented once on a local store ([`crate::local::Local`], acting as a stored principal) and
+//! once over HTTP ([`crate::remote::Remote`], acting as the token's principal). Both return the
+//! same typed values, so `commands.rs` dispatches and prints each command once, and the two modes
+//! answer alike (`tests/integration/remote_cli.rs` checks every command for every role).
+use std::path::Path;
+
+use serde::Deserialize;
+use veil_audit::{Certificate, Proof, Receipt};
+use veil_engine::{
+    AuditEntry, BudgetLine, DatasetRecord, DatasetView, JobView, PolicyDocument, PolicyVersion,
+    Principal, Release, Role, Submission,
+};
+
+/// Who the commands act as.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Identity {
+    pub name: String,
+    pub role: Role,
+}
+
+/// The domain's public keys, as text (`veil keys public` / `first`).
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct PublicKeys {
+    /// The key that signs the log now.
+    pub public_key: String,
+    /// The log's first key: the root a reviewer verifies from.
+    pub first_public_key: String,
+}
+
+/// Which audit entries to show; every field narrows (all `None`: every entry the caller may see).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LogQuery {
+    pub dataset: Option<String>,
+    pub consumer: Option<String>,
+    pub module: Option<String>,
+    pub decision: Option<veil_audit::review::Decision>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+}
+
+/// What a proof should show.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ProofRequest {
+    /// That entry `entry` is in the log of `size` entries (default: the whole log).
+    Inclusion { entry: u64, size: Option<u64> },
+    /// That the log of `size` entries extends its first `from` entries.
+    Consistency { from: u64, size: Option<u64> },
+}
+
+/// A dataset file to register, with how to read it.
+pub(crate) struct Registration<'a> {
+    pub file: &'a Path,
+    pub name: &'a str,
+    pub privacy_unit: Option<&'a str>,
+    pub columns: Option<Vec<String>>,
+}
+
+/// The operations a client may ask of the domain. Errors are the domain's answer (not found,
+/// forbidden, bad input, ...) with the same message in both modes.
+pub(crate) trait Backend {
+    fn whoami(&mut self) -> anyhow::Result<Identity>;
+    fn register_dataset(&mut self, r: Registration<'_>) -> anyhow::Result<DatasetRecord>;
+    fn datasets(&mut self) -> anyhow::Result<Vec<DatasetView>>;
+    fn dataset_certificate(&mut self, name: &str) -> anyhow::Result<Certificate>;
+    fn set_policy(&mut self, dataset: &str, toml: &str) -> anyhow::Result<PolicyVersion>;
+    fn policy(&mut self, dataset: &str) -> anyhow::Result<PolicyDocument>;
+    fn budget(&mut self) -> anyhow::Result<Vec<BudgetLine>>;
+
+    /// Submits the job at `manifest` and answers once it has settled (or is waiting for its
+    /// holder).
+    fn submit(&mut self, manifest: &Path) -> anyhow::Result<Submission>;
+    /// Approves a job and answers once it has settled.
+    fn approve(&mut self, job: &str) -> anyhow::Result<JobView>;
+    fn reject(&mut self, job: &str, reason: &str) -> anyhow::Result<()>;
+    fn job(&mut self, job: &str) -> anyhow::Result<JobView>;
+    fn jobs(&mut self) -> anyhow::Result<Vec<JobView>>;
+    fn job_logs(&mut self, job: &str) -> anyhow::Result<Vec<String>>;
+    fn job_receipt(&mut self, job: &str) -> anyhow::Result<Receipt>;
+    fn job_result(&mut self, job: &str) -> anyhow::Result<Release>;
+
+    /// The log as JSON lines with a signed checkpoint.
+    fn audit_export(&mut self) -> anyhow::Result<String>;
+    /// A fresh signed checkpoint (C2SP signed note).
+    fn audit_checkpoint(&mut self) -> anyhow::Result<String>;
+    fn audit_log(&mut self, query: &LogQuery) -> anyhow::Result<Vec<AuditEntry>>;
+    fn prove(&mut self, request: ProofRequest) -> anyhow::Result<Proof>;
+    fn public_keys(&mut self) -> anyhow::Result<PublicKeys>;
+
+    /// Creates a principal and returns its token (shown once).
+    fn add_principal(&mut self, name: &str, role: Role) -> anyhow::Result<String>;
+    fn principals(&mut self) -> anyhow::Result<Vec<Principal>>;
+    fn revoke(&mut self, name: &str) -> anyhow::Result<()>;
+    /// Replaces a principal's token and returns the new one (shown once).
+    fn reissue_token(&mut self, name: &str) -> anyhow::Result<String>;
+}
