@@ -10,11 +10,13 @@ pub fn income_by_education(aggregate: Aggregate) -> Arc<JobPlan> {
         privacy_unit: Some("person_id".into()),
         columns: vec![],
         keys: vec!["education".into()],
+        count_weight: 1,
         values: vec![GateValue {
             name: "weekly_income".into(),
             aggregate,
             lo: 0,
             hi: 5_000_000,
+            weight: 1,
         }],
         epsilon: Epsilon(1_000_000),
         max_groups_per_unit: 1,

@@ -15,13 +15,24 @@
 //!    partition-selection threshold. [`release`] is steps 2 and 3.
 //!
 //! # Sensitivity argument
-//! Adding or removing one privacy unit changes at most `G = max_groups_per_unit` groups. In each it
-//! changes the distinct-unit count by exactly 1 and each value sum by at most `M = max(|lo|, |hi|)`
-//! fixed-point units, because the unit's merged value was clamped to `[lo, hi]`. So the count
-//! vector has L1 sensitivity `G` and L2 sensitivity `√G`; each value's vector of sums has `G·M` and
-//! `M·√G`. The job's budget is split evenly between the count and the `m` value sums: with Laplace
-//! noise each gets scale `Δ₁·(1 + m)/ε` (basic composition: ε-DP in all); with Gaussian noise each
-//! gets `σ² = Δ₂²·(1 + m)/(2ρ)` (zCDP composition: ρ-zCDP in all).
+//! Adding or removing one privacy unit changes at most `G = max_groups_per_unit` groups, and in each
+//! group it has exactly one merged row (repeated keys merge, see [`Bounder::add_unit`]). In each it
+//! changes the distinct-unit count by exactly 1. For a sum or mean value the gate noises the
+//! *centred* sum `C = Σ (x − mid)` over the group's rows, `mid` = [`midpoint`] of `[lo, hi]`: the
+//! unit's merged value was clamped to `[lo, hi]`, so its term `x − mid` lies in
+//! `[lo − mid, hi − mid]` and adding or removing it moves `C` by at most
+//! `M = max(hi − mid, mid − lo) = ⌈(hi − lo)/2⌉` fixed-point units ([`sensitivity`]) — in the
+//! bounded-contribution (add/remove) model, where the count of rows changes along with the sum;
+//! that is why `C` is noised, not `Σ x` (whose sensitivity is `max(|lo|, |hi|)`). The released sum
+//! `C' + mid · N'` and mean `mid + C'/N'` are post-processing of the noisy `C'` and count `N'`. A
+//! quantile value moves each of its bins' counts by at most 1 in total. So the count vector has L1
+//! sensitivity `G` and L2 `√G`; each value's vector `G·M` and `M·√G`.
+//!
+//! The budget is split by the manifest's weights: with `w` the statistic's weight and `W` the sum
+//! of all weights (the count's and every value's; [`total_weight`]), Laplace noise gets scale
+//! `Δ₁·W/(ε·w)`, so the shares `ε·w/W` add up to ε (basic composition: ε-DP in all); Gaussian noise
+//! gets `σ² = Δ₂²·W/(2ρ·w)`, shares `ρ·w/W` adding up to ρ (zCDP composition: ρ-zCDP in all). A
+//! count-only job has `W = w_count`: the counts get all of it.
 //!
 //! # Partition selection
 //! When keys come from the module, the set of groups itself depends on the data. A group is
@@ -120,7 +131,8 @@ impl Bounder {
         let (nkeys, nvals) = (self.plan.keys.len(), self.plan.values.len());
         self.scratch.clear();
         for c in contributions {
-            if c.key.len() != nkeys || c.values.len() != nvals {
+            // A count-only job counts units per key: values the module emits are not used.
+            if c.key.len() != nkeys || (nvals > 0 && c.values.len() != nvals) {
                 self.stats.malformed_dropped += 1;
                 continue;
             }
@@ -206,11 +218,52 @@ pub struct ReleasedValue {
     /// The noisy sum (for `sum` and `mean` values).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sum: Option<NoisyCell>,
-    /// `sum / units` when the manifest asked for a mean (post-processing of two noisy cells).
-    pub mean: Option<f64>,
+    /// The mean, when the manifest asked for one and the group's noisy count is at least 1
+    /// (post-processing of the noisy centred sum and count, clamped to the bounds).
+    pub mean: Option<Mean>,
     /// The quantile, for `median` and `quantile` values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantile: Option<QuantileCell>,
+}
+
+/// A released mean: a cell with its interval, or — in results released before intervals were
+/// given for means — the bare number, shown as it was released.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Mean {
+    Cell(NoisyCell),
+    Point(f64),
+}
+
+impl Mean {
+    pub fn value(&self) -> f64 {
+        match self {
+            Mean::Cell(c) => c.value,
+            Mean::Point(v) => *v,
+        }
+    }
+
+    /// The cell with scale and interval, if the result has them.
+    pub fn cell(&self) -> Option<&NoisyCell> {
+        match self {
+            Mean::Cell(c) => Some(c),
+            Mean::Point(_) => None,
+        }
+    }
+}
+
+/// A number, or (in results released before ε and δ were numbers) its decimal text.
+fn number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Number(f64),
+        Text(String),
+    }
+    match Repr::deserialize(d)? {
+        Repr::Number(x) => Ok(x),
+        Repr::Text(t) => t.parse().map_err(serde::de::Error::custom),
+    }
 }
 
 /// A quantile read from a noisy histogram ([`crate::mechanisms::quantile`]).
@@ -240,10 +293,12 @@ pub struct Release {
     pub key_names: Vec<String>,
     pub rows: Vec<ReleasedRow>,
     pub mechanism: String,
-    pub epsilon: String,
-    /// δ the job spent (partition selection, Gaussian conversion); "0" for pure-DP jobs.
-    #[serde(default)]
-    pub delta: String,
+    /// ε the job spent.
+    #[serde(deserialize_with = "number_or_text")]
+    pub epsilon: f64,
+    /// δ the job spent (partition selection, Gaussian conversion); 0 for pure-DP jobs.
+    #[serde(default, deserialize_with = "number_or_text")]
+    pub delta: f64,
     /// The rule that withheld groups, stated without saying how many it withheld.
     pub suppression_rule: String,
     pub granularity: f64,
@@ -339,21 +394,42 @@ impl CryptoRng for DynRng<'_> {}
 
 /// One noisy cell. `half_width` is `mech.half_width(0.95)`, computed once per mechanism by the
 /// caller (for a discrete Gaussian it sums the pmf).
+/// `per_one`: the value's units per 1.0 (1 for counts, [`fixed::SCALE`] for fixed-point sums).
 pub(crate) fn cell(
     true_value: i128,
     mech: &dyn IntegerNoise,
     half_width: u128,
-    unit: f64,
+    per_one: i64,
     rng: &mut dyn GateRng,
 ) -> NoisyCell {
     let noisy = true_value + mech.sample_noise(rng);
+    fixed_cell(noisy, mech, half_width, per_one)
+}
+
+/// A noisy value `noisy` (in units of `1 / per_one`) with interval `noisy ± half_width`, as a
+/// cell. Dividing (not multiplying by `1 / per_one`) gives the nearest double to the exact
+/// decimal, so `660.637` prints as `660.637`.
+fn fixed_cell(noisy: i128, mech: &dyn IntegerNoise, half_width: u128, per_one: i64) -> NoisyCell {
     let k = half_width as i128;
+    let real = |x: i128| x as f64 / per_one as f64;
     NoisyCell {
-        value: noisy as f64 * unit,
+        value: real(noisy),
         mechanism: mech.name().into(),
-        noise_scale: mech.scale() * unit,
-        ci95: [(noisy - k) as f64 * unit, (noisy + k) as f64 * unit],
+        noise_scale: mech.scale() / per_one as f64,
+        ci95: [real(noisy - k), real(noisy + k)],
     }
+}
+
+/// `x` rounded to the fixed-point grid (`1 / SCALE`): released values carry no more digits than
+/// the granularity (and no float artefacts).
+pub(crate) fn on_grid(x: f64) -> f64 {
+    (x * fixed::SCALE as f64).round() / fixed::SCALE as f64
+}
+
+/// An interval's ends rounded outwards to the grid, so that rounding never narrows it.
+pub(crate) fn outward(low: f64, high: f64) -> [f64; 2] {
+    let s = fixed::SCALE as f64;
+    [(low * s).floor() / s, (high * s).ceil() / s]
 }
 
 /// Exact aggregates of one group. Never leaves the gate.
@@ -373,46 +449,75 @@ pub struct ExactGroups {
     pub groups: BTreeMap<Vec<String>, ExactGroup>,
 }
 
-/// The noise mechanisms of one plan: one for the counts, one per value.
+/// The midpoint of a value's bounds in fixed point, rounded down: the centre its sum is noised
+/// around. Requires `lo ≤ hi`.
+pub fn midpoint(v: &GateValue) -> i128 {
+    let (lo, hi) = (i128::from(v.lo), i128::from(v.hi));
+    lo + (hi - lo).div_euclid(2)
+}
+
+/// How far one unit can move value `v`'s noised aggregate in one group: for a sum or mean, the
+/// distance from the midpoint to the farther bound, `⌈(hi − lo)/2⌉` (the centred sum); for a
+/// quantile, one histogram entry.
+pub fn sensitivity(v: &GateValue) -> u128 {
+    match v.aggregate {
+        Aggregate::Quantile(_) => 1,
+        Aggregate::Sum | Aggregate::Mean => {
+            let mid = midpoint(v);
+            (i128::from(v.hi) - mid).max(mid - i128::from(v.lo)) as u128
+        }
+    }
+}
+
+/// The sum of the weights of everything a grouped job releases: the unit counts' and each
+/// value's.
+pub fn total_weight(plan: &JobPlan) -> u128 {
+    u128::from(plan.count_weight)
+        + plan
+            .values
+            .iter()
+            .map(|v| u128::from(v.weight))
+            .sum::<u128>()
+}
+
+/// The noise mechanisms of one plan: one for the counts, one per value. Statistic `s` with weight
+/// `w_s` gets the share `w_s / W` of the budget (`W` = [`total_weight`]); see the module docs.
 pub fn mechanisms(plan: &JobPlan) -> (Box<dyn IntegerNoise>, Vec<Box<dyn IntegerNoise>>) {
     let g = u128::from(plan.max_groups_per_unit);
-    let shares = 1 + plan.values.len() as u128;
-    // A unit moves a sum by at most max(|lo|, |hi|), a quantile histogram by one entry.
-    let magnitude = |v: &GateValue| match v.aggregate {
-        Aggregate::Quantile(_) => 1,
-        _ => u128::from(v.lo.unsigned_abs().max(v.hi.unsigned_abs())),
-    };
+    let total = total_weight(plan);
+    let count_weight = u128::from(plan.count_weight);
     match plan.noise {
         Noise::Laplace => {
+            // Scale Δ₁ · W / (ε · w): ε in millionths, so the numerator carries 10⁶.
             let eps = u128::from(plan.charge.epsilon_pure.micro().max(1));
-            let count: Box<dyn IntegerNoise> =
-                Box::new(DiscreteLaplace::new(g * shares * 1_000_000, eps));
+            let laplace = |l1: u128, weight: u128| -> Box<dyn IntegerNoise> {
+                Box::new(DiscreteLaplace::new(l1 * total * 1_000_000, eps * weight))
+            };
+            let count = laplace(g, count_weight);
             let values = plan
                 .values
                 .iter()
-                .map(|v| {
-                    Box::new(DiscreteLaplace::new(
-                        g * magnitude(v) * shares * 1_000_000,
-                        eps,
-                    )) as Box<dyn IntegerNoise>
-                })
+                .map(|v| laplace(g * sensitivity(v), u128::from(v.weight)))
                 .collect();
             (count, values)
         }
         Noise::Gaussian => {
-            // Each share gets ρ / shares: σ² = Δ₂² · shares / (2ρ), ρ in units of 1e-12.
+            // Share w/W of ρ: σ² = Δ₂² · W / (2ρ · w), ρ in units of 1e-12.
             let rho = BigUint::from(plan.charge.rho.max(1)) * 2u32;
             let per_one = BigUint::from(RHO_PER_ONE as u64);
-            let variance = |l2_squared: BigUint| {
-                DiscreteGaussian::with_variance(l2_squared * shares * &per_one, rho.clone())
+            let gaussian = |l2_squared: BigUint, weight: u128| -> Box<dyn IntegerNoise> {
+                Box::new(DiscreteGaussian::with_variance(
+                    l2_squared * total * &per_one,
+                    rho.clone() * BigUint::from(weight),
+                ))
             };
-            let count: Box<dyn IntegerNoise> = Box::new(variance(BigUint::from(g)));
+            let count = gaussian(BigUint::from(g), count_weight);
             let values = plan
                 .values
                 .iter()
                 .map(|v| {
-                    let m = BigUint::from(magnitude(v));
-                    Box::new(variance(&m * &m * g)) as Box<dyn IntegerNoise>
+                    let m = BigUint::from(sensitivity(v));
+                    gaussian(&m * &m * g, u128::from(v.weight))
                 })
                 .collect();
             (count, values)
@@ -624,95 +729,118 @@ async fn add_quantile_bins(
     Ok(())
 }
 
+/// The mechanisms of one plan with their interval half-widths, computed once per release.
+struct Noisers {
+    count: Box<dyn IntegerNoise>,
+    values: Vec<Box<dyn IntegerNoise>>,
+    /// The count's 95% half-width (its own interval) and 97.5% half-width (its share of a
+    /// centred sum's or a mean's interval).
+    count_k95: u128,
+    count_k975: u128,
+    /// Per value: the 95% half-width (a sum whose midpoint is 0), the 97.5% one (the centred
+    /// sum's share of a combined interval), and the 99% one (the quantile floor).
+    value_k95: Vec<u128>,
+    value_k975: Vec<u128>,
+    value_k99: Vec<u128>,
+}
+
+impl Noisers {
+    fn new(plan: &JobPlan) -> Noisers {
+        let (count, values) = mechanisms(plan);
+        let widths = |c: f64| values.iter().map(|m| m.half_width(c)).collect::<Vec<_>>();
+        Noisers {
+            count_k95: count.half_width(0.95),
+            count_k975: count.half_width(0.975),
+            value_k95: widths(0.95),
+            value_k975: widths(0.975),
+            value_k99: widths(0.99),
+            count,
+            values,
+        }
+    }
+}
+
+/// The noisy unit count of one group, as an integer (the sums and means are built on it) and as a
+/// cell.
+struct NoisyCount {
+    noisy: i128,
+    cell: NoisyCell,
+}
+
 /// The noisy release of exact aggregates: noise on every cell, then partition selection (or the
 /// public groups). This is where the privacy guarantee is made; see the module docs.
 pub fn add_noise(plan: &JobPlan, exact: &ExactGroups, rng: &mut dyn GateRng) -> Release {
-    let (count_mech, value_mechs) = mechanisms(plan);
-    let unit = 1.0 / fixed::SCALE as f64;
+    let noisers = Noisers::new(plan);
     let threshold = match plan.public_groups {
         Some(_) => None,
         None => Some(
-            count_mech
+            noisers
+                .count
                 .selection_threshold(plan.max_groups_per_unit, plan.charge.delta_selection)
                 .max(plan.min_units_per_group),
         ),
     };
-    // Interval half-widths and quantile floors depend only on the mechanism: compute them once.
-    let count_k = count_mech.half_width(0.95);
-    let value_ks: Vec<u128> = value_mechs.iter().map(|m| m.half_width(0.95)).collect();
-    let floors: Vec<u128> = value_mechs.iter().map(|m| m.half_width(0.99)).collect();
     let empty = ExactGroup {
         units: 0,
         sums: vec![0; plan.values.len()],
         bins: vec![Vec::new(); plan.values.len()],
     };
-    // Groups in key order, so that output order says nothing about the data.
-    let candidates: Vec<(&Vec<String>, &ExactGroup)> = match &plan.public_groups {
-        Some(public) => {
-            let mut public: Vec<&Vec<String>> = public.iter().collect();
-            public.sort();
-            public
-                .into_iter()
-                .map(|k| (k, exact.groups.get(k).unwrap_or(&empty)))
-                .collect()
-        }
-        None => exact.groups.iter().collect(),
-    };
     let mut rows = Vec::new();
-    for (key, group) in candidates {
-        let units = cell(group.units, count_mech.as_ref(), count_k, 1.0, rng);
+    for (key, group) in candidates(plan, exact, &empty) {
+        let noisy = group.units + noisers.count.sample_noise(rng);
+        let count = NoisyCount {
+            noisy,
+            cell: fixed_cell(noisy, noisers.count.as_ref(), noisers.count_k95, 1),
+        };
         // Noise every value even for a group about to be withheld, so the work done per group (and
         // hence timing) does not depend on the threshold decision.
-        let values: Vec<ReleasedValue> = plan
-            .values
-            .iter()
-            .zip(&value_mechs)
-            .enumerate()
-            .map(|(i, (spec, mech))| match spec.aggregate {
-                Aggregate::Quantile(q_micro) => {
-                    let exact = &group.bins[i];
-                    let noisy: Vec<i128> = (0..quantile::QUANTILE_BINS as usize)
-                        .map(|b| exact.get(b).copied().unwrap_or(0) + mech.sample_noise(rng))
-                        .collect();
-                    let q = f64::from(q_micro) / 1e6;
-                    ReleasedValue {
-                        name: spec.name.clone(),
-                        sum: None,
-                        mean: None,
-                        quantile: Some(QuantileCell {
-                            q,
-                            value: quantile::estimate(&noisy, q, spec.lo, spec.hi, floors[i])
-                                * unit,
-                            mechanism: mech.name().into(),
-                            noise_scale: mech.scale(),
-                            bin_width: (spec.hi - spec.lo + 1) as f64 * unit
-                                / quantile::QUANTILE_BINS as f64,
-                        }),
-                    }
-                }
-                Aggregate::Sum | Aggregate::Mean => {
-                    let sum = cell(group.sums[i], mech.as_ref(), value_ks[i], unit, rng);
-                    let mean = (spec.aggregate == Aggregate::Mean && units.value >= 1.0)
-                        .then(|| sum.value / units.value);
-                    ReleasedValue {
-                        name: spec.name.clone(),
-                        sum: Some(sum),
-                        mean,
-                        quantile: None,
-                    }
-                }
-            })
+        let values: Vec<ReleasedValue> = (0..plan.values.len())
+            .map(|i| noisy_value(plan, i, group, &count, &noisers, rng))
             .collect();
-        if threshold.is_none_or(|t| units.value >= t as f64) {
+        if threshold.is_none_or(|t| count.noisy >= i128::from(t)) {
             rows.push(ReleasedRow {
                 key: key.clone(),
-                units,
+                units: count.cell,
                 values,
             });
         }
     }
     let (epsilon, delta) = plan.epsilon_delta();
-    let suppression_rule = match threshold {
+    Release {
+        key_names: plan.keys.clone(),
+        rows,
+        mechanism: format!("{} (exact sampler, ChaCha20 CSPRNG)", noisers.count.name()),
+        epsilon: epsilon.as_f64(),
+        delta: delta.as_f64(),
+        suppression_rule: suppression_rule(plan, threshold),
+        granularity: 1.0 / fixed::SCALE as f64,
+        estimates: Vec::new(),
+    }
+}
+
+/// The groups that may be released, in key order (so that output order says nothing about the
+/// data): every public group (empty ones as `empty`), or every group the data produced.
+fn candidates<'a>(
+    plan: &'a JobPlan,
+    exact: &'a ExactGroups,
+    empty: &'a ExactGroup,
+) -> Vec<(&'a Vec<String>, &'a ExactGroup)> {
+    match &plan.public_groups {
+        Some(public) => {
+            let mut public: Vec<&Vec<String>> = public.iter().collect();
+            public.sort();
+            public
+                .into_iter()
+                .map(|k| (k, exact.groups.get(k).unwrap_or(empty)))
+                .collect()
+        }
+        None => exact.groups.iter().collect(),
+    }
+}
+
+/// The rule that withheld groups, stated without saying how many it withheld.
+fn suppression_rule(plan: &JobPlan, threshold: Option<u64>) -> String {
+    match threshold {
         None if plan.keys.is_empty() => "none: one group, always released".to_owned(),
         None => {
             "none: the holder's public partitions are all released, empty ones included".to_owned()
@@ -722,17 +850,130 @@ pub fn add_noise(plan: &JobPlan, exact: &ExactGroups, rng: &mut dyn GateRng) -> 
              the policy minimum {} and the partition-selection threshold for δ = {})",
             plan.min_units_per_group, plan.charge.delta_selection
         ),
-    };
-    Release {
-        key_names: plan.keys.clone(),
-        rows,
-        mechanism: format!("{} (exact sampler, ChaCha20 CSPRNG)", count_mech.name()),
-        epsilon: epsilon.to_string(),
-        delta: delta.to_string(),
-        suppression_rule,
-        granularity: unit,
-        estimates: Vec::new(),
     }
+}
+
+/// Value `i` of one group, noised.
+fn noisy_value(
+    plan: &JobPlan,
+    i: usize,
+    group: &ExactGroup,
+    count: &NoisyCount,
+    noisers: &Noisers,
+    rng: &mut dyn GateRng,
+) -> ReleasedValue {
+    let spec = &plan.values[i];
+    let mech = noisers.values[i].as_ref();
+    match spec.aggregate {
+        Aggregate::Quantile(q_micro) => {
+            let exact = &group.bins[i];
+            let noisy: Vec<i128> = (0..quantile::QUANTILE_BINS as usize)
+                .map(|b| exact.get(b).copied().unwrap_or(0) + mech.sample_noise(rng))
+                .collect();
+            let floor = noisers.value_k99[i];
+            let estimate =
+                quantile::estimate(&noisy, f64::from(q_micro) / 1e6, spec.lo, spec.hi, floor);
+            let width = (spec.hi - spec.lo + 1) as f64 / quantile::QUANTILE_BINS as f64;
+            ReleasedValue {
+                name: spec.name.clone(),
+                sum: None,
+                mean: None,
+                quantile: Some(QuantileCell {
+                    q: f64::from(q_micro) / 1e6,
+                    value: on_grid(estimate / fixed::SCALE as f64),
+                    mechanism: mech.name().into(),
+                    noise_scale: mech.scale(),
+                    bin_width: width / fixed::SCALE as f64,
+                }),
+            }
+        }
+        Aggregate::Sum | Aggregate::Mean => {
+            let mid = midpoint(spec);
+            // The centred sum Σ(x − mid): each unit moves it by at most `sensitivity(spec)`.
+            let centred = group.sums[i] - mid * group.units;
+            let noisy_centred = centred + mech.sample_noise(rng);
+            let sum = centred_sum(noisy_centred, mid, count, mech, noisers, i);
+            let mean = (spec.aggregate == Aggregate::Mean)
+                .then(|| mean_cell(spec, noisy_centred, &sum, count, noisers, i))
+                .flatten()
+                .map(Mean::Cell);
+            ReleasedValue {
+                name: spec.name.clone(),
+                sum: Some(sum),
+                mean,
+                quantile: None,
+            }
+        }
+    }
+}
+
+/// The sum estimate `C' + mid · N'` from the noisy centred sum `C'` and the noisy count `N'`
+/// (post-processing). Its interval: with `mid = 0` the centred sum's own 95% interval; otherwise
+/// `± (k_C + |mid| · k_N)` with both at 97.5%, which covers the true sum with probability at least
+/// 95% (union bound over the two noises).
+fn centred_sum(
+    noisy_centred: i128,
+    mid: i128,
+    count: &NoisyCount,
+    mech: &dyn IntegerNoise,
+    noisers: &Noisers,
+    i: usize,
+) -> NoisyCell {
+    let estimate = noisy_centred + mid * count.noisy;
+    let k = if mid == 0 {
+        noisers.value_k95[i]
+    } else {
+        noisers.value_k975[i] + mid.unsigned_abs() * noisers.count_k975
+    };
+    fixed_cell(estimate, mech, k, fixed::SCALE)
+}
+
+/// The mean `mid + C' / N'` clamped to the bounds, when `N' ≥ 1` (post-processing). Its interval
+/// is conservative: the true mean is `mid + C / N` with `C` in the centred sum's 97.5% interval
+/// and `N` in the count's, so it lies between the extreme ratios of those intervals' ends (with
+/// probability at least 95%); when the count's interval reaches below 1 it is the bounds. Its
+/// `noise_scale` is the centred sum's scale over the noisy count, an approximation.
+fn mean_cell(
+    spec: &GateValue,
+    noisy_centred: i128,
+    sum: &NoisyCell,
+    count: &NoisyCount,
+    noisers: &Noisers,
+    i: usize,
+) -> Option<NoisyCell> {
+    if count.noisy < 1 {
+        return None;
+    }
+    let per_one = fixed::SCALE as f64;
+    let (lo, hi) = (spec.lo as f64 / per_one, spec.hi as f64 / per_one);
+    let mid = midpoint(spec) as f64 / per_one;
+    let n = count.noisy as f64;
+    let value = on_grid((mid + noisy_centred as f64 / per_one / n).clamp(lo, hi));
+    let (kc, kn) = (
+        noisers.value_k975[i] as f64 / per_one,
+        noisers.count_k975 as f64,
+    );
+    let c = noisy_centred as f64 / per_one;
+    let (n_lo, n_hi) = (n - kn, n + kn);
+    let ci95 = if n_lo >= 1.0 {
+        let ratios = [
+            (c - kc) / n_lo,
+            (c - kc) / n_hi,
+            (c + kc) / n_lo,
+            (c + kc) / n_hi,
+        ];
+        let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        outward((mid + low).clamp(lo, hi), (mid + high).clamp(lo, hi))
+    } else {
+        [lo, hi]
+    };
+    Some(NoisyCell {
+        value,
+        mechanism: sum.mechanism.clone(),
+        noise_scale: sum.noise_scale / n,
+        ci95,
+    })
 }
 
 /// Aggregates the bounded contributions of all workers, adds noise and selects the groups.
@@ -758,11 +999,13 @@ mod tests {
             privacy_unit: Some("id".into()),
             columns: vec![],
             keys: vec!["g".into()],
+            count_weight: 1,
             values: vec![GateValue {
                 name: "x".into(),
                 aggregate: Aggregate::Mean,
                 lo: 0,
                 hi: 10_000,
+                weight: 1,
             }],
             epsilon: Epsilon(1_000_000),
             max_groups_per_unit: max_groups,
@@ -824,13 +1067,13 @@ mod tests {
         assert_eq!(rel.rows.len(), 1, "{rel:?}");
         let row = &rel.rows[0];
         assert_eq!(row.key, vec!["big".to_string()]);
-        // Count noise scale = G·(1+m)/ε = 2; sum scale = 2·10 = 20 (real units).
+        // Count noise scale = G·W/ε = 2; the centred sum's scale = 2·(10 − 0)/2 = 10 (real units).
         assert_eq!(row.units.noise_scale, 2.0);
-        assert!((row.values[0].sum.as_ref().unwrap().noise_scale - 20.0).abs() < 1e-9);
+        assert!((row.values[0].sum.as_ref().unwrap().noise_scale - 10.0).abs() < 1e-9);
         assert!(row.units.ci95[0] <= 1000.0 + 40.0 && row.units.ci95[1] >= 1000.0 - 40.0);
         assert!((row.units.value - 1000.0).abs() < 40.0);
         assert!((row.values[0].sum.as_ref().unwrap().value - 10_000.0).abs() < 400.0);
-        let mean = row.values[0].mean.unwrap();
+        let mean = row.values[0].mean.as_ref().unwrap().value();
         assert!((mean - 10.0).abs() < 1.0, "{mean}");
     }
 

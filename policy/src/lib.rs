@@ -29,7 +29,8 @@ pub mod schedule;
 pub use accountant::{Charge, Delta, Spent};
 pub use error::{PolicyError, Result};
 pub use gate::{
-    BlockEstimate, Bounder, BoundingStats, GateContribution, QuantileCell, Release, ReleasedValue,
+    BlockEstimate, Bounder, BoundingStats, GateContribution, Mean, QuantileCell, Release,
+    ReleasedValue,
 };
 pub use manifest::{
     Aggregate, DeliveredColumn, DeliveredType, JobManifest, JobPlan, Noise, precheck,

@@ -40,12 +40,22 @@ pub enum Noise {
     Gaussian,
 }
 
+/// Largest weight a released statistic may declare (`weight`, `output.count_weight`).
+pub const MAX_WEIGHT: u32 = 1000;
+
 /// One numeric output of the module, with the range the gate clamps it to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ValueSpec {
     pub name: String,
     pub bounds: (f64, f64),
     pub aggregate: Aggregate,
+    /// Its share of ε relative to the other released statistics (`weight`, default 1).
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// A validated job manifest.
@@ -58,7 +68,12 @@ pub struct JobManifest {
     pub columns: Vec<String>,
     pub epsilon: Epsilon,
     pub keys: Vec<String>,
+    /// The values to release besides the unit counts; empty for a count-only job.
     pub values: Vec<ValueSpec>,
+    /// The unit counts' share of ε relative to the values' weights (`output.count_weight`,
+    /// default 1).
+    #[serde(default = "one")]
+    pub count_weight: u32,
     /// Sample-and-aggregate mode with this many blocks (`None`: one run per privacy unit).
     pub blocks: Option<u32>,
     pub noise: Noise,
@@ -97,15 +112,19 @@ struct RawManifest {
 #[serde(deny_unknown_fields)]
 struct RawOutput {
     keys: Spanned<Vec<String>>,
-    values: Spanned<Vec<Spanned<RawValue>>>,
+    /// Omitted or empty: a count-only job.
+    values: Option<Spanned<Vec<Spanned<RawValue>>>>,
+    count_weight: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawValue {
     name: String,
-    bounds: [f64; 2],
+    /// Exactly `[lo, hi]` (checked, so that `[0, 10, 20]` is an error, not `[0, 10]`).
+    bounds: Vec<f64>,
     aggregate: Option<String>,
+    weight: Option<i64>,
     /// For `aggregate = "quantile"`: which one, in (0, 1).
     quantile: Option<f64>,
 }
@@ -182,6 +201,18 @@ impl JobManifest {
         let noise = parse_noise(text, raw.noise, blocks.is_some())?;
         let delta = parse_delta(text, raw.delta)?;
         let values = parse_values(text, raw.output.values, &keys, blocks)?;
+        let count_weight = match raw.output.count_weight {
+            None => 1,
+            Some(w) if blocks.is_some() => {
+                return invalid(
+                    text,
+                    w.span(),
+                    "output.count_weight",
+                    "sample-and-aggregate jobs release no counts: remove `count_weight`",
+                );
+            }
+            Some(w) => parse_weight(text, w.span(), "output.count_weight", *w.get_ref())?,
+        };
         let purpose = parse_purpose(text, raw.purpose)?;
         let (time_budget, fuel_per_unit) =
             parse_schedule(text, raw.time_budget_ms, raw.fuel_per_unit)?;
@@ -195,6 +226,7 @@ impl JobManifest {
             epsilon,
             keys,
             values,
+            count_weight,
             blocks,
             noise,
             delta,
@@ -290,22 +322,35 @@ fn parse_delta(text: &str, delta: Option<Spanned<f64>>) -> Result<Option<Delta>>
     })
 }
 
-/// `output.values`: 1 to [`MAX_VALUES`] values with valid, unique names (not a key's), sound
-/// bounds and an aggregate (only `mean` in block mode).
+/// `output.values`: up to [`MAX_VALUES`] values with valid, unique names (not a key's), sound
+/// bounds, a weight and an aggregate (only `mean` in block mode, where at least one is needed);
+/// none at all is a count-only job.
 fn parse_values(
     text: &str,
-    raw_values: Spanned<Vec<Spanned<RawValue>>>,
+    raw_values: Option<Spanned<Vec<Spanned<RawValue>>>>,
     keys: &[String],
     blocks: Option<u32>,
 ) -> Result<Vec<ValueSpec>> {
+    let Some(raw_values) = raw_values else {
+        return match blocks {
+            None => Ok(Vec::new()),
+            Some(_) => invalid(
+                text,
+                0..0,
+                "output.values",
+                "sample-and-aggregate jobs release one estimate per value: declare at least one",
+            ),
+        };
+    };
     let values_span = raw_values.span();
     let raw_values = raw_values.into_inner();
-    if raw_values.is_empty() || raw_values.len() > MAX_VALUES {
+    let least = usize::from(blocks.is_some());
+    if raw_values.len() < least || raw_values.len() > MAX_VALUES {
         return invalid(
             text,
             values_span,
             "output.values",
-            format!("declare 1 to {MAX_VALUES} values"),
+            format!("declare {least} to {MAX_VALUES} values"),
         );
     }
     let mut values = Vec::new();
@@ -324,10 +369,32 @@ fn parse_values(
                 format!("`{}` is not a valid, unique name", v.name),
             );
         }
-        let [lo, hi] = v.bounds;
+        let &[lo, hi] = v.bounds.as_slice() else {
+            return invalid(
+                text,
+                span,
+                &format!("{field}.bounds"),
+                format!(
+                    "give exactly two numbers, [lo, hi]; found {}",
+                    v.bounds.len()
+                ),
+            );
+        };
         if let Err(m) = check_bounds(lo, hi) {
             return invalid(text, span, &format!("{field}.bounds"), m);
         }
+        let weight = match v.weight {
+            None => 1,
+            Some(_) if blocks.is_some() => {
+                return invalid(
+                    text,
+                    span,
+                    &format!("{field}.weight"),
+                    "sample-and-aggregate jobs split ε evenly over their values: remove `weight`",
+                );
+            }
+            Some(w) => parse_weight(text, span.clone(), &format!("{field}.weight"), w)?,
+        };
         let aggregate = parse_aggregate(text, span.clone(), &field, &v, blocks.is_some())?;
         if v.quantile.is_some() && !matches!(aggregate, Aggregate::Quantile(_)) {
             return invalid(
@@ -341,9 +408,23 @@ fn parse_values(
             name: v.name,
             bounds: (lo, hi),
             aggregate,
+            weight,
         });
     }
     Ok(values)
+}
+
+/// A weight: a whole number from 1 to [`MAX_WEIGHT`].
+fn parse_weight(text: &str, span: std::ops::Range<usize>, field: &str, w: i64) -> Result<u32> {
+    match u32::try_from(w) {
+        Ok(w) if (1..=MAX_WEIGHT).contains(&w) => Ok(w),
+        _ => invalid(
+            text,
+            span,
+            field,
+            format!("a weight is a whole number from 1 to {MAX_WEIGHT}"),
+        ),
+    }
 }
 
 /// One value's `aggregate` (and `quantile`); `in_blocks`: sample-and-aggregate mode, where
@@ -498,6 +579,9 @@ pub struct GateValue {
     pub aggregate: Aggregate,
     pub lo: i64,
     pub hi: i64,
+    /// Its share of ε relative to the other released statistics.
+    #[serde(default = "one")]
+    pub weight: u32,
 }
 
 /// Everything trusted code needs to run and release a job, derived from policy + manifest alone.
@@ -507,6 +591,9 @@ pub struct JobPlan {
     pub columns: Vec<DeliveredColumn>,
     pub keys: Vec<String>,
     pub values: Vec<GateValue>,
+    /// The unit counts' share of ε relative to the values' weights.
+    #[serde(default = "one")]
+    pub count_weight: u32,
     pub epsilon: Epsilon,
     pub max_groups_per_unit: u32,
     /// Rows of one unit delivered to the module (a random subset beyond it).
@@ -657,6 +744,7 @@ pub fn precheck(
                 aggregate: v.aggregate,
                 lo,
                 hi,
+                weight: v.weight,
             }
         })
         .collect();
@@ -665,6 +753,7 @@ pub fn precheck(
         columns,
         keys: manifest.keys.clone(),
         values,
+        count_weight: manifest.count_weight,
         epsilon: manifest.epsilon,
         max_groups_per_unit: policy.max_groups_per_unit,
         min_units_per_group: policy.min_units_per_group,

@@ -92,7 +92,7 @@ fn gaussian_jobs_compose_under_zcdp_and_public_partitions_release_every_group() 
             .unwrap()
             .contains("public partitions")
     );
-    assert_eq!(r["delta"], "1e-8", "δ only for the Gaussian conversion");
+    assert_eq!(r["delta"], 1e-8, "δ only for the Gaussian conversion");
     for row in r["rows"].as_array().unwrap() {
         assert_eq!(row["units"]["mechanism"], "discrete Gaussian");
         // σ² = G·(1+m)/(2ρ) = 2/(2·0.00653): σ ≈ 12.4.

@@ -8,7 +8,7 @@ use std::process::Command;
 use crate::common::*;
 
 /// `VEIL_SCHEMATHESIS`, or the venv scripts/test.sh installs beside the build.
-fn schemathesis() -> PathBuf {
+pub(crate) fn schemathesis() -> PathBuf {
     if let Ok(p) = std::env::var("VEIL_SCHEMATHESIS") {
         return PathBuf::from(p);
     }

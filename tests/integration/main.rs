@@ -18,6 +18,7 @@ mod pipeline;
 mod privacy_audit;
 mod redteam;
 mod remote_cli;
+mod results;
 mod sandbox;
 mod service;
 mod structure;

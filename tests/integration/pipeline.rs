@@ -59,13 +59,14 @@ fn end_to_end_release_with_small_group_withheld() {
             "{units}"
         );
         assert_eq!(units["noise_scale"].as_f64().unwrap(), 2.0); // G·(1+m)/ε = 1·2/1
-        let mean = row["values"][0]["mean"].as_f64().unwrap();
+        let mean = row["values"][0]["mean"]["value"].as_f64().unwrap();
         let expected = if row["key"][0] == "bachelor" {
             1304.5
         } else {
             704.5
         };
-        // Sum noise has scale 2000·2/1 = 4000 on a sum near 200·expected: ±600 is > 28 scales.
+        // The centred sum's noise has scale (2000/2)·2/1 = 2000 on a sum near 200·expected: ±600 is
+        // far more than the mean's error.
         assert!((mean - expected).abs() < 600.0, "{mean} vs {expected}");
     }
     // The threshold is the larger of the policy's 20 and partition selection's: with count noise
@@ -76,7 +77,7 @@ fn end_to_end_release_with_small_group_withheld() {
         rule.contains("below 38") && rule.contains("δ = 1e-8"),
         "{rule}"
     );
-    assert_eq!(r["delta"].as_str(), Some("1e-8"));
+    assert_eq!(r["delta"].as_f64(), Some(1e-8));
 
     // CSV and table renderings for people and machines.
     let csv = env.ok(&["--as", CONSUMER, "job", "result", &job, "--format", "csv"]);

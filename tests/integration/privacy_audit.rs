@@ -120,6 +120,7 @@ fn plan(noise: Noise, values: Vec<GateValue>, public: Option<Vec<Vec<String>>>) 
             vec!["g".into()]
         },
         values,
+        count_weight: 1,
         epsilon: Epsilon(1_000_000),
         max_groups_per_unit: 1,
         min_units_per_group: 1,
@@ -139,6 +140,7 @@ fn income(lo: f64, hi: f64, aggregate: Aggregate) -> Vec<GateValue> {
         aggregate,
         lo,
         hi,
+        weight: 1,
     }]
 }
 
@@ -228,8 +230,8 @@ fn sum_feature(r: &Release) -> String {
 }
 
 fn mean_feature(r: &Release) -> String {
-    match r.rows.first().and_then(|row| row.values[0].mean) {
-        Some(m) => format!("{}", (m * 4.0).floor().clamp(-40.0, 80.0)),
+    match r.rows.first().and_then(|row| row.values[0].mean.as_ref()) {
+        Some(m) => format!("{}", (m.value() * 4.0).floor().clamp(-40.0, 80.0)),
         None => "none".into(),
     }
 }
@@ -447,4 +449,67 @@ fn control_uncalibrated_selection_threshold_is_caught() {
     let (a, b) = selection_datasets(&claimed);
     let audit = audit_exact(800, &broken, &a, &b, 1e-3, presence_feature);
     assert!(!audit.passes(), "proven ε {} should exceed 1", audit.proven);
+}
+
+#[test]
+fn count_only_counts_meet_their_epsilon() {
+    // No values: the counts get all of ε (scale G/ε = 1, where a job with one value has 2).
+    let plan = plan(Noise::Laplace, Vec::new(), Some(vec![vec![]]));
+    let (d, d2) = neighbours("", 10.0);
+    let audit = audit_exact(
+        700,
+        &plan,
+        &exact(&plan, &d),
+        &exact(&plan, &d2),
+        0.0,
+        count_feature,
+    );
+    assert!(audit.passes(), "proven ε {}", audit.proven);
+}
+
+#[test]
+fn control_count_only_noise_for_twice_epsilon_is_caught() {
+    // A count-only plan that claims ε = 1 but noises its counts for ε = 2.5: its true loss is 2.5.
+    let claimed = plan(Noise::Laplace, Vec::new(), Some(vec![vec![]]));
+    let mut broken = claimed.clone();
+    broken.charge.epsilon_pure = Epsilon(2_500_000);
+    let (d, d2) = neighbours("", 10.0);
+    let audit = audit_exact(
+        710,
+        &broken,
+        &exact(&claimed, &d),
+        &exact(&claimed, &d2),
+        0.0,
+        count_feature,
+    );
+    assert!(!audit.passes(), "proven ε {} should exceed 1", audit.proven);
+}
+
+#[test]
+fn centred_sum_far_from_zero_meets_its_epsilon() {
+    // Bounds [1000, 1010]: the sum is noised around 1005 with sensitivity 5, and the released
+    // estimate adds 1005 × the noisy count back (post-processing of two DP cells).
+    let plan = plan(
+        Noise::Laplace,
+        income(1000.0, 1010.0, Aggregate::Sum),
+        Some(vec![vec![]]),
+    );
+    let d: Vec<Contribution> = (0..30)
+        .map(|i| contribution("", 1000.0 + f64::from(i % 11)))
+        .collect();
+    let mut d2 = d.clone();
+    d2.push(contribution("", 1010.0));
+    let feature = |r: &Release| {
+        let sum = r.rows[0].values[0].sum.as_ref().unwrap().value;
+        value_bin(sum, 1500.0, fixed::to_f64(1))
+    };
+    let audit = audit_exact(
+        720,
+        &plan,
+        &exact(&plan, &d),
+        &exact(&plan, &d2),
+        0.0,
+        feature,
+    );
+    assert!(audit.passes(), "proven ε {}", audit.proven);
 }

@@ -306,6 +306,6 @@ pub fn run(dir: &Path, people: usize) -> Result<()> {
 fn print_release(veil: &Veil, job: &str) -> Result<()> {
     let release = veil.job_result(&Caller::new(CONSUMER, Role::Consumer), job)?;
     println!();
-    crate::output::release_table(&release);
+    print!("{}", crate::release::text(&release));
     Ok(())
 }

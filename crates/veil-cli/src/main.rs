@@ -18,6 +18,7 @@ mod host;
 mod local;
 mod offline;
 mod output;
+mod release;
 mod remote;
 
 use std::path::Path;

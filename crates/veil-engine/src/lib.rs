@@ -62,7 +62,8 @@ pub use jobs::{BudgetLine, ConsumerJobView, JobInfo, JobRun, JobState, Submissio
 pub use principals::{Principal, Role};
 pub use veil_audit::Entry as AuditEntry;
 pub use veil_catalog::DatasetRecord;
-pub use veil_policy::{Epsilon, QuantileCell, Release, ReleasedValue};
+pub use veil_policy::gate::{NoisyCell, ReleasedRow};
+pub use veil_policy::{Epsilon, Mean, QuantileCell, Release, ReleasedValue};
 
 /// Operator settings for an engine. Build with [`EngineConfig::builder`] or use the defaults.
 #[derive(Debug, Clone)]

@@ -38,7 +38,7 @@
 use rand::{CryptoRng, Rng};
 
 use crate::fixed;
-use crate::gate::{BlockEstimate, Release, cell};
+use crate::gate::{BlockEstimate, Release, cell, on_grid, outward};
 use crate::manifest::{GateValue, JobPlan};
 use crate::mechanisms::DiscreteLaplace;
 
@@ -114,14 +114,14 @@ impl<'a> SampleAggregate<'a> {
                     .sum();
                 // Noise the sum over blocks in fixed point, then scale by 1/ℓ (post-processing).
                 let mech = self.mechanism(j);
-                let noisy_sum = cell(sum, &mech, mech.half_width(0.95), unit, rng);
+                let noisy_sum = cell(sum, &mech, mech.half_width(0.95), fixed::SCALE, rng);
                 BlockEstimate {
                     name: v.name.clone(),
                     estimate: crate::gate::NoisyCell {
-                        value: noisy_sum.value / l,
+                        value: on_grid(noisy_sum.value / l),
                         mechanism: noisy_sum.mechanism,
                         noise_scale: noisy_sum.noise_scale / l,
-                        ci95: [noisy_sum.ci95[0] / l, noisy_sum.ci95[1] / l],
+                        ci95: outward(noisy_sum.ci95[0] / l, noisy_sum.ci95[1] / l),
                     },
                     blocks: self.blocks,
                     bounds: [fixed::to_f64(v.lo.into()), fixed::to_f64(v.hi.into())],
@@ -134,8 +134,8 @@ impl<'a> SampleAggregate<'a> {
             mechanism:
                 "sample-and-aggregate (GUPT) with discrete Laplace (exact sampler, ChaCha20 CSPRNG)"
                     .into(),
-            epsilon: format!("{}", crate::model::Epsilon(self.epsilon_micro)),
-            delta: "0".into(),
+            epsilon: crate::model::Epsilon(self.epsilon_micro).as_f64(),
+            delta: 0.0,
             suppression_rule: "none: one estimate per value, averaged over blocks".into(),
             granularity: unit,
             estimates,
@@ -155,11 +155,13 @@ mod tests {
             privacy_unit: Some("id".into()),
             columns: vec![],
             keys: vec![],
+            count_weight: 1,
             values: vec![GateValue {
                 name: "median".into(),
                 aggregate: crate::Aggregate::Mean,
                 lo: 0,
                 hi: 1_000_000, // [0, 1000]
+                weight: 1,
             }],
             epsilon: Epsilon(1_000_000),
             max_groups_per_unit: 1,
