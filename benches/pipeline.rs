@@ -85,8 +85,14 @@ fn main() {
     let mut veil = Veil::open(&dir.path().join("data"), EngineConfig::default()).expect("open");
     let holder = Caller::new("holder", Role::Holder);
     let t = Instant::now();
-    veil.register_dataset(&holder, &csv_path, "bench", Some("person_id"), None)
-        .expect("register");
+    veil.register_dataset(
+        &holder,
+        &csv_path,
+        "bench",
+        Some("person_id"),
+        Default::default(),
+    )
+    .expect("register");
     let ingest = t.elapsed().as_secs_f64();
     println!(
         "ingest      {:>8.3} s  {:>12} rows",

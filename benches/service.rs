@@ -120,7 +120,7 @@ fn main() {
             &dir.path().join("bench.csv"),
             "bench",
             Some("person_id"),
-            None,
+            Default::default(),
         )
         .expect("register");
         veil.set_policy(&holder, "bench", &dir.path().join("policy.toml"))

@@ -7,7 +7,12 @@ fn malformed_datasets_are_rejected_without_trace() {
     env.setup("auto");
     let before = env.snapshot();
     let cases: &[(&str, &str, &[&str], &str)] = &[
-        ("ragged.csv", "a,b\n1,2\n3,4,5\n", &[], "malformed"),
+        (
+            "ragged.csv",
+            "a,b\n1,2\n3,4,5\n",
+            &[],
+            "record 3 has 3 fields",
+        ),
         ("empty.csv", "", &[], "empty"),
         ("header.csv", "a,b\n", &[], "no rows"),
         (
@@ -188,4 +193,50 @@ fn malformed_manifests_and_modules_are_rejected_without_trace() {
         );
         assert_eq!(env.snapshot(), before, "{expect}");
     }
+}
+
+#[test]
+fn a_headerless_padded_csv_is_refused_until_named_then_registers_typed() {
+    let env = Env::new();
+    env.add_parties();
+    let adult =
+        "39, State-gov, 77516, Bachelors\n50, ?, 83311, Bachelors\n38, Private, 215646, HS-grad\n";
+    let path = env.write("adult.data", adult);
+    let path = path.to_str().unwrap();
+    let before = env.snapshot();
+    let out = env.veil(&["--as", HOLDER, "dataset", "add", path, "--name", "adult"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("looks like data") && err.contains("--columns"),
+        "{err}"
+    );
+    assert_eq!(env.snapshot(), before, "a refused file changes nothing");
+    let cols = "age,workclass,fnlwgt,education";
+    let out = env.ok(&[
+        "--as",
+        HOLDER,
+        "dataset",
+        "add",
+        path,
+        "--name",
+        "adult",
+        "--columns",
+        cols,
+    ]);
+    assert!(
+        out.contains("registered dataset `clinic:adult`: 3 rows"),
+        "{out}"
+    );
+    // The report: numbers typed as numbers, `?` a null, padding trimmed.
+    assert!(
+        out.contains("age") && out.contains("Int64") && out.contains("range=[38, 50]"),
+        "{out}"
+    );
+    assert!(
+        out.contains("nulls=1") && out.contains("padded=3 (trimmed)"),
+        "{out}"
+    );
+    let listing = env.ok(&["--as", HOLDER, "dataset", "list", "--format", "json"]);
+    assert!(listing.contains("\"type\": \"Int64\""), "{listing}");
 }

@@ -11,6 +11,12 @@
 //! The catalog never prints rows; [`DatasetRecord`] holds only metadata.
 #![forbid(unsafe_code)]
 
+pub mod csv_ingest;
+pub mod report;
+
+pub use csv_ingest::{ColumnSpec, ColumnType, CsvFlags, CsvOptions, Header};
+pub use report::IngestReport;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,7 +25,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext, ident};
+use datafusion::prelude::{ParquetReadOptions, SessionContext, ident};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -62,8 +68,8 @@ pub enum Format {
 /// How to read a file.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
-    /// Column names for a CSV file without a header row.
-    pub columns: Option<Vec<String>>,
+    /// How to read a CSV file (Parquet and Arrow IPC carry their own schema).
+    pub csv: CsvOptions,
     /// Force a format instead of detecting it from the file's first bytes.
     pub format: Option<Format>,
 }
@@ -74,6 +80,13 @@ pub struct LoadedTable {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
     pub rows: u64,
+}
+
+/// A file read into memory with the report on what it holds.
+#[derive(Debug)]
+pub struct Loaded {
+    pub table: LoadedTable,
+    pub report: IngestReport,
 }
 
 /// One column as the catalog records it.
@@ -223,7 +236,7 @@ fn detect(path: &Path) -> Result<Format> {
 }
 
 /// Reads a whole file, failing on the first malformed record.
-pub async fn load_file(path: &Path, opts: &LoadOptions) -> Result<LoadedTable> {
+pub async fn load_file(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let meta = fs::metadata(path)
         .map_err(|e| CatalogError::BadInput(format!("cannot open {}: {e}", path.display())))?;
     if !meta.is_file() {
@@ -242,9 +255,17 @@ pub async fn load_file(path: &Path, opts: &LoadOptions) -> Result<LoadedTable> {
         Some(f) => f,
         None => detect(path)?,
     };
-    if opts.columns.is_some() && format != Format::Csv {
+    if format == Format::Csv {
+        let (table, mut facts) = csv_ingest::read(path, &opts.csv)?;
+        let table = checked(path, table.schema.clone(), table.batches)?;
+        csv_ingest::count_numeric_looking(&table, &mut facts);
+        let report = IngestReport::of(&table, Some((&facts, opts.csv.trim)));
+        return Ok(Loaded { table, report });
+    }
+    if opts.csv.columns.is_some() {
         return Err(CatalogError::BadInput(
-            "--columns only applies to CSV files without a header".into(),
+            "--columns only applies to CSV files (Parquet and Arrow IPC carry their own schema)"
+                .into(),
         ));
     }
     let ctx = SessionContext::new();
@@ -264,31 +285,7 @@ pub async fn load_file(path: &Path, opts: &LoadOptions) -> Result<LoadedTable> {
         ))
     };
     let batches = match format {
-        Format::Csv => {
-            let options = CsvReadOptions::new()
-                .has_header(opts.columns.is_none())
-                .file_extension(&ext)
-                .schema_infer_max_records(10_000);
-            let mut df = ctx.read_csv(path_str, options).await.map_err(bad)?;
-            if let Some(names) = &opts.columns {
-                let found = df.schema().fields().len();
-                if names.len() != found {
-                    return Err(CatalogError::BadInput(format!(
-                        "--columns names {} columns but the file has {found}",
-                        names.len()
-                    )));
-                }
-                let exprs: Vec<_> = df
-                    .schema()
-                    .fields()
-                    .iter()
-                    .zip(names)
-                    .map(|(f, n)| ident(f.name()).alias(n.as_str()))
-                    .collect();
-                df = df.select(exprs).map_err(bad)?;
-            }
-            df.collect().await.map_err(bad)?
-        }
+        Format::Csv => unreachable!("CSV is read above"),
         Format::Parquet => {
             let df = ctx
                 .read_parquet(path_str, ParquetReadOptions::default().file_extension(&ext))
@@ -319,6 +316,13 @@ pub async fn load_file(path: &Path, opts: &LoadOptions) -> Result<LoadedTable> {
             )));
         }
     };
+    let table = checked(path, schema, batches)?;
+    let report = IngestReport::of(&table, None);
+    Ok(Loaded { table, report })
+}
+
+/// `batches` as a table, if it has rows, columns with valid, distinct names, and one schema.
+fn checked(path: &Path, schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<LoadedTable> {
     let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
     if rows == 0 {
         return Err(CatalogError::BadInput(format!(
@@ -338,6 +342,9 @@ pub async fn load_file(path: &Path, opts: &LoadOptions) -> Result<LoadedTable> {
                 "column {} has an empty name",
                 i + 1
             )));
+        }
+        if let Some(why) = bad_column_name(f.name()) {
+            return Err(CatalogError::BadInput(format!("column {}: {why}", i + 1)));
         }
         if schema.fields().iter().take(i).any(|g| g.name() == f.name()) {
             return Err(CatalogError::BadInput(format!(
@@ -363,6 +370,24 @@ pub async fn load_file(path: &Path, opts: &LoadOptions) -> Result<LoadedTable> {
         batches,
         rows,
     })
+}
+
+/// Longest column name, in characters.
+pub const MAX_COLUMN_NAME_CHARS: usize = 128;
+
+/// Why `name` cannot name a column, if it cannot: names are shown in terminals, tables and the
+/// audit log, so no control characters, no bidirectional overrides, no unbounded length.
+fn bad_column_name(name: &str) -> Option<String> {
+    let bidi = |c: char| matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if name.chars().count() > MAX_COLUMN_NAME_CHARS {
+        Some(format!(
+            "its name is longer than {MAX_COLUMN_NAME_CHARS} characters"
+        ))
+    } else if name.chars().any(|c| c.is_control() || bidi(c)) {
+        Some("its name holds control or bidirectional-override characters".into())
+    } else {
+        None
+    }
 }
 
 fn first_line(s: &str) -> &str {
@@ -582,16 +607,24 @@ mod tests {
         fs::write(&with, "id,age,name\n1,30,x\n2,41,y\n").unwrap();
         let t = rt()
             .block_on(load_file(&with, &LoadOptions::default()))
-            .unwrap();
+            .unwrap()
+            .table;
         assert_eq!(t.rows, 2);
         assert_eq!(t.schema.field(1).name(), "age");
         let without = dir.path().join("b.csv");
         fs::write(&without, "1,30,x\n2,41,y\n").unwrap();
         let opts = LoadOptions {
-            columns: Some(vec!["id".into(), "age".into(), "name".into()]),
+            csv: CsvOptions {
+                columns: Some(
+                    ["id", "age", "name"]
+                        .map(|c| ColumnSpec::parse(c).unwrap())
+                        .to_vec(),
+                ),
+                ..CsvOptions::default()
+            },
             format: None,
         };
-        let t2 = rt().block_on(load_file(&without, &opts)).unwrap();
+        let t2 = rt().block_on(load_file(&without, &opts)).unwrap().table;
         assert_eq!(t2.rows, 2);
         assert_eq!(t2.schema.field(2).name(), "name");
         let stored = store_parquet(dir.path(), &t).unwrap();
@@ -604,7 +637,7 @@ mod tests {
         let back = rt()
             .block_on(load_file(&stored.path, &LoadOptions::default()))
             .unwrap();
-        assert_eq!(back.rows, 2);
+        assert_eq!(back.table.rows, 2);
     }
 
     #[test]
@@ -627,6 +660,148 @@ mod tests {
         let e = rt()
             .block_on(load_file(&ragged, &LoadOptions::default()))
             .unwrap_err();
-        assert!(e.to_string().contains("malformed"), "{e}");
+        assert!(e.to_string().contains("record 3 has 3 fields"), "{e}");
+    }
+
+    fn load(text: &str, csv: CsvOptions) -> Result<Loaded> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.csv");
+        fs::write(&path, text).unwrap();
+        rt().block_on(load_file(&path, &LoadOptions { csv, format: None }))
+    }
+
+    fn types(l: &Loaded) -> Vec<String> {
+        l.table
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.data_type().to_string())
+            .collect()
+    }
+
+    fn named(cols: &str) -> CsvOptions {
+        CsvOptions {
+            columns: Some(
+                cols.split(',')
+                    .map(|c| ColumnSpec::parse(c).unwrap())
+                    .collect(),
+            ),
+            ..CsvOptions::default()
+        }
+    }
+
+    /// The shapes of CSV that public data comes in: each registers with the expected schema, or
+    /// is refused naming the row and the fix.
+    #[test]
+    fn real_world_csv_shapes() {
+        // Header-less, comma-plus-space, `?` for missing (the UCI adult file's shape).
+        let adult = "39, State-gov, 77516, Bachelors\n50, ?, 83311, Bachelors\n38, Private, 215646, HS-grad\n";
+        let e = load(adult, CsvOptions::default()).unwrap_err().to_string();
+        assert!(
+            e.contains("looks like data") && e.contains("--columns") && e.contains("39, State-gov"),
+            "{e}"
+        );
+        let l = load(adult, named("age,workclass,fnlwgt,education")).unwrap();
+        assert_eq!(types(&l), ["Int64", "Utf8", "Int64", "Utf8"]);
+        assert_eq!(l.report.columns[1].nulls, 1, "`?` is a null");
+        assert_eq!(
+            l.report.columns[3].distinct,
+            Some(2),
+            "padding trimmed: {:?}",
+            l.report
+        );
+        assert_eq!(l.report.columns[0].padded, 0);
+        assert_eq!(l.report.columns[1].padded, 3);
+        assert_eq!(l.report.columns[0].range, Some([38.0, 50.0]));
+        // Without trimming the padding stays and the report says so.
+        let raw = CsvOptions {
+            trim: false,
+            ..named("age,workclass,fnlwgt,education")
+        };
+        let l = load(adult, raw).unwrap();
+        assert_eq!(types(&l)[0], "Int64");
+        assert!(!l.report.warnings_for("education").is_empty());
+        // A header the holder confirms.
+        let numbers = "1,2\n3,4\n";
+        assert!(load(numbers, CsvOptions::default()).is_err());
+        let l = load(
+            numbers,
+            CsvOptions {
+                header: Header::Present,
+                ..CsvOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(l.table.schema.field(0).name(), "1");
+        // BOM, CRLF and a quoted newline.
+        let l = load(
+            "\u{feff}id,note\r\n1,\"two\r\nlines\"\r\n2,x\r\n",
+            CsvOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(l.table.schema.field(0).name(), "id");
+        assert_eq!(l.table.rows, 2);
+        // Mixed types: text, with a warning that most values are numbers.
+        let l = load("id,income\n1,10\n2,12\n3,unknown\n", CsvOptions::default()).unwrap();
+        assert_eq!(types(&l), ["Int64", "Utf8"]);
+        assert!(l.report.warnings_for("income")[0].contains("most of its values are numbers"));
+        // A declared type that a value does not have: the row and column, not the value.
+        let e = load("id,income\n1,10\n2,lots\n", named("id:int,income:float"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("looks like column names") && e.contains("--header"),
+            "{e}"
+        );
+        let declared = CsvOptions {
+            header: Header::Present,
+            ..named("id:int,income:float")
+        };
+        let e = load("id,income\n1,10\n2,lots\n", declared)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("row 2") && e.contains("`income`") && !e.contains("lots"),
+            "{e}"
+        );
+        // Ragged rows name the record.
+        let e = load("a,b\n1,2\n3\n", CsvOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("record 3 has 1 fields"), "{e}");
+        // Column names that would forge terminal lines.
+        let e = load("a,\"b\u{202e}c\"\n1,2\n", CsvOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("column 2"), "{e}");
+        // Semicolons.
+        let l = load(
+            "a;b\n1;2,5\n",
+            CsvOptions {
+                delimiter: b';',
+                ..CsvOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(types(&l), ["Int64", "Utf8"]);
+    }
+
+    #[test]
+    fn the_report_has_the_files_figures() {
+        let l = load(
+            "g,x,b\na,1.5,true\nb,,false\na,-2,true\nNA,4,\n",
+            CsvOptions::default(),
+        )
+        .unwrap();
+        let r = &l.report;
+        assert_eq!(r.rows, 4);
+        assert_eq!(types(&l), ["Utf8", "Float64", "Boolean"]);
+        assert_eq!((r.columns[0].nulls, r.columns[0].distinct), (1, Some(2)));
+        assert_eq!(
+            (r.columns[1].nulls, r.columns[1].range),
+            (1, Some([-2.0, 4.0]))
+        );
+        assert_eq!(r.columns[2].nulls, 1);
+        assert!(r.warnings_for("x").is_empty());
     }
 }

@@ -132,9 +132,29 @@ pub(crate) enum DatasetCmd {
         /// Column identifying the person (privacy unit); without it each row is a unit.
         #[arg(long)]
         privacy_unit: Option<String>,
-        /// Column names for a CSV file without a header row (comma-separated).
-        #[arg(long, value_delimiter = ',')]
-        columns: Option<Vec<String>>,
+        /// CSV column names, optionally typed: `name,...` or `name:type,...` (bool, int, float,
+        /// text). Without `--header` the file has no header row; with it they replace its names.
+        #[arg(long, value_name = "NAME[:TYPE],...")]
+        columns: Option<String>,
+        /// The CSV's first row holds column names (default: detected; a first row that looks like
+        /// data is refused until you say which it is).
+        #[arg(long, conflicts_with = "no_header")]
+        header: bool,
+        /// The CSV has no header row (give `--columns`).
+        #[arg(long, requires = "columns")]
+        no_header: bool,
+        /// CSV field separator (default `,`; `tab` for tabs).
+        #[arg(long, value_name = "CHAR")]
+        delimiter: Option<String>,
+        /// CSV quote character (default `"`).
+        #[arg(long, value_name = "CHAR")]
+        quote: Option<String>,
+        /// Keep spaces around CSV values (default: trimmed).
+        #[arg(long)]
+        no_trim: bool,
+        /// Comma-separated tokens that mean "no value" in a CSV (default: empty, NA, N/A, NULL, ?).
+        #[arg(long, value_name = "TOKENS")]
+        null: Option<String>,
     },
     /// The signed registration certificate of a dataset (`--as HOLDER`, its owner), as JSON.
     Certificate {

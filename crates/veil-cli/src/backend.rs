@@ -8,8 +8,8 @@ use std::path::Path;
 use serde::Deserialize;
 use veil_audit::{Certificate, Proof, Receipt};
 use veil_engine::{
-    AuditEntry, BudgetLine, DatasetRecord, DatasetView, JobView, PolicyDocument, PolicyVersion,
-    Principal, Release, Role, Submission,
+    AuditEntry, BudgetLine, CsvFlags, DatasetView, JobView, PolicyDocument, PolicyVersion,
+    Principal, Registered, Release, Role, Submission,
 };
 
 /// Who the commands act as.
@@ -53,14 +53,15 @@ pub(crate) struct Registration<'a> {
     pub file: &'a Path,
     pub name: &'a str,
     pub privacy_unit: Option<&'a str>,
-    pub columns: Option<Vec<String>>,
+    /// How to read a CSV file, as typed (the engine parses them, in both modes).
+    pub csv: CsvFlags,
 }
 
 /// The operations a client may ask of the domain. Errors are the domain's answer (not found,
 /// forbidden, bad input, ...) with the same message in both modes.
 pub(crate) trait Backend {
     fn whoami(&mut self) -> anyhow::Result<Identity>;
-    fn register_dataset(&mut self, r: Registration<'_>) -> anyhow::Result<DatasetRecord>;
+    fn register_dataset(&mut self, r: Registration<'_>) -> anyhow::Result<Registered>;
     fn datasets(&mut self) -> anyhow::Result<Vec<DatasetView>>;
     fn dataset_certificate(&mut self, name: &str) -> anyhow::Result<Certificate>;
     fn set_policy(&mut self, dataset: &str, toml: &str) -> anyhow::Result<PolicyVersion>;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use veil_audit::review::Decision;
-use veil_engine::Role;
+use veil_engine::{CsvFlags, Role};
 
 use crate::args::{AdminCmd, AuditCmd, Command, DatasetCmd, Format, JobCmd, KeysCmd, PolicyCmd};
 use crate::backend::{Backend, LogQuery, ProofRequest, Registration};
@@ -47,12 +47,33 @@ fn dataset(cmd: DatasetCmd, b: &mut dyn Backend) -> Result<()> {
             name,
             privacy_unit,
             columns,
-        } => output::registered(&b.register_dataset(Registration {
-            file: &file,
-            name: &name,
-            privacy_unit: privacy_unit.as_deref(),
-            columns,
-        })?),
+            header,
+            no_header,
+            delimiter,
+            quote,
+            no_trim,
+            null,
+        } => {
+            let header = match (header, no_header) {
+                (true, _) => Some("present".to_owned()),
+                (_, true) => Some("absent".to_owned()),
+                _ => None,
+            };
+            let csv = CsvFlags {
+                columns,
+                header,
+                delimiter,
+                quote,
+                trim: no_trim.then_some(false),
+                null,
+            };
+            output::registered(&b.register_dataset(Registration {
+                file: &file,
+                name: &name,
+                privacy_unit: privacy_unit.as_deref(),
+                csv,
+            })?)
+        }
         DatasetCmd::Certificate { name, out } => {
             let text = serde_json::to_string_pretty(&b.dataset_certificate(&name)?)? + "\n";
             write_or_print(out.as_deref(), &text)?;
@@ -79,6 +100,9 @@ fn policy(cmd: PolicyCmd, b: &mut dyn Backend) -> Result<()> {
                 "policy version {} set on `{}` (sha256 {})",
                 p.version, p.dataset, p.hash
             );
+            for w in &p.warnings {
+                eprintln!("warning: {}", output::escape(w));
+            }
         }
         PolicyCmd::Show { dataset } => {
             let p = b.policy(&dataset)?;

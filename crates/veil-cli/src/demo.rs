@@ -186,7 +186,15 @@ pub fn run(dir: &Path, people: usize) -> Result<()> {
         2,
         "The holder registers the dataset; it is stored as content-addressed Parquet.",
     );
-    let record = veil.register_dataset(&holder, &csv, "census", Some("person_id"), None)?;
+    let record = veil
+        .register_dataset(
+            &holder,
+            &csv,
+            "census",
+            Some("person_id"),
+            Default::default(),
+        )?
+        .record;
     println!(
         "   `census`: {} rows, privacy unit person_id, content commitment {}…",
         record.rows,

@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use veil_audit::{Certificate, Proof, Receipt};
 use veil_engine::{
-    AuditEntry, BudgetLine, Caller, DatasetRecord, DatasetView, EngineConfig, JobView,
-    PolicyDocument, PolicyVersion, Principal, Release, Role, Submission, Veil,
+    AuditEntry, BudgetLine, Caller, DatasetView, EngineConfig, JobView, PolicyDocument,
+    PolicyVersion, Principal, Registered, Release, Role, Submission, Veil,
 };
 
 use crate::backend::{Backend, Identity, LogQuery, ProofRequest, PublicKeys, Registration};
@@ -44,10 +44,11 @@ impl Backend for Local {
         })
     }
 
-    fn register_dataset(&mut self, r: Registration<'_>) -> Result<DatasetRecord> {
+    fn register_dataset(&mut self, r: Registration<'_>) -> Result<Registered> {
+        let csv = r.csv.options()?;
         Ok(self
             .veil
-            .register_dataset(&self.caller, r.file, r.name, r.privacy_unit, r.columns)?)
+            .register_dataset(&self.caller, r.file, r.name, r.privacy_unit, csv)?)
     }
 
     fn datasets(&mut self) -> Result<Vec<DatasetView>> {

@@ -1,8 +1,9 @@
 //! Rendering for people (tables) and machines (JSON, CSV).
-use veil_engine::{AuditEntry, BudgetLine, DatasetRecord, JobInfo, JobView, Release};
+use veil_engine::{AuditEntry, BudgetLine, IngestReport, JobInfo, JobView, Registered, Release};
 
-/// The one line that confirms a registration.
-pub fn registered(r: &DatasetRecord) {
+/// The line that confirms a registration, then the report on the file's columns (for the holder).
+pub fn registered(registered: &Registered) {
+    let r = &registered.record;
     println!(
         "registered dataset `{}`: {} rows, {} columns, content sha256 {}, commitment {}",
         r.name,
@@ -11,6 +12,37 @@ pub fn registered(r: &DatasetRecord) {
         r.content_hash,
         r.content_commitment
     );
+    report(&registered.report);
+}
+
+/// The registration report: per column its type, nulls, distinct values and range.
+fn report(report: &IngestReport) {
+    println!("column report (for you only; consumers never see it):");
+    for c in &report.columns {
+        let distinct = match (c.distinct, c.distinct_capped) {
+            (Some(n), false) => format!("  distinct={n}"),
+            (Some(n), true) => format!("  distinct>{n}"),
+            (None, _) => String::new(),
+        };
+        let range = c
+            .range
+            .map(|[lo, hi]| format!("  range=[{lo}, {hi}]"))
+            .unwrap_or_default();
+        let padded = match (c.padded, report.trimmed) {
+            (0, _) => String::new(),
+            (n, true) => format!("  padded={n} (trimmed)"),
+            (n, false) => format!("  padded={n}"),
+        };
+        println!(
+            "  {:<24} {:<8} nulls={}{distinct}{range}{padded}",
+            escape(&c.name),
+            c.data_type,
+            c.nulls
+        );
+        for w in report.warnings_for(&c.name) {
+            println!("    warning: {}", escape(&w));
+        }
+    }
 }
 
 /// Catalog entries as the caller may see them: the full record for owners, reviewers and the

@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use veil_audit::{Certificate, Proof, Receipt};
 use veil_engine::{
-    AuditEntry, BudgetLine, ConsumerJobView, DatasetRecord, DatasetView, JobView, PolicyDocument,
-    PolicyVersion, Principal, Release, Role, Submission,
+    AuditEntry, BudgetLine, ConsumerJobView, DatasetView, JobView, PolicyDocument, PolicyVersion,
+    Principal, Registered, Release, Role, Submission,
 };
 
 use crate::backend::{Backend, Identity, LogQuery, ProofRequest, PublicKeys, Registration};
@@ -194,7 +194,7 @@ impl Backend for Remote {
         self.get_json("/v1/whoami")
     }
 
-    fn register_dataset(&mut self, r: Registration<'_>) -> Result<DatasetRecord> {
+    fn register_dataset(&mut self, r: Registration<'_>) -> Result<Registered> {
         let mut f =
             std::fs::File::open(r.file).with_context(|| format!("opening {}", r.file.display()))?;
         let path = format!(
@@ -202,7 +202,12 @@ impl Backend for Remote {
             query(&[
                 ("name", Some(r.name.to_owned())),
                 ("privacy_unit", r.privacy_unit.map(str::to_owned)),
-                ("columns", r.columns.map(|c| c.join(","))),
+                ("columns", r.csv.columns),
+                ("header", r.csv.header),
+                ("delimiter", r.csv.delimiter),
+                ("quote", r.csv.quote),
+                ("trim", r.csv.trim.map(|t| t.to_string())),
+                ("null", r.csv.null),
             ])
         );
         let response = self

@@ -4,7 +4,9 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use veil_audit::{AuditEvent, AuditLog};
-use veil_catalog::{CatalogEntry, DatasetRecord, LoadOptions, NoisyUnits};
+use veil_catalog::{
+    CatalogEntry, CsvOptions, DatasetRecord, IngestReport, LoadOptions, NoisyUnits,
+};
 use veil_policy::mechanisms::DiscreteLaplace;
 use veil_policy::{Epsilon, Policy, document_hash, model::valid_principal};
 
@@ -23,6 +25,18 @@ pub struct StoredPolicy {
     pub text: String,
     pub policy: Policy,
     pub holder: String,
+    /// Set only when the policy is set: what the registration report suggests checking.
+    pub warnings: Vec<String>,
+}
+
+/// The answer to a registration, for the holder only: the catalog record and the report on what
+/// the file holds (per column: type, nulls, distinct values, range). The report describes the
+/// data: it is stored with the dataset and never shown to consumers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Registered {
+    #[serde(flatten)]
+    pub record: DatasetRecord,
+    pub report: IngestReport,
 }
 
 /// A policy as the API and the CLI show it (`GET /v1/datasets/{name}/policy`, `policy show`).
@@ -45,6 +59,10 @@ pub struct PolicyVersion {
     pub dataset: String,
     pub version: u64,
     pub hash: String,
+    /// Columns the policy classifies that the registration report flags (padded values, text of
+    /// mostly numbers, mostly null), for the owner to check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl StoredPolicy {
@@ -63,6 +81,7 @@ impl StoredPolicy {
             dataset: self.dataset.clone(),
             version: self.version,
             hash: self.hash.clone(),
+            warnings: self.warnings.clone(),
         }
     }
 }
@@ -76,8 +95,8 @@ impl Veil {
         file: &Path,
         name: &str,
         privacy_unit: Option<&str>,
-        columns: Option<Vec<String>>,
-    ) -> Result<DatasetRecord> {
+        csv: CsvOptions,
+    ) -> Result<Registered> {
         require(owner, Operation::RegisterDataset)?;
         let owner = owner.name.as_str();
         if !valid_principal(name) {
@@ -94,13 +113,11 @@ impl Veil {
                 id,
             )));
         }
-        let table = self.block_on(veil_catalog::load_file(
+        let loaded = self.block_on(veil_catalog::load_file(
             file,
-            &LoadOptions {
-                columns,
-                format: None,
-            },
+            &LoadOptions { csv, format: None },
         ))?;
+        let (table, report) = (loaded.table, loaded.report);
         if let Some(unit) = privacy_unit
             && table.schema.field_with_name(unit).is_err()
         {
@@ -129,6 +146,13 @@ impl Veil {
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             veil_catalog::insert(&tx, &record)?;
+            tx.execute(
+                "INSERT INTO dataset_reports (dataset, report) VALUES (?1, ?2)",
+                params![
+                    record.name,
+                    serde_json::to_string(&report).expect("report serializes")
+                ],
+            )?;
             AuditLog::append(
                 &tx,
                 &self.key,
@@ -145,7 +169,7 @@ impl Veil {
             Ok(())
         })();
         match result {
-            Ok(()) => Ok(record),
+            Ok(()) => Ok(Registered { record, report }),
             Err(e) => {
                 stored.discard();
                 Err(e)
@@ -196,6 +220,7 @@ impl Veil {
         self.check_max_units(&record, policy.max_units)?;
         self.check_unit_count_unchanged(dataset, &policy)?;
         let draw = self.unit_count_to_draw(&record, &policy)?;
+        let warnings = self.policy_warnings(dataset, &policy)?;
         let hash = document_hash(&text);
         let tx = self
             .conn
@@ -238,7 +263,36 @@ impl Veil {
             text,
             policy,
             holder: holder.into(),
+            warnings,
         })
+    }
+
+    /// The registration report of dataset `id`, if it has one (datasets registered before reports
+    /// existed have none).
+    pub(crate) fn report(&self, id: &str) -> Result<Option<IngestReport>> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT report FROM dataset_reports WHERE dataset = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        text.map(|t| serde_json::from_str(&t).map_err(|e| EngineError::Internal(e.to_string())))
+            .transpose()
+    }
+
+    /// What the owner should know about the columns `policy` classifies, from the registration
+    /// report: padded, mostly-numeric text or mostly null columns.
+    fn policy_warnings(&self, dataset: &str, policy: &Policy) -> Result<Vec<String>> {
+        let Some(report) = self.report(dataset)? else {
+            return Ok(Vec::new());
+        };
+        Ok(policy
+            .columns
+            .keys()
+            .flat_map(|c| report.warnings_for(c))
+            .collect())
     }
 
     /// Refuses a policy whose public bound on privacy units the dataset exceeds: jobs are scheduled
@@ -350,6 +404,7 @@ impl Veil {
                 text,
                 policy,
                 holder,
+                warnings: Vec::new(),
             })
         })
         .transpose()

@@ -27,7 +27,7 @@
 //! veil.create_principal(&operator, "hospital", Role::Holder)?;
 //! veil.create_principal(&operator, "researcher", Role::Consumer)?;
 //! let hospital = Caller::new("hospital", Role::Holder);
-//! veil.register_dataset(&hospital, "people.csv".as_ref(), "people", Some("patient_id"), None)?;
+//! veil.register_dataset(&hospital, "people.csv".as_ref(), "people", Some("patient_id"), Default::default())?;
 //! veil.set_policy(&hospital, "people", "policy.toml".as_ref())?;
 //! let researcher = Caller::new("researcher", Role::Consumer);
 //! let outcome = veil.submit_job(&researcher, "job.toml".as_ref())?;
@@ -55,13 +55,14 @@ use veil_sandbox::{Sandbox, SandboxConfig};
 
 pub use access::{Caller, DatasetView, JobView, OPERATOR, Operation, Viewer, require};
 pub use codes::{ConsumerCode, ConsumerState, JobCode};
-pub use datasets::{PolicyDocument, PolicyVersion, StoredPolicy};
+pub use datasets::{PolicyDocument, PolicyVersion, Registered, StoredPolicy};
 pub use error::{EngineError, ErrorKind, Result};
 pub use jobs::lifecycle::read_job_files;
 pub use jobs::{BudgetLine, ConsumerJobView, JobInfo, JobRun, JobState, Submission, SubmitOutcome};
 pub use principals::{Principal, Role};
 pub use veil_audit::Entry as AuditEntry;
 pub use veil_catalog::DatasetRecord;
+pub use veil_catalog::{CsvFlags, CsvOptions, IngestReport};
 pub use veil_policy::gate::{NoisyCell, ReleasedRow};
 pub use veil_policy::{Epsilon, Mean, QuantileCell, Release, ReleasedValue};
 

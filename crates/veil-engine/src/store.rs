@@ -28,10 +28,11 @@ pub(crate) const SCHEMA_VERSION: u32 = STEPS.len() as u32;
 /// Step `i` (counting from 1) brings a store from schema version `i - 1` to `i`. Append new steps;
 /// never change one that has shipped. Version 0 is a store made before versions were recorded
 /// (or a new, empty file): step 1 creates what such a store already has.
-const STEPS: [fn(&Connection) -> Result<()>; 3] = [
+const STEPS: [fn(&Connection) -> Result<()>; 4] = [
     step_1_baseline,
     step_2_published_counts,
     step_3_owner_scoped_dataset_ids,
+    step_4_registration_reports,
 ];
 
 /// Brings the store to [`SCHEMA_VERSION`], in the caller's transaction, so a failed step leaves
@@ -151,6 +152,18 @@ fn step_3_owner_scoped_dataset_ids(conn: &Connection) -> Result<()> {
     conn.execute_batch(&format!(
         "UPDATE datasets SET name = owner || '{sep}' || name WHERE instr(name, '{sep}') = 0"
     ))?;
+    Ok(())
+}
+
+/// Version 4: each dataset's registration report (for its owner; datasets registered before have
+/// none).
+fn step_4_registration_reports(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE dataset_reports (
+             dataset TEXT PRIMARY KEY REFERENCES datasets(name),
+             report  TEXT NOT NULL
+         )",
+    )?;
     Ok(())
 }
 

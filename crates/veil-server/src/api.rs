@@ -13,7 +13,7 @@ use base64::Engine as _;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use veil_engine::{Caller, DatasetRecord, EngineError, JobState, Operation, Role, Veil};
+use veil_engine::{Caller, EngineError, JobState, Operation, Registered, Role, Veil};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -109,8 +109,27 @@ pub(crate) async fn dataset(
 pub(crate) struct UploadQuery {
     name: String,
     privacy_unit: Option<String>,
-    /// Column names for a CSV file without a header row, comma-separated.
+    // How to read a CSV file: the fields of `veil_engine::CsvFlags` (serde's `flatten` would
+    // read `trim` as text).
     columns: Option<String>,
+    header: Option<String>,
+    delimiter: Option<String>,
+    quote: Option<String>,
+    trim: Option<bool>,
+    null: Option<String>,
+}
+
+impl UploadQuery {
+    fn csv_flags(&self) -> veil_engine::CsvFlags {
+        veil_engine::CsvFlags {
+            columns: self.columns.clone(),
+            header: self.header.clone(),
+            delimiter: self.delimiter.clone(),
+            quote: self.quote.clone(),
+            trim: self.trim,
+            null: self.null.clone(),
+        }
+    }
 }
 
 /// Registers the request body (CSV, Parquet or Arrow IPC; detected from its first bytes) as a
@@ -150,21 +169,22 @@ pub(crate) async fn upload_dataset(
         use std::io::Write as _;
         file.write_all(&chunk).map_err(|e| internal(e.into()))?;
     }
-    let columns = query
-        .columns
-        .map(|c| c.split(',').map(|s| s.trim().to_owned()).collect());
+    let csv = query
+        .csv_flags()
+        .options()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     // Reading and converting a large file takes a while: do it on an engine of its own, so the
     // request engines keep answering everyone else meanwhile.
     let data_dir = state.config.data_dir.clone();
     let runtime = state.runtime.clone();
-    let record = tokio::task::spawn_blocking(move || -> Result<DatasetRecord, ApiError> {
+    let record = tokio::task::spawn_blocking(move || -> Result<Registered, ApiError> {
         let mut veil = Veil::open_with(&data_dir, runtime)?;
         let record = veil.register_dataset(
             &who,
             file.path(),
             &query.name,
             query.privacy_unit.as_deref(),
-            columns,
+            csv,
         )?;
         drop(file);
         Ok(record)
