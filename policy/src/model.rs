@@ -205,7 +205,8 @@ struct RawDp {
 #[serde(deny_unknown_fields)]
 struct RawColumn {
     class: String,
-    bounds: Option<[f64; 2]>,
+    /// Exactly `[lo, hi]` (checked: `[18, 50, 90]` is an error, not `[18, 50]`).
+    bounds: Option<Vec<f64>>,
 }
 
 /// The `[dp]` section, checked: each ε within (0, [`MAX_EPSILON`]], each δ within
@@ -438,12 +439,16 @@ fn parse_column_rules(
                 );
             }
         };
-        let bounds = match rule.get_ref().bounds {
-            Some([lo, hi]) => {
+        let bounds = match rule.get_ref().bounds.as_deref() {
+            Some(&[lo, hi]) => {
                 if let Err(m) = check_bounds(lo, hi) {
                     return src.err(rule.span(), &format!("{field}.bounds"), m);
                 }
                 Some((lo, hi))
+            }
+            Some(other) => {
+                let m = format!("give exactly two numbers, [lo, hi]; found {}", other.len());
+                return src.err(rule.span(), &format!("{field}.bounds"), &m);
             }
             None => None,
         };
@@ -630,7 +635,10 @@ pub fn document_hash(text: &str) -> String {
 
 /// Principal names: short, printable, no spaces.
 pub fn valid_principal(name: &str) -> bool {
+    // `.` and `..` would read as paths wherever a name meets one (URLs, files).
     !name.is_empty()
+        && name != "."
+        && name != ".."
         && name.len() <= 64
         && name
             .chars()
@@ -687,6 +695,13 @@ ssn = { class = "forbidden" }
 
     #[test]
     fn errors_name_line_and_field() {
+        let three = EXAMPLE.replace("bounds = [0, 5000]", "bounds = [18, 50, 90]");
+        let e = Policy::from_toml(&three).unwrap_err().to_string();
+        assert!(
+            e.contains("columns.income.bounds") && e.contains("exactly two"),
+            "{e}"
+        );
+        assert!(!valid_principal(".") && !valid_principal("..") && valid_principal("a.b"));
         let bad = EXAMPLE.replace("approval = \"auto\"", "approval = \"sometimes\"");
         let e = Policy::from_toml(&bad).unwrap_err().to_string();
         assert!(e.contains("line 4") && e.contains("approval"), "{e}");

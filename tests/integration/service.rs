@@ -758,3 +758,28 @@ fn the_api_keeps_answering_while_a_large_upload_registers() {
         "whoami waited for the registration to finish"
     );
 }
+
+#[test]
+fn the_bearer_scheme_is_case_insensitive() {
+    let env = Env::new();
+    env.setup("auto");
+    let token = token_for(&env, CONSUMER, "consumer");
+    let server = Server::start(&env.data_dir(), &[]);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    for (scheme, want) in [
+        ("Bearer", 200),
+        ("bearer", 200),
+        ("BEARER", 200),
+        ("Basic", 401),
+    ] {
+        let response = agent
+            .get(format!("{}/v1/whoami", server.url()))
+            .header("Authorization", format!("{scheme} {token}"))
+            .call()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), want, "{scheme}");
+    }
+}
