@@ -431,12 +431,29 @@ pub struct StoredFile {
 }
 
 impl StoredFile {
-    /// Removes the file again if this registration created it (used when the catalog insert fails).
-    pub fn discard(self) {
-        if self.created {
+    /// Removes the file again if this registration created it and no catalog record uses the same
+    /// content (used when the catalog insert fails: another registration of the same bytes may
+    /// have succeeded meanwhile, and its file must stay).
+    pub fn discard(self, conn: &Connection) {
+        let in_use = conn
+            .query_row(
+                "SELECT 1 FROM datasets WHERE content_hash = ?1 LIMIT 1",
+                [&self.content_hash],
+                |_| Ok(()),
+            )
+            .optional();
+        if self.created && matches!(in_use, Ok(None)) {
             let _ = fs::remove_file(&self.path);
         }
     }
+}
+
+/// A temporary file name no other call can be using: the content hash, the process and a
+/// per-process counter.
+fn temporary_name(dir: &Path, content_hash: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!(".{content_hash}.{}.{n}.tmp", std::process::id()))
 }
 
 /// Writes the table as Parquet, named by the SHA-256 of the bytes.
@@ -465,17 +482,27 @@ pub fn store_parquet(data_dir: &Path, table: &LoadedTable) -> Result<StoredFile>
             created: false,
         });
     }
-    let tmp = dir.join(format!(".{content_hash}.{}.tmp", std::process::id()));
+    let tmp = temporary_name(&dir, &content_hash);
     {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
     }
-    fs::rename(&tmp, &path)?;
+    // A hard link fails if the name exists: of concurrent registrations of the same content,
+    // exactly one creates the file (and only it may discard it).
+    let created = match fs::hard_link(&tmp, &path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+    };
+    fs::remove_file(&tmp)?;
     Ok(StoredFile {
         content_hash,
         path,
-        created: true,
+        created,
     })
 }
 
@@ -784,6 +811,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(types(&l), ["Int64", "Utf8"]);
+    }
+
+    #[test]
+    fn concurrent_stores_of_the_same_content_create_it_once() {
+        let l = load("a,b\n1,2\n", CsvOptions::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let stored: Vec<StoredFile> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| store_parquet(dir.path(), &l.table).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(stored.iter().filter(|s| s.created).count(), 1);
+        assert!(stored[0].path.exists());
+        let leftovers = fs::read_dir(dir.path().join("datasets")).unwrap().count();
+        assert_eq!(leftovers, 1, "no temporary files left behind");
     }
 
     #[test]

@@ -171,7 +171,7 @@ impl Veil {
         match result {
             Ok(()) => Ok(Registered { record, report }),
             Err(e) => {
-                stored.discard();
+                stored.discard(&self.conn);
                 Err(e)
             }
         }
