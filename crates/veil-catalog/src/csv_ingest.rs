@@ -373,6 +373,33 @@ fn split_header(mut records: Vec<Vec<String>>, opts: &CsvOptions) -> Result<Cell
     Ok(Cells { names, rows, facts })
 }
 
+/// A value as header detection reads it: trimmed, `None` for a null token.
+fn detected<'a>(v: &'a str, opts: &CsvOptions) -> Option<&'a str> {
+    let v = v.trim_matches([' ', '\t']);
+    (!opts.null_tokens.iter().any(|t| t == v)).then_some(v)
+}
+
+/// How the first record fits the columns below it: how many columns are not text (by the records
+/// below), and in how many of those the first record holds a value of another type. Requires at
+/// least two records.
+fn first_row_fit(records: &[Vec<String>], opts: &CsvOptions) -> (usize, usize) {
+    let (mut typed, mut misfits) = (0, 0);
+    for j in 0..records[0].len() {
+        let below = records[1..]
+            .iter()
+            .filter_map(|r| detected(&r[j], opts).map(str::to_owned));
+        let ty = infer(below);
+        if ty == ColumnType::Text {
+            continue;
+        }
+        typed += 1;
+        if detected(&records[0][j], opts).is_some_and(|v| !ty.accepts(v)) {
+            misfits += 1;
+        }
+    }
+    (typed, misfits)
+}
+
 /// Whether the first record's values parse as the types the other records' columns have, in
 /// every column that is not text — and at least one column is not text (an all-text file cannot
 /// tell, and its first row is taken as the header).
@@ -380,24 +407,8 @@ fn first_row_looks_like_data(records: &[Vec<String>], opts: &CsvOptions) -> bool
     if records.len() < 2 {
         return false;
     }
-    let clean = |v: &str| -> Option<String> {
-        let v = v.trim_matches([' ', '\t']);
-        (!opts.null_tokens.iter().any(|t| t == v)).then(|| v.to_owned())
-    };
-    let mut typed = 0;
-    for j in 0..records[0].len() {
-        let below = records[1..].iter().filter_map(|r| clean(&r[j]));
-        let ty = infer(below);
-        if ty == ColumnType::Text {
-            continue;
-        }
-        typed += 1;
-        match clean(&records[0][j]) {
-            Some(v) if !ty.accepts(&v) => return false,
-            _ => {}
-        }
-    }
-    typed > 0
+    let (typed, misfits) = first_row_fit(records, opts);
+    typed > 0 && misfits == 0
 }
 
 /// Whether the first record, in a file the holder named the columns of, looks like a header: its
@@ -407,29 +418,11 @@ fn first_row_looks_like_names(
     specs: &[ColumnSpec],
     opts: &CsvOptions,
 ) -> bool {
-    let first: Vec<&str> = records[0]
-        .iter()
-        .map(|v| v.trim_matches([' ', '\t']))
-        .collect();
-    if first
+    let names = records[0]
         .iter()
         .zip(specs)
-        .all(|(v, s)| v.eq_ignore_ascii_case(&s.name))
-    {
-        return true;
-    }
-    if records.len() < 2 {
-        return false;
-    }
-    (0..records[0].len()).any(|j| {
-        let below = records[1..].iter().filter_map(|r| {
-            let v = r[j].trim_matches([' ', '\t']);
-            (!opts.null_tokens.iter().any(|t| t == v)).then(|| v.to_owned())
-        });
-        let ty = infer(below);
-        let v = first[j];
-        ty != ColumnType::Text && !opts.null_tokens.iter().any(|t| t == v) && !ty.accepts(v)
-    })
+        .all(|(v, s)| v.trim_matches([' ', '\t']).eq_ignore_ascii_case(&s.name));
+    names || (records.len() >= 2 && first_row_fit(records, opts).1 > 0)
 }
 
 /// The narrowest type all `values` parse as (text if there are none).

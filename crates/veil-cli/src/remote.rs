@@ -186,7 +186,7 @@ fn dataset_path(name: &str, tail: &str) -> String {
 
 /// Whether a job, as the server shows it, has left `queued` and `running`.
 fn settled(view: &ConsumerJobView) -> bool {
-    JobView::Consumer(view.clone()).settled()
+    view.state.settled()
 }
 
 impl Backend for Remote {

@@ -180,7 +180,10 @@ impl JobView {
     }
     /// Whether the job has left `queued` and `running`.
     pub fn settled(&self) -> bool {
-        !matches!(self.state(), "queued" | "running")
+        match self {
+            JobView::Consumer(v) => v.state.settled(),
+            JobView::Full(j) => j.state.settled(),
+        }
     }
 }
 

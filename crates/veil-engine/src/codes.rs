@@ -104,6 +104,11 @@ pub enum ConsumerState {
 }
 
 impl ConsumerState {
+    /// Whether a job in this state has left `queued` and `running`.
+    pub fn settled(self) -> bool {
+        !matches!(self, ConsumerState::Queued | ConsumerState::Running)
+    }
+
     pub const ALL: [ConsumerState; 5] = [
         ConsumerState::Queued,
         ConsumerState::AwaitingApproval,

@@ -38,6 +38,11 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Whether a job in this state has left `queued` and `running`.
+    pub fn settled(self) -> bool {
+        !matches!(self, JobState::Queued | JobState::Running)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
