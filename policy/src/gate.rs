@@ -72,6 +72,9 @@ use crate::mechanisms::{DiscreteGaussian, DiscreteLaplace, normal_upper_quantile
 /// The gate takes contributions in the ABI's own type, as decoded from the module.
 pub use veil_abi::Contribution as GateContribution;
 
+mod forecast;
+pub use forecast::{CellForecast, Forecast, QuantileForecast, ValueForecast, forecast};
+
 /// Counts of what bounding did. They describe the data, so they go to the holder log only.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BoundingStats {
@@ -1075,6 +1078,77 @@ mod tests {
         assert!((row.values[0].sum.as_ref().unwrap().value - 10_000.0).abs() < 400.0);
         let mean = row.values[0].mean.as_ref().unwrap().value();
         assert!((mean - 10.0).abs() < 1.0, "{mean}");
+    }
+
+    /// `job check`'s figures are the released cells' figures: scale exactly, the interval's
+    /// half-width up to the rounding of the interval's ends to the grid.
+    #[test]
+    fn the_forecast_is_what_the_release_carries() {
+        let mut p = (*plan(5, 2)).clone();
+        p.values[0].lo = 1_000_000; // [1000, 1010]: a centred sum with a non-zero midpoint
+        p.values[0].hi = 1_010_000;
+        p.values.push(GateValue {
+            name: "total".into(),
+            aggregate: Aggregate::Sum,
+            lo: -5_000,
+            hi: 5_000,
+            weight: 3,
+        });
+        p.public_groups = Some(vec![vec!["a".into()], vec!["b".into()]]);
+        let p = Arc::new(p);
+        let mut b = Bounder::new(p.clone());
+        for u in 0..300u64 {
+            b.add_unit(
+                u,
+                vec![GateContribution {
+                    key: vec![if u % 3 == 0 { "a" } else { "b" }.into()],
+                    values: vec![1005.0, 2.0],
+                }],
+            );
+        }
+        let (rel, _) = run(&p, vec![b]);
+        let f = forecast(&p);
+        assert_eq!(f.threshold, None);
+        assert_eq!(f.groups, Some(2));
+        assert_eq!((f.epsilon, f.delta), (rel.epsilon, rel.delta));
+        assert_eq!(f.suppression_rule, rel.suppression_rule);
+        let close = |cell: &NoisyCell, want: &CellForecast| {
+            assert_eq!(cell.noise_scale, want.noise_scale);
+            let half = (cell.ci95[1] - cell.ci95[0]) / 2.0;
+            assert!(
+                (half - want.ci95_half_width).abs() <= rel.granularity,
+                "{half} vs {want:?}"
+            );
+        };
+        for row in &rel.rows {
+            close(&row.units, f.units.as_ref().unwrap());
+            for (v, want) in row.values.iter().zip(&f.values) {
+                close(v.sum.as_ref().unwrap(), want.sum.as_ref().unwrap());
+            }
+            let mean = row.values[0].mean.as_ref().unwrap().cell().unwrap();
+            let numerator = f.values[0].mean_numerator.as_ref().unwrap();
+            assert!((mean.noise_scale - numerator.noise_scale / row.units.value).abs() < 1e-9);
+        }
+        // Weights 1 (count), 1 (mean), 3 (total): W = 5, so the total gets 3/5 of ε.
+        assert_eq!(f.total_weight, 5);
+        let g = 2.0;
+        assert_eq!(f.units.as_ref().unwrap().noise_scale, g * 5.0 / 1.0);
+        assert!((f.values[0].sum.as_ref().unwrap().noise_scale - g * 5.0 * 5.0).abs() < 1e-9);
+        assert!((f.values[1].sum.as_ref().unwrap().noise_scale - g * 5.0 * 5.0 / 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_forecast_names_the_selection_threshold_the_release_uses() {
+        let p = plan(50, 1);
+        let f = forecast(&p);
+        let t = f.threshold.expect("keys from the data");
+        assert!(t >= 50);
+        let rel = run(&p, vec![Bounder::new(p.clone())]).0;
+        assert!(
+            rel.suppression_rule.contains(&format!("below {t} ")),
+            "{}",
+            rel.suppression_rule
+        );
     }
 
     #[test]

@@ -307,9 +307,10 @@ impl Sandbox {
                 component: Some(self.components.compile(wasm)?),
                 config: self.config.clone(),
                 hash,
+                declared_columns: None,
             });
         }
-        validate::prescan(wasm, &self.config)?;
+        let declared_columns = validate::prescan(wasm, &self.config)?;
         let module = Module::from_binary(&self.shards[0].engine, wasm)
             .map_err(|e| SandboxError::ModuleRejected(format!("invalid module: {e:#}")))?;
 
@@ -341,6 +342,7 @@ impl Sandbox {
             component: None,
             config: self.config.clone(),
             hash,
+            declared_columns,
         })
     }
 }
@@ -366,4 +368,6 @@ pub struct CompiledModule {
     component: Option<CompiledComponent>,
     config: SandboxConfig,
     hash: String,
+    /// The columns the module declares it reads ([`veil_abi::SECTION_COLUMNS`]), if it declares.
+    declared_columns: Option<Vec<String>>,
 }

@@ -85,6 +85,12 @@ impl CompiledModule {
         self.runner().run_unit(input)
     }
 
+    /// The columns the module declares it reads (its [`veil_abi::SECTION_COLUMNS`] section), or
+    /// `None` if it declares none (then its lookups cannot be checked before it runs).
+    pub fn declared_columns(&self) -> Option<&[String]> {
+        self.declared_columns.as_deref()
+    }
+
     /// Whether this is a component (Python and other interpreted guests): block mode only.
     pub fn is_component(&self) -> bool {
         self.component.is_some()

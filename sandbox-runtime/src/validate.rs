@@ -57,8 +57,13 @@ pub(crate) fn is_component(wasm: &[u8]) -> bool {
 
 /// Checks a core module's bytes before compiling: size, magic, at most one memory (32-bit,
 /// unshared, initial size within `memory_per_instance`) and table (≤ [`MAX_TABLE_ELEMENTS`]), and
-/// every function body's size and nesting. Malformed bytes are left to the compiler's error.
-pub(crate) fn prescan(wasm: &[u8], config: &SandboxConfig) -> Result<(), SandboxError> {
+/// every function body's size and nesting, and reads the declared columns
+/// ([`veil_abi::SECTION_COLUMNS`]) if the module has that section. Malformed bytes are left to
+/// the compiler's error.
+pub(crate) fn prescan(
+    wasm: &[u8],
+    config: &SandboxConfig,
+) -> Result<Option<Vec<String>>, SandboxError> {
     let reject = |m: String| Err(SandboxError::ModuleRejected(m));
     if wasm.len() > config.max_module_bytes {
         return reject(format!(
@@ -72,6 +77,7 @@ pub(crate) fn prescan(wasm: &[u8], config: &SandboxConfig) -> Result<(), Sandbox
     }
     // Read the module once before compiling: an oversized or abusive module gets a plain
     // answer and costs no compile time. Malformed bytes are left to the compiler's error.
+    let mut declared = None;
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
         let memories = match payload {
             Ok(wasmparser::Payload::Version {
@@ -86,6 +92,18 @@ pub(crate) fn prescan(wasm: &[u8], config: &SandboxConfig) -> Result<(), Sandbox
             }
             Ok(wasmparser::Payload::CodeSectionEntry(body)) => {
                 check_function_body(&body).map_err(SandboxError::ModuleRejected)?;
+                continue;
+            }
+            Ok(wasmparser::Payload::CustomSection(section))
+                if section.name() == veil_abi::SECTION_COLUMNS =>
+            {
+                if declared.is_some() {
+                    return reject(format!(
+                        "module has two `{}` sections; declare its columns once",
+                        veil_abi::SECTION_COLUMNS
+                    ));
+                }
+                declared = Some(declared_columns(section.data())?);
                 continue;
             }
             Ok(wasmparser::Payload::TableSection(tables)) => {
@@ -124,7 +142,20 @@ pub(crate) fn prescan(wasm: &[u8], config: &SandboxConfig) -> Result<(), Sandbox
             }
         }
     }
-    Ok(())
+    Ok(declared)
+}
+
+/// The names of a declared-columns section, or why the section is unusable.
+fn declared_columns(data: &[u8]) -> Result<Vec<String>, SandboxError> {
+    veil_abi::decode_declared_columns(data)
+        .map(|names| names.into_iter().map(str::to_owned).collect())
+        .map_err(|e| {
+            SandboxError::ModuleRejected(format!(
+                "the module's `{}` section is unusable: {e} (write it with \
+                 veil_guest::reads_columns!, docs/guests.md)",
+                veil_abi::SECTION_COLUMNS
+            ))
+        })
 }
 
 /// Checks a compiled core module against ABI version 1: it imports at most `veil_abi_v1.log`

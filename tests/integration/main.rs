@@ -7,6 +7,7 @@ mod api_schema;
 mod audit;
 mod bad_input;
 mod blocks;
+mod check;
 mod crash;
 mod demo;
 mod durability;

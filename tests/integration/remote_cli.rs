@@ -301,6 +301,7 @@ fn local_and_remote_mode_answer_alike_for_every_command_and_caller() {
         (vec!["job", "show", &pending], Exact),
         (vec!["job", "show", "job-999999"], Exact),
         (vec!["job", "list"], Exact),
+        (vec!["job", "check", manifest], Exact),
         (vec!["job", "logs", &job], Exact),
         (vec!["job", "result", &job, "--format", "json"], Exact),
         (vec!["job", "result", &pending], Exact),

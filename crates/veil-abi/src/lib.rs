@@ -41,7 +41,88 @@ pub const IMPORT_MODULE: &str = "veil_abi_v1";
 /// The only function in [`IMPORT_MODULE`]: holder-only diagnostics.
 pub const IMPORT_LOG: &str = "log";
 
+/// Optional custom section in which a module declares the columns it reads: their names, each
+/// followed by `\n`, in UTF-8 (the guest SDK's `reads_columns!` writes it). The host checks them
+/// against the manifest's `columns` at submission, so a lookup that would find nothing is an
+/// error before anything is spent rather than a silent empty result. Read by
+/// [`decode_declared_columns`].
+pub const SECTION_COLUMNS: &str = "veil_abi_v1_columns";
+/// Most names a [`SECTION_COLUMNS`] section may list.
+pub const MAX_DECLARED_COLUMNS: usize = 256;
+/// Longest name (bytes) a [`SECTION_COLUMNS`] section may list.
+pub const MAX_DECLARED_COLUMN_BYTES: usize = 128;
+
 const UNIT_MAGIC: &[u8; 4] = b"VUN1";
+
+/// Why a [`SECTION_COLUMNS`] section is unusable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeclaredColumnsError {
+    /// The section is not UTF-8.
+    NotUtf8,
+    /// The last name is not followed by `\n`.
+    Unterminated,
+    /// A name is empty (two `\n` in a row, or a leading one).
+    EmptyName,
+    /// A name is longer than [`MAX_DECLARED_COLUMN_BYTES`].
+    NameTooLong(usize),
+    /// More than [`MAX_DECLARED_COLUMNS`] names.
+    TooMany(usize),
+    /// A name is listed twice.
+    Duplicate(String),
+    /// A name holds a control character (no column name does).
+    ControlCharacter,
+}
+
+impl fmt::Display for DeclaredColumnsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotUtf8 => f.write_str("it is not UTF-8"),
+            Self::Unterminated => f.write_str("its last name does not end with a newline"),
+            Self::EmptyName => f.write_str("it lists an empty name"),
+            Self::NameTooLong(n) => write!(
+                f,
+                "it lists a name of {n} bytes (at most {MAX_DECLARED_COLUMN_BYTES})"
+            ),
+            Self::TooMany(n) => write!(f, "it lists {n} names (at most {MAX_DECLARED_COLUMNS})"),
+            Self::Duplicate(name) => write!(f, "it lists `{name}` twice"),
+            Self::ControlCharacter => f.write_str("a name holds a control character"),
+        }
+    }
+}
+
+/// Host side: the column names of a [`SECTION_COLUMNS`] section, which the module wrote and so
+/// are hostile bytes: every name is checked, nothing is allocated beyond the section's size.
+pub fn decode_declared_columns(bytes: &[u8]) -> Result<Vec<&str>, DeclaredColumnsError> {
+    // A C string literal ends with one NUL: allowed, so C guests can write the section plainly.
+    let bytes = bytes.strip_suffix(b"\0").unwrap_or(bytes);
+    let text = core::str::from_utf8(bytes).map_err(|_| DeclaredColumnsError::NotUtf8)?;
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    let body = text
+        .strip_suffix('\n')
+        .ok_or(DeclaredColumnsError::Unterminated)?;
+    let mut names: Vec<&str> = Vec::new();
+    for name in body.split('\n') {
+        if name.is_empty() {
+            return Err(DeclaredColumnsError::EmptyName);
+        }
+        if name.len() > MAX_DECLARED_COLUMN_BYTES {
+            return Err(DeclaredColumnsError::NameTooLong(name.len()));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(DeclaredColumnsError::ControlCharacter);
+        }
+        if names.len() == MAX_DECLARED_COLUMNS {
+            return Err(DeclaredColumnsError::TooMany(body.split('\n').count()));
+        }
+        if names.contains(&name) {
+            return Err(DeclaredColumnsError::Duplicate(name.into()));
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
 
 /// Type of a column as the guest sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -459,5 +540,43 @@ mod tests {
             decode_contributions(&huge, &limits),
             Err(AbiError::LimitExceeded("contributions", _, 4))
         ));
+    }
+
+    /// Test vectors for the declared-columns section: (bytes, expected names or error).
+    #[test]
+    fn declared_columns_vectors() {
+        use DeclaredColumnsError as E;
+        let long = "x".repeat(MAX_DECLARED_COLUMN_BYTES + 1) + "\n";
+        let many: String = (0..=MAX_DECLARED_COLUMNS)
+            .map(|i| alloc::format!("c{i}\n"))
+            .collect();
+        type Vector<'a> = (&'a [u8], Result<&'a [&'a str], E>);
+        let cases: &[Vector<'_>] = &[
+            (b"", Ok(&[])),
+            (b"educ\n", Ok(&["educ"])),
+            (b"educ\nweekly income\n", Ok(&["educ", "weekly income"])),
+            (b"educ", Err(E::Unterminated)),
+            (b"educ\n\0", Ok(&["educ"])),
+            (b"educ\0", Err(E::Unterminated)),
+            (b"educ\n\0\0", Err(E::Unterminated)),
+            (b"a\x1b[2J\n", Err(E::ControlCharacter)),
+            (b"\n", Err(E::EmptyName)),
+            (b"a\n\nb\n", Err(E::EmptyName)),
+            (b"a\na\n", Err(E::Duplicate("a".into()))),
+            (b"\xff\n", Err(E::NotUtf8)),
+            (
+                long.as_bytes(),
+                Err(E::NameTooLong(MAX_DECLARED_COLUMN_BYTES + 1)),
+            ),
+            (many.as_bytes(), Err(E::TooMany(MAX_DECLARED_COLUMNS + 1))),
+        ];
+        for (bytes, want) in cases {
+            let got = decode_declared_columns(bytes);
+            assert_eq!(
+                got.as_deref().map_err(Clone::clone),
+                want.clone(),
+                "{bytes:?}"
+            );
+        }
     }
 }

@@ -76,6 +76,16 @@ pub enum AuditEvent {
         epsilon_micro: u64,
         purpose: String,
     },
+    /// A consumer ran `job check`: every check of a submission, nothing recorded but this entry
+    /// and nothing spent. `outcome` is `admissible` or `refused (<code>)`.
+    JobChecked {
+        consumer: String,
+        dataset: String,
+        module_hash: String,
+        manifest_hash: String,
+        epsilon_micro: u64,
+        outcome: String,
+    },
     JobRefused {
         job: String,
         code: String,
@@ -210,6 +220,13 @@ pub fn public_fields(kind: &str) -> &'static [&'static str] {
         "unit_count_published" => &["dataset", "policy_version", "epsilon_micro", "noisy_units"],
         "job_submitted" => &[
             "job",
+            "consumer",
+            "dataset",
+            "module_hash",
+            "manifest_hash",
+            "epsilon_micro",
+        ],
+        "job_checked" => &[
             "consumer",
             "dataset",
             "module_hash",

@@ -181,6 +181,14 @@ pub(crate) enum PolicyCmd {
 pub(crate) enum JobCmd {
     /// Submit a job manifest (`--as CONSUMER`); prints the job id.
     Submit { manifest: PathBuf },
+    /// Check a job manifest without submitting it (`--as CONSUMER`): every check that needs no
+    /// data, and the noise scale and 95% interval of each released cell. Spends nothing.
+    Check {
+        manifest: PathBuf,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Approve a job waiting for you (`--as HOLDER`) and run it.
     Approve { job: String },
     /// Reject a job waiting for you (`--as HOLDER`).

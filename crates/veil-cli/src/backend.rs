@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 use veil_audit::{Certificate, Proof, Receipt};
+pub(crate) use veil_engine::JobCheck;
 use veil_engine::{
     AuditEntry, BudgetLine, CsvFlags, DatasetView, JobView, PolicyDocument, PolicyVersion,
     Principal, Registered, Release, Role, Submission,
@@ -71,6 +72,8 @@ pub(crate) trait Backend {
     /// Submits the job at `manifest` and answers once it has settled (or is waiting for its
     /// holder).
     fn submit(&mut self, manifest: &Path) -> anyhow::Result<Submission>;
+    /// Checks the job at `manifest` without submitting it.
+    fn check(&mut self, manifest: &Path) -> anyhow::Result<JobCheck>;
     /// Approves a job and answers once it has settled.
     fn approve(&mut self, job: &str) -> anyhow::Result<JobView>;
     fn reject(&mut self, job: &str, reason: &str) -> anyhow::Result<()>;

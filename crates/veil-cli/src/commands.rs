@@ -10,7 +10,7 @@ use veil_engine::{CsvFlags, Role};
 
 use crate::args::{AdminCmd, AuditCmd, Command, DatasetCmd, Format, JobCmd, KeysCmd, PolicyCmd};
 use crate::backend::{Backend, LogQuery, ProofRequest, Registration};
-use crate::{Refused, output, write_or_print};
+use crate::{Refused, WouldBeRefused, output, write_or_print};
 
 /// Runs a client command. Requires `crate::room(&command) == Room::Client`.
 pub(crate) fn run(command: Command, b: &mut dyn Backend) -> Result<ExitCode> {
@@ -119,6 +119,17 @@ fn policy(cmd: PolicyCmd, b: &mut dyn Backend) -> Result<()> {
 fn job(cmd: JobCmd, b: &mut dyn Backend) -> Result<()> {
     match cmd {
         JobCmd::Submit { manifest } => submit(&manifest, b)?,
+        JobCmd::Check { manifest, json } => {
+            let check = b.check(&manifest)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&check)?);
+            } else {
+                print!("{}", output::job_check(&check));
+            }
+            if let Some(reason) = check.refusal {
+                return Err(WouldBeRefused(reason).into());
+            }
+        }
         JobCmd::Approve { job } => {
             let view = b.approve(&job)?;
             println!("job {job} approved; it is now {}", view.state());

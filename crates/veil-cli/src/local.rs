@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use veil_audit::{Certificate, Proof, Receipt};
+use veil_engine::JobCheck;
 use veil_engine::{
     AuditEntry, BudgetLine, Caller, DatasetView, EngineConfig, JobView, PolicyDocument,
     PolicyVersion, Principal, Registered, Release, Role, Submission, Veil,
@@ -70,6 +71,11 @@ impl Backend for Local {
 
     fn budget(&mut self) -> Result<Vec<BudgetLine>> {
         Ok(self.veil.budget(&self.caller)?)
+    }
+
+    fn check(&mut self, manifest: &Path) -> Result<JobCheck> {
+        let (text, wasm) = veil_engine::read_job_files(manifest)?;
+        Ok(self.veil.check_job(&self.caller, &text, &wasm)?)
     }
 
     fn submit(&mut self, manifest: &Path) -> Result<Submission> {

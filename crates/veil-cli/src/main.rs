@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             let refused = e.downcast_ref::<Refused>().is_some()
+                || e.downcast_ref::<WouldBeRefused>().is_some()
                 || matches!(e.downcast_ref(), Some(EngineError::Refused { .. }));
             ExitCode::from(if refused { 3 } else { 1 })
         }
@@ -56,6 +57,11 @@ pub(crate) struct Refused {
     pub job: String,
     pub reason: String,
 }
+
+/// `job check` of a job the policy or the budget would refuse (exit code 3, like the refusal).
+#[derive(Debug, thiserror::Error)]
+#[error("the job would be refused: {0}")]
+pub(crate) struct WouldBeRefused(pub String);
 
 /// Where a command runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -317,3 +317,82 @@ pub fn release(r: &Release, format: crate::Format) {
         crate::Format::Csv => print!("{}", crate::release::csv(r)),
     }
 }
+
+/// `job check` for people: the verdict, then each released cell's noise and the withholding
+/// rule, then what could not be checked.
+pub fn job_check(c: &veil_engine::JobCheck) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let approval = match c.approval {
+        veil_engine::Approval::Manual => "waits for the holder's approval",
+        veil_engine::Approval::Auto => "runs without approval",
+    };
+    match (&c.refusal, &c.forecast) {
+        (Some(reason), _) => {
+            let _ = writeln!(out, "would be refused: {}", escape(reason));
+        }
+        (None, Some(f)) => {
+            let _ = writeln!(
+                out,
+                "admissible on `{}`; {approval}; would spend ε = {} δ = {}",
+                c.dataset, f.epsilon, f.delta
+            );
+            if let (Some(e), Some(d)) = (c.epsilon_left_after, c.delta_left_after) {
+                let _ = writeln!(out, "budget left after it: ε = {e} δ = {d}");
+            }
+            forecast(&mut out, f);
+        }
+        (None, None) => {}
+    }
+    for note in &c.notes {
+        let _ = writeln!(out, "note: {}", escape(note));
+    }
+    out
+}
+
+fn forecast(out: &mut String, f: &veil_engine::Forecast) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "noise: {} (weights: count {} of {})",
+        f.mechanism, f.count_weight, f.total_weight
+    );
+    let cell = |c: &veil_engine::CellForecast| {
+        format!(
+            "scale {}  95% interval ±{}",
+            c.noise_scale, c.ci95_half_width
+        )
+    };
+    if let Some(units) = &f.units {
+        let _ = writeln!(out, "  {:<24} {}", "units (count)", cell(units));
+    }
+    for v in &f.values {
+        let name = format!("{} ({}, weight {})", escape(&v.name), v.aggregate, v.weight);
+        if let Some(q) = &v.quantile_bins {
+            let _ = writeln!(
+                out,
+                "  {name:<24} q = {}: bin counts scale {}, bin width {}",
+                q.q, q.bin_noise_scale, q.bin_width
+            );
+        }
+        if let Some(sum) = &v.sum {
+            let _ = writeln!(out, "  {name:<24} sum: {}", cell(sum));
+        }
+        if let Some(n) = &v.mean_numerator {
+            let _ = writeln!(
+                out,
+                "  {:<24} mean: scale {} / noisy count, clamped to [{}, {}]",
+                "", n.noise_scale, v.bounds[0], v.bounds[1]
+            );
+        }
+    }
+    match (f.threshold, f.groups) {
+        (Some(t), _) => {
+            let _ = writeln!(out, "groups with a noisy unit count below {t} are withheld");
+        }
+        (None, Some(g)) => {
+            let _ = writeln!(out, "all {g} groups are released, empty ones included");
+        }
+        (None, None) => {}
+    }
+}

@@ -10,6 +10,7 @@ use base64::Engine as _;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use veil_audit::{Certificate, Proof, Receipt};
+use veil_engine::JobCheck;
 use veil_engine::{
     AuditEntry, BudgetLine, ConsumerJobView, DatasetView, JobView, PolicyDocument, PolicyVersion,
     Principal, Registered, Release, Role, Submission,
@@ -243,6 +244,17 @@ impl Backend for Remote {
 
     fn budget(&mut self) -> Result<Vec<BudgetLine>> {
         Ok(self.get_json::<Budget>("/v1/budget")?.budget)
+    }
+
+    fn check(&mut self, manifest: &Path) -> Result<JobCheck> {
+        let (text, wasm) = veil_engine::read_job_files(manifest)?;
+        self.send_json(
+            "/v1/jobs/check",
+            &json!({
+                "manifest": text,
+                "module": base64::engine::general_purpose::STANDARD.encode(&wasm),
+            }),
+        )
     }
 
     fn submit(&mut self, manifest: &Path) -> Result<Submission> {

@@ -432,8 +432,14 @@ impl Veil {
                 unit_faults,
             })?;
         holder_log.push(format!(
-            "gate: {} units, {} contributions, {} malformed dropped, {} over the group limit dropped, {} values clamped",
-            stats.units, stats.contributions, stats.malformed_dropped, stats.over_group_limit_dropped, stats.values_clamped
+            "gate: {} units, {} contributions, {} malformed dropped, {} over the group limit \
+             dropped, {} outside the public partitions dropped, {} values clamped",
+            stats.units,
+            stats.contributions,
+            stats.malformed_dropped,
+            stats.over_group_limit_dropped,
+            stats.outside_partitions_dropped,
+            stats.values_clamped
         ));
         Ok(RunOutput {
             release,

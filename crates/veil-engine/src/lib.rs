@@ -58,13 +58,15 @@ pub use codes::{ConsumerCode, ConsumerState, JobCode};
 pub use datasets::{PolicyDocument, PolicyVersion, Registered, StoredPolicy};
 pub use error::{EngineError, ErrorKind, Result};
 pub use jobs::lifecycle::read_job_files;
-pub use jobs::{BudgetLine, ConsumerJobView, JobInfo, JobRun, JobState, Submission, SubmitOutcome};
+pub use jobs::{
+    BudgetLine, ConsumerJobView, JobCheck, JobInfo, JobRun, JobState, Submission, SubmitOutcome,
+};
 pub use principals::{Principal, Role};
 pub use veil_audit::Entry as AuditEntry;
 pub use veil_catalog::DatasetRecord;
 pub use veil_catalog::{CsvFlags, CsvOptions, IngestReport};
-pub use veil_policy::gate::{NoisyCell, ReleasedRow};
-pub use veil_policy::{Epsilon, Mean, QuantileCell, Release, ReleasedValue};
+pub use veil_policy::gate::{CellForecast, Forecast, NoisyCell, ReleasedRow, ValueForecast};
+pub use veil_policy::{Approval, Epsilon, Mean, QuantileCell, Release, ReleasedValue};
 
 /// Operator settings for an engine. Build with [`EngineConfig::builder`] or use the defaults.
 #[derive(Debug, Clone)]

@@ -156,3 +156,33 @@ macro_rules! export_map {
         }
     };
 }
+
+/// Declares the columns this module reads, in the module's `veil_abi_v1_columns` custom section
+/// (see `veil_abi::SECTION_COLUMNS`). Veil then refuses, at submission and in `veil job check`,
+/// a manifest that does not deliver one of them — before any ε is spent — instead of running a
+/// module whose lookups find nothing. Name every column the module looks up with
+/// [`Unit::column`]:
+///
+/// ```no_run
+/// veil_guest::reads_columns!("educ", "weekly_income");
+/// ```
+#[macro_export]
+macro_rules! reads_columns {
+    ($($name:literal),+ $(,)?) => {
+        const _: () = {
+            const TEXT: &str = concat!($($name, "\n"),+);
+            #[unsafe(link_section = "veil_abi_v1_columns")]
+            #[used]
+            static COLUMNS: [u8; TEXT.len()] = {
+                let bytes = TEXT.as_bytes();
+                let mut out = [0u8; TEXT.len()];
+                let mut i = 0;
+                while i < bytes.len() {
+                    out[i] = bytes[i];
+                    i += 1;
+                }
+                out
+            };
+        };
+    };
+}

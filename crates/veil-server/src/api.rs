@@ -276,6 +276,26 @@ pub(crate) async fn submit_job(
     Ok((StatusCode::CREATED, Json(json!(view))))
 }
 
+/// Checks a job as the calling consumer without submitting it (`veil job check`): every check
+/// that needs no data, and the noise its release would carry. Spends nothing; records a
+/// `job_checked` audit entry. Answers 200 with [`veil_engine::JobCheck`].
+pub(crate) async fn check_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let check = state
+        .as_caller(&headers, Some(Operation::SubmitJob), move |veil, who| {
+            let request: SubmitJob = parse_body(&body)?;
+            let wasm = base64::engine::general_purpose::STANDARD
+                .decode(request.module.as_bytes())
+                .map_err(|e| ApiError::bad_request(format!("`module` is not base64: {e}")))?;
+            Ok(veil.check_job(&who, &request.manifest, &wasm)?)
+        })
+        .await?;
+    Ok(Json(json!(check)))
+}
+
 #[derive(Deserialize)]
 pub(crate) struct JobsQuery {
     /// Only jobs in this state, as the caller sees states (a consumer: its coarse view).

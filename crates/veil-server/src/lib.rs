@@ -177,6 +177,7 @@ fn app(state: AppState) -> Router {
         )
         .route("/v1/datasets/{name}/certificate", get(api::certificate))
         .route("/v1/jobs", get(api::jobs).post(api::submit_job))
+        .route("/v1/jobs/check", post(api::check_job))
         .route("/v1/jobs/{id}", get(api::job))
         .route("/v1/jobs/{id}/approve", post(api::approve_job))
         .route("/v1/jobs/{id}/reject", post(api::reject_job))

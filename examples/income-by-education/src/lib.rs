@@ -38,3 +38,4 @@ fn level(years: i64) -> &'static str {
 }
 
 veil_guest::export_map!(map);
+veil_guest::reads_columns!("educ", "weekly_income");

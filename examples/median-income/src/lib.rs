@@ -31,3 +31,4 @@ fn map(unit: &Unit, out: &mut Emitter) {
 }
 
 veil_guest::export_map!(map);
+veil_guest::reads_columns!("weekly_income");

@@ -41,3 +41,4 @@ fn region(state: &str) -> &'static str {
 }
 
 veil_guest::export_map!(map);
+veil_guest::reads_columns!("age", "state");

@@ -1,5 +1,6 @@
 //! A job's life as transactions: submission and pre-check, the holder's decision, the debit and
 //! start, the run, and the release or denial committed at the scheduled time.
+use super::check::{Verdict, verdict};
 use super::*;
 use crate::execute::{ExecutionFailure, RunOutput};
 
@@ -75,37 +76,7 @@ impl Veil {
     pub fn submit(&mut self, caller: &Caller, text: &str, wasm: &[u8]) -> Result<SubmitOutcome> {
         require(caller, Operation::SubmitJob)?;
         let consumer = caller.name.as_str();
-        if !valid_principal(consumer) {
-            return Err(bad(format!("`{consumer}` is not a valid principal name")));
-        }
-        let mut manifest = JobManifest::from_toml(text)?;
-        // A dataset the consumer is not admitted to answers like a missing one; from here on the
-        // manifest names the dataset by its id.
-        let record = self.find_dataset(caller, &manifest.dataset)?;
-        manifest.dataset = record.name.clone();
-        let stored = self.policy(&manifest.dataset)?.ok_or_else(|| {
-            bad(format!(
-                "dataset `{}` has no release policy yet",
-                manifest.dataset
-            ))
-        })?;
-        // Validate and compile before recording anything: a bad module is bad input.
-        let compiled = self.sandbox()?.compile(wasm)?;
-        if compiled.is_component() && manifest.blocks.is_none() {
-            return Err(bad(
-                "the module is a WebAssembly component (Python and other interpreted guests): \
-                 components run in sample-and-aggregate mode only; add `blocks = N` to the \
-                 manifest (docs/jobs.md)",
-            ));
-        }
-        // A time budget too short for the policy's bound on units is bad input, told before
-        // anything is recorded (it depends on public values only).
-        let request = veil_policy::schedule::ScheduleRequest::for_job(&manifest, &stored.policy);
-        veil_policy::schedule::schedule(&request, &self.config.cost_model())?;
-        let module_hash = compiled.hash().to_owned();
-        let manifest_hash = document_hash(text);
-        let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
-
+        let vetted = self.vet(caller, text, wasm)?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -127,19 +98,20 @@ impl Veil {
         })?;
         let job = format!("job-{seq:06}");
         // The state the job has unless the pre-check below refuses it.
-        let admitted = match stored.policy.approval {
+        let admitted = match vetted.stored.policy.approval {
             Approval::Manual => JobState::AwaitingApproval,
             Approval::Auto => JobState::Queued,
         };
         tx.execute(
             "INSERT OR IGNORE INTO modules (hash, bytes) VALUES (?1, ?2)",
-            params![module_hash, wasm],
+            params![vetted.module_hash, wasm],
         )?;
         let ts = now();
+        let manifest = &vetted.manifest;
         tx.execute(
             "INSERT INTO jobs (id, seq, consumer, dataset, manifest, manifest_hash, module_hash, epsilon_micro, policy_version, state, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
-            params![job, seq, consumer, manifest.dataset, text, manifest_hash, module_hash, manifest.epsilon.micro(), stored.version, admitted.as_str(), ts],
+            params![job, seq, consumer, manifest.dataset, text, vetted.manifest_hash, vetted.module_hash, manifest.epsilon.micro(), vetted.stored.version, admitted.as_str(), ts],
         )?;
         AuditLog::append(
             &tx,
@@ -148,32 +120,13 @@ impl Veil {
                 job: job.clone(),
                 consumer: consumer.into(),
                 dataset: manifest.dataset.clone(),
-                module_hash,
-                manifest_hash,
+                module_hash: vetted.module_hash.clone(),
+                manifest_hash: vetted.manifest_hash.clone(),
                 epsilon_micro: manifest.epsilon.micro(),
                 purpose: manifest.purpose.clone(),
             },
         )?;
-        let refusal = match precheck(&stored.policy, &manifest, &schema, consumer) {
-            Err(PolicyError::Refused(reason)) => Some((JobCode::Policy, reason)),
-            Err(other) => return Err(other.into()),
-            Ok(plan) => {
-                let used = spent(&tx, consumer, &manifest.dataset)?;
-                used.admit(
-                    &plan.charge,
-                    jobs_epsilon_total(&tx, &manifest.dataset, &stored.policy)?,
-                    stored.policy.delta_total,
-                )
-                .err()
-                .map(|why| {
-                    (
-                        JobCode::Budget,
-                        format!("{why} for `{consumer}` on `{}`", manifest.dataset),
-                    )
-                })
-            }
-        };
-        if let Some((code, reason)) = refusal {
+        if let Verdict::Refused(code, reason) = verdict(&tx, &vetted, consumer)? {
             return Err(refuse(tx, &self.key, &job, code, reason)?);
         }
         tx.commit()?;

@@ -19,7 +19,9 @@ use crate::execute::RunRequest;
 use crate::store::now;
 use crate::{EngineError, Result, Veil};
 
+mod check;
 pub(crate) mod lifecycle;
+pub use check::JobCheck;
 mod recovery;
 mod views;
 
