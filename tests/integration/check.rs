@@ -206,7 +206,13 @@ fn the_holder_log_counts_contributions_outside_the_public_partitions() {
         "[partitions]\neducation = [\"bachelor\"]\n\n[columns]",
     ));
     let manifest = env.write("job.toml", &income_manifest(0.5));
-    let job = env.ok(&["--as", CONSUMER, "job", "submit", manifest.to_str().unwrap()]);
+    let job = env.ok(&[
+        "--as",
+        CONSUMER,
+        "job",
+        "submit",
+        manifest.to_str().unwrap(),
+    ]);
     let log = env.ok(&["--as", HOLDER, "job", "logs", job.trim()]);
     // 402 people: 200 bachelors; 200 high school and 2 graduates fall outside.
     assert!(
