@@ -23,4 +23,5 @@ mod results;
 mod sandbox;
 mod service;
 mod structure;
+mod versions;
 mod walkthrough;

@@ -52,6 +52,25 @@ pub enum AuditEvent {
         schema_hash: String,
         rows: u64,
         privacy_unit: Option<String>,
+        /// The version of the content under this name: 1 at registration (absent, so entries
+        /// written before versions keep their form), one more at each replacement.
+        #[serde(default = "first_version", skip_serializing_if = "is_first_version")]
+        version: u64,
+    },
+    /// A new version of a dataset no longer fits its policy, which stops applying until the
+    /// owner sets one again (`reason` says what does not fit).
+    PolicySuspended {
+        dataset: String,
+        dataset_version: u64,
+        reason: String,
+    },
+    /// A dataset was retired: its files deleted, its waiting jobs refused; its name, history and
+    /// ledger stay.
+    DatasetRemoved {
+        dataset: String,
+        owner: String,
+        versions: u64,
+        jobs_refused: u64,
     },
     PolicySet {
         dataset: String,
@@ -106,6 +125,9 @@ pub enum AuditEvent {
         consumer: String,
         dataset: String,
         dataset_commitment: String,
+        /// The version of the dataset the job reads (absent: 1).
+        #[serde(default = "first_version", skip_serializing_if = "is_first_version")]
+        dataset_version: u64,
         policy_version: u64,
         policy_hash: String,
         module_hash: String,
@@ -215,7 +237,9 @@ pub fn public_fields(kind: &str) -> &'static [&'static str] {
     match kind {
         "log_created" => &["public_key"],
         "key_rotated" => &["new_public_key", "fingerprint"],
-        "dataset_registered" => &["dataset", "content_commitment", "schema_hash"],
+        "dataset_registered" => &["dataset", "content_commitment", "schema_hash", "version"],
+        "policy_suspended" => &["dataset", "dataset_version"],
+        "dataset_removed" => &["dataset"],
         "policy_set" => &["dataset", "version", "policy_hash"],
         "unit_count_published" => &["dataset", "policy_version", "epsilon_micro", "noisy_units"],
         "job_submitted" => &[
@@ -238,6 +262,7 @@ pub fn public_fields(kind: &str) -> &'static [&'static str] {
             "consumer",
             "dataset",
             "dataset_commitment",
+            "dataset_version",
             "policy_version",
             "policy_hash",
             "module_hash",
@@ -404,4 +429,12 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 fn is_zero(x: &u64) -> bool {
     *x == 0
+}
+
+fn first_version() -> u64 {
+    1
+}
+
+fn is_first_version(v: &u64) -> bool {
+    *v == 1
 }

@@ -32,6 +32,9 @@ pub struct ReceiptFacts {
     /// Keyed commitment to the dataset version's content (not a plain hash: it cannot be
     /// recomputed from guessed rows).
     pub dataset_commitment: String,
+    /// The version of the dataset the job read (1, absent, for a dataset never replaced).
+    #[serde(default = "first_version", skip_serializing_if = "is_first_version")]
+    pub dataset_version: u64,
     pub policy_version: u64,
     pub policy_hash: String,
     pub manifest_hash: String,
@@ -95,6 +98,8 @@ fn job_facts(
         dataset: text(submitted, "dataset")?,
         module_hash: text(started, "module_hash")?,
         dataset_commitment: text(started, "dataset_commitment")?,
+        // Absent in entries of datasets never replaced (and of entries before versions): 1.
+        dataset_version: started.number("dataset_version").max(1),
         policy_version: started.number("policy_version"),
         policy_hash: text(started, "policy_hash")?,
         manifest_hash: text(submitted, "manifest_hash")?,
@@ -219,6 +224,9 @@ pub struct CertificateFacts {
     pub schema_hash: String,
     pub rows: u64,
     pub privacy_unit: Option<String>,
+    /// The version of the content (1, absent, for a first registration).
+    #[serde(default = "first_version", skip_serializing_if = "is_first_version")]
+    pub version: u64,
     /// When the registration was logged.
     pub time: String,
     pub log_index: u64,
@@ -244,6 +252,7 @@ fn registration_facts(entry: &Entry, checkpoint: String) -> Option<CertificateFa
         schema_hash,
         rows,
         privacy_unit,
+        version,
     } = &entry.event
     else {
         return None;
@@ -255,6 +264,7 @@ fn registration_facts(entry: &Entry, checkpoint: String) -> Option<CertificateFa
         schema_hash: schema_hash.clone(),
         rows: *rows,
         privacy_unit: privacy_unit.clone(),
+        version: *version,
         time: entry.time.clone(),
         log_index: entry.index,
         checkpoint,
@@ -341,4 +351,12 @@ impl Certificate {
         }
         Ok(f)
     }
+}
+
+fn first_version() -> u64 {
+    1
+}
+
+fn is_first_version(v: &u64) -> bool {
+    *v == 1
 }

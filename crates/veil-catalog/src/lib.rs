@@ -37,7 +37,9 @@ pub enum CatalogError {
     /// The input file cannot be used; the message says why.
     #[error("{0}")]
     BadInput(String),
-    #[error("a dataset named `{0}` already exists")]
+    #[error(
+        "a dataset named `{0}` already exists (to register a new version of it, add `--replace`)"
+    )]
     Duplicate(String),
     #[error("no dataset named `{0}`")]
     NotFound(String),
@@ -132,7 +134,16 @@ pub struct DatasetRecord {
     pub schema_hash: String,
     pub rows: u64,
     pub privacy_unit: Option<String>,
+    /// When this version was registered.
     pub created_at: String,
+    /// The version of the content under this name: 1 at registration, one more at each
+    /// replacement. Jobs and receipts record the version they read.
+    #[serde(default = "first_version")]
+    pub version: u64,
+}
+
+fn first_version() -> u64 {
+    1
 }
 
 /// What a consumer admitted to a dataset sees of its catalog entry: the schema and names it needs
@@ -146,8 +157,11 @@ pub struct CatalogEntry {
     pub columns: Vec<ColumnInfo>,
     pub schema_hash: String,
     pub privacy_unit: Option<String>,
-    /// When the dataset was registered, to the second.
+    /// When this version was registered, to the second.
     pub created_at: String,
+    /// The version of the content (1 at registration, one more at each replacement).
+    #[serde(default = "first_version")]
+    pub version: u64,
     /// A noisy count of the privacy units, only where the policy publishes one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub units: Option<NoisyUnits>,
@@ -184,6 +198,7 @@ impl DatasetRecord {
             schema_hash: self.schema_hash.clone(),
             privacy_unit: self.privacy_unit.clone(),
             created_at: to_the_second(&self.created_at),
+            version: self.version,
             units: None,
         }
     }
@@ -435,14 +450,7 @@ impl StoredFile {
     /// content (used when the catalog insert fails: another registration of the same bytes may
     /// have succeeded meanwhile, and its file must stay).
     pub fn discard(self, conn: &Connection) {
-        let in_use = conn
-            .query_row(
-                "SELECT 1 FROM datasets WHERE content_hash = ?1 LIMIT 1",
-                [&self.content_hash],
-                |_| Ok(()),
-            )
-            .optional();
-        if self.created && matches!(in_use, Ok(None)) {
+        if self.created && matches!(file_in_use(conn, &self.content_hash), Ok(false)) {
             let _ = fs::remove_file(&self.path);
         }
     }
@@ -525,15 +533,69 @@ pub fn migrate(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Adds versions to the catalog: each dataset's current `version`, when it was `removed_at`, and
+/// `dataset_versions`, every version's stored file (so that removal deletes them all and a file
+/// another version still uses is kept).
+pub fn migrate_versions(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "ALTER TABLE datasets ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+         ALTER TABLE datasets ADD COLUMN removed_at TEXT;
+         CREATE TABLE dataset_versions (
+             dataset      TEXT NOT NULL REFERENCES datasets(name),
+             version      INTEGER NOT NULL,
+             content_hash TEXT NOT NULL,
+             content_commitment TEXT NOT NULL,
+             created_at   TEXT NOT NULL,
+             PRIMARY KEY (dataset, version)
+         );
+         INSERT INTO dataset_versions (dataset, version, content_hash, content_commitment, created_at)
+           SELECT name, 1, content_hash, content_commitment, created_at FROM datasets;",
+    )?;
+    Ok(())
+}
+
+/// Records version `r.version` of `r.name` and its file in `dataset_versions`.
+pub fn record_version(conn: &Connection, r: &DatasetRecord) -> Result<()> {
+    conn.execute(
+        "INSERT INTO dataset_versions (dataset, version, content_hash, content_commitment, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![r.name, r.version, r.content_hash, r.content_commitment, r.created_at],
+    )?;
+    Ok(())
+}
+
+/// The content hashes of every version of `name`.
+pub fn version_files(conn: &Connection, name: &str) -> Result<Vec<String>> {
+    let mut stmt =
+        conn.prepare("SELECT DISTINCT content_hash FROM dataset_versions WHERE dataset = ?1")?;
+    let rows = stmt
+        .query_map([name], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(rows)
+}
+
+/// Whether any dataset that is not removed has a version stored as `content_hash`.
+pub fn file_in_use(conn: &Connection, content_hash: &str) -> Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM dataset_versions v JOIN datasets d ON d.name = v.dataset
+             WHERE v.content_hash = ?1 AND d.removed_at IS NULL LIMIT 1",
+            [content_hash],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
 /// Records a dataset. Fails with [`CatalogError::Duplicate`] if its id is taken (by the same
 /// owner: ids carry the owner).
 pub fn insert(conn: &Connection, r: &DatasetRecord) -> Result<()> {
-    if get(conn, &r.name)?.is_some() {
+    if id_taken(conn, &r.name)? {
         return Err(CatalogError::Duplicate(r.name.clone()));
     }
     conn.execute(
-        "INSERT INTO datasets (name, owner, content_hash, columns, schema_hash, rows, privacy_unit, created_at, salt, content_commitment)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO datasets (name, owner, content_hash, columns, schema_hash, rows, privacy_unit, created_at, salt, content_commitment, version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             r.name,
             r.owner,
@@ -544,10 +606,11 @@ pub fn insert(conn: &Connection, r: &DatasetRecord) -> Result<()> {
             r.privacy_unit,
             r.created_at,
             r.salt,
-            r.content_commitment
+            r.content_commitment,
+            r.version
         ],
     )?;
-    Ok(())
+    record_version(conn, r)
 }
 
 fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
@@ -563,19 +626,72 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
         created_at: row.get(7)?,
         salt: row.get(8)?,
         content_commitment: row.get(9)?,
+        version: row.get(10)?,
     })
 }
 
-const SELECT: &str = "SELECT name, owner, content_hash, columns, schema_hash, rows, privacy_unit, created_at, salt, content_commitment FROM datasets";
+const SELECT: &str = "SELECT name, owner, content_hash, columns, schema_hash, rows, privacy_unit, created_at, salt, content_commitment, version FROM datasets";
 
+/// A dataset that has not been removed, by id.
 pub fn get(conn: &Connection, name: &str) -> Result<Option<DatasetRecord>> {
     Ok(conn
-        .query_row(&format!("{SELECT} WHERE name = ?1"), [name], from_row)
+        .query_row(
+            &format!("{SELECT} WHERE name = ?1 AND removed_at IS NULL"),
+            [name],
+            from_row,
+        )
         .optional()?)
 }
 
+/// Whether the id was ever used, removed datasets included (ids are never reused: the ledger
+/// and the log refer to them).
+pub fn id_taken(conn: &Connection, name: &str) -> Result<bool> {
+    Ok(conn
+        .query_row("SELECT 1 FROM datasets WHERE name = ?1", [name], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Replaces the current version of dataset `r.name` with `r` (a higher version). Requires the
+/// dataset to exist and not be removed; the caller records the version's file.
+pub fn update(conn: &Connection, r: &DatasetRecord) -> Result<()> {
+    let n = conn.execute(
+        "UPDATE datasets SET content_hash = ?2, columns = ?3, schema_hash = ?4, rows = ?5,
+           privacy_unit = ?6, created_at = ?7, salt = ?8, content_commitment = ?9, version = ?10
+         WHERE name = ?1 AND removed_at IS NULL AND version < ?10",
+        params![
+            r.name,
+            r.content_hash,
+            serde_json::to_string(&r.columns).expect("columns serialize"),
+            r.schema_hash,
+            r.rows,
+            r.privacy_unit,
+            r.created_at,
+            r.salt,
+            r.content_commitment,
+            r.version
+        ],
+    )?;
+    if n == 0 {
+        return Err(CatalogError::NotFound(r.name.clone()));
+    }
+    Ok(())
+}
+
+/// Marks dataset `name` removed (its row stays: jobs, policies and the ledger refer to it).
+pub fn mark_removed(conn: &Connection, name: &str, at: &str) -> Result<()> {
+    let n = conn.execute(
+        "UPDATE datasets SET removed_at = ?2 WHERE name = ?1 AND removed_at IS NULL",
+        params![name, at],
+    )?;
+    if n == 0 {
+        return Err(CatalogError::NotFound(name.into()));
+    }
+    Ok(())
+}
+
 pub fn list(conn: &Connection) -> Result<Vec<DatasetRecord>> {
-    let mut stmt = conn.prepare(&format!("{SELECT} ORDER BY name"))?;
+    let mut stmt = conn.prepare(&format!("{SELECT} WHERE removed_at IS NULL ORDER BY name"))?;
     let rows = stmt
         .query_map([], from_row)?
         .collect::<Result<Vec<_>, _>>()?;

@@ -155,7 +155,14 @@ pub(crate) enum DatasetCmd {
         /// Comma-separated tokens that mean "no value" in a CSV (default: empty, NA, N/A, NULL, ?).
         #[arg(long, value_name = "TOKENS")]
         null: Option<String>,
+        /// Register the file as the next version of your dataset NAME (the policy carries over
+        /// if it still fits; jobs that start from now on read the new version).
+        #[arg(long)]
+        replace: bool,
     },
+    /// Retire one of your datasets: its data files are deleted, jobs waiting on it refused; its
+    /// log entries, jobs and budgets stay, and its name stays taken.
+    Remove { name: String },
     /// The signed registration certificate of a dataset (`--as HOLDER`, its owner), as JSON.
     Certificate {
         name: String,

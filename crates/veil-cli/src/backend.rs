@@ -56,6 +56,8 @@ pub(crate) struct Registration<'a> {
     pub privacy_unit: Option<&'a str>,
     /// How to read a CSV file, as typed (the engine parses them, in both modes).
     pub csv: CsvFlags,
+    /// Register the file as the next version of the caller's dataset `name`.
+    pub replace: bool,
 }
 
 /// The operations a client may ask of the domain. Errors are the domain's answer (not found,
@@ -63,6 +65,8 @@ pub(crate) struct Registration<'a> {
 pub(crate) trait Backend {
     fn whoami(&mut self) -> anyhow::Result<Identity>;
     fn register_dataset(&mut self, r: Registration<'_>) -> anyhow::Result<Registered>;
+    /// Retires one of the caller's datasets; answers how many versions it had.
+    fn remove_dataset(&mut self, name: &str) -> anyhow::Result<u64>;
     fn datasets(&mut self) -> anyhow::Result<Vec<DatasetView>>;
     fn dataset_certificate(&mut self, name: &str) -> anyhow::Result<Certificate>;
     fn set_policy(&mut self, dataset: &str, toml: &str) -> anyhow::Result<PolicyVersion>;

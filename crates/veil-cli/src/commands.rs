@@ -53,6 +53,7 @@ fn dataset(cmd: DatasetCmd, b: &mut dyn Backend) -> Result<()> {
             quote,
             no_trim,
             null,
+            replace,
         } => {
             let header = match (header, no_header) {
                 (true, _) => Some("present".to_owned()),
@@ -72,7 +73,16 @@ fn dataset(cmd: DatasetCmd, b: &mut dyn Backend) -> Result<()> {
                 name: &name,
                 privacy_unit: privacy_unit.as_deref(),
                 csv,
+                replace,
             })?)
+        }
+        DatasetCmd::Remove { name } => {
+            let versions = b.remove_dataset(&name)?;
+            println!(
+                "removed dataset `{name}` ({versions} version{}): its data files are deleted, its \
+                 history stays in the log",
+                if versions == 1 { "" } else { "s" }
+            );
         }
         DatasetCmd::Certificate { name, out } => {
             let text = serde_json::to_string_pretty(&b.dataset_certificate(&name)?)? + "\n";

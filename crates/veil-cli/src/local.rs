@@ -47,9 +47,23 @@ impl Backend for Local {
 
     fn register_dataset(&mut self, r: Registration<'_>) -> Result<Registered> {
         let csv = r.csv.options()?;
-        Ok(self
-            .veil
-            .register_dataset(&self.caller, r.file, r.name, r.privacy_unit, csv)?)
+        let register = if r.replace {
+            Veil::replace_dataset
+        } else {
+            Veil::register_dataset
+        };
+        Ok(register(
+            &mut self.veil,
+            &self.caller,
+            r.file,
+            r.name,
+            r.privacy_unit,
+            csv,
+        )?)
+    }
+
+    fn remove_dataset(&mut self, name: &str) -> Result<u64> {
+        Ok(self.veil.remove_dataset(&self.caller, name)?)
     }
 
     fn datasets(&mut self) -> Result<Vec<DatasetView>> {

@@ -4,14 +4,24 @@ use veil_engine::{AuditEntry, BudgetLine, IngestReport, JobInfo, JobView, Regist
 /// The line that confirms a registration, then the report on the file's columns (for the holder).
 pub fn registered(registered: &Registered) {
     let r = &registered.record;
+    let version = match r.version {
+        1 => String::new(),
+        v => format!(" version {v}"),
+    };
     println!(
-        "registered dataset `{}`: {} rows, {} columns, content sha256 {}, commitment {}",
+        "registered dataset `{}`{version}: {} rows, {} columns, content sha256 {}, commitment {}",
         r.name,
         r.rows,
         r.columns.len(),
         r.content_hash,
         r.content_commitment
     );
+    if let Some(why) = &registered.policy_suspended {
+        println!(
+            "the policy no longer applies and must be set again (`veil policy set`): {}",
+            escape(why)
+        );
+    }
     report(&registered.report);
 }
 

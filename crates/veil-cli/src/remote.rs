@@ -209,6 +209,7 @@ impl Backend for Remote {
                 ("quote", r.csv.quote),
                 ("trim", r.csv.trim.map(|t| t.to_string())),
                 ("null", r.csv.null),
+                ("replace", r.replace.then(|| "true".to_owned())),
             ])
         );
         let response = self
@@ -218,6 +219,18 @@ impl Backend for Remote {
             .header("Content-Type", "application/octet-stream")
             .send(ureq::SendBody::from_reader(&mut f));
         decode(&self.finish(response)?)
+    }
+
+    fn remove_dataset(&mut self, name: &str) -> Result<u64> {
+        let response = self
+            .agent
+            .delete(self.url(&dataset_path(name, "")))
+            .header("Authorization", self.auth()?)
+            .call();
+        let answer: Value = decode(&self.finish(response)?)?;
+        answer["versions"]
+            .as_u64()
+            .context("the server's answer has no `versions`")
     }
 
     fn datasets(&mut self) -> Result<Vec<DatasetView>> {

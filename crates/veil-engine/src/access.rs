@@ -78,6 +78,8 @@ impl From<&Principal> for Caller {
 pub enum Operation {
     /// Register a dataset (the caller owns it).
     RegisterDataset,
+    /// Retire one's own dataset (its files deleted, its history kept).
+    RemoveDataset,
     /// Set a policy on one's own dataset.
     SetPolicy,
     /// Obtain the registration certificate of one's own dataset.
@@ -99,6 +101,7 @@ impl Operation {
     pub fn roles(self) -> &'static [Role] {
         match self {
             Operation::RegisterDataset
+            | Operation::RemoveDataset
             | Operation::SetPolicy
             | Operation::ReadCertificate
             | Operation::DecideJob => &[Role::Holder],

@@ -37,6 +37,10 @@ pub struct Registered {
     #[serde(flatten)]
     pub record: DatasetRecord,
     pub report: IngestReport,
+    /// For a new version: why the dataset's policy stopped applying (it must be set again);
+    /// absent when it carried over or there was none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_suspended: Option<String>,
 }
 
 /// A policy as the API and the CLI show it (`GET /v1/datasets/{name}/policy`, `policy show`).
@@ -97,22 +101,42 @@ impl Veil {
         privacy_unit: Option<&str>,
         csv: CsvOptions,
     ) -> Result<Registered> {
+        self.register(owner, file, name, privacy_unit, csv, false)
+    }
+
+    /// Registers a file as the next version of the caller's dataset `name`, with its own content
+    /// hash, commitment and certificate. The policy carries over when it still fits the new
+    /// schema (columns, types, privacy unit, `max_units`); otherwise the dataset has no policy
+    /// until its owner sets one again, and the log says why. Jobs read the version current when
+    /// they start. Budgets stay: every version is about the same people.
+    pub fn replace_dataset(
+        &mut self,
+        owner: &Caller,
+        file: &Path,
+        name: &str,
+        privacy_unit: Option<&str>,
+        csv: CsvOptions,
+    ) -> Result<Registered> {
+        self.register(owner, file, name, privacy_unit, csv, true)
+    }
+
+    fn register(
+        &mut self,
+        owner: &Caller,
+        file: &Path,
+        name: &str,
+        privacy_unit: Option<&str>,
+        csv: CsvOptions,
+        replace: bool,
+    ) -> Result<Registered> {
         require(owner, Operation::RegisterDataset)?;
-        let owner = owner.name.as_str();
         if !valid_principal(name) {
             return Err(bad(format!(
                 "`{name}` is not a valid dataset name (letters, digits, '-', '_', '.')"
             )));
         }
-        if !valid_principal(owner) {
-            return Err(bad(format!("`{owner}` is not a valid principal name")));
-        }
-        let id = veil_catalog::dataset_id(owner, name);
-        if veil_catalog::get(&self.conn, &id)?.is_some() {
-            return Err(EngineError::Catalog(veil_catalog::CatalogError::Duplicate(
-                id,
-            )));
-        }
+        let id = veil_catalog::dataset_id(&owner.name, name);
+        let previous = self.previous_version(&id, replace)?;
         let loaded = self.block_on(veil_catalog::load_file(
             file,
             &LoadOptions { csv, format: None },
@@ -131,7 +155,7 @@ impl Veil {
         let salt = veil_catalog::new_salt()?;
         let record = DatasetRecord {
             name: id,
-            owner: owner.into(),
+            owner: owner.name.clone(),
             content_commitment: veil_catalog::content_commitment(&salt, &stored.content_hash),
             salt,
             content_hash: stored.content_hash.clone(),
@@ -140,41 +164,183 @@ impl Veil {
             rows: table.rows,
             privacy_unit: privacy_unit.map(str::to_owned),
             created_at: now(),
+            version: previous.as_ref().map_or(1, |p| p.version + 1),
         };
-        let result = (|| -> Result<()> {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            veil_catalog::insert(&tx, &record)?;
-            tx.execute(
-                "INSERT INTO dataset_reports (dataset, report) VALUES (?1, ?2)",
-                params![
-                    record.name,
-                    serde_json::to_string(&report).expect("report serializes")
-                ],
-            )?;
-            AuditLog::append(
-                &tx,
-                &self.key,
-                AuditEvent::DatasetRegistered {
-                    dataset: record.name.clone(),
-                    owner: record.owner.clone(),
-                    content_commitment: record.content_commitment.clone(),
-                    schema_hash: record.schema_hash.clone(),
-                    rows: record.rows,
-                    privacy_unit: record.privacy_unit.clone(),
-                },
-            )?;
-            tx.commit()?;
-            Ok(())
-        })();
+        let suspended = match &previous {
+            Some(_) => self.policy_misfit(&record, &table.schema)?,
+            None => None,
+        };
+        let result =
+            self.commit_registration(&record, &report, previous.is_some(), suspended.clone());
         match result {
-            Ok(()) => Ok(Registered { record, report }),
+            Ok(()) => Ok(Registered {
+                record,
+                report,
+                policy_suspended: suspended,
+            }),
             Err(e) => {
                 stored.discard(&self.conn);
                 Err(e)
             }
         }
+    }
+
+    /// The current record of `id` when replacing it (which requires it to exist), `None` for a
+    /// new registration (which requires the id to be unused, removed datasets included).
+    fn previous_version(&self, id: &str, replace: bool) -> Result<Option<DatasetRecord>> {
+        match (veil_catalog::get(&self.conn, id)?, replace) {
+            (Some(current), true) => Ok(Some(current)),
+            (None, true) => Err(EngineError::NotFound(format!(
+                "no dataset `{id}` to replace: register it without --replace"
+            ))),
+            (_, false) if veil_catalog::id_taken(&self.conn, id)? => {
+                match veil_catalog::get(&self.conn, id)? {
+                    Some(_) => Err(EngineError::Catalog(veil_catalog::CatalogError::Duplicate(
+                        id.into(),
+                    ))),
+                    None => Err(EngineError::Conflict(format!(
+                        "dataset `{id}` was removed; its name stays taken (the log and the \
+                         budgets refer to it): register under another name"
+                    ))),
+                }
+            }
+            (_, false) => Ok(None),
+        }
+    }
+
+    /// Why the current policy of `record.name` does not fit the new version, if it does not.
+    fn policy_misfit(
+        &self,
+        record: &DatasetRecord,
+        schema: &datafusion::arrow::datatypes::Schema,
+    ) -> Result<Option<String>> {
+        let Some(current) = self.policy(&record.name)? else {
+            return Ok(None);
+        };
+        let text = &current.text;
+        let fits = Policy::from_toml(text)
+            .and_then(|p| p.validate_against(schema, record.privacy_unit.as_deref()));
+        match fits {
+            Err(e) => Ok(Some(e.to_string())),
+            Ok(policy) => match self.check_max_units(record, policy.max_units) {
+                Err(e) => Ok(Some(e.to_string())),
+                Ok(()) => Ok(None),
+            },
+        }
+    }
+
+    /// Writes a registration (or a new version) with its report and audit entries, in one
+    /// transaction. `suspended`: why the current policy no longer applies.
+    fn commit_registration(
+        &mut self,
+        record: &DatasetRecord,
+        report: &IngestReport,
+        replacing: bool,
+        suspended: Option<String>,
+    ) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if replacing {
+            veil_catalog::update(&tx, record)?;
+            veil_catalog::record_version(&tx, record)?;
+        } else {
+            veil_catalog::insert(&tx, record)?;
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO dataset_reports (dataset, report) VALUES (?1, ?2)",
+            params![
+                record.name,
+                serde_json::to_string(report).expect("report serializes")
+            ],
+        )?;
+        AuditLog::append(
+            &tx,
+            &self.key,
+            AuditEvent::DatasetRegistered {
+                dataset: record.name.clone(),
+                owner: record.owner.clone(),
+                content_commitment: record.content_commitment.clone(),
+                schema_hash: record.schema_hash.clone(),
+                rows: record.rows,
+                privacy_unit: record.privacy_unit.clone(),
+                version: record.version,
+            },
+        )?;
+        if let Some(reason) = suspended {
+            tx.execute(
+                "UPDATE datasets SET policy_floor =
+                   (SELECT COALESCE(MAX(version), 0) + 1 FROM policies WHERE dataset = ?1)
+                 WHERE name = ?1",
+                [&record.name],
+            )?;
+            AuditLog::append(
+                &tx,
+                &self.key,
+                AuditEvent::PolicySuspended {
+                    dataset: record.name.clone(),
+                    dataset_version: record.version,
+                    reason,
+                },
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Retires the caller's dataset `name`: its data files (every version's) are deleted, new
+    /// jobs cannot name it, jobs waiting on it are refused; its catalog row, jobs, ledger and log
+    /// entries stay, and its name stays taken. Refused while a job is running on it.
+    pub fn remove_dataset(&mut self, owner: &Caller, name: &str) -> Result<u64> {
+        require(owner, Operation::RemoveDataset)?;
+        let record = self.find_dataset(owner, name)?;
+        let id = record.name.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let running: Option<String> = tx
+            .query_row(
+                "SELECT id FROM jobs WHERE dataset = ?1 AND state = 'running' LIMIT 1",
+                [&id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(job) = running {
+            return Err(EngineError::Conflict(format!(
+                "job {job} is running on `{id}`; remove the dataset once it has settled"
+            )));
+        }
+        let waiting = crate::jobs::waiting_jobs(&tx, &id)?;
+        for job in &waiting {
+            crate::jobs::refuse_in(
+                &tx,
+                &self.key,
+                job,
+                crate::codes::JobCode::Policy,
+                format!("dataset `{id}` was removed by its holder"),
+            )?;
+        }
+        let files = veil_catalog::version_files(&tx, &id)?;
+        veil_catalog::mark_removed(&tx, &id, &now())?;
+        AuditLog::append(
+            &tx,
+            &self.key,
+            AuditEvent::DatasetRemoved {
+                dataset: id.clone(),
+                owner: record.owner.clone(),
+                versions: record.version,
+                jobs_refused: waiting.len() as u64,
+            },
+        )?;
+        tx.commit()?;
+        // After the commit: a crash in between leaves files the catalog no longer uses, never a
+        // catalog entry without its file.
+        for hash in files {
+            if !veil_catalog::file_in_use(&self.conn, &hash)? {
+                let _ = std::fs::remove_file(veil_catalog::dataset_path(&self.data_dir, &hash));
+            }
+        }
+        Ok(record.version)
     }
 
     pub fn datasets(&self) -> Result<Vec<DatasetRecord>> {
@@ -389,9 +555,19 @@ impl Veil {
         let row = self
             .conn
             .query_row(
-                "SELECT version, hash, toml, parsed, holder FROM policies WHERE dataset = ?1 ORDER BY version DESC LIMIT 1",
+                "SELECT version, hash, toml, parsed, holder FROM policies WHERE dataset = ?1
+                   AND version >= (SELECT policy_floor FROM datasets WHERE name = ?1)
+                 ORDER BY version DESC LIMIT 1",
                 [dataset],
-                |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, u64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                },
             )
             .optional()?;
         row.map(|(version, hash, text, parsed, holder)| {

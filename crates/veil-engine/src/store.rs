@@ -28,11 +28,12 @@ pub(crate) const SCHEMA_VERSION: u32 = STEPS.len() as u32;
 /// Step `i` (counting from 1) brings a store from schema version `i - 1` to `i`. Append new steps;
 /// never change one that has shipped. Version 0 is a store made before versions were recorded
 /// (or a new, empty file): step 1 creates what such a store already has.
-const STEPS: [fn(&Connection) -> Result<()>; 4] = [
+const STEPS: [fn(&Connection) -> Result<()>; 5] = [
     step_1_baseline,
     step_2_published_counts,
     step_3_owner_scoped_dataset_ids,
     step_4_registration_reports,
+    step_5_dataset_versions,
 ];
 
 /// Brings the store to [`SCHEMA_VERSION`], in the caller's transaction, so a failed step leaves
@@ -163,6 +164,18 @@ fn step_4_registration_reports(conn: &Connection) -> Result<()> {
              dataset TEXT PRIMARY KEY REFERENCES datasets(name),
              report  TEXT NOT NULL
          )",
+    )?;
+    Ok(())
+}
+
+/// Version 5: dataset versions (replacement, removal), the version each job read, and the first
+/// policy version valid for a dataset's current content (`policy_floor`: a replacement the
+/// policy no longer fits raises it, so the policy must be set again).
+fn step_5_dataset_versions(conn: &Connection) -> Result<()> {
+    veil_catalog::migrate_versions(conn)?;
+    conn.execute_batch(
+        "ALTER TABLE datasets ADD COLUMN policy_floor INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE jobs ADD COLUMN dataset_version INTEGER;",
     )?;
     Ok(())
 }

@@ -117,6 +117,9 @@ pub(crate) struct UploadQuery {
     quote: Option<String>,
     trim: Option<bool>,
     null: Option<String>,
+    /// Register the upload as the next version of the caller's existing dataset `name`.
+    #[serde(default)]
+    replace: bool,
 }
 
 impl UploadQuery {
@@ -146,6 +149,11 @@ pub(crate) async fn upload_dataset(
         .as_caller(&headers, Some(Operation::RegisterDataset), |_, who| Ok(who))
         .await?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    // Bad reading options are told before a byte of the body is read.
+    let csv = query
+        .csv_flags()
+        .options()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let limit = state.config.max_upload_bytes;
     let too_large = || ApiError::too_large(format!("the upload limit is {limit} bytes"));
     let declared = headers
@@ -169,17 +177,19 @@ pub(crate) async fn upload_dataset(
         use std::io::Write as _;
         file.write_all(&chunk).map_err(|e| internal(e.into()))?;
     }
-    let csv = query
-        .csv_flags()
-        .options()
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     // Reading and converting a large file takes a while: do it on an engine of its own, so the
     // request engines keep answering everyone else meanwhile.
     let data_dir = state.config.data_dir.clone();
     let runtime = state.runtime.clone();
     let record = tokio::task::spawn_blocking(move || -> Result<Registered, ApiError> {
         let mut veil = Veil::open_with(&data_dir, runtime)?;
-        let record = veil.register_dataset(
+        let register = if query.replace {
+            Veil::replace_dataset
+        } else {
+            Veil::register_dataset
+        };
+        let record = register(
+            &mut veil,
             &who,
             file.path(),
             &query.name,
@@ -192,6 +202,24 @@ pub(crate) async fn upload_dataset(
     .await
     .map_err(|_| ApiError::internal())??;
     Ok((StatusCode::CREATED, Json(json!(record))))
+}
+
+/// Retires the caller's dataset: its files deleted, its waiting jobs refused, its history kept.
+pub(crate) async fn remove_dataset(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    state
+        .as_caller(
+            &headers,
+            Some(Operation::RemoveDataset),
+            move |veil, who| {
+                let versions = veil.remove_dataset(&who, &name)?;
+                Ok(Json(json!({ "removed": name, "versions": versions })))
+            },
+        )
+        .await
 }
 
 fn internal(e: EngineError) -> ApiError {

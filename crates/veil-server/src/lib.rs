@@ -170,7 +170,10 @@ fn app(state: AppState) -> Router {
                 .post(api::upload_dataset)
                 .layer(upload_limit),
         )
-        .route("/v1/datasets/{name}", get(api::dataset))
+        .route(
+            "/v1/datasets/{name}",
+            get(api::dataset).delete(api::remove_dataset),
+        )
         .route(
             "/v1/datasets/{name}/policy",
             get(api::policy).put(api::set_policy),

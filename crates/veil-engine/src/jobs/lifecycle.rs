@@ -258,9 +258,18 @@ impl Veil {
         let job = load_job(&self.conn, job_id)?;
         let record = veil_catalog::get(&self.conn, &job.dataset)?
             .ok_or_else(|| internal("dataset vanished"))?;
-        let stored = self
-            .policy(&job.dataset)?
-            .ok_or_else(|| internal("policy vanished"))?;
+        let Some(stored) = self.policy(&job.dataset)? else {
+            // A replacement the policy no longer fits suspends it until the holder sets it again.
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let reason = format!(
+                "the policy of `{}` does not apply to its current version; its holder must set \
+                 it again",
+                job.dataset
+            );
+            return Err(refuse(tx, &self.key, job_id, JobCode::Policy, reason)?);
+        };
         let mut manifest = JobManifest::from_toml(&job.manifest)?;
         manifest.dataset = job.dataset.clone();
         let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
@@ -298,8 +307,8 @@ impl Veil {
         let release_at = started_at + schedule.duration;
         debit(&tx, &job, &after)?;
         tx.execute(
-            "UPDATE jobs SET state = ?2, policy_version = ?3, runner_pid = ?4, runner_start = ?5, updated_at = ?6, release_at = ?7 WHERE id = ?1",
-            params![job_id, JobState::Running.as_str(), stored.version, std::process::id(), process_start(std::process::id()), now(), rfc3339(release_at)],
+            "UPDATE jobs SET state = ?2, policy_version = ?3, runner_pid = ?4, runner_start = ?5, updated_at = ?6, release_at = ?7, dataset_version = ?8 WHERE id = ?1",
+            params![job_id, JobState::Running.as_str(), stored.version, std::process::id(), process_start(std::process::id()), now(), rfc3339(release_at), record.version],
         )?;
         let (after_epsilon, after_delta) = after.totals();
         AuditLog::append_at(
@@ -310,6 +319,7 @@ impl Veil {
                 consumer: job.consumer.clone(),
                 dataset: job.dataset.clone(),
                 dataset_commitment: record.content_commitment.clone(),
+                dataset_version: record.version,
                 policy_version: stored.version,
                 policy_hash: stored.hash.clone(),
                 module_hash: job.module_hash.clone(),

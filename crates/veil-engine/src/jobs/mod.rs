@@ -254,6 +254,40 @@ fn debit(conn: &Connection, job: &JobInfo, after: &Spent) -> Result<()> {
     Ok(())
 }
 
+/// Jobs on `dataset` that have not started: queued or waiting for approval.
+pub(crate) fn waiting_jobs(conn: &Connection, dataset: &str) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT id FROM jobs WHERE dataset = ?1 AND state IN ('queued', 'awaiting_approval')
+         ORDER BY seq",
+    )?;
+    let ids = stmt
+        .query_map([dataset], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(ids)
+}
+
+/// Records a refusal of `job` in the caller's transaction (state, code, `job_refused`), without
+/// committing.
+pub(crate) fn refuse_in(
+    conn: &Connection,
+    key: &veil_audit::DomainKey,
+    job: &str,
+    code: JobCode,
+    reason: String,
+) -> Result<()> {
+    set_state(conn, job, JobState::Refused, Some(code))?;
+    AuditLog::append(
+        conn,
+        key,
+        AuditEvent::JobRefused {
+            job: job.into(),
+            code: code.to_string(),
+            reason,
+        },
+    )?;
+    Ok(())
+}
+
 /// Records a refusal in the caller's write transaction and commits it: the job's state and code
 /// and its `job_refused` entry, together. Returns the error the caller answers with.
 fn refuse(
@@ -263,16 +297,7 @@ fn refuse(
     code: JobCode,
     reason: String,
 ) -> Result<EngineError> {
-    set_state(&tx, job, JobState::Refused, Some(code))?;
-    AuditLog::append(
-        &tx,
-        key,
-        AuditEvent::JobRefused {
-            job: job.into(),
-            code: code.to_string(),
-            reason: reason.clone(),
-        },
-    )?;
+    refuse_in(&tx, key, job, code, reason.clone())?;
     tx.commit()?;
     Ok(EngineError::Refused {
         job: job.into(),
