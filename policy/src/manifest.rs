@@ -771,6 +771,17 @@ mod tests {
     use super::*;
     use datafusion::arrow::datatypes::Field;
 
+    /// Bounded fuzzing of the manifest parser: mutations of a valid manifest parse or fail with
+    /// an error, never a panic.
+    #[test]
+    fn mutated_manifests_parse_or_fail_cleanly() {
+        let mut m = veil_abi::mutation::Mutator::new(0x3a1f);
+        for _ in 0..3000 {
+            let bytes = m.mutate(MANIFEST.as_bytes());
+            let _ = JobManifest::from_toml(&String::from_utf8_lossy(&bytes));
+        }
+    }
+
     const MANIFEST: &str = r#"
 dataset = "census"
 module = "m.wasm"

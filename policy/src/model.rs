@@ -654,6 +654,17 @@ mod tests {
     use super::*;
     use datafusion::arrow::datatypes::Field;
 
+    /// Bounded fuzzing of the policy parser: mutations of a valid policy parse or fail with an
+    /// error, never a panic.
+    #[test]
+    fn mutated_policies_parse_or_fail_cleanly() {
+        let mut m = veil_abi::mutation::Mutator::new(0xb01c);
+        for _ in 0..3000 {
+            let bytes = m.mutate(EXAMPLE.as_bytes());
+            let _ = Policy::from_toml(&String::from_utf8_lossy(&bytes));
+        }
+    }
+
     pub(crate) const EXAMPLE: &str = r#"
 privacy_unit = "person_id"
 consumers = ["acme"]

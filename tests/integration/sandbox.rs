@@ -381,3 +381,37 @@ fn a_components_host_calls_cost_fuel() {
         outcome.result
     );
 }
+
+/// Bounded fuzzing of the module validator: mutations of a valid module (with a declared-columns
+/// section) are compiled or rejected as a bad module — never a panic, never another error — and
+/// whatever compiles still runs a unit within its limits.
+#[test]
+fn mutated_modules_are_compiled_or_rejected_never_a_panic() {
+    let sandbox = small_sandbox();
+    let valid = module_with(
+        r#"(@custom "veil_abi_v1_columns" "educ\0a")
+           (func $spin (param i32) (result i32) local.get 0)"#,
+        "i64.const 0",
+    );
+    sandbox.compile(&valid).expect("the seed module is valid");
+    let mut m = veil_abi::mutation::Mutator::new(0x3a5d);
+    let input = {
+        let mut enc = veil_abi::UnitEncoder::new(&[("educ", veil_abi::ColumnType::Int)]);
+        enc.begin_row();
+        enc.push_int(12);
+        enc.finish().to_vec()
+    };
+    let (mut compiled, mut rejected_count) = (0, 0);
+    for case in 0..400 {
+        let bytes = m.mutate(&valid);
+        match sandbox.compile(&bytes) {
+            Ok(module) => {
+                compiled += 1;
+                let _ = module.run_unit(&input);
+            }
+            Err(SandboxError::ModuleRejected(_)) => rejected_count += 1,
+            Err(e) => panic!("case {case}: {e}"),
+        }
+    }
+    assert!(rejected_count > 0 && compiled + rejected_count == 400);
+}

@@ -24,6 +24,8 @@
 #![forbid(unsafe_code)]
 extern crate alloc;
 
+pub mod mutation;
+
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -577,6 +579,43 @@ mod tests {
                 want.clone(),
                 "{bytes:?}"
             );
+        }
+    }
+
+    /// Bounded fuzzing: mutations of valid encodings and random bytes never make the decoders
+    /// panic; whatever decodes respects the limits.
+    #[test]
+    fn decoders_survive_mutated_input() {
+        let limits = DecodeLimits {
+            max_contributions: 64,
+            max_key_parts: 4,
+            max_key_part_bytes: 32,
+            max_values: 4,
+        };
+        let mut valid = Vec::new();
+        encode_contributions(
+            &[
+                Contribution {
+                    key: alloc::vec!["a".into()],
+                    values: alloc::vec![1.0, 2.0],
+                },
+                Contribution {
+                    key: alloc::vec!["bb".into(), "c".into()],
+                    values: alloc::vec![],
+                },
+            ],
+            &mut valid,
+        );
+        let mut m = mutation::Mutator::new(0x5eed);
+        for _ in 0..20_000 {
+            let bytes = m.mutate(&valid);
+            if let Ok(cs) = decode_contributions(&bytes, &limits) {
+                assert!(
+                    cs.len() <= 64 && cs.iter().all(|c| c.key.len() <= 4 && c.values.len() <= 4)
+                );
+            }
+            let _ = decode_declared_columns(&m.mutate(b"educ\nweekly_income\n"));
+            let _ = UnitView::decode(&bytes);
         }
     }
 }

@@ -188,6 +188,8 @@ pub(crate) async fn upload_dataset(
         } else {
             Veil::register_dataset
         };
+        // Errors name the file; the caller knows it as "the upload", never by the server's path.
+        let shown = file.path().display().to_string();
         let record = register(
             &mut veil,
             &who,
@@ -195,7 +197,12 @@ pub(crate) async fn upload_dataset(
             &query.name,
             query.privacy_unit.as_deref(),
             csv,
-        )?;
+        )
+        .map_err(|e| {
+            let mut e = ApiError::from(e);
+            e.message = e.message.replace(&shown, "the upload");
+            e
+        })?;
         drop(file);
         Ok(record)
     })
