@@ -223,3 +223,41 @@ fn the_holder_log_counts_contributions_outside_the_public_partitions() {
         "{log}"
     );
 }
+
+/// A refused submission stores its module (the job and the log refer to it), so refusals per
+/// consumer are capped per hour; a check stores nothing and is the way to try.
+#[test]
+fn refused_submissions_are_capped_per_consumer() {
+    let env = Env::new();
+    env.setup("auto");
+    let config = veil_engine::EngineConfig::builder()
+        .max_refused_per_hour(2)
+        .workers(1)
+        .build();
+    let mut veil = veil_engine::Veil::open(&env.data_dir(), config).unwrap();
+    let wasm = std::fs::read(env.path().join("modules/income_by_education.wasm")).unwrap();
+    // Over the per-job cap of ε = 1: refused by policy, recorded.
+    let greedy = income_manifest(1.2);
+    for _ in 0..2 {
+        let s = veil.submit_as(&consumer(), &greedy, &wasm, false).unwrap();
+        assert!(s.refusal.is_some());
+    }
+    let jobs_before = veil.all_jobs().unwrap().len();
+    match veil.submit_as(&consumer(), &greedy, &wasm, false) {
+        Err(veil_engine::EngineError::Busy(m)) => {
+            assert!(
+                m.contains("2 submissions refused in the last hour (at most 2)"),
+                "{m}"
+            )
+        }
+        other => panic!("expected busy, got {other:?}"),
+    }
+    assert_eq!(
+        veil.all_jobs().unwrap().len(),
+        jobs_before,
+        "nothing recorded"
+    );
+    // Checking still works.
+    let check = veil.check_job(&consumer(), &greedy, &wasm).unwrap();
+    assert!(check.refusal.is_some());
+}

@@ -77,6 +77,7 @@ pub struct EngineConfig {
     block_overhead: Duration,
     picos_per_fuel: u64,
     max_open_jobs: u64,
+    max_refused_per_hour: u64,
     domain: String,
 }
 
@@ -94,6 +95,7 @@ impl Default for EngineConfig {
             block_overhead: Duration::from_millis(10),
             picos_per_fuel: 5_000,
             max_open_jobs: 64,
+            max_refused_per_hour: 100,
             domain: "veil.local/audit".into(),
         }
     }
@@ -153,6 +155,15 @@ impl EngineConfigBuilder {
     /// [`Self::unit_overhead`].
     pub fn picos_per_fuel(mut self, picos: u64) -> Self {
         self.0.picos_per_fuel = picos.max(1);
+        self
+    }
+    /// Submissions of one consumer the pre-check may refuse within an hour; more are answered
+    /// [`EngineError::Busy`] before anything is stored. A refused submission is recorded with its
+    /// module (the log and the job refer to it), so without this cap a consumer could grow the
+    /// store by submitting modules it knows will be refused. `job check` stores no module.
+    /// Default 100 (at least 1).
+    pub fn max_refused_per_hour(mut self, n: u64) -> Self {
+        self.0.max_refused_per_hour = n.max(1);
         self
     }
     /// Jobs one consumer may have queued, awaiting approval or running at once; more are refused

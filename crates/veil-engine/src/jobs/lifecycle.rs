@@ -93,6 +93,20 @@ impl Veil {
                 self.config.max_open_jobs
             )));
         }
+        let hour_ago = rfc3339(time::OffsetDateTime::now_utc() - time::Duration::HOUR);
+        let refused: u64 = tx.query_row(
+            "SELECT COUNT(*) FROM jobs WHERE consumer = ?1 AND state = 'refused'
+               AND created_at > ?2",
+            params![consumer, hour_ago],
+            |r| r.get(0),
+        )?;
+        if refused >= self.config.max_refused_per_hour {
+            return Err(EngineError::Busy(format!(
+                "`{consumer}` had {refused} submissions refused in the last hour (at most {}); \
+                 try jobs with `veil job check` first, which spends and stores nothing",
+                self.config.max_refused_per_hour
+            )));
+        }
         let seq: u64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs", [], |r| {
             r.get(0)
         })?;
