@@ -789,3 +789,32 @@ fn the_bearer_scheme_is_case_insensitive() {
         assert_eq!(response.status().as_u16(), want, "{scheme}");
     }
 }
+
+/// Bodies are read only after the token is checked: a tokenless request is answered 401 however
+/// large its body, and an authenticated one is held to the request limit (413).
+#[test]
+fn bodies_are_read_only_after_authentication() {
+    let env = Env::new();
+    env.setup("auto");
+    let consumer = token_for(&env, CONSUMER, "consumer");
+    let holder = token_for(&env, HOLDER, "holder");
+    let server = Server::start(&env.data_dir(), &[("VEIL_MAX_REQUEST_BYTES", "1024")]);
+    let http = Http::new(&server);
+    let big = vec![b'x'; 4096];
+    let body = Some(("application/json", big.as_slice()));
+    for path in ["/v1/jobs", "/v1/jobs/check"] {
+        let (status, text) = http.call("POST", path, None, body);
+        assert_eq!(status, 401, "{path}: {text}");
+        let (status, text) = http.call("POST", path, Some(&consumer), body);
+        assert_eq!(status, 413, "{path}: {text}");
+    }
+    let (status, _) = http.call("PUT", "/v1/datasets/clinic:people/policy", None, body);
+    assert_eq!(status, 401);
+    let (status, _) = http.call(
+        "PUT",
+        "/v1/datasets/clinic:people/policy",
+        Some(&holder),
+        body,
+    );
+    assert_eq!(status, 413);
+}

@@ -26,6 +26,33 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 
 type ApiResult<T = Json<Value>> = Result<T, ApiError>;
 
+/// Reads a request body only once its token has been checked for `operation`: a request without
+/// a valid token is answered before a byte of its body is read, so nobody unauthenticated can make
+/// the server buffer a body. The body is then read up to `max_request_bytes` (413 beyond).
+async fn authenticated_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    operation: Operation,
+    body: Body,
+) -> Result<Bytes, ApiError> {
+    state
+        .as_caller(headers, Some(operation), |_, _| Ok(()))
+        .await?;
+    let limit = state.config.max_request_bytes;
+    let too_large = || ApiError::too_large(format!("the request limit is {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    // Past the limit, or a body cut short: either way the request cannot be read whole.
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())
+}
+
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
 }
@@ -250,8 +277,9 @@ pub(crate) async fn set_policy(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult {
+    let body = authenticated_body(&state, &headers, Operation::SetPolicy, body).await?;
     state
         .as_caller(&headers, Some(Operation::SetPolicy), move |veil, who| {
             let text = std::str::from_utf8(&body)
@@ -292,8 +320,9 @@ struct SubmitJob {
 pub(crate) async fn submit_job(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = authenticated_body(&state, &headers, Operation::SubmitJob, body).await?;
     let pool = state.pool.clone();
     let view = state
         .as_caller(&headers, Some(Operation::SubmitJob), move |veil, who| {
@@ -317,8 +346,9 @@ pub(crate) async fn submit_job(
 pub(crate) async fn check_job(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
+    let body = authenticated_body(&state, &headers, Operation::SubmitJob, body).await?;
     let check = state
         .as_caller(&headers, Some(Operation::SubmitJob), move |veil, who| {
             let request: SubmitJob = parse_body(&body)?;

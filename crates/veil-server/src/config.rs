@@ -34,7 +34,8 @@ pub struct ServerConfig {
     /// Largest dataset upload accepted, in bytes (`VEIL_MAX_UPLOAD_BYTES`).
     #[serde(default = "default_max_upload_bytes")]
     pub max_upload_bytes: u64,
-    /// Largest other request body (a job with its module, base64-encoded), in bytes.
+    /// Largest other request body (a job with its module, base64-encoded), in bytes
+    /// (`VEIL_MAX_REQUEST_BYTES`); read only after the request's token is checked.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
     /// Jobs one consumer may have queued, awaiting approval or running at once; more are answered
@@ -118,6 +119,9 @@ impl ServerConfig {
         }
         if let Some(v) = env("VEIL_MAX_UPLOAD_BYTES") {
             config.max_upload_bytes = positive("VEIL_MAX_UPLOAD_BYTES", &v)?;
+        }
+        if let Some(v) = env("VEIL_MAX_REQUEST_BYTES") {
+            config.max_request_bytes = positive("VEIL_MAX_REQUEST_BYTES", &v)? as usize;
         }
         if let Some(v) = env("VEIL_MAX_OPEN_JOBS") {
             config.max_open_jobs = positive("VEIL_MAX_OPEN_JOBS", &v)?;
