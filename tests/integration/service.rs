@@ -808,8 +808,14 @@ fn bodies_are_read_only_after_authentication() {
         let (status, text) = http.call("POST", path, Some(&consumer), body);
         assert_eq!(status, 413, "{path}: {text}");
     }
-    let (status, _) = http.call("PUT", "/v1/datasets/clinic:people/policy", None, body);
-    assert_eq!(status, 401);
+    for (method, path) in [
+        ("PUT", "/v1/datasets/clinic:people/policy"),
+        ("POST", "/v1/jobs/job-000001/reject"),
+        ("POST", "/v1/admin/principals"),
+    ] {
+        let (status, text) = http.call(method, path, None, body);
+        assert_eq!(status, 401, "{path}: {text}");
+    }
     let (status, _) = http.call(
         "PUT",
         "/v1/datasets/clinic:people/policy",

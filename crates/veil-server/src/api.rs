@@ -470,8 +470,9 @@ pub(crate) async fn reject_job(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult {
+    let body = authenticated_body(&state, &headers, Operation::DecideJob, body).await?;
     let request: RejectJob = if body.is_empty() {
         RejectJob::default()
     } else {
@@ -669,8 +670,9 @@ struct AddPrincipal {
 pub(crate) async fn add_principal(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = authenticated_body(&state, &headers, Operation::ManagePrincipals, body).await?;
     state
         .as_caller(
             &headers,
