@@ -572,7 +572,12 @@ fn bad_requests_get_json_errors_and_change_nothing() {
         ("GET", "/v1/jobs/job-000001?wait=31".into(), &consumer, vec![], 400, "bad_request"),
     ];
     for (method, path, token, body, want, code) in &cases {
-        let body = (!body.is_empty()).then_some(("application/octet-stream", body.as_slice()));
+        let kind = if path.starts_with("/v1/jobs") && *method == "POST" {
+            "application/json"
+        } else {
+            "application/octet-stream"
+        };
+        let body = (!body.is_empty()).then_some((kind, body.as_slice()));
         let (status, text) = http.call(method, path, Some(token), body);
         assert_eq!(status, *want, "{method} {path}: {text}");
         let v: Value =
@@ -584,6 +589,15 @@ fn bad_requests_get_json_errors_and_change_nothing() {
         let data_dir = env.data_dir().display().to_string();
         assert!(!message.contains(&data_dir), "{method} {path}: {message}");
     }
+    // A JSON route refuses a body labelled as something else.
+    let (status, text) = http.call(
+        "POST",
+        "/v1/jobs",
+        Some(&consumer),
+        Some(("text/plain", b"{}")),
+    );
+    assert_eq!(status, 415, "{text}");
+    assert!(text.contains("unsupported_media_type"), "{text}");
     drop(server);
     assert_eq!(env.snapshot(), before, "a bad request changed the store");
     // Uploads left no temporary files behind.

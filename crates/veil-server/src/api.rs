@@ -38,6 +38,26 @@ async fn authenticated_body(
     state
         .as_caller(headers, Some(operation), |_, _| Ok(()))
         .await?;
+    // Routes whose body is JSON say so: anything else labelled otherwise is refused (415)
+    // rather than guessed at. The policy route takes TOML text under any label.
+    let json_route = operation != Operation::SetPolicy;
+    let declared_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    let has_body = headers.contains_key(header::CONTENT_LENGTH)
+        || headers.contains_key(header::TRANSFER_ENCODING);
+    if json_route && has_body && !declared_json && headers.contains_key(header::CONTENT_TYPE) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "this route takes a JSON body: send it with `Content-Type: application/json`",
+        ));
+    }
     let limit = state.config.max_request_bytes;
     let too_large = || ApiError::too_large(format!("the request limit is {limit} bytes"));
     let declared = headers
