@@ -774,15 +774,7 @@ struct NoisyCount {
 /// public groups). This is where the privacy guarantee is made; see the module docs.
 pub fn add_noise(plan: &JobPlan, exact: &ExactGroups, rng: &mut dyn GateRng) -> Release {
     let noisers = Noisers::new(plan);
-    let threshold = match plan.public_groups {
-        Some(_) => None,
-        None => Some(
-            noisers
-                .count
-                .selection_threshold(plan.max_groups_per_unit, plan.charge.delta_selection)
-                .max(plan.min_units_per_group),
-        ),
-    };
+    let threshold = selection_threshold(plan, &noisers);
     let empty = ExactGroup {
         units: 0,
         sums: vec![0; plan.values.len()],
@@ -818,6 +810,26 @@ pub fn add_noise(plan: &JobPlan, exact: &ExactGroups, rng: &mut dyn GateRng) -> 
         suppression_rule: suppression_rule(plan, threshold),
         granularity: 1.0 / fixed::SCALE as f64,
         estimates: Vec::new(),
+    }
+}
+
+/// The noisy unit count a group needs to be released when its keys come from the data:
+/// `max(min_units_per_group, τ_δ)`; `None` when every group is released (public groups).
+fn selection_threshold(plan: &JobPlan, noisers: &Noisers) -> Option<u64> {
+    plan.public_groups.is_none().then(|| {
+        noisers
+            .count
+            .selection_threshold(plan.max_groups_per_unit, plan.charge.delta_selection)
+            .max(plan.min_units_per_group)
+    })
+}
+
+/// The 95% half-width of value `i`'s released sum `C' + mid · N'` (see [`centred_sum`]).
+fn sum_half_width(noisers: &Noisers, i: usize, mid: i128) -> u128 {
+    if mid == 0 {
+        noisers.value_k95[i]
+    } else {
+        noisers.value_k975[i] + mid.unsigned_abs() * noisers.count_k975
     }
 }
 
@@ -923,12 +935,12 @@ fn centred_sum(
     i: usize,
 ) -> NoisyCell {
     let estimate = noisy_centred + mid * count.noisy;
-    let k = if mid == 0 {
-        noisers.value_k95[i]
-    } else {
-        noisers.value_k975[i] + mid.unsigned_abs() * noisers.count_k975
-    };
-    fixed_cell(estimate, mech, k, fixed::SCALE)
+    fixed_cell(
+        estimate,
+        mech,
+        sum_half_width(noisers, i, mid),
+        fixed::SCALE,
+    )
 }
 
 /// The mean `mid + C' / N'` clamped to the bounds, when `N' ≥ 1` (post-processing). Its interval

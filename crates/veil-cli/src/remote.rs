@@ -181,6 +181,15 @@ fn job_path(id: &str, tail: &str) -> String {
     format!("/v1/jobs/{}{tail}", encode(id))
 }
 
+/// The body of a submission or check: the manifest at `manifest` and its module, base64.
+fn job_body(manifest: &Path) -> Result<Value> {
+    let (text, wasm) = veil_engine::read_job_files(manifest)?;
+    Ok(json!({
+        "manifest": text,
+        "module": base64::engine::general_purpose::STANDARD.encode(&wasm),
+    }))
+}
+
 fn dataset_path(name: &str, tail: &str) -> String {
     format!("/v1/datasets/{}{tail}", encode(name))
 }
@@ -260,25 +269,11 @@ impl Backend for Remote {
     }
 
     fn check(&mut self, manifest: &Path) -> Result<JobCheck> {
-        let (text, wasm) = veil_engine::read_job_files(manifest)?;
-        self.send_json(
-            "/v1/jobs/check",
-            &json!({
-                "manifest": text,
-                "module": base64::engine::general_purpose::STANDARD.encode(&wasm),
-            }),
-        )
+        self.send_json("/v1/jobs/check", &job_body(manifest)?)
     }
 
     fn submit(&mut self, manifest: &Path) -> Result<Submission> {
-        let (text, wasm) = veil_engine::read_job_files(manifest)?;
-        let submitted: Submission = self.send_json(
-            "/v1/jobs",
-            &json!({
-                "manifest": text,
-                "module": base64::engine::general_purpose::STANDARD.encode(&wasm),
-            }),
-        )?;
+        let submitted: Submission = self.send_json("/v1/jobs", &job_body(manifest)?)?;
         if settled(&submitted.job) {
             return Ok(submitted);
         }

@@ -335,6 +335,15 @@ struct SubmitJob {
     module: String,
 }
 
+/// The manifest text and module bytes of a submission or check body ([`SubmitJob`]).
+fn job_request(body: &[u8]) -> Result<(String, Vec<u8>), ApiError> {
+    let request: SubmitJob = parse_body(body)?;
+    let wasm = base64::engine::general_purpose::STANDARD
+        .decode(request.module.as_bytes())
+        .map_err(|e| ApiError::bad_request(format!("`module` is not base64: {e}")))?;
+    Ok((request.manifest, wasm))
+}
+
 /// Records a job as the calling consumer: `queued` (a worker runs it), `awaiting_approval`, or
 /// `refused` (policy or budget; recorded in the audit log). Answers 201 with the consumer's view.
 pub(crate) async fn submit_job(
@@ -346,11 +355,8 @@ pub(crate) async fn submit_job(
     let pool = state.pool.clone();
     let view = state
         .as_caller(&headers, Some(Operation::SubmitJob), move |veil, who| {
-            let request: SubmitJob = parse_body(&body)?;
-            let wasm = base64::engine::general_purpose::STANDARD
-                .decode(request.module.as_bytes())
-                .map_err(|e| ApiError::bad_request(format!("`module` is not base64: {e}")))?;
-            Ok(veil.submit_as(&who, &request.manifest, &wasm, false)?)
+            let (manifest, wasm) = job_request(&body)?;
+            Ok(veil.submit_as(&who, &manifest, &wasm, false)?)
         })
         .await?;
     tracing::Span::current().record("job", view.job.id.as_str());
@@ -371,11 +377,8 @@ pub(crate) async fn check_job(
     let body = authenticated_body(&state, &headers, Operation::SubmitJob, body).await?;
     let check = state
         .as_caller(&headers, Some(Operation::SubmitJob), move |veil, who| {
-            let request: SubmitJob = parse_body(&body)?;
-            let wasm = base64::engine::general_purpose::STANDARD
-                .decode(request.module.as_bytes())
-                .map_err(|e| ApiError::bad_request(format!("`module` is not base64: {e}")))?;
-            Ok(veil.check_job(&who, &request.manifest, &wasm)?)
+            let (manifest, wasm) = job_request(&body)?;
+            Ok(veil.check_job(&who, &manifest, &wasm)?)
         })
         .await?;
     Ok(Json(json!(check)))

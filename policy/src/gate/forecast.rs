@@ -4,7 +4,7 @@
 //! [`Noisers`] the release is made with, so they are the released cells' figures exactly.
 use serde::{Deserialize, Serialize};
 
-use super::{Noisers, midpoint, suppression_rule};
+use super::{Noisers, midpoint, selection_threshold, sum_half_width, suppression_rule};
 use crate::fixed;
 use crate::manifest::{Aggregate, GateValue, JobPlan};
 use crate::mechanisms::SampleAggregate;
@@ -84,15 +84,7 @@ pub fn forecast(plan: &JobPlan) -> Forecast {
         return block_forecast(plan, &blocks);
     }
     let noisers = Noisers::new(plan);
-    let threshold = match plan.public_groups {
-        Some(_) => None,
-        None => Some(
-            noisers
-                .count
-                .selection_threshold(plan.max_groups_per_unit, plan.charge.delta_selection)
-                .max(plan.min_units_per_group),
-        ),
-    };
+    let threshold = selection_threshold(plan, &noisers);
     let (epsilon, delta) = plan.epsilon_delta();
     Forecast {
         mechanism: format!("{} (exact sampler, ChaCha20 CSPRNG)", noisers.count.name()),
@@ -145,12 +137,7 @@ fn value_forecast(plan: &JobPlan, i: usize, noisers: &Noisers) -> ValueForecast 
             });
         }
         Aggregate::Sum | Aggregate::Mean => {
-            let mid = midpoint(spec);
-            let k = if mid == 0 {
-                noisers.value_k95[i]
-            } else {
-                noisers.value_k975[i] + mid.unsigned_abs() * noisers.count_k975
-            };
+            let k = sum_half_width(noisers, i, midpoint(spec));
             forecast.sum = Some(CellForecast {
                 mechanism: mech.name().into(),
                 noise_scale: mech.scale() / per_one,
