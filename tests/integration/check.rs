@@ -224,8 +224,9 @@ fn the_holder_log_counts_contributions_outside_the_public_partitions() {
     );
 }
 
-/// A refused submission stores its module (the job and the log refer to it), so refusals per
-/// consumer are capped per hour; a check stores nothing and is the way to try.
+/// A refused submission records its job and its module's hash (the log refers to it), not the
+/// module's bytes; refusals per consumer are capped per hour; a check stores nothing and is the
+/// way to try.
 #[test]
 fn refused_submissions_are_capped_per_consumer() {
     let env = Env::new();
@@ -260,4 +261,28 @@ fn refused_submissions_are_capped_per_consumer() {
     // Checking still works.
     let check = veil.check_job(&consumer(), &greedy, &wasm).unwrap();
     assert!(check.refusal.is_some());
+    let stored = || -> i64 {
+        let conn = rusqlite::Connection::open(env.data_dir().join("veil.db")).unwrap();
+        conn.query_row(
+            "SELECT COALESCE(SUM(length(bytes)), 0) FROM modules",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(stored(), 0, "refused modules are kept by hash only");
+    // The same module admitted later is stored whole, and runs.
+    drop(veil);
+    let job = env.ok(&[
+        "--as",
+        CONSUMER,
+        "job",
+        "submit",
+        env.write("ok.toml", &income_manifest(0.5))
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_eq!(stored(), wasm.len() as i64);
+    let status = env.ok(&["--as", CONSUMER, "job", "status", job.trim()]);
+    assert!(status.contains("released"), "{status}");
 }

@@ -838,3 +838,108 @@ fn bodies_are_read_only_after_authentication() {
     );
     assert_eq!(status, 413);
 }
+
+/// One raw HTTP/1.1 exchange on its own connection: writes `head` (and `body`), then reads the
+/// whole answer until the server closes (`Connection: close` is asked for).
+fn raw_exchange(addr: &str, head: &str, body: &[u8], wait: std::time::Duration) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(wait)).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Bodies in flight share one memory budget: while one authenticated body holds it, another is
+/// answered 503 at once; a body that stalls for the idle timeout is answered 408 and gives its
+/// share back.
+#[test]
+fn bodies_in_flight_share_a_budget_and_stalled_bodies_time_out() {
+    use std::io::Write as _;
+    let env = Env::new();
+    env.setup("auto");
+    let consumer = token_for(&env, CONSUMER, "consumer");
+    let server = Server::start(
+        &env.data_dir(),
+        &[
+            ("VEIL_MAX_REQUEST_BYTES", "1024"),
+            ("VEIL_MAX_BUFFERED_BYTES", "1024"),
+            ("VEIL_IDLE_TIMEOUT_SECS", "2"),
+        ],
+    );
+    let http = Http::new(&server);
+    // A slow sender: declares 1000 bytes, sends 10, then nothing.
+    let mut slow = std::net::TcpStream::connect(&server.addr).unwrap();
+    write!(
+        slow,
+        "POST /v1/jobs/check HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {consumer}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{{\"manifest"
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let body = Some(("application/json", &b"{}"[..]));
+    // Its share is reserved once its token is checked: poll until the budget shows it.
+    let busy = loop {
+        let (status, text) = http.call("POST", "/v1/jobs/check", Some(&consumer), body);
+        if status == 503 || started.elapsed() > std::time::Duration::from_millis(1500) {
+            break (status, text);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(busy.0, 503, "{}", busy.1);
+    assert!(busy.1.contains("\"code\":\"unavailable\""), "{}", busy.1);
+    assert!(busy.1.contains("retry shortly"), "{}", busy.1);
+    // The stalled body is answered 408 after the idle timeout.
+    use std::io::Read as _;
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = slow.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    // Its share is back: the next body is read (and is a bad request, not a busy server).
+    let (status, text) = http.call("POST", "/v1/jobs/check", Some(&consumer), body);
+    assert_eq!(status, 400, "{text}");
+}
+
+/// At most `max_connections` connections are open: another waits, unaccepted, until one closes;
+/// connections that send no request head are closed after the idle timeout.
+#[test]
+fn connections_are_capped_and_silent_ones_closed() {
+    let env = Env::new();
+    env.setup("auto");
+    let server = Server::start(
+        &env.data_dir(),
+        &[
+            ("VEIL_MAX_CONNECTIONS", "2"),
+            ("VEIL_IDLE_TIMEOUT_SECS", "2"),
+        ],
+    );
+    let health = "GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let silent: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Both slots are taken: a third connection is not served while they last.
+    let waited = raw_exchange(
+        &server.addr,
+        health,
+        b"",
+        std::time::Duration::from_millis(700),
+    );
+    assert_eq!(waited, "", "served past the cap");
+    // The silent ones are closed after 2 s; then a request is served.
+    let started = std::time::Instant::now();
+    let served = raw_exchange(
+        &server.addr,
+        health,
+        b"",
+        std::time::Duration::from_secs(10),
+    );
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    drop(silent);
+}

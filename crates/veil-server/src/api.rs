@@ -5,18 +5,19 @@
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use futures_util::StreamExt;
+
 use serde::Deserialize;
 use serde_json::{Value, json};
 use veil_engine::{Caller, EngineError, JobState, Operation, Registered, Role, Veil};
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::limits::{BodyShare, read_chunk};
 
 /// For handlers open to every role (the engine checks the objects).
 const ANYONE: Option<Operation> = None;
@@ -28,35 +29,21 @@ type ApiResult<T = Json<Value>> = Result<T, ApiError>;
 
 /// Reads a request body only once its token has been checked for `operation`: a request without
 /// a valid token is answered before a byte of its body is read, so nobody unauthenticated can make
-/// the server buffer a body. The body is then read up to `max_request_bytes` (413 beyond).
+/// the server buffer a body. The body is then read up to `max_request_bytes` (413 beyond), within
+/// the server's budget for bodies in flight (503 when spent) and without pauses longer than the
+/// idle timeout (408).
 async fn authenticated_body(
     state: &AppState,
     headers: &HeaderMap,
     operation: Operation,
     body: Body,
-) -> Result<Bytes, ApiError> {
+) -> Result<BufferedBody, ApiError> {
     state
         .as_caller(headers, Some(operation), |_, _| Ok(()))
         .await?;
-    // Routes whose body is JSON say so: anything else labelled otherwise is refused (415)
-    // rather than guessed at. The policy route takes TOML text under any label.
-    let json_route = operation != Operation::SetPolicy;
-    let declared_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
-    let has_body = headers.contains_key(header::CONTENT_LENGTH)
-        || headers.contains_key(header::TRANSFER_ENCODING);
-    if json_route && has_body && !declared_json && headers.contains_key(header::CONTENT_TYPE) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "this route takes a JSON body: send it with `Content-Type: application/json`",
-        ));
+    // The policy route takes TOML text under any label; every other route's body is JSON.
+    if operation != Operation::SetPolicy {
+        require_json(headers)?;
     }
     let limit = state.config.max_request_bytes;
     let too_large = || ApiError::too_large(format!("the request limit is {limit} bytes"));
@@ -67,10 +54,70 @@ async fn authenticated_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    // Past the limit, or a body cut short: either way the request cannot be read whole.
-    axum::body::to_bytes(body, limit)
+    let share = state
+        .bodies
+        .reserve(declared.unwrap_or(limit))
+        .ok_or_else(|| {
+            ApiError::unavailable(format!(
+                "the server is reading as many request bodies as it holds at once ({} bytes); \
+             retry shortly",
+                state.bodies.total_bytes()
+            ))
+        })?;
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
+    let idle = state.config.idle_timeout();
+    while let Some(chunk) = read_chunk(&mut stream, idle)
         .await
-        .map_err(|_| too_large())
+        .map_err(ApiError::stalled)?
+    {
+        // A body cut short cannot be read whole: like one past the limit.
+        let chunk = chunk.map_err(|_| too_large())?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(BufferedBody {
+        bytes,
+        _share: share,
+    })
+}
+
+/// Routes whose body is JSON say so: anything else labelled otherwise is refused (415) rather
+/// than guessed at. A body without any `Content-Type` is read as JSON.
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let declared_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    let has_body = headers.contains_key(header::CONTENT_LENGTH)
+        || headers.contains_key(header::TRANSFER_ENCODING);
+    if has_body && !declared_json && headers.contains_key(header::CONTENT_TYPE) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "this route takes a JSON body: send it with `Content-Type: application/json`",
+        ));
+    }
+    Ok(())
+}
+
+/// A request body read whole, holding its share of the server's body budget until dropped.
+struct BufferedBody {
+    bytes: Vec<u8>,
+    _share: BodyShare,
+}
+
+impl std::ops::Deref for BufferedBody {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -215,7 +262,11 @@ pub(crate) async fn upload_dataset(
     let mut file = tempfile::NamedTempFile::new_in(&uploads).map_err(|e| internal(e.into()))?;
     let mut received: u64 = 0;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
+    let idle = state.config.idle_timeout();
+    while let Some(chunk) = read_chunk(&mut stream, idle)
+        .await
+        .map_err(ApiError::stalled)?
+    {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
         received += chunk.len() as u64;
         if received > limit {

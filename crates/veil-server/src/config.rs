@@ -38,6 +38,21 @@ pub struct ServerConfig {
     /// (`VEIL_MAX_REQUEST_BYTES`); read only after the request's token is checked.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
+    /// Memory all buffered request bodies (every route but uploads) may take at once, in bytes
+    /// (`VEIL_MAX_BUFFERED_BYTES`). A body reserves its declared length (or the whole request
+    /// limit when it declares none) before it is read; when nothing is left the request is
+    /// answered 503 `unavailable` at once. At least `max_request_bytes`.
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: usize,
+    /// Connections open at once (`VEIL_MAX_CONNECTIONS`). Past it, new connections wait in the
+    /// kernel's backlog, unaccepted, until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long a client may stay silent while it sends (`VEIL_IDLE_TIMEOUT_SECS`): a connection
+    /// without a complete request head by then is closed, a body without a byte by then is
+    /// answered 408. Never applied while a request is being answered.
+    #[serde(default = "default_idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
     /// Jobs one consumer may have queued, awaiting approval or running at once; more are answered
     /// 429 `busy` (`VEIL_MAX_OPEN_JOBS`).
     #[serde(default = "default_max_open_jobs")]
@@ -66,6 +81,15 @@ fn default_max_upload_bytes() -> u64 {
 fn default_max_request_bytes() -> usize {
     64 << 20
 }
+fn default_max_buffered_bytes() -> usize {
+    256 << 20
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_idle_timeout_secs() -> u64 {
+    30
+}
 fn default_max_open_jobs() -> u64 {
     64
 }
@@ -84,6 +108,9 @@ impl Default for ServerConfig {
             workers: default_workers(),
             max_upload_bytes: default_max_upload_bytes(),
             max_request_bytes: default_max_request_bytes(),
+            max_buffered_bytes: default_max_buffered_bytes(),
+            max_connections: default_max_connections(),
+            idle_timeout_secs: default_idle_timeout_secs(),
             max_open_jobs: default_max_open_jobs(),
             shutdown_grace_secs: default_shutdown_grace_secs(),
             log_format: default_log_format(),
@@ -123,6 +150,15 @@ impl ServerConfig {
         if let Some(v) = env("VEIL_MAX_REQUEST_BYTES") {
             config.max_request_bytes = positive("VEIL_MAX_REQUEST_BYTES", &v)? as usize;
         }
+        if let Some(v) = env("VEIL_MAX_BUFFERED_BYTES") {
+            config.max_buffered_bytes = positive("VEIL_MAX_BUFFERED_BYTES", &v)? as usize;
+        }
+        if let Some(v) = env("VEIL_MAX_CONNECTIONS") {
+            config.max_connections = positive("VEIL_MAX_CONNECTIONS", &v)? as usize;
+        }
+        if let Some(v) = env("VEIL_IDLE_TIMEOUT_SECS") {
+            config.idle_timeout_secs = positive("VEIL_IDLE_TIMEOUT_SECS", &v)?;
+        }
         if let Some(v) = env("VEIL_MAX_OPEN_JOBS") {
             config.max_open_jobs = positive("VEIL_MAX_OPEN_JOBS", &v)?;
         }
@@ -144,13 +180,34 @@ impl ServerConfig {
                 }
             };
         }
-        if config.workers == 0 {
-            return Err(ServerError::Config {
-                path: path.map_or("(defaults)".into(), |p| p.display().to_string()),
-                message: "workers must be at least 1".into(),
-            });
-        }
+        config.check().map_err(|message| ServerError::Config {
+            path: path.map_or("(defaults)".into(), |p| p.display().to_string()),
+            message,
+        })?;
         Ok(config)
+    }
+
+    /// The settings' relations that no single field's type states.
+    fn check(&self) -> Result<(), String> {
+        if self.workers == 0 {
+            return Err("workers must be at least 1".into());
+        }
+        if self.max_connections == 0 || self.idle_timeout_secs == 0 {
+            return Err("max_connections and idle_timeout_secs must be at least 1".into());
+        }
+        if self.max_buffered_bytes < self.max_request_bytes {
+            return Err(format!(
+                "max_buffered_bytes ({}) must be at least max_request_bytes ({}), or no request \
+                 of the largest size could ever be read",
+                self.max_buffered_bytes, self.max_request_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// How long a client may stay silent while it sends.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
     }
 
     pub fn shutdown_grace(&self) -> Duration {
@@ -184,6 +241,17 @@ mod tests {
         assert_eq!(config.max_upload_bytes, 4 << 30);
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.max_open_jobs, 64);
+        assert_eq!(config.max_buffered_bytes, 256 << 20);
+        assert_eq!(config.max_connections, 256);
+        assert_eq!(config.idle_timeout_secs, 30);
+        assert_eq!(config.check(), Ok(()));
+        // A body budget smaller than one request could never read the largest request.
+        let small = ServerConfig {
+            max_buffered_bytes: 1024,
+            ..config.clone()
+        };
+        let err = small.check().unwrap_err();
+        assert!(err.contains("max_buffered_bytes (1024)"), "{err}");
         // Unknown fields are errors that name the field.
         let err = toml::from_str::<ServerConfig>("listen = \"127.0.0.1:1\"\nworkerz = 3\n")
             .unwrap_err()

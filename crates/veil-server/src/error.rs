@@ -26,8 +26,10 @@ pub enum ServerError {
 /// `conflict` (409: a name taken, a job not in the state asked for, or without a result yet),
 /// `too_large` (413),
 /// `unsupported_media_type` (415), `busy` (429: too many of the caller's jobs are open),
+/// `request_timeout` (408: a body sent nothing for the idle timeout),
 /// `internal` (500; details go to the operator's log only), `unavailable` (503: the store does not
-/// answer; from the health check).
+/// answer, from the health check; or the server is reading as many request bodies as its memory
+/// budget allows — retry shortly).
 #[derive(Debug)]
 pub struct ApiError {
     pub(crate) status: StatusCode,
@@ -61,6 +63,19 @@ impl ApiError {
     }
     pub(crate) fn too_large(message: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+    }
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+    pub(crate) fn stalled(stalled: crate::limits::BodyStalled) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the body sent nothing for {} s; send it without pauses",
+                stalled.0.as_secs()
+            ),
+        )
     }
     pub(crate) fn internal() -> Self {
         Self::new(

@@ -31,6 +31,7 @@
 mod api;
 mod config;
 mod error;
+mod limits;
 mod telemetry;
 mod workers;
 
@@ -87,6 +88,8 @@ pub(crate) struct AppState {
     pool: Pool,
     metrics: Arc<Metrics>,
     config: Arc<ServerConfig>,
+    /// The memory buffered request bodies may take at once (`max_buffered_bytes`).
+    bodies: Arc<limits::BodyBudget>,
     /// Becomes `true` when the server starts shutting down; long polls end early.
     shutdown: watch::Receiver<bool>,
 }
@@ -280,7 +283,12 @@ impl Service {
             pool: pool.clone(),
             metrics,
             config: Arc::new(config.clone()),
+            bodies: Arc::new(limits::BodyBudget::new(config.max_buffered_bytes)),
             shutdown: shutdown.clone(),
+        };
+        let connection_limits = limits::ConnectionLimits {
+            max_connections: config.max_connections,
+            idle_timeout: config.idle_timeout(),
         };
         let listener = std::net::TcpListener::bind(config.listen)?;
         listener.set_nonblocking(true)?;
@@ -299,12 +307,9 @@ impl Service {
                     .build()?;
                 let served = runtime.block_on(async {
                     let listener = tokio::net::TcpListener::from_std(listener)?;
-                    let mut shutdown = shutdown;
-                    axum::serve(listener, app(state))
-                        .with_graceful_shutdown(async move {
-                            let _ = shutdown.wait_for(|stopping| *stopping).await;
-                        })
-                        .await
+                    limits::serve_connections(listener, app(state), connection_limits, shutdown)
+                        .await;
+                    Ok::<(), std::io::Error>(())
                 });
                 drop(runtime);
                 drop(engine);

@@ -116,10 +116,8 @@ impl Veil {
             Approval::Manual => JobState::AwaitingApproval,
             Approval::Auto => JobState::Queued,
         };
-        tx.execute(
-            "INSERT OR IGNORE INTO modules (hash, bytes) VALUES (?1, ?2)",
-            params![vetted.module_hash, wasm],
-        )?;
+        let verdict = verdict(&tx, &vetted, consumer)?;
+        store_module(&tx, &vetted.module_hash, wasm, &verdict)?;
         let ts = now();
         let manifest = &vetted.manifest;
         tx.execute(
@@ -140,7 +138,7 @@ impl Veil {
                 purpose: manifest.purpose.clone(),
             },
         )?;
-        if let Verdict::Refused(code, reason) = verdict(&tx, &vetted, consumer)? {
+        if let Verdict::Refused(code, reason) = verdict {
             return Err(refuse(tx, &self.key, &job, code, reason)?);
         }
         tx.commit()?;
@@ -442,4 +440,22 @@ impl Veil {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// Records a submission's module. Only an admitted job's module is kept whole (a run needs its
+/// bytes); a refused one is recorded by its hash alone (an empty `bytes`), so refused submissions
+/// cannot grow the store by their modules' size. A module first refused and later admitted gets
+/// its bytes then.
+fn store_module(conn: &Connection, hash: &str, wasm: &[u8], verdict: &Verdict) -> Result<()> {
+    let bytes: &[u8] = match verdict {
+        Verdict::Admitted { .. } => wasm,
+        Verdict::Refused(..) => &[],
+    };
+    conn.execute(
+        "INSERT INTO modules (hash, bytes) VALUES (?1, ?2)
+         ON CONFLICT (hash) DO UPDATE SET bytes = excluded.bytes
+           WHERE length(modules.bytes) = 0",
+        params![hash, bytes],
+    )?;
+    Ok(())
 }
