@@ -31,5 +31,6 @@ pub fn income_by_education(aggregate: Aggregate) -> Arc<JobPlan> {
         },
         public_groups: None,
         schedule: Default::default(),
+        sql: None,
     })
 }

@@ -1035,6 +1035,7 @@ mod tests {
             },
             public_groups: None,
             schedule: Default::default(),
+            sql: None,
         })
     }
 

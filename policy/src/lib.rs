@@ -25,6 +25,7 @@ pub mod manifest;
 pub mod mechanisms;
 pub mod model;
 pub mod schedule;
+pub mod sql;
 
 pub use accountant::{Charge, Delta, Spent};
 pub use error::{PolicyError, Result};

@@ -8,6 +8,7 @@ use crate::accountant::{Charge, Delta, rho_for};
 use crate::error::{Location, PolicyError, Result, line_of};
 use crate::fixed;
 use crate::model::{ColumnClass, Epsilon, MAX_EPSILON, Policy, check_bounds, is_numeric};
+use crate::sql::{SqlPlan, SqlSpec};
 
 /// Most key parts and values a job may declare; keeps the gate's work and the output shape bounded.
 pub const MAX_KEY_PARTS: usize = 8;
@@ -85,6 +86,10 @@ pub struct JobManifest {
     pub time_budget: Option<std::time::Duration>,
     /// Fuel each privacy unit gets (`fuel_per_unit`), when no time budget is declared.
     pub fuel_per_unit: Option<u64>,
+    /// A SQL job's query (`sql`, with `[bounds]` and `[weights]`); its columns, keys and values
+    /// are derived from the query by the pre-check ([`crate::sql::shape`]). `None`: a module job.
+    #[serde(default)]
+    pub sql: Option<SqlSpec>,
 }
 
 /// Longest `purpose` a manifest may state, in characters (it is shown to holders and reviewers).
@@ -96,16 +101,21 @@ pub const MAX_TIME_BUDGET_MS: i64 = 86_400_000;
 #[serde(deny_unknown_fields)]
 struct RawManifest {
     dataset: String,
-    module: String,
+    /// A module job's module; a SQL job has `sql` instead.
+    module: Option<Spanned<String>>,
+    sql: Option<Spanned<String>>,
+    /// A SQL job's per-aggregate bounds and weights, by output name.
+    bounds: Option<Spanned<std::collections::BTreeMap<String, Vec<f64>>>>,
+    weights: Option<Spanned<std::collections::BTreeMap<String, i64>>>,
     purpose: Option<Spanned<String>>,
-    columns: Spanned<Vec<String>>,
+    columns: Option<Spanned<Vec<String>>>,
     time_budget_ms: Option<Spanned<i64>>,
     fuel_per_unit: Option<Spanned<i64>>,
     epsilon: Spanned<f64>,
     blocks: Option<Spanned<i64>>,
     noise: Option<Spanned<String>>,
     delta: Option<Spanned<f64>>,
-    output: RawOutput,
+    output: Option<Spanned<RawOutput>>,
 }
 
 #[derive(Deserialize)]
@@ -155,13 +165,13 @@ fn valid_name(s: &str) -> bool {
 }
 
 impl JobManifest {
-    /// Parses and validates a manifest on its own (no policy yet).
+    /// Parses and validates a manifest on its own (no policy yet): a module job (`module`,
+    /// `columns`, `[output]`) or a SQL job (`sql`, optional `[bounds]` and `[weights]`).
     pub fn from_toml(text: &str) -> Result<JobManifest> {
         let raw: RawManifest = toml::from_str(text).map_err(|e| PolicyError::Syntax {
             what: WHAT,
             message: e.to_string(),
         })?;
-        let columns = parse_columns(text, raw.columns)?;
         let epsilon = match Epsilon::from_f64(*raw.epsilon.get_ref()) {
             Some(e) => e,
             None => {
@@ -173,65 +183,191 @@ impl JobManifest {
                 );
             }
         };
-        let keys_span = raw.output.keys.span();
-        let keys = parse_keys(text, raw.output.keys)?;
-        let blocks = match raw.blocks {
-            None => None,
-            Some(b) => {
-                let n = *b.get_ref();
-                if !(i64::from(MIN_BLOCKS)..=i64::from(MAX_BLOCKS)).contains(&n) {
-                    return invalid(
-                        text,
-                        b.span(),
-                        "blocks",
-                        format!("must be a whole number from {MIN_BLOCKS} to {MAX_BLOCKS}"),
-                    );
-                }
-                if !keys.is_empty() {
-                    return invalid(
-                        text,
-                        keys_span,
-                        "output.keys",
-                        "sample-and-aggregate jobs release one estimate per value: declare no keys",
-                    );
-                }
-                Some(n as u32)
-            }
-        };
-        let noise = parse_noise(text, raw.noise, blocks.is_some())?;
-        let delta = parse_delta(text, raw.delta)?;
-        let values = parse_values(text, raw.output.values, &keys, blocks)?;
-        let count_weight = match raw.output.count_weight {
-            None => 1,
-            Some(w) if blocks.is_some() => {
-                return invalid(
-                    text,
-                    w.span(),
-                    "output.count_weight",
-                    "sample-and-aggregate jobs release no counts: remove `count_weight`",
-                );
-            }
-            Some(w) => parse_weight(text, w.span(), "output.count_weight", *w.get_ref())?,
-        };
-        let purpose = parse_purpose(text, raw.purpose)?;
+        let purpose = parse_purpose(text, raw.purpose.clone())?;
+        let delta = parse_delta(text, raw.delta.clone())?;
         let (time_budget, fuel_per_unit) =
-            parse_schedule(text, raw.time_budget_ms, raw.fuel_per_unit)?;
-        Ok(JobManifest {
-            dataset: raw.dataset,
-            module: raw.module,
+            parse_schedule(text, raw.time_budget_ms.clone(), raw.fuel_per_unit.clone())?;
+        let common = JobManifest {
+            dataset: raw.dataset.clone(),
+            module: String::new(),
             purpose,
             time_budget,
             fuel_per_unit,
-            columns,
+            columns: Vec::new(),
             epsilon,
-            keys,
-            values,
-            count_weight,
-            blocks,
-            noise,
+            keys: Vec::new(),
+            values: Vec::new(),
+            count_weight: 1,
+            blocks: None,
+            noise: Noise::Laplace,
             delta,
-        })
+            sql: None,
+        };
+        match (&raw.module, &raw.sql) {
+            (Some(_), None) => module_job(text, raw, common),
+            (None, Some(_)) => sql_job(text, raw, common),
+            (Some(m), Some(_)) => invalid(
+                text,
+                m.span(),
+                "module",
+                "a job has a `module` or a `sql` query, not both",
+            ),
+            (None, None) => Err(PolicyError::Invalid {
+                what: WHAT,
+                location: Location {
+                    line: None,
+                    field: "module".into(),
+                },
+                message: "missing: name the job's `module` (a .wasm file) or give a `sql` query"
+                    .into(),
+            }),
+        }
     }
+}
+
+/// The module job's fields of `raw` on top of `common`.
+fn module_job(text: &str, raw: RawManifest, mut common: JobManifest) -> Result<JobManifest> {
+    for (present, field) in [
+        (raw.bounds.as_ref().map(|b| b.span()), "bounds"),
+        (raw.weights.as_ref().map(|w| w.span()), "weights"),
+    ] {
+        if let Some(span) = present {
+            return invalid(
+                text,
+                span,
+                field,
+                format!(
+                    "`[{field}]` belongs to SQL jobs; a module job declares bounds and weights in `output.values`"
+                ),
+            );
+        }
+    }
+    let module = raw.module.expect("checked by the caller");
+    let Some(columns) = raw.columns else {
+        return invalid(
+            text,
+            module.span(),
+            "columns",
+            "missing: list the columns the module reads",
+        );
+    };
+    let Some(output) = raw.output else {
+        return invalid(
+            text,
+            module.span(),
+            "output",
+            "missing: declare `[output]` with `keys` and `values`",
+        );
+    };
+    let output = output.into_inner();
+    common.columns = parse_columns(text, columns)?;
+    let keys_span = output.keys.span();
+    let keys = parse_keys(text, output.keys)?;
+    let blocks = match raw.blocks {
+        None => None,
+        Some(b) => {
+            let n = *b.get_ref();
+            if !(i64::from(MIN_BLOCKS)..=i64::from(MAX_BLOCKS)).contains(&n) {
+                return invalid(
+                    text,
+                    b.span(),
+                    "blocks",
+                    format!("must be a whole number from {MIN_BLOCKS} to {MAX_BLOCKS}"),
+                );
+            }
+            if !keys.is_empty() {
+                return invalid(
+                    text,
+                    keys_span,
+                    "output.keys",
+                    "sample-and-aggregate jobs release one estimate per value: declare no keys",
+                );
+            }
+            Some(n as u32)
+        }
+    };
+    common.noise = parse_noise(text, raw.noise, blocks.is_some())?;
+    common.values = parse_values(text, output.values, &keys, blocks)?;
+    common.count_weight = match output.count_weight {
+        None => 1,
+        Some(w) if blocks.is_some() => {
+            return invalid(
+                text,
+                w.span(),
+                "output.count_weight",
+                "sample-and-aggregate jobs release no counts: remove `count_weight`",
+            );
+        }
+        Some(w) => parse_weight(text, w.span(), "output.count_weight", *w.get_ref())?,
+    };
+    common.module = module.into_inner();
+    common.keys = keys;
+    common.blocks = blocks;
+    Ok(common)
+}
+
+/// The SQL job's fields of `raw` on top of `common`; what the query reads and releases is
+/// derived later, against the dataset's schema and policy ([`crate::sql::shape`]).
+fn sql_job(text: &str, raw: RawManifest, mut common: JobManifest) -> Result<JobManifest> {
+    let sql = raw.sql.expect("checked by the caller");
+    for (present, field, instead) in [
+        (
+            raw.columns.as_ref().map(|c| c.span()),
+            "columns",
+            "the columns the query names are the ones it reads",
+        ),
+        (
+            raw.output.as_ref().map(|o| o.span()),
+            "output",
+            "the query's GROUP BY and aggregates say what it releases; bounds and weights go in `[bounds]` and `[weights]`",
+        ),
+        (
+            raw.blocks.as_ref().map(|b| b.span()),
+            "blocks",
+            "sample-and-aggregate is for modules",
+        ),
+        (
+            raw.fuel_per_unit.as_ref().map(|f| f.span()),
+            "fuel_per_unit",
+            "a query runs no module",
+        ),
+    ] {
+        if let Some(span) = present {
+            return invalid(text, span, field, format!("not for SQL jobs: {instead}"));
+        }
+    }
+    if sql.get_ref().trim().is_empty() {
+        return invalid(text, sql.span(), "sql", "the query is empty");
+    }
+    common.noise = parse_noise(text, raw.noise, false)?;
+    let mut bounds = std::collections::BTreeMap::new();
+    if let Some(raw_bounds) = raw.bounds {
+        let span = raw_bounds.span();
+        for (name, b) in raw_bounds.into_inner() {
+            let field = format!("bounds.{name}");
+            let [lo, hi] = b[..] else {
+                return invalid(text, span, &field, "must be exactly `[lo, hi]`");
+            };
+            if let Err(message) = check_bounds(lo, hi) {
+                return invalid(text, span, &field, message);
+            }
+            bounds.insert(name, (lo, hi));
+        }
+    }
+    let mut weights = std::collections::BTreeMap::new();
+    if let Some(raw_weights) = raw.weights {
+        let span = raw_weights.span();
+        for (name, w) in raw_weights.into_inner() {
+            let weight = parse_weight(text, span.clone(), &format!("weights.{name}"), w)?;
+            weights.insert(name, weight);
+        }
+    }
+    common.sql = Some(SqlSpec {
+        text: sql.into_inner(),
+        bounds,
+        weights,
+    });
+    Ok(common)
 }
 
 /// `columns`: at least one, none twice (whether the policy allows them is the pre-check's).
@@ -610,6 +746,9 @@ pub struct JobPlan {
     pub public_groups: Option<Vec<Vec<String>>>,
     /// What the job's schedule is computed from (all public: manifest and policy).
     pub schedule: crate::schedule::ScheduleRequest,
+    /// A SQL job's query and how each value is aggregated per unit; `None`: a module job.
+    #[serde(default)]
+    pub sql: Option<SqlPlan>,
 }
 
 impl JobPlan {
@@ -627,6 +766,36 @@ pub fn precheck(
     manifest: &JobManifest,
     schema: &Schema,
     consumer: &str,
+) -> Result<JobPlan> {
+    // A SQL job declares nothing of what it reads and releases: that comes from its query.
+    let Some(spec) = &manifest.sql else {
+        return precheck_declared(policy, manifest, schema, consumer, None);
+    };
+    if !policy.allows_consumer(consumer) {
+        return Err(PolicyError::Refused(format!(
+            "consumer `{consumer}` is not allowed to use dataset `{}`",
+            manifest.dataset
+        )));
+    }
+    let shape = crate::sql::shape(spec, &manifest.dataset, schema, policy)?;
+    let derived = JobManifest {
+        columns: shape.columns,
+        keys: shape.keys,
+        values: shape.values,
+        count_weight: shape.count_weight,
+        ..manifest.clone()
+    };
+    precheck_declared(policy, &derived, schema, consumer, Some(shape.plan))
+}
+
+/// The pre-check of a manifest whose columns, keys and values are declared (a module job's, or
+/// a SQL job's as derived from its query, with its `sql` plan).
+fn precheck_declared(
+    policy: &Policy,
+    manifest: &JobManifest,
+    schema: &Schema,
+    consumer: &str,
+    sql: Option<SqlPlan>,
 ) -> Result<JobPlan> {
     if !policy.allows_consumer(consumer) {
         return Err(PolicyError::Refused(format!(
@@ -659,6 +828,8 @@ pub fn precheck(
             )));
         }
         let ty = match field.data_type() {
+            // A query reads any column type; only modules need one of the ABI's.
+            _ if sql.is_some() => DeliveredType::Text,
             DataType::Boolean => DeliveredType::Bool,
             DataType::Float16 | DataType::Float32 | DataType::Float64 => DeliveredType::Float,
             DataType::Decimal128(_, _) | DataType::Decimal256(_, _) => DeliveredType::Float,
@@ -763,6 +934,7 @@ pub fn precheck(
         charge,
         public_groups,
         schedule: crate::schedule::ScheduleRequest::for_job(manifest, policy),
+        sql,
     })
 }
 

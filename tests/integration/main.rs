@@ -22,6 +22,7 @@ mod remote_cli;
 mod results;
 mod sandbox;
 mod service;
+mod sql;
 mod structure;
 mod versions;
 mod walkthrough;

@@ -130,6 +130,7 @@ fn plan(noise: Noise, values: Vec<GateValue>, public: Option<Vec<Vec<String>>>) 
         charge,
         public_groups: public,
         schedule: Default::default(),
+        sql: None,
     }
 }
 

@@ -186,12 +186,17 @@ pub(crate) enum PolicyCmd {
 
 #[derive(Subcommand)]
 pub(crate) enum JobCmd {
-    /// Submit a job manifest (`--as CONSUMER`); prints the job id.
-    Submit { manifest: PathBuf },
-    /// Check a job manifest without submitting it (`--as CONSUMER`): every check that needs no
-    /// data, and the noise scale and 95% interval of each released cell. Spends nothing.
+    /// Submit a job (`--as CONSUMER`): a manifest file, or a SQL one-liner (`--sql`); prints the
+    /// job id.
+    Submit {
+        #[command(flatten)]
+        job: JobSource,
+    },
+    /// Check a job without submitting it (`--as CONSUMER`): every check that needs no data, and
+    /// the noise scale and 95% interval of each released cell. Spends nothing.
     Check {
-        manifest: PathBuf,
+        #[command(flatten)]
+        job: JobSource,
         /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
@@ -309,4 +314,25 @@ pub(crate) enum KeysCmd {
     First,
     /// Rotate the signing key: the old key signs a hand-over entry naming the new one.
     Rotate,
+}
+
+/// A job to submit or check: a manifest file (docs/jobs.md, or a SQL manifest, docs/sql.md), or
+/// a SQL query given on the command line with its dataset and ε.
+#[derive(clap::Args, Debug)]
+pub(crate) struct JobSource {
+    /// The job manifest (TOML).
+    #[arg(required_unless_present = "sql", conflicts_with = "sql")]
+    pub manifest: Option<PathBuf>,
+    /// A DP SQL query (docs/sql.md), instead of a manifest.
+    #[arg(long, requires_all = ["dataset", "epsilon"])]
+    pub sql: Option<String>,
+    /// With `--sql`: the dataset the query reads.
+    #[arg(long, requires = "sql")]
+    pub dataset: Option<String>,
+    /// With `--sql`: the ε the job spends.
+    #[arg(long, requires = "sql")]
+    pub epsilon: Option<f64>,
+    /// With `--sql`: why the job runs (shown to the holder and the reviewers).
+    #[arg(long, requires = "sql")]
+    pub purpose: Option<String>,
 }

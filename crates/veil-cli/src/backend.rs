@@ -3,6 +3,7 @@
 //! once over HTTP ([`crate::remote::Remote`], acting as the token's principal). Both return the
 //! same typed values, so `commands.rs` dispatches and prints each command once, and the two modes
 //! answer alike (`tests/integration/remote_cli.rs` checks every command for every role).
+
 use std::path::Path;
 
 use serde::Deserialize;
@@ -12,6 +13,42 @@ use veil_engine::{
     AuditEntry, BudgetLine, CsvFlags, DatasetView, JobView, PolicyDocument, PolicyVersion,
     Principal, Registered, Release, Role, Submission,
 };
+
+/// A job as a client sends it: the manifest's text and the module's bytes (empty for a SQL job).
+pub(crate) struct JobFiles {
+    pub manifest: String,
+    pub module: Vec<u8>,
+}
+
+impl JobFiles {
+    /// The job `source` names: a manifest file and the module it names, or a SQL one-liner
+    /// turned into the manifest it stands for.
+    pub(crate) fn read(source: &crate::args::JobSource) -> anyhow::Result<JobFiles> {
+        if let Some(path) = &source.manifest {
+            let (manifest, module) = veil_engine::read_job_files(path)?;
+            return Ok(JobFiles { manifest, module });
+        }
+        let (Some(sql), Some(dataset), Some(epsilon)) =
+            (&source.sql, &source.dataset, source.epsilon)
+        else {
+            anyhow::bail!("give a manifest file, or `--sql` with `--dataset` and `--epsilon`");
+        };
+        // TOML strings via the toml crate's own quoting: the query may hold any character.
+        let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        let mut manifest = format!(
+            "dataset = {}\nsql = {}\nepsilon = {epsilon}\n",
+            quote(dataset),
+            quote(sql)
+        );
+        if let Some(purpose) = &source.purpose {
+            manifest += &format!("purpose = {}\n", quote(purpose));
+        }
+        Ok(JobFiles {
+            manifest,
+            module: Vec::new(),
+        })
+    }
+}
 
 /// Who the commands act as.
 #[derive(Debug, Clone, Deserialize)]
@@ -73,11 +110,11 @@ pub(crate) trait Backend {
     fn policy(&mut self, dataset: &str) -> anyhow::Result<PolicyDocument>;
     fn budget(&mut self) -> anyhow::Result<Vec<BudgetLine>>;
 
-    /// Submits the job at `manifest` and answers once it has settled (or is waiting for its
-    /// holder).
-    fn submit(&mut self, manifest: &Path) -> anyhow::Result<Submission>;
-    /// Checks the job at `manifest` without submitting it.
-    fn check(&mut self, manifest: &Path) -> anyhow::Result<JobCheck>;
+    /// Submits a job (its manifest text and module bytes; none for a SQL job) and answers once it
+    /// has settled (or is waiting for its holder).
+    fn submit(&mut self, job: &JobFiles) -> anyhow::Result<Submission>;
+    /// Checks a job without submitting it.
+    fn check(&mut self, job: &JobFiles) -> anyhow::Result<JobCheck>;
     /// Approves a job and answers once it has settled.
     fn approve(&mut self, job: &str) -> anyhow::Result<JobView>;
     fn reject(&mut self, job: &str, reason: &str) -> anyhow::Result<()>;

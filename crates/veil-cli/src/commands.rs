@@ -1,7 +1,6 @@
 //! The commands that ask the domain something, dispatched once over a [`Backend`] and printed
 //! once, whichever mode answers them. (Host-only and offline commands are in `host.rs` and
 //! `offline.rs`; `main.rs` says which command belongs where.)
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -9,7 +8,7 @@ use veil_audit::review::Decision;
 use veil_engine::{CsvFlags, Role};
 
 use crate::args::{AdminCmd, AuditCmd, Command, DatasetCmd, Format, JobCmd, KeysCmd, PolicyCmd};
-use crate::backend::{Backend, LogQuery, ProofRequest, Registration};
+use crate::backend::{Backend, JobFiles, LogQuery, ProofRequest, Registration};
 use crate::{Refused, WouldBeRefused, output, write_or_print};
 
 /// Runs a client command. Requires `crate::room(&command) == Room::Client`.
@@ -128,9 +127,9 @@ fn policy(cmd: PolicyCmd, b: &mut dyn Backend) -> Result<()> {
 
 fn job(cmd: JobCmd, b: &mut dyn Backend) -> Result<()> {
     match cmd {
-        JobCmd::Submit { manifest } => submit(&manifest, b)?,
-        JobCmd::Check { manifest, json } => {
-            let check = b.check(&manifest)?;
+        JobCmd::Submit { job } => submit(&JobFiles::read(&job)?, b)?,
+        JobCmd::Check { job, json } => {
+            let check = b.check(&JobFiles::read(&job)?)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&check)?);
             } else {
@@ -167,8 +166,8 @@ fn job(cmd: JobCmd, b: &mut dyn Backend) -> Result<()> {
 
 /// Prints the job id (standard output) and its state (standard error); a refusal by policy or
 /// budget is the error [`Refused`] (exit code 3).
-fn submit(manifest: &Path, b: &mut dyn Backend) -> Result<()> {
-    let s = b.submit(manifest)?;
+fn submit(job: &JobFiles, b: &mut dyn Backend) -> Result<()> {
+    let s = b.submit(job)?;
     println!("{}", s.job.id);
     if let Some(reason) = s.refusal {
         return Err(Refused {

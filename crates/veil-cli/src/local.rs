@@ -11,7 +11,9 @@ use veil_engine::{
     PolicyVersion, Principal, Registered, Release, Role, Submission, Veil,
 };
 
-use crate::backend::{Backend, Identity, LogQuery, ProofRequest, PublicKeys, Registration};
+use crate::backend::{
+    Backend, Identity, JobFiles, LogQuery, ProofRequest, PublicKeys, Registration,
+};
 
 pub(crate) struct Local {
     veil: Veil,
@@ -87,14 +89,16 @@ impl Backend for Local {
         Ok(self.veil.budget(&self.caller)?)
     }
 
-    fn check(&mut self, manifest: &Path) -> Result<JobCheck> {
-        let (text, wasm) = veil_engine::read_job_files(manifest)?;
-        Ok(self.veil.check_job(&self.caller, &text, &wasm)?)
+    fn check(&mut self, job: &JobFiles) -> Result<JobCheck> {
+        Ok(self
+            .veil
+            .check_job(&self.caller, &job.manifest, &job.module)?)
     }
 
-    fn submit(&mut self, manifest: &Path) -> Result<Submission> {
-        let (text, wasm) = veil_engine::read_job_files(manifest)?;
-        Ok(self.veil.submit_as(&self.caller, &text, &wasm, true)?)
+    fn submit(&mut self, job: &JobFiles) -> Result<Submission> {
+        Ok(self
+            .veil
+            .submit_as(&self.caller, &job.manifest, &job.module, true)?)
     }
 
     fn approve(&mut self, job: &str) -> Result<JobView> {

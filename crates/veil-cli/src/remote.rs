@@ -2,7 +2,6 @@
 //! `VEIL_TOKEN`). The server decides who the caller is from the token, so `--as` is not used
 //! here; each call is one endpoint of `crates/veil-server/openapi.json`, its answer deserialized
 //! into the same type the engine returns in local mode.
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -16,7 +15,9 @@ use veil_engine::{
     Principal, Registered, Release, Role, Submission,
 };
 
-use crate::backend::{Backend, Identity, LogQuery, ProofRequest, PublicKeys, Registration};
+use crate::backend::{
+    Backend, Identity, JobFiles, LogQuery, ProofRequest, PublicKeys, Registration,
+};
 
 /// Largest response read (an audit export of a long-lived store can be large).
 const MAX_RESPONSE_BYTES: u64 = 1 << 30;
@@ -182,11 +183,10 @@ fn job_path(id: &str, tail: &str) -> String {
 }
 
 /// The body of a submission or check: the manifest at `manifest` and its module, base64.
-fn job_body(manifest: &Path) -> Result<Value> {
-    let (text, wasm) = veil_engine::read_job_files(manifest)?;
+fn job_body(job: &JobFiles) -> Result<Value> {
     Ok(json!({
-        "manifest": text,
-        "module": base64::engine::general_purpose::STANDARD.encode(&wasm),
+        "manifest": job.manifest,
+        "module": base64::engine::general_purpose::STANDARD.encode(&job.module),
     }))
 }
 
@@ -268,12 +268,12 @@ impl Backend for Remote {
         Ok(self.get_json::<Budget>("/v1/budget")?.budget)
     }
 
-    fn check(&mut self, manifest: &Path) -> Result<JobCheck> {
-        self.send_json("/v1/jobs/check", &job_body(manifest)?)
+    fn check(&mut self, job: &JobFiles) -> Result<JobCheck> {
+        self.send_json("/v1/jobs/check", &job_body(job)?)
     }
 
-    fn submit(&mut self, manifest: &Path) -> Result<Submission> {
-        let submitted: Submission = self.send_json("/v1/jobs", &job_body(manifest)?)?;
+    fn submit(&mut self, job: &JobFiles) -> Result<Submission> {
+        let submitted: Submission = self.send_json("/v1/jobs", &job_body(job)?)?;
         if settled(&submitted.job) {
             return Ok(submitted);
         }

@@ -276,6 +276,9 @@ impl Veil {
     /// Runs a started job's module over its units (or blocks) and passes the output through the
     /// gate: the release, or a failure that has nothing to do with what the module did.
     pub(crate) fn execute(&mut self, req: RunRequest<'_>) -> Result<RunOutput, ExecutionFailure> {
+        if req.plan.sql.is_some() {
+            return self.execute_sql(&req.plan, req.record);
+        }
         let workers = self.config.workers;
         let fuel = req.fuel_per_unit;
         let module = self.load_module(req.wasm)?;
@@ -323,6 +326,42 @@ impl Veil {
         );
         let unit_faults = faults.load(Ordering::Relaxed);
         self.release_through_gate(&plan, results, prep_notes, ranges.len() as u64, unit_faults)
+    }
+
+    /// Runs a SQL job: reads the unit column and the columns the query names (checking the
+    /// content hash) and releases the query through the gate (`veil_policy::sql`).
+    fn execute_sql(
+        &self,
+        plan: &JobPlan,
+        record: &DatasetRecord,
+    ) -> Result<RunOutput, ExecutionFailure> {
+        let sql = plan.sql.as_ref().expect("checked by the caller");
+        let internal =
+            |m: String| failure(JobCode::Internal, "the data could not be prepared", vec![m]);
+        let mut names: Vec<String> = plan.privacy_unit.iter().cloned().collect();
+        names.extend(plan.columns.iter().map(|c| c.name.clone()));
+        let mut batches = self
+            .block_on(veil_catalog::read_columns(&self.data_dir, record, &names))
+            .map_err(|e| internal(e.to_string()))?;
+        if plan.privacy_unit.is_none() {
+            batches = with_row_numbers(batches).map_err(internal)?;
+        }
+        let Some(schema) = batches.first().map(|b| b.schema()) else {
+            return Err(internal("dataset has no batches".into()));
+        };
+        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
+            .map_err(|e| internal(e.to_string()))?;
+        let mut rng = noise_rng();
+        let (release, stats) = self
+            .block_on(veil_policy::sql::release(plan, Arc::new(table), &mut rng))
+            .map_err(|e| failure(JobCode::Internal, "aggregation failed", vec![e.to_string()]))?;
+        let holder_log = vec![format!("sql: {}", sql.text), gate_summary(&stats)];
+        Ok(RunOutput {
+            release,
+            units: stats.units,
+            unit_faults: 0,
+            holder_log,
+        })
     }
 
     /// The job's module, compiled (from the cache when it was compiled before).
@@ -431,16 +470,7 @@ impl Veil {
                 units,
                 unit_faults,
             })?;
-        holder_log.push(format!(
-            "gate: {} units, {} contributions, {} malformed dropped, {} over the group limit \
-             dropped, {} outside the public partitions dropped, {} values clamped",
-            stats.units,
-            stats.contributions,
-            stats.malformed_dropped,
-            stats.over_group_limit_dropped,
-            stats.outside_partitions_dropped,
-            stats.values_clamped
-        ));
+        holder_log.push(gate_summary(&stats));
         Ok(RunOutput {
             release,
             units,
@@ -448,6 +478,50 @@ impl Veil {
             holder_log,
         })
     }
+}
+
+/// The holder log's line of bounding counters (they describe the data: holder only).
+fn gate_summary(stats: &veil_policy::BoundingStats) -> String {
+    format!(
+        "gate: {} units, {} contributions, {} malformed dropped, {} over the group limit \
+         dropped, {} outside the public partitions dropped, {} values clamped",
+        stats.units,
+        stats.contributions,
+        stats.malformed_dropped,
+        stats.over_group_limit_dropped,
+        stats.outside_partitions_dropped,
+        stats.values_clamped
+    )
+}
+
+/// The batches with the per-row unit column (`veil_policy::sql::ROW_UNIT`) appended: a dataset
+/// without a privacy unit counts each row as one unit.
+fn with_row_numbers(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, String> {
+    use datafusion::arrow::array::UInt64Array;
+    use datafusion::arrow::datatypes::{Field, Schema};
+    let mut next: u64 = 0;
+    batches
+        .into_iter()
+        .map(|b| {
+            let n = b.num_rows() as u64;
+            let ids: ArrayRef = Arc::new(UInt64Array::from_iter_values(next..next + n));
+            next += n;
+            let mut fields: Vec<Field> = b
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            fields.push(Field::new(
+                veil_policy::sql::ROW_UNIT,
+                DataType::UInt64,
+                false,
+            ));
+            let mut columns = b.columns().to_vec();
+            columns.push(ids);
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 /// What one worker thread of the per-unit map returns: its bounder, its holder-log lines and

@@ -382,7 +382,9 @@ pub(crate) async fn certificate(
 struct SubmitJob {
     /// The job manifest (TOML); its `module` field is ignored.
     manifest: String,
-    /// The WebAssembly module or component, base64 (standard alphabet, padded).
+    /// The WebAssembly module or component, base64 (standard alphabet, padded); empty or absent
+    /// for a SQL job (a manifest with `sql`).
+    #[serde(default)]
     module: String,
 }
 

@@ -175,6 +175,7 @@ mod tests {
             },
             public_groups: Some(vec![vec![]]),
             schedule: Default::default(),
+            sql: None,
         }
     }
 

@@ -76,6 +76,24 @@ impl Veil {
                 manifest.dataset
             ))
         })?;
+        let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
+        if let Some(sql) = &manifest.sql {
+            // The query itself is planned and checked by the pre-check (bad SQL is bad input
+            // there, before anything is recorded); its text is the job's algorithm.
+            if !wasm.is_empty() {
+                return Err(bad(
+                    "a SQL job runs no module: send the manifest's `sql` without a module",
+                ));
+            }
+            return Ok(Vetted {
+                module_hash: veil_policy::document_hash(&sql.text),
+                manifest_hash: document_hash(text),
+                declares_columns: true,
+                manifest,
+                stored,
+                schema,
+            });
+        }
         // Validate and compile before recording anything: a bad module is bad input.
         let compiled = self.sandbox()?.compile(wasm)?;
         if compiled.is_component() && manifest.blocks.is_none() {
@@ -92,7 +110,6 @@ impl Veil {
         // anything is recorded (it depends on public values only).
         let request = veil_policy::schedule::ScheduleRequest::for_job(&manifest, &stored.policy);
         veil_policy::schedule::schedule(&request, &self.config.cost_model())?;
-        let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
         Ok(Vetted {
             module_hash: compiled.hash().to_owned(),
             manifest_hash: document_hash(text),

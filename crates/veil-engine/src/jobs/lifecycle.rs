@@ -15,6 +15,9 @@ pub fn read_job_files(manifest_path: &Path) -> Result<(String, Vec<u8>)> {
         ))
     })?;
     let manifest = JobManifest::from_toml(&text)?;
+    if manifest.sql.is_some() {
+        return Ok((text, Vec::new()));
+    }
     let module_path = manifest_path
         .parent()
         .unwrap_or(Path::new("."))
@@ -117,7 +120,12 @@ impl Veil {
             Approval::Auto => JobState::Queued,
         };
         let verdict = verdict(&tx, &vetted, consumer)?;
-        store_module(&tx, &vetted.module_hash, wasm, &verdict)?;
+        // A SQL job's algorithm is its query's text.
+        let algorithm = match &vetted.manifest.sql {
+            Some(sql) => sql.text.as_bytes(),
+            None => wasm,
+        };
+        store_module(&tx, &vetted.module_hash, algorithm, &verdict)?;
         let ts = now();
         let manifest = &vetted.manifest;
         tx.execute(

@@ -1,0 +1,101 @@
+//! What a SQL job's planner can reach: one table (the job's dataset) and DataFusion's built-in
+//! scalar and aggregate functions. No other table, no table functions, no window functions, no
+//! lambdas, no variables, no files: the planner answers "not found" for each, so a query naming
+//! them fails to plan before anything is read or spent.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::catalog::TableProvider;
+use datafusion::catalog::default_table_source::provider_as_source;
+use datafusion::common::TableReference;
+use datafusion::config::ConfigOptions;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::planner::{ContextProvider, ExprPlanner};
+use datafusion::logical_expr::{AggregateUDF, HigherOrderUDF, ScalarUDF, TableSource, WindowUDF};
+
+/// The planner's view of the world for one query.
+pub(super) struct DatasetOnly {
+    /// The names the dataset answers to: its short name, then its id (`owner:name`).
+    names: Vec<String>,
+    source: Arc<dyn TableSource>,
+    scalars: HashMap<String, Arc<ScalarUDF>>,
+    aggregates: HashMap<String, Arc<AggregateUDF>>,
+    planners: Vec<Arc<dyn ExprPlanner>>,
+    options: ConfigOptions,
+}
+
+impl DatasetOnly {
+    /// `names` are the only names a query may read (requires at least one); `provider` the
+    /// dataset's rows (an empty table with its schema when only planning).
+    pub(super) fn new(names: Vec<String>, provider: Arc<dyn TableProvider>) -> DatasetOnly {
+        let state = SessionStateBuilder::new().with_default_features().build();
+        DatasetOnly {
+            names,
+            source: provider_as_source(provider),
+            scalars: state.scalar_functions().clone(),
+            aggregates: state.aggregate_functions().clone(),
+            planners: state.expr_planners().to_vec(),
+            options: state.config_options().as_ref().clone(),
+        }
+    }
+}
+
+impl ContextProvider for DatasetOnly {
+    fn get_table_source(&self, name: TableReference) -> Result<Arc<dyn TableSource>> {
+        match name {
+            TableReference::Bare { table } if self.names.iter().any(|n| *n == *table) => {
+                Ok(self.source.clone())
+            }
+            other => Err(DataFusionError::Plan(format!(
+                "the query reads `{other}`; a SQL job reads only its dataset, `{}`",
+                self.names[0]
+            ))),
+        }
+    }
+
+    fn get_expr_planners(&self) -> &[Arc<dyn ExprPlanner>] {
+        &self.planners
+    }
+
+    fn get_function_meta(&self, name: &str) -> Option<Arc<ScalarUDF>> {
+        self.scalars.get(name).cloned()
+    }
+
+    fn get_higher_order_meta(&self, _name: &str) -> Option<Arc<HigherOrderUDF>> {
+        None
+    }
+
+    fn get_aggregate_meta(&self, name: &str) -> Option<Arc<AggregateUDF>> {
+        self.aggregates.get(name).cloned()
+    }
+
+    fn get_window_meta(&self, _name: &str) -> Option<Arc<WindowUDF>> {
+        None
+    }
+
+    fn get_variable_type(&self, _variable_names: &[String]) -> Option<DataType> {
+        None
+    }
+
+    fn options(&self) -> &ConfigOptions {
+        &self.options
+    }
+
+    fn udf_names(&self) -> Vec<String> {
+        self.scalars.keys().cloned().collect()
+    }
+
+    fn higher_order_function_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn udaf_names(&self) -> Vec<String> {
+        self.aggregates.keys().cloned().collect()
+    }
+
+    fn udwf_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+}

@@ -1,0 +1,183 @@
+//! The run of a SQL job: the accepted plan rewritten into one contribution per (unit, group),
+//! bounded by the gate's [`Bounder`] and released by the gate.
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, Float64Array, RecordBatch, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::catalog::TableProvider;
+use datafusion::common::Column;
+use datafusion::functions_aggregate::expr_fn::{avg, count, sum};
+use datafusion::logical_expr::{
+    Expr, LogicalPlan, LogicalPlanBuilder, cast as cast_expr, col, lit,
+};
+use datafusion::prelude::SessionContext;
+use rand::seq::SliceRandom;
+use rand::{CryptoRng, Rng};
+
+use super::rows::total;
+use super::{PerUnit, Released, SqlPlan, dissect, plan_query};
+use crate::Release;
+use crate::error::{PolicyError, Result};
+use crate::gate::{self, Bounder, BoundingStats, GateContribution};
+use crate::manifest::JobPlan;
+
+/// Runs a SQL job's query over `table` (the dataset's rows: the unit column and the columns the
+/// query reads) and releases it through the gate with noise from `rng`. Requires `plan.sql`.
+pub async fn release<R: Rng + CryptoRng>(
+    plan: &JobPlan,
+    table: Arc<dyn TableProvider>,
+    rng: &mut R,
+) -> Result<(Release, BoundingStats)> {
+    let sql = plan
+        .sql
+        .as_ref()
+        .ok_or_else(|| PolicyError::Aggregation("not a SQL job".into()))?;
+    let contributions = contributions(sql, table)?;
+    let batches = SessionContext::new()
+        .execute_logical_plan(contributions)
+        .await?
+        .collect()
+        .await?;
+    let bounder = bound(plan, &batches, rng)?;
+    gate::release(plan, vec![bounder], rng).await
+}
+
+/// The plan of one row per (unit, group): `unit`, the key parts `k0..` as text and the values
+/// `v0..` as Float64, each the unit's own aggregate of its rows in the group (see the module
+/// docs of `sql`), ordered by unit.
+pub(super) fn contributions(sql: &SqlPlan, table: Arc<dyn TableProvider>) -> Result<LogicalPlan> {
+    let logical = plan_query(&sql.text, sql.tables.clone(), table)?;
+    let dissected = dissect(&logical, &sql.unit)?;
+    // The dataset's rows under the query's filters, made total (see `rows`).
+    let mut input = LogicalPlanBuilder::from(dissected.base.clone());
+    for predicate in &dissected.filters {
+        input = input.filter(total(predicate.clone())?)?;
+    }
+    let input = input.build()?;
+    let (qualifier, _) = input
+        .schema()
+        .qualified_field_with_unqualified_name(&sql.unit)
+        .map_err(|e| PolicyError::Aggregation(e.to_string()))?;
+    let unit = Expr::Column(Column::new(qualifier.cloned(), sql.unit.clone()));
+    let mut rows = vec![unit.alias("__unit")];
+    for (i, (_, e)) in dissected.keys.iter().enumerate() {
+        rows.push(total(e.clone())?.alias(format!("__k{i}")));
+    }
+    let mut per_unit = Vec::new();
+    let mut j = 0;
+    for (_, released) in &dissected.values {
+        if let Released::Value { arg, .. } = released {
+            rows.push(total(arg.clone())?.alias(format!("__a{j}")));
+            let a = col(format!("__a{j}"));
+            let kind = sql.per_unit.get(j).copied().ok_or_else(|| {
+                PolicyError::Aggregation("the plan's values differ from the query's".into())
+            })?;
+            per_unit.push(
+                match kind {
+                    PerUnit::Sum => sum(a),
+                    PerUnit::Mean => avg(a),
+                    PerUnit::Count => count(a),
+                }
+                .alias(format!("__v{j}")),
+            );
+            j += 1;
+        }
+    }
+    let mut group = vec![col("__unit")];
+    group.extend((0..dissected.keys.len()).map(|i| col(format!("__k{i}"))));
+    let mut out = vec![cast_expr(col("__unit"), DataType::Utf8).alias("unit")];
+    for i in 0..dissected.keys.len() {
+        out.push(
+            datafusion::functions::core::expr_fn::coalesce(vec![
+                cast_expr(col(format!("__k{i}")), DataType::Utf8),
+                lit("NULL"),
+            ])
+            .alias(format!("k{i}")),
+        );
+    }
+    for j in 0..per_unit.len() {
+        out.push(
+            datafusion::functions::core::expr_fn::coalesce(vec![
+                cast_expr(col(format!("__v{j}")), DataType::Float64),
+                lit(0.0f64),
+            ])
+            .alias(format!("v{j}")),
+        );
+    }
+    // Rows without a unit belong to nobody the gate can bound: they are not used (as for
+    // module jobs).
+    Ok(LogicalPlanBuilder::from(input)
+        .project(rows)?
+        .filter(col("__unit").is_not_null())?
+        .aggregate(group, per_unit)?
+        .project(out)?
+        .sort(vec![col("unit").sort(true, false)])?
+        .build()?)
+}
+
+/// Feeds the per-(unit, group) rows to a [`Bounder`], one unit at a time, each unit's groups in
+/// a random order: the Bounder keeps a unit's first `max_groups_per_unit` groups, so they are a
+/// uniformly random choice rather than whichever the data listed first. Requires the rows to be
+/// ordered by unit, with columns `unit`, `k0..` and `v0..`.
+pub(super) fn bound<R: Rng + CryptoRng>(
+    plan: &JobPlan,
+    batches: &[RecordBatch],
+    rng: &mut R,
+) -> Result<Bounder> {
+    let mut bounder = Bounder::new(Arc::new(plan.clone()));
+    let (nkeys, nvalues) = (plan.keys.len(), plan.values.len());
+    let mut current: Option<String> = None;
+    let mut pending: Vec<GateContribution> = Vec::new();
+    let mut next_id: u64 = 0;
+    let mut flush = |pending: &mut Vec<GateContribution>, rng: &mut R| {
+        pending.shuffle(rng);
+        bounder.add_unit(next_id, std::mem::take(pending));
+        next_id += 1;
+    };
+    for batch in batches {
+        let units = text_column(batch, 0)?;
+        let keys = (0..nkeys)
+            .map(|i| text_column(batch, 1 + i))
+            .collect::<Result<Vec<_>>>()?;
+        let values = (0..nvalues)
+            .map(|j| float_column(batch, 1 + nkeys + j))
+            .collect::<Result<Vec<_>>>()?;
+        for row in 0..batch.num_rows() {
+            let unit = units.value(row);
+            if current.as_deref() != Some(unit) {
+                if current.is_some() {
+                    flush(&mut pending, rng);
+                }
+                current = Some(unit.to_owned());
+            }
+            pending.push(GateContribution {
+                key: keys.iter().map(|k| k.value(row).to_owned()).collect(),
+                values: values.iter().map(|v| v.value(row)).collect(),
+            });
+        }
+    }
+    if current.is_some() {
+        flush(&mut pending, rng);
+    }
+    Ok(bounder)
+}
+
+fn text_column(batch: &RecordBatch, i: usize) -> Result<StringArray> {
+    let a = cast(batch.column(i), &DataType::Utf8)?;
+    a.as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .ok_or_else(|| PolicyError::Aggregation(format!("column {i} is not text")))
+}
+
+fn float_column(batch: &RecordBatch, i: usize) -> Result<Float64Array> {
+    let a = batch.column(i);
+    if a.null_count() > 0 {
+        return Err(PolicyError::Aggregation(format!("column {i} has nulls")));
+    }
+    a.as_any()
+        .downcast_ref::<Float64Array>()
+        .cloned()
+        .ok_or_else(|| PolicyError::Aggregation(format!("column {i} is not Float64")))
+}

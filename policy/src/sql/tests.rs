@@ -1,0 +1,417 @@
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use rand::SeedableRng;
+
+use super::*;
+use crate::manifest::{JobManifest, precheck};
+use crate::model::Policy;
+
+const POLICY: &str = r#"
+privacy_unit = "person_id"
+consumers = ["acme"]
+approval = "auto"
+min_units_per_group = 1
+max_groups_per_unit = 1
+[dp]
+epsilon_per_job = 1.0
+epsilon_total = 3.0
+[columns]
+educ = { class = "public" }
+region = { class = "public" }
+income = { class = "sensitive", bounds = [0, 5000] }
+ssn = { class = "forbidden" }
+"#;
+
+fn schema() -> Schema {
+    Schema::new(vec![
+        Field::new("person_id", DataType::Int64, false),
+        Field::new("educ", DataType::Utf8, true),
+        Field::new("region", DataType::Utf8, true),
+        Field::new("income", DataType::Float64, true),
+        Field::new("ssn", DataType::Utf8, true),
+    ])
+}
+
+fn spec(text: &str) -> SqlSpec {
+    SqlSpec {
+        text: text.into(),
+        bounds: Default::default(),
+        weights: Default::default(),
+    }
+}
+
+fn shape_of(text: &str) -> Result<Shape> {
+    let policy = Policy::from_toml(POLICY).unwrap();
+    shape(&spec(text), "clinic:people", &schema(), &policy)
+}
+
+#[test]
+fn a_grouped_query_releases_its_keys_counts_and_values() {
+    let s = shape_of(
+        "SELECT educ, COUNT(*) AS people, AVG(income) AS mean_income, SUM(income) AS total \
+         FROM people WHERE region = 'north' GROUP BY educ",
+    )
+    .unwrap();
+    assert_eq!(s.keys, ["educ"]);
+    let names: Vec<&str> = s.values.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["mean_income", "total"]);
+    assert_eq!(s.values[0].aggregate, Aggregate::Mean);
+    assert_eq!(s.values[0].bounds, (0.0, 5000.0), "the policy's bounds");
+    assert_eq!(s.values[1].aggregate, Aggregate::Sum);
+    assert_eq!(s.plan.per_unit, [PerUnit::Mean, PerUnit::Sum]);
+    assert_eq!(s.columns, ["educ", "income", "region"]);
+    assert_eq!(s.plan.tables, ["people", "clinic:people"]);
+}
+
+#[test]
+fn derived_keys_declared_bounds_weights_and_quantiles() {
+    let policy = Policy::from_toml(POLICY).unwrap();
+    let mut sql = spec(
+        "SELECT CASE WHEN income > 1000 THEN 'high' ELSE 'low' END AS band, \
+         COUNT(DISTINCT person_id) AS n, SUM(income / 1000) AS k, MEDIAN(income) AS med, \
+         COUNT(region) AS with_region FROM \"clinic:people\" AS p GROUP BY band",
+    );
+    sql.bounds.insert("k".into(), (0.0, 5.0));
+    sql.weights.insert("n".into(), 3);
+    sql.weights.insert("k".into(), 2);
+    let s = shape(&sql, "clinic:people", &schema(), &policy).unwrap();
+    assert_eq!(s.keys, ["band"]);
+    assert_eq!(s.count_weight, 3);
+    assert_eq!(s.values[0].bounds, (0.0, 5.0));
+    assert_eq!(s.values[0].weight, 2);
+    assert_eq!(s.values[1].aggregate, Aggregate::Quantile(500_000));
+    assert_eq!(
+        s.values[2].bounds,
+        (0.0, 1.0),
+        "COUNT(x) is an indicator per person"
+    );
+    assert_eq!(
+        s.plan.per_unit,
+        [PerUnit::Sum, PerUnit::Mean, PerUnit::Count]
+    );
+}
+
+/// Every refused construct: (query, a phrase its message must hold).
+const REFUSED: &[(&str, &str)] = &[
+    ("SELECT income FROM people", "releases rows"),
+    ("SELECT * FROM people", "releases rows"),
+    ("SELECT DISTINCT educ FROM people", "DISTINCT"),
+    (
+        "SELECT educ, COUNT(*) AS n FROM people GROUP BY educ ORDER BY n",
+        "ORDER BY",
+    ),
+    ("SELECT COUNT(*) AS n FROM people LIMIT 1", "LIMIT"),
+    (
+        "SELECT educ, COUNT(*) AS n FROM people GROUP BY educ HAVING COUNT(*) > 3",
+        "HAVING",
+    ),
+    (
+        "SELECT COUNT(*) AS n FROM people a JOIN people b ON a.person_id = b.person_id",
+        "joins",
+    ),
+    (
+        "SELECT COUNT(*) AS n FROM (SELECT educ FROM people) t",
+        "subqueries",
+    ),
+    (
+        "SELECT COUNT(*) AS n FROM people WHERE income > (SELECT AVG(income) FROM people)",
+        "subqueries",
+    ),
+    (
+        "SELECT COUNT(*) AS n FROM people WHERE educ IN (SELECT educ FROM people)",
+        "subqueries",
+    ),
+    ("SELECT COUNT(*) AS n FROM other", "reads only its dataset"),
+    (
+        "SELECT COUNT(*) AS n FROM information_schema.tables",
+        "reads only its dataset",
+    ),
+    (
+        "SELECT COUNT(*) AS n FROM generate_series(1, 10)",
+        "table functions",
+    ),
+    (
+        "SELECT COUNT(*) AS n FROM '/etc/passwd'",
+        "reads only its dataset",
+    ),
+    (
+        "SELECT COUNT(*) AS n FROM people; SELECT COUNT(*) AS m FROM people",
+        "2 statements",
+    ),
+    ("CREATE TABLE t (a INT)", "not a SELECT"),
+    ("DROP TABLE people", "not a SELECT"),
+    ("INSERT INTO people VALUES (1)", "not a SELECT"),
+    ("COPY people TO '/tmp/x.csv'", "not a query"),
+    (
+        "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'",
+        "not a query",
+    ),
+    ("EXPLAIN SELECT COUNT(*) FROM people", "not a query"),
+    (
+        "SELECT educ, ROW_NUMBER() OVER (ORDER BY educ) AS r FROM people",
+        "row_number",
+    ),
+    (
+        "SELECT SUM(income) / 2 AS half FROM people",
+        "computed from aggregates",
+    ),
+    (
+        "SELECT educ, COUNT(*) AS n FROM people GROUP BY educ, region",
+        "not in the SELECT list",
+    ),
+    (
+        "SELECT upper(educ), COUNT(*) AS n FROM people GROUP BY upper(educ)",
+        "needs a name",
+    ),
+    (
+        "SELECT COUNT(DISTINCT educ) AS n FROM people",
+        "COUNT(DISTINCT",
+    ),
+    (
+        "SELECT VAR_SAMP(income) AS v FROM people",
+        "not supported yet",
+    ),
+    ("SELECT SUM(income * 2) AS s FROM people", "needs bounds"),
+    (
+        "SELECT random() > 0.5 AS coin, COUNT(*) AS n FROM people GROUP BY coin",
+        "`random` is not available",
+    ),
+    ("SELECT COUNT(*) AS n, COUNT(1) AS m FROM people", "twice"),
+    (
+        "SELECT PERCENTILE_CONT(income, 1.5) AS p FROM people",
+        "between 0 and 1",
+    ),
+    (
+        "SELECT COUNT(*) AS n FROM people -- a comment\n; DROP TABLE people",
+        "2 statements",
+    ),
+    ("SELEC COUNT(*) FROM people", "does not parse"),
+    (
+        "SELECT COUNT(*) AS n FROM people WHERE repeat(educ, 3) = 'x'",
+        "`repeat` is not available",
+    ),
+    (
+        "SELECT COUNT(*) AS n FROM people WHERE to_timestamp(educ) > now()",
+        "`to_timestamp`",
+    ),
+    ("", "0 statements"),
+];
+
+#[test]
+fn unsupported_constructs_are_refused_naming_them() {
+    for (query, phrase) in REFUSED {
+        match shape_of(query) {
+            Err(e @ PolicyError::Invalid { .. }) => {
+                let text = e.to_string();
+                assert!(
+                    text.to_lowercase().contains(&phrase.to_lowercase()),
+                    "{query}: {text}"
+                );
+            }
+            other => panic!("{query}: expected a refusal, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_policy_decides_columns_and_the_unit_is_only_counted() {
+    for (query, phrase) in [
+        (
+            "SELECT COUNT(*) AS n FROM people WHERE ssn = '1'",
+            "forbidden",
+        ),
+        (
+            "SELECT person_id, COUNT(*) AS n FROM people GROUP BY person_id",
+            "privacy unit",
+        ),
+        (
+            "SELECT COUNT(*) AS n FROM people WHERE person_id < 10",
+            "privacy unit",
+        ),
+        ("SELECT SUM(person_id) AS s FROM people", "privacy unit"),
+    ] {
+        match shape_of(query) {
+            Err(PolicyError::Refused(m)) => assert!(m.contains(phrase), "{query}: {m}"),
+            other => panic!("{query}: expected a policy refusal, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn long_and_deep_queries_are_refused_before_parsing() {
+    let deep = format!(
+        "SELECT COUNT(*) AS n FROM people WHERE {}income{} > 1",
+        "(".repeat(200),
+        ")".repeat(200)
+    );
+    assert!(shape_of(&deep).unwrap_err().to_string().contains("deep"));
+    let long = format!(
+        "SELECT COUNT(*) AS n FROM people WHERE educ IN ({})",
+        vec!["'x'"; 10_000].join(",")
+    );
+    assert!(
+        shape_of(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("bytes long")
+    );
+}
+
+/// Bounded fuzzing: mutated queries plan or fail with an error, never a panic.
+#[test]
+fn mutated_queries_plan_or_fail_cleanly() {
+    let base = "SELECT educ, COUNT(*) AS n, AVG(income) AS m FROM people WHERE region = 'n' \
+                GROUP BY educ";
+    let mut m = veil_abi::mutation::Mutator::new(0x5e1);
+    for _ in 0..1500 {
+        let bytes = m.mutate(base.as_bytes());
+        let _ = shape_of(&String::from_utf8_lossy(&bytes));
+    }
+}
+
+fn people_table() -> Arc<MemTable> {
+    let batch = RecordBatch::try_new(
+        Arc::new(schema()),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 1, 2, 3, 3, 3])),
+            Arc::new(StringArray::from(vec!["a", "a", "a", "b", "b", "a"])),
+            Arc::new(StringArray::from(vec!["n"; 6])),
+            Arc::new(Float64Array::from(vec![
+                Some(100.0),
+                Some(300.0),
+                None,
+                Some(7000.0),
+                Some(10.0),
+                Some(50.0),
+            ])),
+            Arc::new(StringArray::from(vec!["x"; 6])),
+        ],
+    )
+    .unwrap();
+    Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap())
+}
+
+/// The rewrite yields one row per (unit, group) with the unit's own aggregate of its rows.
+#[tokio::test]
+async fn the_rewrite_gives_each_unit_one_row_per_group() {
+    let s = shape_of(
+        "SELECT educ, SUM(income) AS total, AVG(income) AS mean FROM people GROUP BY educ",
+    )
+    .unwrap();
+    let plan = contributions_of(&s.plan).await;
+    let rows: Vec<String> = plan
+        .iter()
+        .flat_map(|b| {
+            let cols: Vec<_> = (0..b.num_columns())
+                .map(|i| datafusion::arrow::compute::cast(b.column(i), &DataType::Utf8).unwrap())
+                .collect();
+            (0..b.num_rows())
+                .map(|r| {
+                    cols.iter()
+                        .map(|c| c.as_any().downcast_ref::<StringArray>().unwrap().value(r))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut sorted = rows.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            "1 a 400.0 200.0",
+            "2 a 0.0 0.0",
+            "3 a 50.0 50.0",
+            "3 b 7010.0 3505.0",
+        ],
+        "unclamped here: the Bounder clamps"
+    );
+}
+
+async fn contributions_of(plan: &SqlPlan) -> Vec<RecordBatch> {
+    let logical = rewrite::contributions(plan, people_table()).unwrap();
+    SessionContext::new()
+        .execute_logical_plan(logical)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap()
+}
+
+/// A person in more groups than `max_groups_per_unit` keeps a uniformly random choice of them,
+/// not the first the data lists: over 400 releases of one person in groups `a` and `b` with a
+/// limit of one group, each is kept about half the time (binomial, n = 400, p = 1/2: a count
+/// outside [150, 250] has probability below 10⁻⁶).
+#[tokio::test]
+async fn the_group_limit_keeps_a_random_choice() {
+    let policy = Policy::from_toml(POLICY).unwrap();
+    let manifest = JobManifest::from_toml(
+        "dataset = \"clinic:people\"\nsql = \"SELECT educ, COUNT(*) AS n FROM people GROUP BY educ\"\nepsilon = 1.0\n",
+    )
+    .unwrap();
+    let plan = precheck(&policy, &manifest, &schema(), "acme").unwrap();
+    let batch = RecordBatch::try_new(
+        Arc::new(schema()),
+        vec![
+            Arc::new(Int64Array::from(vec![3, 3])),
+            Arc::new(StringArray::from(vec!["a", "b"])),
+            Arc::new(StringArray::from(vec!["n"; 2])),
+            Arc::new(Float64Array::from(vec![1.0, 2.0])),
+            Arc::new(StringArray::from(vec!["x"; 2])),
+        ],
+    )
+    .unwrap();
+    let table = Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap());
+    let logical = rewrite::contributions(plan.sql.as_ref().unwrap(), table).unwrap();
+    let batches = SessionContext::new()
+        .execute_logical_plan(logical)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+    let mut kept_a = 0;
+    for _ in 0..400 {
+        let bounder = rewrite::bound(&plan, &batches, &mut rng).unwrap();
+        let (exact, stats) = crate::gate::aggregate(&plan, vec![bounder]).await.unwrap();
+        assert_eq!(stats.over_group_limit_dropped, 1);
+        if exact.groups.contains_key(&vec!["a".to_owned()]) {
+            kept_a += 1;
+        }
+    }
+    assert!(
+        (150..=250).contains(&kept_a),
+        "kept `a` {kept_a} of 400 times"
+    );
+}
+
+/// Expressions that would fail on some rows (a cast that does not convert, a division by zero)
+/// give NULL instead, so whether a job runs never depends on the data.
+#[tokio::test]
+async fn failing_row_expressions_are_null_not_errors() {
+    let policy = Policy::from_toml(POLICY).unwrap();
+    let mut sql = spec(
+        "SELECT educ, SUM(CAST(educ AS BIGINT)) AS cast_sum, \
+         SUM(CAST(income AS BIGINT) / (CAST(income AS BIGINT) - CAST(income AS BIGINT))) AS div \
+         FROM people WHERE CAST(region AS INT) IS NULL OR 1 % 0 = 1 GROUP BY educ",
+    );
+    sql.bounds.insert("cast_sum".into(), (0.0, 10.0));
+    sql.bounds.insert("div".into(), (0.0, 10.0));
+    let s = shape(&sql, "clinic:people", &schema(), &policy).unwrap();
+    let batches = contributions_of(&s.plan).await;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 4, "every (unit, group) present, values NULL → 0");
+    for b in &batches {
+        for j in [2, 3] {
+            let v = b.column(j).as_any().downcast_ref::<Float64Array>().unwrap();
+            assert!(v.iter().all(|x| x == Some(0.0)), "{v:?}");
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! DP SQL jobs (docs/sql.md) through the whole pipeline: the CLI one-liner and manifests, local
+//! and over HTTP, the check, refusals that record nothing, and the released answers against the
+//! exact ones.
+use std::process::Command;
+
+use crate::common::*;
+
+/// The people dataset's exact answer (common::people_csv): 200 people with educ 12 earning
+/// 700 + id % 10 (even ids: mean 704), 200 with educ 16 earning 1300 + id % 10 (odd ids: mean
+/// 1305), and 2 with educ 20 — a group below the policy's minimum of 20.
+const QUERY: &str = "SELECT educ, COUNT(*) AS people, AVG(weekly_income) AS mean_income \
+                     FROM people GROUP BY educ";
+
+/// Runs veil with a fixed noise seed (debug builds only), so the released numbers are
+/// reproducible and the interval checks below are deterministic.
+fn seeded(env: &Env, seed: u64, args: &[&str]) -> String {
+    let out = Command::new(veil_bin())
+        .arg("--data-dir")
+        .arg(env.data_dir())
+        .args(args)
+        .env("VEIL_INSECURE_TEST_NOISE_SEED", seed.to_string())
+        .output()
+        .expect("run veil");
+    assert!(
+        out.status.success(),
+        "veil {args:?}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn within(cell: &serde_json::Value, exact: f64) -> bool {
+    let ci = &cell["ci95"];
+    ci[0].as_f64().unwrap() <= exact && exact <= ci[1].as_f64().unwrap()
+}
+
+#[test]
+fn a_sql_one_liner_releases_counts_and_means_through_the_gate() {
+    let env = Env::new();
+    env.setup("auto");
+    let job = seeded(
+        &env,
+        11,
+        &[
+            "--as",
+            CONSUMER,
+            "job",
+            "submit",
+            "--sql",
+            QUERY,
+            "--dataset",
+            "people",
+            "--epsilon",
+            "1",
+            "--purpose",
+            "wages by education",
+        ],
+    );
+    let job = job.trim();
+    let result: serde_json::Value = serde_json::from_str(
+        &env.ok(&["--as", CONSUMER, "job", "result", job, "--format", "json"]),
+    )
+    .unwrap();
+    assert_eq!(result["key_names"], serde_json::json!(["educ"]));
+    let rows = result["rows"].as_array().unwrap();
+    let keys: Vec<&str> = rows.iter().map(|r| r["key"][0].as_str().unwrap()).collect();
+    assert_eq!(
+        keys,
+        ["12", "16"],
+        "the 2-person group is withheld: {result}"
+    );
+    for (row, (count, mean)) in rows.iter().zip([(200.0, 704.0), (200.0, 1305.0)]) {
+        assert!(within(&row["units"], count), "{row}");
+        let value = &row["values"][0];
+        assert_eq!(value["name"], "mean_income");
+        assert!(within(&value["mean"], mean), "{row}");
+    }
+    assert_eq!(result["epsilon"], 1.0);
+    // The holder's log shows the query and the gate's counters; the audit log its hash.
+    let log = env.ok(&["--as", HOLDER, "job", "logs", job]);
+    assert!(log.contains("sql: SELECT educ"), "{log}");
+    assert!(log.contains("gate: 402 units"), "{log}");
+    let audit = env.ok(&["audit", "log", "--format", "json"]);
+    let hash = veil_policy::document_hash(QUERY);
+    assert!(
+        audit.contains(&hash),
+        "the query's SHA-256 is the job's algorithm"
+    );
+    // The budget is charged as for any job, and the receipt verifies offline.
+    let budget = env.ok(&["--as", CONSUMER, "budget"]);
+    assert!(budget.contains("1.0") || budget.contains(" 1 "), "{budget}");
+    let receipt = env.path().join("r.json");
+    env.ok(&[
+        "--as",
+        CONSUMER,
+        "job",
+        "receipt",
+        job,
+        "--out",
+        receipt.to_str().unwrap(),
+    ]);
+    let key = env.ok(&["keys", "public"]);
+    env.ok(&[
+        "receipt",
+        "verify",
+        receipt.to_str().unwrap(),
+        "--public-key",
+        key.trim(),
+    ]);
+}
+
+/// Released intervals cover the exact answer about 95% of the time: over 40 seeded releases
+/// of 2 groups × (count, mean), at most 12 of the 160 cells miss (expected 8 or fewer: the
+/// intervals are exact for the count and conservative for the mean; 12 or more misses has
+/// probability below 0.5% under a 5% miss rate).
+#[test]
+fn sql_intervals_cover_the_exact_answers() {
+    let env = Env::new();
+    env.setup_with_policy(&policy("auto").replace("epsilon_total = 1.5", "epsilon_total = 100"));
+    let mut misses = 0;
+    for seed in 0..40 {
+        let job = seeded(
+            &env,
+            1000 + seed,
+            &[
+                "--as",
+                CONSUMER,
+                "job",
+                "submit",
+                "--sql",
+                QUERY,
+                "--dataset",
+                "people",
+                "--epsilon",
+                "0.5",
+            ],
+        );
+        let result: serde_json::Value = serde_json::from_str(&env.ok(&[
+            "--as",
+            CONSUMER,
+            "job",
+            "result",
+            job.trim(),
+            "--format",
+            "json",
+        ]))
+        .unwrap();
+        for row in result["rows"].as_array().unwrap() {
+            let (count, mean) = match row["key"][0].as_str().unwrap() {
+                "12" => (200.0, 704.0),
+                "16" => (200.0, 1305.0),
+                other => panic!("unexpected group {other}"),
+            };
+            misses += usize::from(!within(&row["units"], count));
+            misses += usize::from(!within(&row["values"][0]["mean"], mean));
+        }
+    }
+    assert!(misses <= 12, "{misses} of 160 cells missed");
+}
+
+/// `job check --sql` forecasts the release and spends nothing; refused constructs are bad
+/// input that records nothing.
+#[test]
+fn sql_checks_spend_nothing_and_refusals_record_nothing() {
+    let env = Env::new();
+    env.setup("auto");
+    let check = env.ok(&[
+        "--as",
+        CONSUMER,
+        "job",
+        "check",
+        "--sql",
+        QUERY,
+        "--dataset",
+        "people",
+        "--epsilon",
+        "0.5",
+        "--json",
+    ]);
+    let check: serde_json::Value = serde_json::from_str(&check).unwrap();
+    assert!(check["forecast"].is_object(), "{check}");
+    assert_eq!(check["module_hash"], veil_policy::document_hash(QUERY));
+    let before = env.snapshot();
+    for (query, phrase) in [
+        ("SELECT * FROM people", "releases rows"),
+        (
+            "SELECT COUNT(*) AS n FROM information_schema.tables",
+            "reads only its dataset",
+        ),
+        ("DROP TABLE people", "not a SELECT"),
+        (
+            "SELECT educ, COUNT(*) AS n FROM people GROUP BY educ; SELECT 1",
+            "2 statements",
+        ),
+        (
+            "SELECT SUM(weekly_income * 2) AS s FROM people",
+            "needs bounds",
+        ),
+    ] {
+        let out = env.veil(&[
+            "--as",
+            CONSUMER,
+            "job",
+            "submit",
+            "--sql",
+            query,
+            "--dataset",
+            "people",
+            "--epsilon",
+            "0.5",
+        ]);
+        assert!(!out.status.success(), "{query}");
+        let err = text(&out.stderr);
+        assert!(err.contains(phrase), "{query}: {err}");
+    }
+    assert_eq!(env.snapshot(), before, "refused SQL changed nothing");
+    let budget = env.ok(&["--as", CONSUMER, "budget"]);
+    assert!(!budget.contains("0.5"), "nothing spent: {budget}");
+}
+
+/// A query touching a forbidden column is a policy refusal, recorded like any other.
+#[test]
+fn a_forbidden_column_is_a_recorded_policy_refusal() {
+    let env = Env::new();
+    env.setup("auto");
+    let out = env.veil(&[
+        "--as",
+        CONSUMER,
+        "job",
+        "submit",
+        "--sql",
+        "SELECT COUNT(*) AS n FROM people WHERE ssn LIKE '900%'",
+        "--dataset",
+        "people",
+        "--epsilon",
+        "0.5",
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("forbidden"), "{err}");
+    let audit = env.ok(&["audit", "log", "--format", "json"]);
+    assert!(audit.contains("job_refused"), "{audit}");
+}
+
+/// Over HTTP: a SQL manifest without a module is submitted, approved by the holder (who sees
+/// the query) and released.
+#[test]
+fn a_sql_manifest_runs_over_http_with_approval() {
+    let env = Env::new();
+    env.setup("manual");
+    let consumer = token_for(&env, CONSUMER, "consumer");
+    let holder = token_for(&env, HOLDER, "holder");
+    let server = Server::start(&env.data_dir(), &[]);
+    let http = Http::new(&server);
+    let manifest = format!(
+        "dataset = \"people\"\npurpose = \"wages\"\nsql = \"{QUERY}\"\nepsilon = 0.5\n\n\
+         [weights]\nmean_income = 2\n"
+    );
+    let submitted = http.submit(&consumer, &manifest, &[]);
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    assert_eq!(submitted["state"], "awaiting_approval", "{submitted}");
+    let shown = http.json(&format!("/v1/jobs/{id}"), &holder);
+    assert!(shown.to_string().contains("AVG(weekly_income)"), "{shown}");
+    let (status, text) = http.call(
+        "POST",
+        &format!("/v1/jobs/{id}/approve"),
+        Some(&holder),
+        None,
+    );
+    assert_eq!(status, 200, "{text}");
+    let released = http.json(&format!("/v1/jobs/{id}?wait=30"), &consumer);
+    assert_eq!(released["state"], "released", "{released}");
+    let result = http.json(&format!("/v1/jobs/{id}/result"), &consumer);
+    assert_eq!(result["rows"].as_array().unwrap().len(), 2, "{result}");
+}
