@@ -514,3 +514,174 @@ fn centred_sum_far_from_zero_meets_its_epsilon() {
     );
     assert!(audit.passes(), "proven ε {}", audit.proven);
 }
+
+/// DP SQL: the query's rewrite bounds each person, whatever rows they have. D: 30 people with
+/// 1–3 rows each in group `a`, values in [0, 10]; D': D plus one person with 50 rows at 10 (an
+/// unbounded rewrite would move the count by 50 and the sum by 500). The exact aggregates come
+/// from the real SQL path (`veil_policy::sql::aggregate`: DataFusion rewrite, Bounder, gate);
+/// the noise stage runs per trial.
+mod sql {
+    use super::*;
+    use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::MemTable;
+    use veil_policy::{JobManifest, Policy, precheck};
+
+    const POLICY: &str = r#"
+privacy_unit = "id"
+consumers = ["acme"]
+approval = "auto"
+min_units_per_group = 1
+max_groups_per_unit = 1
+[dp]
+epsilon_per_job = 1.0
+epsilon_total = 3.0
+[partitions]
+g = ["a"]
+[columns]
+g = { class = "public" }
+x = { class = "sensitive", bounds = [0, 10] }
+"#;
+
+    fn schema() -> Arc<Schema> {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("g", DataType::Utf8, false),
+            Field::new("x", DataType::Float64, false),
+        ]))
+    }
+
+    /// D's rows, and with `neighbour` the added person's 50 rows.
+    fn table(neighbour: bool) -> Arc<MemTable> {
+        let (mut ids, mut xs) = (Vec::new(), Vec::new());
+        for person in 0..30i64 {
+            for row in 0..=(person % 3) {
+                ids.push(person);
+                xs.push(((person * 7 + row * 3) % 11) as f64);
+            }
+        }
+        if neighbour {
+            ids.extend([999; 50]);
+            xs.extend([10.0; 50]);
+        }
+        let groups = vec!["a"; ids.len()];
+        let batch = RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(Int64Array::from(ids)),
+                Arc::new(StringArray::from(groups)),
+                Arc::new(Float64Array::from(xs)),
+            ],
+        )
+        .unwrap();
+        Arc::new(MemTable::try_new(schema(), vec![vec![batch]]).unwrap())
+    }
+
+    fn sql_plan(query: &str) -> JobPlan {
+        let manifest = JobManifest::from_toml(&format!(
+            "dataset = \"t\"\nsql = \"{query}\"\nepsilon = 1.0\n"
+        ))
+        .unwrap();
+        let policy = Policy::from_toml(POLICY).unwrap();
+        precheck(&policy, &manifest, &schema(), "acme").unwrap()
+    }
+
+    fn exact_sql(plan: &JobPlan, neighbour: bool) -> ExactGroups {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        rt.block_on(veil_policy::sql::aggregate(
+            plan,
+            table(neighbour),
+            &mut rng,
+        ))
+        .unwrap()
+        .0
+    }
+
+    fn quantile_feature(r: &Release) -> String {
+        let q = r.rows[0].values[0].quantile.as_ref().unwrap();
+        format!("{}", (q.value * 2.0).floor())
+    }
+
+    #[test]
+    fn sql_count_sum_mean_and_median_meet_their_epsilon() {
+        for (i, (query, feature)) in [
+            (
+                "SELECT g, COUNT(*) AS n FROM t GROUP BY g",
+                count_feature as fn(&Release) -> String,
+            ),
+            ("SELECT g, SUM(x) AS s FROM t GROUP BY g", sum_feature),
+            ("SELECT g, AVG(x) AS m FROM t GROUP BY g", mean_feature),
+            (
+                "SELECT g, MEDIAN(x) AS q FROM t GROUP BY g",
+                quantile_feature,
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let plan = sql_plan(query);
+            let (a, b) = (exact_sql(&plan, false), exact_sql(&plan, true));
+            let audit = audit_exact(900 + i as u64, &plan, &a, &b, 0.0, feature);
+            assert!(
+                audit.passes(),
+                "{query}: proven ε {} > {}",
+                audit.proven,
+                audit.claimed
+            );
+        }
+    }
+
+    /// Negative control: the same query aggregated over rows, without per-person bounding (what
+    /// a rewrite that forgot the (unit, group) step would release), is caught.
+    #[test]
+    fn control_sql_without_per_person_bounding_is_caught() {
+        let plan = sql_plan("SELECT g, COUNT(*) AS n, SUM(x) AS s FROM t GROUP BY g");
+        // The row count as plain DataFusion gives it: COUNT(*) over rows, not people.
+        let rows = |neighbour: bool| -> i128 {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let ctx = datafusion::prelude::SessionContext::new();
+                ctx.register_table("t", table(neighbour)).unwrap();
+                let batches = ctx
+                    .sql("SELECT COUNT(*) FROM t")
+                    .await
+                    .unwrap()
+                    .collect()
+                    .await
+                    .unwrap();
+                let n = batches[0]
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .value(0);
+                i128::from(n)
+            })
+        };
+        let unbounded = |neighbour: bool| {
+            let rows = rows(neighbour);
+            let mut exact = exact_sql(&plan, neighbour);
+            let group = exact.groups.get_mut(&vec!["a".to_owned()]).unwrap();
+            group.units = rows;
+            exact
+        };
+        let audit = audit_exact(
+            950,
+            &plan,
+            &unbounded(false),
+            &unbounded(true),
+            0.0,
+            count_feature,
+        );
+        assert!(
+            !audit.passes(),
+            "an unbounded count passed: proven ε {}",
+            audit.proven
+        );
+    }
+}

@@ -5,7 +5,8 @@
 //! 1. parses and plans the query with DataFusion's SQL planner against a world that holds only the
 //!    job's dataset and the built-in functions ([`provider`]), and refuses — before anything is
 //!    recorded or spent — every plan that is not `SELECT <group expressions>, <aggregates> FROM
-//!    <dataset> [WHERE <row predicate>] [GROUP BY ...]` ([`dissect`]), naming the construct;
+//!    <dataset> [WHERE <row predicate>] [GROUP BY ...]` ([`dissect`]), naming the construct, with
+//!    `HAVING`, `ORDER BY` and `LIMIT` as post-processing of the noisy release ([`post`]);
 //! 2. derives from it what a module job's manifest declares: the keys (the group expressions'
 //!    names), the released values with their bounds (the manifest's `[bounds]`, else the column's
 //!    policy bounds) and weights, and the columns read ([`shape`]), so the pre-check, the price,
@@ -37,6 +38,7 @@
 //!
 //! A unit's value that is NULL (all its rows NULL in the group) contributes 0, clamped to the
 //! bounds; `WHERE x IS NOT NULL` leaves such units out.
+mod post;
 mod provider;
 mod rewrite;
 mod rows;
@@ -57,7 +59,7 @@ use crate::error::{PolicyError, Result};
 use crate::manifest::{Aggregate, MAX_KEY_PARTS, MAX_VALUES, ValueSpec};
 use crate::model::{ColumnClass, Policy};
 
-pub use rewrite::release;
+pub use rewrite::{aggregate, release};
 
 /// Longest query text accepted, in bytes.
 pub const MAX_SQL_BYTES: usize = 16 * 1024;
@@ -190,8 +192,9 @@ fn unsupported(message: impl Into<String>) -> PolicyError {
 
 /// What every refusal of a construct adds: what is supported instead.
 const SUPPORTED: &str = "a SQL job is `SELECT <group expressions>, <aggregates> FROM <dataset> \
-     [WHERE ...] [GROUP BY ...]` with COUNT(*), COUNT(col), COUNT(DISTINCT <privacy unit>), SUM, \
-     AVG, MEDIAN, PERCENTILE_CONT and APPROX_PERCENTILE_CONT (docs/sql.md)";
+     [WHERE ...] [GROUP BY ...] [HAVING ...] [ORDER BY ...] [LIMIT ...]` with COUNT(*), \
+     COUNT(col), COUNT(DISTINCT <privacy unit>), SUM, AVG, MEDIAN, PERCENTILE_CONT and \
+     APPROX_PERCENTILE_CONT (docs/sql.md)";
 
 /// Parses one `SELECT` statement and plans it against `table` under the names `tables`.
 fn plan_query(
@@ -308,6 +311,12 @@ struct Dissected {
     filters: Vec<Expr>,
     /// The dataset's scan (under its alias, if the query gives one): what the rows come from.
     base: LogicalPlan,
+    /// Per column of the aggregate's output, the selected output it is (if selected).
+    by_aggregate: Vec<Option<Output>>,
+    /// Per SELECT item, the output it is.
+    selected: Vec<Output>,
+    /// HAVING, ORDER BY and LIMIT, applied to the noisy release.
+    post: post::Post,
 }
 
 impl Dissected {
@@ -336,12 +345,36 @@ impl Dissected {
     }
 }
 
-/// Takes an accepted plan apart, or names the construct that makes it unacceptable.
+/// Which released column a selected output is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Output {
+    /// Key part `i`.
+    Key(usize),
+    /// The count of people.
+    Units,
+    /// Released value `j` (in the plan's order of values).
+    Value(usize),
+}
+
+/// Takes an accepted plan apart, or names the construct that makes it unacceptable: optional
+/// `LIMIT`, `ORDER BY` and `HAVING` (post-processing, [`post`]) around the `SELECT`.
 fn dissect(plan: &LogicalPlan, unit: &str) -> Result<Dissected> {
-    let projection = match plan {
+    let mut node = plan;
+    let mut post = post::Post::default();
+    if let LogicalPlan::Limit(l) = node {
+        (post.skip, post.fetch) = post::limit(l)?;
+        node = l.input.as_ref();
+    }
+    let mut sorts = None;
+    if let LogicalPlan::Sort(s) = node {
+        if let Some(fetch) = s.fetch {
+            post.fetch = Some(post.fetch.map_or(fetch, |f| f.min(fetch)));
+        }
+        sorts = Some(&s.expr);
+        node = s.input.as_ref();
+    }
+    let projection = match node {
         LogicalPlan::Projection(p) => p,
-        LogicalPlan::Sort(_) => return Err(not_yet("ORDER BY")),
-        LogicalPlan::Limit(_) => return Err(not_yet("LIMIT")),
         LogicalPlan::Distinct(_) => {
             return Err(unsupported(format!(
                 "SELECT DISTINCT releases rows; {SUPPORTED}"
@@ -349,9 +382,22 @@ fn dissect(plan: &LogicalPlan, unit: &str) -> Result<Dissected> {
         }
         other => return Err(construct(other)),
     };
-    let aggregate = match projection.input.as_ref() {
-        LogicalPlan::Aggregate(a) => a,
-        LogicalPlan::Filter(_) => return Err(not_yet("HAVING")),
+    let (aggregate, having) = match projection.input.as_ref() {
+        LogicalPlan::Aggregate(a) => (a, None),
+        LogicalPlan::Filter(f) => match f.input.as_ref() {
+            LogicalPlan::Aggregate(a) => (a, Some(&f.predicate)),
+            _ => {
+                return Err(unsupported(format!(
+                    "the query releases rows, not aggregates: {SUPPORTED}"
+                )));
+            }
+        },
+        LogicalPlan::Sort(_) => {
+            return Err(unsupported(
+                "ORDER BY names selected outputs only (`ORDER BY people DESC, educ`), as they \
+                 are released",
+            ));
+        }
         LogicalPlan::Window(_) => {
             return Err(unsupported(format!(
                 "window functions are not supported; {SUPPORTED}"
@@ -363,6 +409,39 @@ fn dissect(plan: &LogicalPlan, unit: &str) -> Result<Dissected> {
             )));
         }
     };
+    let mut d = dissect_select(projection, aggregate, unit)?;
+    let by_aggregate = &d.by_aggregate;
+    let aggregate_output = |c: &Column| {
+        aggregate
+            .schema
+            .index_of_column(c)
+            .ok()
+            .and_then(|i| by_aggregate.get(i).copied().flatten())
+    };
+    if let Some(predicate) = having {
+        post.having = Some(post::condition(predicate, &aggregate_output)?);
+    }
+    if let Some(sorts) = sorts {
+        let selected = &d.selected;
+        let select_output = |c: &Column| {
+            projection
+                .schema
+                .index_of_column(c)
+                .ok()
+                .and_then(|i| selected.get(i).copied())
+        };
+        post.order = post::order(sorts, &select_output)?;
+    }
+    d.post = post;
+    Ok(d)
+}
+
+/// The `SELECT` over the aggregate, taken apart: keys, values, the count, the row filters.
+fn dissect_select(
+    projection: &datafusion::logical_expr::Projection,
+    aggregate: &datafusion::logical_expr::Aggregate,
+    unit: &str,
+) -> Result<Dissected> {
     let (filters, base) = row_filters(&aggregate.input)?;
     for e in aggregate.group_expr.iter() {
         check_row_expr(e, "GROUP BY")?;
@@ -371,6 +450,8 @@ fn dissect(plan: &LogicalPlan, unit: &str) -> Result<Dissected> {
     let mut values = Vec::new();
     let mut count_name = None;
     let schema = aggregate.schema.clone();
+    let mut by_aggregate: Vec<Option<Output>> = vec![None; schema.fields().len()];
+    let mut selected = Vec::new();
     for expr in &projection.expr {
         let (column, name) = selected_column(expr)?;
         let index = schema.index_of_column(&column).map_err(|_| {
@@ -381,25 +462,32 @@ fn dissect(plan: &LogicalPlan, unit: &str) -> Result<Dissected> {
             ))
         })?;
         let name = output_name(&name, expr)?;
-        if index < keys.len() {
+        let output = if index < keys.len() {
             if keys[index].replace(name.clone()).is_some() {
                 return Err(unsupported(format!(
                     "group expression `{name}` is selected twice"
                 )));
             }
-            continue;
-        }
-        match classify(&aggregate.aggr_expr[index - keys.len()], unit)? {
-            Released::Units => {
-                if count_name.replace(name.clone()).is_some() {
-                    return Err(unsupported(
-                        "the query selects the count of people twice (COUNT(*), COUNT(1) and \
-                         COUNT(DISTINCT <privacy unit>) are the same released count)",
-                    ));
+            Output::Key(index)
+        } else {
+            match classify(&aggregate.aggr_expr[index - keys.len()], unit)? {
+                Released::Units => {
+                    if count_name.replace(name.clone()).is_some() {
+                        return Err(unsupported(
+                            "the query selects the count of people twice (COUNT(*), COUNT(1) \
+                             and COUNT(DISTINCT <privacy unit>) are the same released count)",
+                        ));
+                    }
+                    Output::Units
+                }
+                value => {
+                    values.push((name, value));
+                    Output::Value(values.len() - 1)
                 }
             }
-            value => values.push((name, value)),
-        }
+        };
+        by_aggregate[index] = Some(output);
+        selected.push(output);
     }
     let keys = keys
         .into_iter()
@@ -420,14 +508,14 @@ fn dissect(plan: &LogicalPlan, unit: &str) -> Result<Dissected> {
         count_name,
         filters,
         base,
+        by_aggregate,
+        selected,
+        post: post::Post::default(),
     })
 }
 
 fn not_yet(construct: &str) -> PolicyError {
-    unsupported(format!(
-        "{construct} is not supported yet; filter, order and cut the released table after you \
-         receive it (post-processing costs no ε). {SUPPORTED}"
-    ))
+    unsupported(format!("{construct} is not supported yet; {SUPPORTED}"))
 }
 
 /// A refusal naming the plan node the query needs.

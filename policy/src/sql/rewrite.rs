@@ -15,11 +15,12 @@ use datafusion::prelude::SessionContext;
 use rand::seq::SliceRandom;
 use rand::{CryptoRng, Rng};
 
+use super::post::Post;
 use super::rows::total;
 use super::{PerUnit, Released, SqlPlan, dissect, plan_query};
 use crate::Release;
 use crate::error::{PolicyError, Result};
-use crate::gate::{self, Bounder, BoundingStats, GateContribution};
+use crate::gate::{self, Bounder, BoundingStats, ExactGroups, GateContribution};
 use crate::manifest::JobPlan;
 
 /// Runs a SQL job's query over `table` (the dataset's rows: the unit column and the columns the
@@ -29,24 +30,53 @@ pub async fn release<R: Rng + CryptoRng>(
     table: Arc<dyn TableProvider>,
     rng: &mut R,
 ) -> Result<(Release, BoundingStats)> {
+    let (exact, stats, post) = aggregate_with_post(plan, table, rng).await?;
+    let mut release = gate::add_noise(plan, &exact, rng);
+    post.apply(&mut release);
+    Ok((release, stats))
+}
+
+/// The exact aggregates a SQL job's release is noised from: the query's contributions per
+/// (unit, group), bounded by the gate's [`Bounder`] (`rng` picks the groups a unit keeps when
+/// it has more than `max_groups_per_unit`) and aggregated by the gate. Never leaves the gate.
+/// Requires `plan.sql`.
+pub async fn aggregate<R: Rng + CryptoRng>(
+    plan: &JobPlan,
+    table: Arc<dyn TableProvider>,
+    rng: &mut R,
+) -> Result<(ExactGroups, BoundingStats)> {
+    let (exact, stats, _) = aggregate_with_post(plan, table, rng).await?;
+    Ok((exact, stats))
+}
+
+/// [`aggregate`], with the post-processing the query asks of the release.
+async fn aggregate_with_post<R: Rng + CryptoRng>(
+    plan: &JobPlan,
+    table: Arc<dyn TableProvider>,
+    rng: &mut R,
+) -> Result<(ExactGroups, BoundingStats, Post)> {
     let sql = plan
         .sql
         .as_ref()
         .ok_or_else(|| PolicyError::Aggregation("not a SQL job".into()))?;
-    let contributions = contributions(sql, table)?;
+    let (contributions, post) = contributions(sql, table)?;
     let batches = SessionContext::new()
         .execute_logical_plan(contributions)
         .await?
         .collect()
         .await?;
     let bounder = bound(plan, &batches, rng)?;
-    gate::release(plan, vec![bounder], rng).await
+    let (exact, stats) = gate::aggregate(plan, vec![bounder]).await?;
+    Ok((exact, stats, post))
 }
 
 /// The plan of one row per (unit, group): `unit`, the key parts `k0..` as text and the values
 /// `v0..` as Float64, each the unit's own aggregate of its rows in the group (see the module
 /// docs of `sql`), ordered by unit.
-pub(super) fn contributions(sql: &SqlPlan, table: Arc<dyn TableProvider>) -> Result<LogicalPlan> {
+pub(super) fn contributions(
+    sql: &SqlPlan,
+    table: Arc<dyn TableProvider>,
+) -> Result<(LogicalPlan, Post)> {
     let logical = plan_query(&sql.text, sql.tables.clone(), table)?;
     let dissected = dissect(&logical, &sql.unit)?;
     // The dataset's rows under the query's filters, made total (see `rows`).
@@ -107,13 +137,14 @@ pub(super) fn contributions(sql: &SqlPlan, table: Arc<dyn TableProvider>) -> Res
     }
     // Rows without a unit belong to nobody the gate can bound: they are not used (as for
     // module jobs).
-    Ok(LogicalPlanBuilder::from(input)
+    let plan = LogicalPlanBuilder::from(input)
         .project(rows)?
         .filter(col("__unit").is_not_null())?
         .aggregate(group, per_unit)?
         .project(out)?
         .sort(vec![col("unit").sort(true, false)])?
-        .build()?)
+        .build()?;
+    Ok((plan, dissected.post))
 }
 
 /// Feeds the per-(unit, group) rows to a [`Bounder`], one unit at a time, each unit's groups in

@@ -101,13 +101,21 @@ const REFUSED: &[(&str, &str)] = &[
     ("SELECT * FROM people", "releases rows"),
     ("SELECT DISTINCT educ FROM people", "DISTINCT"),
     (
-        "SELECT educ, COUNT(*) AS n FROM people GROUP BY educ ORDER BY n",
+        "SELECT educ, COUNT(*) AS n FROM people GROUP BY educ ORDER BY region",
         "ORDER BY",
     ),
-    ("SELECT COUNT(*) AS n FROM people LIMIT 1", "LIMIT"),
     (
-        "SELECT educ, COUNT(*) AS n FROM people GROUP BY educ HAVING COUNT(*) > 3",
-        "HAVING",
+        "SELECT educ, COUNT(*) AS n FROM people GROUP BY educ ORDER BY SUM(income)",
+        "ORDER BY names selected outputs",
+    ),
+    ("SELECT COUNT(*) AS n FROM people LIMIT -1", "LIMIT"),
+    (
+        "SELECT educ, COUNT(*) AS n FROM people GROUP BY educ HAVING SUM(income) > 3",
+        "compares selected outputs",
+    ),
+    (
+        "SELECT educ, COUNT(*) AS n FROM people GROUP BY educ HAVING COUNT(*) + 1 > 3",
+        "compares selected outputs",
     ),
     (
         "SELECT COUNT(*) AS n FROM people a JOIN people b ON a.person_id = b.person_id",
@@ -334,7 +342,7 @@ async fn the_rewrite_gives_each_unit_one_row_per_group() {
 }
 
 async fn contributions_of(plan: &SqlPlan) -> Vec<RecordBatch> {
-    let logical = rewrite::contributions(plan, people_table()).unwrap();
+    let (logical, _) = rewrite::contributions(plan, people_table()).unwrap();
     SessionContext::new()
         .execute_logical_plan(logical)
         .await
@@ -368,7 +376,7 @@ async fn the_group_limit_keeps_a_random_choice() {
     )
     .unwrap();
     let table = Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap());
-    let logical = rewrite::contributions(plan.sql.as_ref().unwrap(), table).unwrap();
+    let (logical, _) = rewrite::contributions(plan.sql.as_ref().unwrap(), table).unwrap();
     let batches = SessionContext::new()
         .execute_logical_plan(logical)
         .await
@@ -414,4 +422,37 @@ async fn failing_row_expressions_are_null_not_errors() {
             assert!(v.iter().all(|x| x == Some(0.0)), "{v:?}");
         }
     }
+}
+
+/// HAVING, ORDER BY and LIMIT act on the noisy release: every released row satisfies the
+/// condition on its released cells, rows come in the asked order, and no more than the limit.
+#[tokio::test]
+async fn having_order_and_limit_post_process_the_release() {
+    let policy = Policy::from_toml(POLICY).unwrap();
+    let manifest = JobManifest::from_toml(
+        "dataset = \"clinic:people\"\nsql = \"SELECT region, educ, COUNT(*) AS n, \
+         SUM(income) AS s FROM people GROUP BY region, educ HAVING COUNT(*) > -100 AND \
+         educ <> 'zzz' ORDER BY n DESC, educ LIMIT 5 OFFSET 0\"\nepsilon = 1.0\n",
+    )
+    .unwrap();
+    let plan = precheck(&policy, &manifest, &schema(), "acme").unwrap();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+    for _ in 0..20 {
+        let (release, _) = release(&plan, people_table(), &mut rng).await.unwrap();
+        assert!(release.rows.len() <= 5);
+        for pair in release.rows.windows(2) {
+            assert!(pair[0].units.value >= pair[1].units.value, "{release:?}");
+        }
+        for row in &release.rows {
+            assert!(row.units.value > -100.0);
+        }
+    }
+    let limited = JobManifest::from_toml(
+        "dataset = \"clinic:people\"\nsql = \"SELECT educ, COUNT(*) AS n FROM people GROUP BY \
+         educ HAVING COUNT(*) < -1000000\"\nepsilon = 1.0\n",
+    )
+    .unwrap();
+    let plan = precheck(&policy, &limited, &schema(), "acme").unwrap();
+    let (release, _) = release(&plan, people_table(), &mut rng).await.unwrap();
+    assert!(release.rows.is_empty(), "no noisy count is below -10⁶");
 }
