@@ -308,6 +308,10 @@ pub struct Release {
     /// Sample-and-aggregate jobs release one estimate per value instead of grouped rows.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub estimates: Vec<BlockEstimate>,
+    /// The name a SQL job's query gave the count of people (`COUNT(*) AS people`); the table
+    /// and CSV head the `units` column with it. Absent for module jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count_name: Option<String>,
 }
 
 /// One value released by sample-and-aggregate: the noisy average of the blocks' clamped outputs.
@@ -810,6 +814,7 @@ pub fn add_noise(plan: &JobPlan, exact: &ExactGroups, rng: &mut dyn GateRng) -> 
         suppression_rule: suppression_rule(plan, threshold),
         granularity: 1.0 / fixed::SCALE as f64,
         estimates: Vec::new(),
+        count_name: None,
     }
 }
 

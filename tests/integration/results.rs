@@ -160,7 +160,15 @@ fn results_match_their_schema_and_scales_follow_the_manifest() {
     let mut old = mean.clone();
     old["epsilon"] = "1".into();
     assert!(schema_errors(&[old]).contains("epsilon"));
-    let errors = schema_errors(&[count, sum, weighted, mean]);
+    // A SQL job's release: the same shape, with its name for the count.
+    let sql = released(
+        &env,
+        "sql.toml",
+        "dataset = \"people\"\nsql = \"SELECT educ, COUNT(*) AS people, AVG(weekly_income) AS m \
+         FROM people GROUP BY educ ORDER BY people DESC\"\nepsilon = 1.0\n",
+    );
+    assert_eq!(sql["count_name"], "people", "{sql}");
+    let errors = schema_errors(&[count, sum, weighted, mean, sql]);
     assert!(errors.is_empty(), "{errors}");
 }
 

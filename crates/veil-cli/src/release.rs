@@ -87,6 +87,11 @@ pub(crate) struct Table {
     pub rows: Vec<Vec<String>>,
 }
 
+/// The unit count's column name: the SQL query's name for it, else `units`.
+fn units_name(r: &Release) -> &str {
+    r.count_name.as_deref().unwrap_or("units")
+}
+
 /// What a missing statistic shows (a mean of a group whose noisy count is below 1).
 pub(crate) const MISSING: &str = "—";
 
@@ -94,7 +99,7 @@ pub(crate) const MISSING: &str = "—";
 pub(crate) fn table(r: &Release) -> Table {
     let layout = Layout::of(r);
     let mut header: Vec<String> = r.key_names.clone();
-    header.push("units (95% CI)".into());
+    header.push(format!("{} (95% CI)", units_name(r)));
     for &(j, stat) in &layout.columns {
         let name = value_name(r, j);
         header.push(match stat {
@@ -265,7 +270,7 @@ pub(crate) fn csv(r: &Release) -> String {
     let layout = Layout::of(r);
     let mut header: Vec<String> = r.key_names.clone();
     let parts = ["", "_ci95_low", "_ci95_high", "_noise_scale"];
-    header.extend(parts.map(|p| format!("units{p}")));
+    header.extend(parts.map(|p| format!("{}{p}", units_name(r))));
     for &(j, stat) in &layout.columns {
         let name = value_name(r, j);
         match stat {
@@ -372,6 +377,7 @@ mod tests {
             suppression_rule: "none".into(),
             granularity: 0.001,
             estimates: Vec::new(),
+            count_name: None,
         }
     }
 

@@ -139,6 +139,7 @@ impl<'a> SampleAggregate<'a> {
             suppression_rule: "none: one estimate per value, averaged over blocks".into(),
             granularity: unit,
             estimates,
+            count_name: None,
         }
     }
 }

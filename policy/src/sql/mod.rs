@@ -432,6 +432,7 @@ fn dissect(plan: &LogicalPlan, unit: &str) -> Result<Dissected> {
         };
         post.order = post::order(sorts, &select_output)?;
     }
+    post.count_name = d.count_name.clone();
     d.post = post;
     Ok(d)
 }

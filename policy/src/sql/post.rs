@@ -38,6 +38,8 @@ pub(super) struct Post {
     pub order: Vec<(Output, bool)>,
     pub skip: usize,
     pub fetch: Option<usize>,
+    /// The query's name for the count of people, when it selects it.
+    pub count_name: Option<String>,
 }
 
 /// The condition a `HAVING` predicate states; `output_of` resolves a column of the aggregate's

@@ -33,6 +33,7 @@ pub async fn release<R: Rng + CryptoRng>(
     let (exact, stats, post) = aggregate_with_post(plan, table, rng).await?;
     let mut release = gate::add_noise(plan, &exact, rng);
     post.apply(&mut release);
+    release.count_name = post.count_name.clone();
     Ok((release, stats))
 }
 
