@@ -274,3 +274,87 @@ fn a_sql_manifest_runs_over_http_with_approval() {
     let result = http.json(&format!("/v1/jobs/{id}/result"), &consumer);
     assert_eq!(result["rows"].as_array().unwrap().len(), 2, "{result}");
 }
+
+/// The same question asked as a module job (examples/income-by-education: each person's mean
+/// income in their education level) and as SQL: the released counts and means agree within
+/// their intervals (the intervals overlap; that each covers the exact answer 95% of the time is
+/// `sql_intervals_cover_the_exact_answers`).
+#[test]
+fn a_sql_job_and_the_module_job_for_the_same_question_agree() {
+    let env = Env::new();
+    env.setup_with_policy(&policy("auto").replace("epsilon_total = 1.5", "epsilon_total = 10"));
+    let manifest = env.write("module.toml", &income_manifest(1.0));
+    let module_job = seeded(
+        &env,
+        21,
+        &[
+            "--as",
+            CONSUMER,
+            "job",
+            "submit",
+            manifest.to_str().unwrap(),
+        ],
+    );
+    let sql = "SELECT CASE WHEN educ <= 11 THEN 'below high school' WHEN educ = 12 THEN \
+               'high school' WHEN educ <= 15 THEN 'some college' WHEN educ = 16 THEN 'bachelor' \
+               ELSE 'graduate' END AS education, COUNT(*) AS people, \
+               AVG(weekly_income) AS weekly_income FROM people GROUP BY education";
+    let sql_manifest = env.write(
+        "sql.toml",
+        &format!(
+            "dataset = \"people\"\nsql = \"{sql}\"\nepsilon = 1.0\n\n[bounds]\n\
+             weekly_income = [0, 2000]\n"
+        ),
+    );
+    let sql_job = seeded(
+        &env,
+        22,
+        &[
+            "--as",
+            CONSUMER,
+            "job",
+            "submit",
+            sql_manifest.to_str().unwrap(),
+        ],
+    );
+    let result = |job: &str| -> serde_json::Value {
+        serde_json::from_str(&env.ok(&[
+            "--as",
+            CONSUMER,
+            "job",
+            "result",
+            job.trim(),
+            "--format",
+            "json",
+        ]))
+        .unwrap()
+    };
+    let (module, sql) = (result(&module_job), result(&sql_job));
+    let rows = |r: &serde_json::Value| -> Vec<(String, serde_json::Value)> {
+        r["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| (row["key"][0].as_str().unwrap().to_owned(), row.clone()))
+            .collect()
+    };
+    let overlap = |a: &serde_json::Value, b: &serde_json::Value| {
+        let (a0, a1) = (
+            a["ci95"][0].as_f64().unwrap(),
+            a["ci95"][1].as_f64().unwrap(),
+        );
+        let (b0, b1) = (
+            b["ci95"][0].as_f64().unwrap(),
+            b["ci95"][1].as_f64().unwrap(),
+        );
+        a0 <= b1 && b0 <= a1
+    };
+    let (module_rows, sql_rows) = (rows(&module), rows(&sql));
+    for key in ["high school", "bachelor"] {
+        let m = &module_rows.iter().find(|(k, _)| k == key).expect(key).1;
+        let s = &sql_rows.iter().find(|(k, _)| k == key).expect(key).1;
+        assert!(overlap(&m["units"], &s["units"]), "{key}: {m} vs {s}");
+        let (mm, sm) = (&m["values"][0]["mean"], &s["values"][0]["mean"]);
+        assert!(overlap(mm, sm), "{key}: {mm} vs {sm}");
+    }
+}
