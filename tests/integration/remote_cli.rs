@@ -4,6 +4,9 @@ use std::process::{Command, Output};
 
 use crate::common::*;
 
+/// A DP SQL question (docs/sql.md) for the local-and-remote matrix.
+const SQL_COUNT: &str = "SELECT educ, COUNT(*) AS n FROM people GROUP BY educ";
+
 fn remote(env: &Env, server: &Server, token: &str, args: &[&str]) -> Output {
     Command::new(veil_bin())
         .args(["--server", &server.url()])
@@ -302,6 +305,32 @@ fn local_and_remote_mode_answer_alike_for_every_command_and_caller() {
         (vec!["job", "show", "job-999999"], Exact),
         (vec!["job", "list"], Exact),
         (vec!["job", "check", manifest], Exact),
+        (
+            vec![
+                "job",
+                "check",
+                "--sql",
+                SQL_COUNT,
+                "--dataset",
+                "people",
+                "--epsilon",
+                "0.5",
+            ],
+            Exact,
+        ),
+        (
+            vec![
+                "job",
+                "check",
+                "--sql",
+                "SELECT * FROM people",
+                "--dataset",
+                "people",
+                "--epsilon",
+                "0.5",
+            ],
+            Exact,
+        ),
         (vec!["job", "logs", &job], Exact),
         (vec!["job", "result", &job, "--format", "json"], Exact),
         (vec!["job", "result", &pending], Exact),
