@@ -50,7 +50,26 @@ pub struct ScheduleRequest {
     pub max_units: u64,
     /// Blocks in sample-and-aggregate mode.
     pub blocks: Option<u32>,
+    /// A SQL job: no module runs, so no fuel; its time is the SQL cost model's
+    /// ([`sql_duration`]).
+    #[serde(default)]
+    pub sql: bool,
+    /// The policy's bound on rows per unit (a SQL job's work is per row).
+    #[serde(default = "default_rows_per_unit")]
+    pub max_rows_per_unit: u32,
 }
+
+fn default_rows_per_unit() -> u32 {
+    1000
+}
+
+/// A SQL job's fixed time: planning, the run's set-up, the gate's noise and its aggregation.
+pub const SQL_FIXED: Duration = Duration::from_millis(50);
+/// A SQL job's worst-case time per privacy unit (its contributions through the gate's
+/// `Bounder`).
+pub const SQL_PER_UNIT: Duration = Duration::from_micros(2);
+/// A SQL job's worst-case time per row (DataFusion's filter, projection and grouping).
+pub const SQL_PER_ROW: Duration = Duration::from_nanos(200);
 
 impl ScheduleRequest {
     /// The request of a job: its manifest's time budget, fuel and blocks, its policy's bound on
@@ -62,6 +81,8 @@ impl ScheduleRequest {
             fuel_per_unit: manifest.fuel_per_unit,
             max_units: policy.max_units,
             blocks: manifest.blocks,
+            sql: manifest.sql.is_some(),
+            max_rows_per_unit: policy.max_rows_per_unit,
         }
     }
 }
@@ -73,6 +94,8 @@ impl Default for ScheduleRequest {
             fuel_per_unit: None,
             max_units: crate::model::DEFAULT_MAX_UNITS,
             blocks: None,
+            sql: false,
+            max_rows_per_unit: default_rows_per_unit(),
         }
     }
 }
@@ -110,6 +133,12 @@ impl CostModel {
 /// with the smallest budget that would do. Without one, the duration follows from the declared
 /// (or default) fuel.
 pub fn schedule(request: &ScheduleRequest, cost: &CostModel) -> Result<Schedule> {
+    if request.sql {
+        return Ok(Schedule {
+            duration: request.time_budget.unwrap_or_else(|| sql_duration(request)),
+            fuel_per_unit: 0,
+        });
+    }
     let units = request.max_units.max(1);
     let blocks = request.blocks.unwrap_or(0);
     let threads = u64::from(cost.threads.max(1));
@@ -167,6 +196,18 @@ pub fn schedule(request: &ScheduleRequest, cost: &CostModel) -> Result<Schedule>
     }
 }
 
+/// A SQL job's duration from public bounds alone: [`SQL_FIXED`] plus, for the policy's
+/// `max_units` units of `max_rows_per_unit` rows each, [`SQL_PER_UNIT`] per unit and
+/// [`SQL_PER_ROW`] per row, rounded up to whole milliseconds. A manifest's `time_budget_ms`
+/// replaces it (a run that takes longer releases late, as for modules).
+pub fn sql_duration(request: &ScheduleRequest) -> Duration {
+    let units = u128::from(request.max_units.max(1));
+    let rows = units * u128::from(request.max_rows_per_unit.max(1));
+    let nanos =
+        SQL_FIXED.as_nanos() + units * SQL_PER_UNIT.as_nanos() + rows * SQL_PER_ROW.as_nanos();
+    Duration::from_millis(nanos.div_ceil(1_000_000).min(u128::from(u64::MAX)) as u64)
+}
+
 impl Schedule {
     /// Whether a run of `units` units at `fuel_per_unit` fits the schedule on this cost model;
     /// used by tests and by the operator's overrun metric, never to change an outcome.
@@ -198,7 +239,24 @@ mod tests {
             fuel_per_unit: fuel,
             max_units,
             blocks: None,
+            sql: false,
+            max_rows_per_unit: 1,
         }
+    }
+
+    #[test]
+    fn a_sql_job_is_scheduled_from_its_bounds_alone() {
+        let mut r = request(None, None, 10_000);
+        r.sql = true;
+        r.max_rows_per_unit = 10;
+        // 50 ms + 10,000 × 2 µs + 100,000 rows × 200 ns = 50 + 20 + 20 ms.
+        let s = schedule(&r, &cost()).unwrap();
+        assert_eq!(s.duration, Duration::from_millis(90));
+        r.time_budget = Some(Duration::from_millis(500));
+        assert_eq!(
+            schedule(&r, &cost()).unwrap().duration,
+            Duration::from_millis(500)
+        );
     }
 
     #[test]
