@@ -30,6 +30,29 @@ fn seeded(env: &Env, seed: u64, args: &[&str]) -> String {
     text(&out.stdout)
 }
 
+/// Submits `query` on `people` as the consumer with a fixed noise seed; its job id.
+fn submit_sql(env: &Env, seed: u64, query: &str, epsilon: &str) -> String {
+    let args = [
+        "--as",
+        CONSUMER,
+        "job",
+        "submit",
+        "--sql",
+        query,
+        "--dataset",
+        "people",
+        "--epsilon",
+        epsilon,
+    ];
+    seeded(env, seed, &args).trim().to_owned()
+}
+
+/// A released job's result, as JSON.
+fn result_of(env: &Env, job: &str) -> serde_json::Value {
+    let json = env.ok(&["--as", CONSUMER, "job", "result", job, "--format", "json"]);
+    serde_json::from_str(&json).unwrap()
+}
+
 fn within(cell: &serde_json::Value, exact: f64) -> bool {
     let ci = &cell["ci95"];
     ci[0].as_f64().unwrap() <= exact && exact <= ci[1].as_f64().unwrap()
@@ -58,10 +81,7 @@ fn a_sql_one_liner_releases_counts_and_means_through_the_gate() {
         ],
     );
     let job = job.trim();
-    let result: serde_json::Value = serde_json::from_str(
-        &env.ok(&["--as", CONSUMER, "job", "result", job, "--format", "json"]),
-    )
-    .unwrap();
+    let result = result_of(&env, job);
     assert_eq!(result["key_names"], serde_json::json!(["educ"]));
     let rows = result["rows"].as_array().unwrap();
     let keys: Vec<&str> = rows.iter().map(|r| r["key"][0].as_str().unwrap()).collect();
@@ -120,32 +140,8 @@ fn sql_intervals_cover_the_exact_answers() {
     env.setup_with_policy(&policy("auto").replace("epsilon_total = 1.5", "epsilon_total = 100"));
     let mut misses = 0;
     for seed in 0..40 {
-        let job = seeded(
-            &env,
-            1000 + seed,
-            &[
-                "--as",
-                CONSUMER,
-                "job",
-                "submit",
-                "--sql",
-                QUERY,
-                "--dataset",
-                "people",
-                "--epsilon",
-                "0.5",
-            ],
-        );
-        let result: serde_json::Value = serde_json::from_str(&env.ok(&[
-            "--as",
-            CONSUMER,
-            "job",
-            "result",
-            job.trim(),
-            "--format",
-            "json",
-        ]))
-        .unwrap();
+        let job = submit_sql(&env, 1000 + seed, QUERY, "0.5");
+        let result = result_of(&env, &job);
         for row in result["rows"].as_array().unwrap() {
             let (count, mean) = match row["key"][0].as_str().unwrap() {
                 "12" => (200.0, 704.0),
@@ -317,19 +313,10 @@ fn a_sql_job_and_the_module_job_for_the_same_question_agree() {
             sql_manifest.to_str().unwrap(),
         ],
     );
-    let result = |job: &str| -> serde_json::Value {
-        serde_json::from_str(&env.ok(&[
-            "--as",
-            CONSUMER,
-            "job",
-            "result",
-            job.trim(),
-            "--format",
-            "json",
-        ]))
-        .unwrap()
-    };
-    let (module, sql) = (result(&module_job), result(&sql_job));
+    let (module, sql) = (
+        result_of(&env, module_job.trim()),
+        result_of(&env, sql_job.trim()),
+    );
     let rows = |r: &serde_json::Value| -> Vec<(String, serde_json::Value)> {
         r["rows"]
             .as_array()
