@@ -345,3 +345,30 @@ fn a_sql_job_and_the_module_job_for_the_same_question_agree() {
         assert!(overlap(mm, sm), "{key}: {mm} vs {sm}");
     }
 }
+
+/// A dataset without a privacy unit counts each row as one unit; a query that names no column
+/// (`COUNT(*)` alone) still reads the rows.
+#[test]
+fn a_dataset_without_a_privacy_unit_counts_rows() {
+    let env = Env::new();
+    env.add_parties();
+    let csv = env.write("rows.csv", &people_csv());
+    env.ok(&[
+        "--as",
+        HOLDER,
+        "dataset",
+        "add",
+        csv.to_str().unwrap(),
+        "--name",
+        "people",
+    ]);
+    let policy = policy("auto")
+        .replace("privacy_unit = \"person_id\"\n", "")
+        .replace("max_units = 500", "max_units = 1000")
+        .replace("[columns]", "[columns]\nperson_id = { class = \"quasi\" }");
+    assert!(env.set_policy("p.toml", &policy).status.success());
+    let job = submit_sql(&env, 5, "SELECT COUNT(*) AS n FROM people", "1");
+    let result = result_of(&env, &job);
+    // 603 rows: 402 people, the 201 with an odd id have two.
+    assert!(within(&result["rows"][0]["units"], 603.0), "{result}");
+}
