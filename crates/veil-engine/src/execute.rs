@@ -343,6 +343,7 @@ impl Veil {
         let mut batches = self
             .block_on(veil_catalog::read_columns(&self.data_dir, record, &names))
             .map_err(|e| internal(e.to_string()))?;
+        batches = as_queried(batches).map_err(internal)?;
         if plan.privacy_unit.is_none() {
             batches = with_row_numbers(batches).map_err(internal)?;
         }
@@ -492,6 +493,39 @@ fn gate_summary(stats: &veil_policy::BoundingStats) -> String {
         stats.outside_partitions_dropped,
         stats.values_clamped
     )
+}
+
+/// The batches with each column cast to the type SQL jobs read it as
+/// (`veil_policy::sql::as_queried`: DECIMAL as DOUBLE).
+fn as_queried(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, String> {
+    use datafusion::arrow::array::RecordBatchOptions;
+    use datafusion::arrow::datatypes::{Field, Schema};
+    batches
+        .into_iter()
+        .map(|b| {
+            let schema = b.schema();
+            let fields: Vec<Field> = schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    let t = veil_policy::sql::as_queried(f.data_type());
+                    f.as_ref().clone().with_data_type(t)
+                })
+                .collect();
+            let columns = b
+                .columns()
+                .iter()
+                .zip(&fields)
+                .map(|(c, f)| cast(c, f.data_type()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            // A query may name no column at all (`COUNT(*)` on a dataset without a privacy
+            // unit): the row count must survive.
+            let options = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
+            RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options)
+                .map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 /// The batches with the per-row unit column (`veil_policy::sql::ROW_UNIT`) appended: a dataset

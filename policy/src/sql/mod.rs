@@ -46,7 +46,7 @@ mod rows;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::{Column, ScalarValue};
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::{Expr, LogicalPlan};
@@ -165,18 +165,32 @@ pub fn shape(spec: &SqlSpec, dataset: &str, schema: &Schema, policy: &Policy) ->
     })
 }
 
-/// The dataset's schema with the per-row unit column added when the dataset has no privacy unit.
+/// The schema a query is planned against: the dataset's, with DECIMAL columns read as DOUBLE
+/// ([`as_queried`]) and the per-row unit column added when the dataset has no privacy unit.
 fn with_row_unit(schema: &Schema, unit: &str) -> Schema {
-    if unit != ROW_UNIT {
-        return schema.clone();
+    let mut fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_data_type(as_queried(f.data_type())))
+        .collect();
+    if unit == ROW_UNIT {
+        fields.push(Field::new(
+            ROW_UNIT,
+            datafusion::arrow::datatypes::DataType::UInt64,
+            false,
+        ));
     }
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new(
-        ROW_UNIT,
-        datafusion::arrow::datatypes::DataType::UInt64,
-        false,
-    ));
     Schema::new(fields)
+}
+
+/// The type a column of type `t` has in a query: DECIMAL columns are read as DOUBLE, because
+/// decimal arithmetic fails on overflow and a job's outcome must never depend on the data.
+pub fn as_queried(t: &DataType) -> DataType {
+    if is_decimal(t) {
+        DataType::Float64
+    } else {
+        t.clone()
+    }
 }
 
 fn unsupported(message: impl Into<String>) -> PolicyError {
@@ -564,6 +578,16 @@ fn row_filters(plan: &LogicalPlan) -> Result<(Vec<Expr>, LogicalPlan)> {
     }
 }
 
+fn is_decimal(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Decimal32(..)
+            | DataType::Decimal64(..)
+            | DataType::Decimal128(..)
+            | DataType::Decimal256(..)
+    )
+}
+
 /// Requires a row-level expression: deterministic, no subquery, no aggregate or window call,
 /// only functions that cannot fail on any row ([`rows::check_function`]).
 fn check_row_expr(expr: &Expr, clause: &str) -> Result<()> {
@@ -581,6 +605,11 @@ fn check_row_expr(expr: &Expr, clause: &str) -> Result<()> {
             Expr::Placeholder(_) => Some("placeholders"),
             Expr::AggregateFunction(_) => Some("aggregates"),
             Expr::WindowFunction(_) => Some("window functions"),
+            // Decimal arithmetic fails on overflow, which would make a job's outcome depend on
+            // the data; use floating point (`CAST(x AS DOUBLE)`).
+            Expr::Cast(c) if is_decimal(c.field.data_type()) => Some("casts to DECIMAL"),
+            Expr::TryCast(c) if is_decimal(c.field.data_type()) => Some("casts to DECIMAL"),
+            Expr::Literal(v, _) if is_decimal(&v.data_type()) => Some("DECIMAL literals"),
             _ => None,
         };
         Ok(if found.is_some() || refused_function.is_some() {

@@ -199,6 +199,10 @@ const REFUSED: &[(&str, &str)] = &[
     ),
     ("SELEC COUNT(*) FROM people", "does not parse"),
     (
+        "SELECT SUM(CAST(income AS DECIMAL(10, 2))) AS s FROM people",
+        "DECIMAL",
+    ),
+    (
         "SELECT COUNT(*) AS n FROM people WHERE repeat(educ, 3) = 'x'",
         "`repeat` is not available",
     ),
