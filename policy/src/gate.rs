@@ -227,6 +227,13 @@ pub struct ReleasedValue {
     /// The quantile, for `median` and `quantile` values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantile: Option<QuantileCell>,
+    /// The variance of the units' values (SQL `VARIANCE`, `VAR_POP`), post-processing of noisy
+    /// sums (`veil_policy::sql`), when the group's noisy count is at least 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variance: Option<NoisyCell>,
+    /// The standard deviation (SQL `STDDEV`, `STDDEV_POP`), likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stddev: Option<NoisyCell>,
 }
 
 /// A released mean: a cell with its interval, or — in results released before intervals were
@@ -905,6 +912,8 @@ fn noisy_value(
                     noise_scale: mech.scale(),
                     bin_width: width / fixed::SCALE as f64,
                 }),
+                variance: None,
+                stddev: None,
             }
         }
         Aggregate::Sum | Aggregate::Mean => {
@@ -922,6 +931,8 @@ fn noisy_value(
                 sum: Some(sum),
                 mean,
                 quantile: None,
+                variance: None,
+                stddev: None,
             }
         }
     }

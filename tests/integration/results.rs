@@ -164,10 +164,14 @@ fn results_match_their_schema_and_scales_follow_the_manifest() {
     let sql = released(
         &env,
         "sql.toml",
-        "dataset = \"people\"\nsql = \"SELECT educ, COUNT(*) AS people, AVG(weekly_income) AS m \
-         FROM people GROUP BY educ ORDER BY people DESC\"\nepsilon = 1.0\n",
+        "dataset = \"people\"\nsql = \"SELECT educ, COUNT(*) AS people, AVG(weekly_income) AS m, \
+         STDDEV(weekly_income) AS sd FROM people GROUP BY educ ORDER BY people DESC\"\nepsilon = 1.0\n",
     );
     assert_eq!(sql["count_name"], "people", "{sql}");
+    assert!(
+        sql["rows"][0]["values"][1]["stddev"]["ci95"].is_array(),
+        "{sql}"
+    );
     let errors = schema_errors(&[count, sum, weighted, mean, sql]);
     assert!(errors.is_empty(), "{errors}");
 }

@@ -9,6 +9,8 @@ pub(crate) enum Stat {
     Quantile,
     Mean,
     Sum,
+    Variance,
+    StdDev,
 }
 
 /// The columns of a grouped release: per value, the statistics that any row carries.
@@ -23,7 +25,13 @@ impl Layout {
         let values = r.rows.iter().map(|row| row.values.len()).max().unwrap_or(0);
         let mut columns = Vec::new();
         for j in 0..values {
-            for stat in [Stat::Quantile, Stat::Mean, Stat::Sum] {
+            for stat in [
+                Stat::Quantile,
+                Stat::Mean,
+                Stat::Sum,
+                Stat::Variance,
+                Stat::StdDev,
+            ] {
                 if r.rows
                     .iter()
                     .any(|row| row.values.get(j).is_some_and(|v| has(v, stat)))
@@ -41,6 +49,29 @@ fn has(v: &ReleasedValue, stat: Stat) -> bool {
         Stat::Quantile => v.quantile.is_some(),
         Stat::Mean => v.mean.is_some(),
         Stat::Sum => v.sum.is_some(),
+        Stat::Variance => v.variance.is_some(),
+        Stat::StdDev => v.stddev.is_some(),
+    }
+}
+
+/// The interval cell of a value's statistic, for the statistics that are plain cells.
+fn plain_cell(v: &ReleasedValue, stat: Stat) -> Option<&NoisyCell> {
+    match stat {
+        Stat::Sum => v.sum.as_ref(),
+        Stat::Variance => v.variance.as_ref(),
+        Stat::StdDev => v.stddev.as_ref(),
+        Stat::Quantile | Stat::Mean => None,
+    }
+}
+
+/// The word a statistic's column is headed with.
+fn stat_word(stat: Stat) -> &'static str {
+    match stat {
+        Stat::Quantile => "quantile",
+        Stat::Mean => "mean",
+        Stat::Sum => "sum",
+        Stat::Variance => "variance",
+        Stat::StdDev => "stddev",
     }
 }
 
@@ -111,8 +142,7 @@ pub(crate) fn table(r: &Release) -> Table {
                 let (q, bin) = q.map(|q| (q.q, q.bin_width)).unwrap_or_default();
                 format!("{name} q{} (bin {})", fmt_num(q), fmt_num(bin))
             }
-            Stat::Mean => format!("{name} mean (95% CI)"),
-            Stat::Sum => format!("{name} sum (95% CI)"),
+            other => format!("{name} {} (95% CI)", stat_word(other)),
         });
     }
     let rows = r
@@ -137,7 +167,7 @@ fn cell(v: &ReleasedValue, stat: Stat) -> String {
             Some(c) => with_interval(c),
             None => fmt_num(m.value()),
         }),
-        Stat::Sum => v.sum.as_ref().map(with_interval),
+        other => plain_cell(v, other).map(with_interval),
     };
     text.unwrap_or_else(|| MISSING.into())
 }
@@ -275,8 +305,10 @@ pub(crate) fn csv(r: &Release) -> String {
         let name = value_name(r, j);
         match stat {
             Stat::Quantile => header.push(format!("{name}_quantile")),
-            Stat::Mean => header.extend(parts.map(|p| format!("{name}_mean{p}"))),
-            Stat::Sum => header.extend(parts.map(|p| format!("{name}_sum{p}"))),
+            other => {
+                let word = stat_word(other);
+                header.extend(parts.map(|p| format!("{name}_{word}{p}")));
+            }
         }
     }
     let mut out = csv_line(&header);
@@ -299,7 +331,7 @@ pub(crate) fn csv(r: &Release) -> String {
                     }
                     cells.extend(four);
                 }
-                Stat::Sum => cells.extend(csv_cell(v.and_then(|v| v.sum.as_ref()))),
+                other => cells.extend(csv_cell(v.and_then(|v| plain_cell(v, other)))),
             }
         }
         out += &csv_line(&cells);
@@ -342,7 +374,7 @@ mod tests {
     /// and, to check the printer does not trust the shape, anywhere else too.
     fn random_release(rng: &mut ChaCha20Rng) -> Release {
         let values = rng.random_range(0..4);
-        let kinds: Vec<u8> = (0..values).map(|_| rng.random_range(0..3)).collect();
+        let kinds: Vec<u8> = (0..values).map(|_| rng.random_range(0..5)).collect();
         let rows = (0..rng.random_range(0..6))
             .map(|g| ReleasedRow {
                 key: vec![format!("g{g}")],
@@ -363,6 +395,8 @@ mod tests {
                                 noise_scale: 3.0,
                                 bin_width: 0.5,
                             }),
+                            variance: (*kind == 3 && present).then(|| noisy(rng)),
+                            stddev: (*kind == 4 && present).then(|| noisy(rng)),
                         }
                     })
                     .collect(),
@@ -387,6 +421,10 @@ mod tests {
             Stat::Mean
         } else if header.ends_with("sum (95% CI)") {
             Stat::Sum
+        } else if header.ends_with("variance (95% CI)") {
+            Stat::Variance
+        } else if header.ends_with("stddev (95% CI)") {
+            Stat::StdDev
         } else {
             Stat::Quantile
         };

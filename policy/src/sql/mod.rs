@@ -35,6 +35,10 @@
 //!   indicator in `[0, 1]`, a sum with bounds `[0, 1]`.
 //! - `MEDIAN(x)`, `PERCENTILE_CONT(x, q)`, `APPROX_PERCENTILE_CONT(x, q)`: the q-quantile of the
 //!   units' own means, from the gate's noisy histogram (a unit moves one bin count by 1).
+//! - `VARIANCE(x)`, `STDDEV(x)` (and their `_SAMP`/`_POP` forms): two gate statistics — the
+//!   units' means, and their squared deviations from the bounds' centre clamped to
+//!   `[0, ((hi − lo)/2)²]` — each bounded as above and each spending the aggregate's weight;
+//!   the spread is post-processing of those noisy sums and the count ([`spread`]).
 //!
 //! A unit's value that is NULL (all its rows NULL in the group) contributes 0, clamped to the
 //! bounds; `WHERE x IS NOT NULL` leaves such units out.
@@ -42,6 +46,7 @@ mod post;
 mod provider;
 mod rewrite;
 mod rows;
+mod spread;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -83,7 +88,7 @@ pub struct SqlSpec {
 }
 
 /// How one released value's per-unit contribution is computed from the unit's rows in a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum PerUnit {
     /// The sum of the unit's values (`SUM`).
     Sum,
@@ -91,6 +96,16 @@ pub enum PerUnit {
     Mean,
     /// Whether the unit has a non-null value: its count of them, clamped to `[0, 1]` (`COUNT(x)`).
     Count,
+    /// The squared distance of the unit's mean from `mid`: the second statistic of a
+    /// `VARIANCE` or `STDDEV` (the first is the mean), which [`spread`] combines into one cell.
+    SquaredDeviation {
+        mid: f64,
+        stddev: bool,
+        sample: bool,
+    },
+    /// A `VARIANCE` or `STDDEV` as the query states it, before it is split into its mean and
+    /// its squared deviation (never in a plan).
+    Spread { stddev: bool, sample: bool },
 }
 
 /// What the run needs of a SQL job besides the ordinary plan.
@@ -207,8 +222,8 @@ fn unsupported(message: impl Into<String>) -> PolicyError {
 /// What every refusal of a construct adds: what is supported instead.
 const SUPPORTED: &str = "a SQL job is `SELECT <group expressions>, <aggregates> FROM <dataset> \
      [WHERE ...] [GROUP BY ...] [HAVING ...] [ORDER BY ...] [LIMIT ...]` with COUNT(*), \
-     COUNT(col), COUNT(DISTINCT <privacy unit>), SUM, AVG, MEDIAN, PERCENTILE_CONT and \
-     APPROX_PERCENTILE_CONT (docs/sql.md)";
+     COUNT(col), COUNT(DISTINCT <privacy unit>), SUM, AVG, MEDIAN, PERCENTILE_CONT, \
+     APPROX_PERCENTILE_CONT, VARIANCE and STDDEV (docs/sql.md)";
 
 /// Parses one `SELECT` statement and plans it against `table` under the names `tables`.
 fn plan_query(
@@ -529,10 +544,6 @@ fn dissect_select(
     })
 }
 
-fn not_yet(construct: &str) -> PolicyError {
-    unsupported(format!("{construct} is not supported yet; {SUPPORTED}"))
-}
-
 /// A refusal naming the plan node the query needs.
 fn construct(node: &LogicalPlan) -> PolicyError {
     let what = match node {
@@ -731,10 +742,38 @@ fn classify(expr: &Expr, unit: &str) -> Result<Released> {
             let (arg, q) = percentile_args(args, &params.order_by)?;
             value(Aggregate::Quantile(q), PerUnit::Mean, &arg)
         }
-        (
-            "var" | "var_samp" | "var_pop" | "stddev" | "stddev_pop" | "stddev_samp" | "variance",
-            _,
-        ) => Err(not_yet(&name.to_uppercase())),
+        ("var" | "var_samp" | "variance", [arg]) => value(
+            Aggregate::Mean,
+            PerUnit::Spread {
+                stddev: false,
+                sample: true,
+            },
+            arg,
+        ),
+        ("var_pop", [arg]) => value(
+            Aggregate::Mean,
+            PerUnit::Spread {
+                stddev: false,
+                sample: false,
+            },
+            arg,
+        ),
+        ("stddev" | "stddev_samp", [arg]) => value(
+            Aggregate::Mean,
+            PerUnit::Spread {
+                stddev: true,
+                sample: true,
+            },
+            arg,
+        ),
+        ("stddev_pop", [arg]) => value(
+            Aggregate::Mean,
+            PerUnit::Spread {
+                stddev: true,
+                sample: false,
+            },
+            arg,
+        ),
         _ => Err(unsupported(format!(
             "aggregate `{expr}` is not supported; {SUPPORTED}"
         ))),
@@ -839,16 +878,41 @@ fn released_values(
             PerUnit::Count => (0.0, 1.0),
             _ => value_bounds(name, arg, spec, policy)?,
         };
+        let weight = spec.weights.get(name).copied().unwrap_or(1);
         values.push(ValueSpec {
             name: name.clone(),
             bounds,
             aggregate: *aggregate,
-            weight: spec.weights.get(name).copied().unwrap_or(1),
+            weight,
         });
-        per_units.push(*per_unit);
+        let PerUnit::Spread { stddev, sample } = *per_unit else {
+            per_units.push(*per_unit);
+            continue;
+        };
+        // A spread is two statistics, each with the spread's weight: the mean, and the sum of
+        // squared deviations from the bounds' centre, within [0, ((hi − lo)/2)²].
+        let (mid, half) = ((bounds.0 + bounds.1) / 2.0, (bounds.1 - bounds.0) / 2.0);
+        let square = (0.0, half * half);
+        crate::model::check_bounds(square.0, square.1)
+            .map_err(|m| unsupported(format!("`{name}`: bounds too wide for a spread ({m})")))?;
+        per_units.push(PerUnit::Mean);
+        values.push(ValueSpec {
+            name: format!("{name}{SQUARE_SUFFIX}"),
+            bounds: square,
+            aggregate: Aggregate::Sum,
+            weight,
+        });
+        per_units.push(PerUnit::SquaredDeviation {
+            mid,
+            stddev,
+            sample,
+        });
     }
     Ok((values, per_units))
 }
+
+/// The name of a spread's second statistic: the value's name and this suffix (never shown).
+pub const SQUARE_SUFFIX: &str = "__squares";
 
 /// A value's bounds: the manifest's `[bounds]` entry, else the policy's bounds of the column it
 /// reads directly.

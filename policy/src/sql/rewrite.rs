@@ -32,9 +32,16 @@ pub async fn release<R: Rng + CryptoRng>(
 ) -> Result<(Release, BoundingStats)> {
     let (exact, stats, post) = aggregate_with_post(plan, table, rng).await?;
     let mut release = gate::add_noise(plan, &exact, rng);
+    super::spread::combine(plan, sql_of(plan)?, &mut release);
     post.apply(&mut release);
     release.count_name = post.count_name.clone();
     Ok((release, stats))
+}
+
+fn sql_of(plan: &JobPlan) -> Result<&SqlPlan> {
+    plan.sql
+        .as_ref()
+        .ok_or_else(|| PolicyError::Aggregation("not a SQL job".into()))
 }
 
 /// The exact aggregates a SQL job's release is noised from: the query's contributions per
@@ -95,10 +102,25 @@ pub(super) fn contributions(
     for (i, (_, e)) in dissected.keys.iter().enumerate() {
         rows.push(total(e.clone())?.alias(format!("__k{i}")));
     }
+    // One gate value per plain value, two per spread (its mean and its squared deviation).
     let mut per_unit = Vec::new();
-    let mut j = 0;
+    let mut kinds = Vec::new();
     for (_, released) in &dissected.values {
-        if let Released::Value { arg, .. } = released {
+        let Released::Value {
+            arg,
+            per_unit: asked,
+            ..
+        } = released
+        else {
+            continue;
+        };
+        let parts = if matches!(asked, PerUnit::Spread { .. }) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..parts {
+            let j = per_unit.len();
             rows.push(total(arg.clone())?.alias(format!("__a{j}")));
             let a = col(format!("__a{j}"));
             let kind = sql.per_unit.get(j).copied().ok_or_else(|| {
@@ -107,12 +129,14 @@ pub(super) fn contributions(
             per_unit.push(
                 match kind {
                     PerUnit::Sum => sum(a),
-                    PerUnit::Mean => avg(a),
                     PerUnit::Count => count(a),
+                    PerUnit::Mean | PerUnit::SquaredDeviation { .. } | PerUnit::Spread { .. } => {
+                        avg(a)
+                    }
                 }
                 .alias(format!("__v{j}")),
             );
-            j += 1;
+            kinds.push(kind);
         }
     }
     let mut group = vec![col("__unit")];
@@ -127,14 +151,19 @@ pub(super) fn contributions(
             .alias(format!("k{i}")),
         );
     }
-    for j in 0..per_unit.len() {
-        out.push(
-            datafusion::functions::core::expr_fn::coalesce(vec![
-                cast_expr(col(format!("__v{j}")), DataType::Float64),
-                lit(0.0f64),
-            ])
-            .alias(format!("v{j}")),
-        );
+    for (j, kind) in kinds.iter().enumerate() {
+        let value = datafusion::functions::core::expr_fn::coalesce(vec![
+            cast_expr(col(format!("__v{j}")), DataType::Float64),
+            lit(0.0f64),
+        ]);
+        let value = match kind {
+            PerUnit::SquaredDeviation { mid, .. } => {
+                let deviation = value - lit(*mid);
+                deviation.clone() * deviation
+            }
+            _ => value,
+        };
+        out.push(value.alias(format!("v{j}")));
     }
     // Rows without a unit belong to nobody the gate can bound: they are not used (as for
     // module jobs).

@@ -180,8 +180,8 @@ const REFUSED: &[(&str, &str)] = &[
         "COUNT(DISTINCT",
     ),
     (
-        "SELECT VAR_SAMP(income) AS v FROM people",
-        "not supported yet",
+        "SELECT VAR_SAMP(income * 1000) AS v FROM people",
+        "needs bounds",
     ),
     ("SELECT SUM(income * 2) AS s FROM people", "needs bounds"),
     (
@@ -459,4 +459,36 @@ async fn having_order_and_limit_post_process_the_release() {
     let plan = precheck(&policy, &limited, &schema(), "acme").unwrap();
     let (release, _) = release(&plan, people_table(), &mut rng).await.unwrap();
     assert!(release.rows.is_empty(), "no noisy count is below -10⁶");
+}
+
+/// VARIANCE and STDDEV release one cell each, computed from a mean and a sum of squared
+/// deviations (two gate statistics); the cell's interval holds the released value, within the
+/// range a variance can take.
+#[tokio::test]
+async fn variance_and_stddev_are_released_as_one_cell_each() {
+    let policy = Policy::from_toml(POLICY).unwrap();
+    let manifest = JobManifest::from_toml(
+        "dataset = \"clinic:people\"\nsql = \"SELECT educ, VAR_POP(income) AS v, \
+         STDDEV(income) AS sd FROM people GROUP BY educ\"\nepsilon = 1.0\n",
+    )
+    .unwrap();
+    let plan = precheck(&policy, &manifest, &schema(), "acme").unwrap();
+    let names: Vec<&str> = plan.values.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["v", "v__squares", "sd", "sd__squares"]);
+    assert_eq!(plan.values[1].hi, 2500 * 2500 * crate::fixed::SCALE);
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
+    let (release, _) = release(&plan, people_table(), &mut rng).await.unwrap();
+    for row in &release.rows {
+        assert_eq!(row.values.len(), 2, "{row:?}");
+        assert_eq!(row.values[0].name, "v");
+        assert!(row.values[0].stddev.is_none() && row.values[1].variance.is_none());
+        for (cell, cap) in [
+            (row.values[0].variance.as_ref(), 2500.0 * 2500.0),
+            (row.values[1].stddev.as_ref(), 2500.0 * 2f64.sqrt()),
+        ] {
+            let Some(c) = cell else { continue };
+            assert!(c.ci95[0] <= c.value && c.value <= c.ci95[1], "{c:?}");
+            assert!(c.ci95[0] >= 0.0 && c.ci95[1] <= cap + 1.0, "{c:?}");
+        }
+    }
 }
