@@ -372,3 +372,49 @@ fn a_dataset_without_a_privacy_unit_counts_rows() {
     // 603 rows: 402 people, the 201 with an odd id have two.
     assert!(within(&result["rows"][0]["units"], 603.0), "{result}");
 }
+
+/// A waiting SQL job whose query no longer plans against the dataset's new version (a column's
+/// type changed) is refused at its start with the planner's reason, not retried.
+#[test]
+fn a_query_that_no_longer_plans_is_refused_at_start() {
+    let env = Env::new();
+    env.setup("manual");
+    let manifest = env.write(
+        "y.toml",
+        "dataset = \"people\"\nsql = \"SELECT educ, SUM(year) AS y FROM people GROUP BY educ\"\n\
+         epsilon = 0.5\n\n[bounds]\ny = [2000, 2030]\n",
+    );
+    let job = env.ok(&[
+        "--as",
+        CONSUMER,
+        "job",
+        "submit",
+        manifest.to_str().unwrap(),
+    ]);
+    let job = job.trim();
+    let text_years = people_csv()
+        .replace(",2022,", ",y2022,")
+        .replace(",2023,", ",y2023,");
+    let csv = env.write("v2.csv", &text_years);
+    env.ok(&[
+        "--as",
+        HOLDER,
+        "dataset",
+        "add",
+        csv.to_str().unwrap(),
+        "--name",
+        "people",
+        "--privacy-unit",
+        "person_id",
+        "--replace",
+    ]);
+    let out = env.veil(&["--as", HOLDER, "job", "approve", job]);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    let status = env.ok(&["--as", CONSUMER, "job", "status", job]);
+    assert!(status.contains("refused"), "{status} / {said}");
+    let audit = env.ok(&["audit", "log", "--format", "json"]);
+    assert!(
+        audit.contains("no longer applies to the current version"),
+        "{said}"
+    );
+}

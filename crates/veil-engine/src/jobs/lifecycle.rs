@@ -312,6 +312,15 @@ impl Veil {
             Err(PolicyError::Refused(reason)) => {
                 return Err(refuse(tx, &self.key, job_id, JobCode::Policy, reason)?);
             }
+            // A query checked at submission no longer plans against the dataset's current
+            // version (a column's type changed): the reason depends on the schema, not on rows.
+            Err(e @ PolicyError::Invalid { .. }) if manifest.sql.is_some() => {
+                let reason = format!(
+                    "the query no longer applies to the current version of `{}`: {e}",
+                    job.dataset
+                );
+                return Err(refuse(tx, &self.key, job_id, JobCode::Policy, reason)?);
+            }
             Err(e) => return Err(EngineError::Internal(e.to_string())),
             Ok(plan) => match used.admit(&plan.charge, epsilon_total, stored.policy.delta_total) {
                 Ok(after) => (plan, after),
