@@ -4,7 +4,8 @@
 //!
 //! Run with `cargo bench -p veil-benches --bench service`. `VEIL_BENCH_PEOPLE` sets the dataset
 //! size (default 200 people), `VEIL_BENCH_CLIENTS` the concurrent clients (default 8),
-//! `VEIL_BENCH_SECONDS` the throughput run (default 10). Results are recorded in benches/README.md.
+//! `VEIL_BENCH_SECONDS` the throughput run (default 10); `VEIL_BENCH_SQL=1` asks the same question
+//! as a DP SQL job instead of the module. Results are recorded in benches/README.md.
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,17 @@ time_budget_ms = 20
 [output]
 keys = ["education"]
 values = [{ name = "weekly_income", bounds = [0, 5000], aggregate = "mean" }]
+"#;
+
+/// The same question as DP SQL (docs/sql.md): the module's levels as a CASE expression.
+const SQL_MANIFEST: &str = r#"dataset = "bench"
+sql = """SELECT CASE WHEN educ <= 11 THEN 'below high school' WHEN educ = 12 THEN 'high school'
+  WHEN educ <= 15 THEN 'some college' WHEN educ = 16 THEN 'bachelor' ELSE 'graduate' END
+  AS education, AVG(weekly_income) AS weekly_income FROM bench GROUP BY education"""
+epsilon = 0.0001
+time_budget_ms = 20
+[bounds]
+weekly_income = [0, 5000]
 "#;
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -136,10 +148,17 @@ fn main() {
         ..ServerConfig::default()
     };
     let service = Service::start(&config).expect("start the service");
-    let body = serde_json::json!({
-        "manifest": MANIFEST,
-        "module": base64::engine::general_purpose::STANDARD.encode(veil_examples::INCOME_BY_EDUCATION),
-    })
+    let sql = env_or("VEIL_BENCH_SQL", 0) == 1;
+    println!("job: {}", if sql { "DP SQL" } else { "module" });
+    let body = if sql {
+        serde_json::json!({ "manifest": SQL_MANIFEST })
+    } else {
+        serde_json::json!({
+            "manifest": MANIFEST,
+            "module": base64::engine::general_purpose::STANDARD
+                .encode(veil_examples::INCOME_BY_EDUCATION),
+        })
+    }
     .to_string();
     let client = || Client {
         base: format!("http://{}", service.local_addr()),
