@@ -214,7 +214,7 @@ fn accuracy(rt: &tokio::runtime::Runtime) {
     let policy = format!(
         "privacy_unit = \"person_id\"\nconsumers = [\"bench\"]\napproval = \"auto\"\n\
          min_units_per_group = 1\nmax_groups_per_unit = 1\nmax_units = 100000\n\
-         [dp]\nepsilon_per_job = 1.0\nepsilon_total = 1000.0\n[partitions]\nstate = [{}]\n\
+         [dp]\nepsilon_per_job = 1.0\nepsilon_total = 100.0\n[partitions]\nstate = [{}]\n\
          [columns]\nstate = {{ class = \"public\" }}\nlweekinc = {{ class = \"sensitive\", bounds = [0, 12] }}\n",
         states.join(", ")
     );
@@ -223,11 +223,11 @@ fn accuracy(rt: &tokio::runtime::Runtime) {
     for (label, query) in [
         (
             "count only",
-            "SELECT state, COUNT(*) AS n FROM census GROUP BY state",
+            "SELECT state, COUNT(*) AS n FROM t GROUP BY state",
         ),
         (
             "count and mean",
-            "SELECT state, COUNT(*) AS n, AVG(lweekinc) AS m FROM census GROUP BY state",
+            "SELECT state, COUNT(*) AS n, AVG(lweekinc) AS m FROM t GROUP BY state",
         ),
     ] {
         let plan = sql_plan(&policy, query, &schema);
