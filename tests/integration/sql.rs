@@ -31,20 +31,26 @@ fn seeded(env: &Env, seed: u64, args: &[&str]) -> String {
 }
 
 /// Submits `query` on `people` as the consumer with a fixed noise seed; its job id.
-fn submit_sql(env: &Env, seed: u64, query: &str, epsilon: &str) -> String {
-    let args = [
+/// The consumer's `job submit|check --sql QUERY --dataset people --epsilon E` arguments.
+fn sql_args<'a>(command: &'a str, query: &'a str, epsilon: &'a str) -> Vec<&'a str> {
+    vec![
         "--as",
         CONSUMER,
         "job",
-        "submit",
+        command,
         "--sql",
         query,
         "--dataset",
         "people",
         "--epsilon",
         epsilon,
-    ];
-    seeded(env, seed, &args).trim().to_owned()
+    ]
+}
+
+fn submit_sql(env: &Env, seed: u64, query: &str, epsilon: &str) -> String {
+    seeded(env, seed, &sql_args("submit", query, epsilon))
+        .trim()
+        .to_owned()
 }
 
 /// A released job's result, as JSON.
@@ -66,19 +72,10 @@ fn a_sql_one_liner_releases_counts_and_means_through_the_gate() {
         &env,
         11,
         &[
-            "--as",
-            CONSUMER,
-            "job",
-            "submit",
-            "--sql",
-            QUERY,
-            "--dataset",
-            "people",
-            "--epsilon",
-            "1",
-            "--purpose",
-            "wages by education",
-        ],
+            sql_args("submit", QUERY, "1"),
+            vec!["--purpose", "wages by education"],
+        ]
+        .concat(),
     );
     let job = job.trim();
     let result = result_of(&env, job);
@@ -161,19 +158,7 @@ fn sql_intervals_cover_the_exact_answers() {
 fn sql_checks_spend_nothing_and_refusals_record_nothing() {
     let env = Env::new();
     env.setup("auto");
-    let check = env.ok(&[
-        "--as",
-        CONSUMER,
-        "job",
-        "check",
-        "--sql",
-        QUERY,
-        "--dataset",
-        "people",
-        "--epsilon",
-        "0.5",
-        "--json",
-    ]);
+    let check = env.ok(&[sql_args("check", QUERY, "0.5"), vec!["--json"]].concat());
     let check: serde_json::Value = serde_json::from_str(&check).unwrap();
     assert!(check["forecast"].is_object(), "{check}");
     assert_eq!(check["module_hash"], veil_policy::document_hash(QUERY));
@@ -194,18 +179,7 @@ fn sql_checks_spend_nothing_and_refusals_record_nothing() {
             "needs bounds",
         ),
     ] {
-        let out = env.veil(&[
-            "--as",
-            CONSUMER,
-            "job",
-            "submit",
-            "--sql",
-            query,
-            "--dataset",
-            "people",
-            "--epsilon",
-            "0.5",
-        ]);
+        let out = env.veil(&sql_args("submit", query, "0.5"));
         assert!(!out.status.success(), "{query}");
         let err = text(&out.stderr);
         assert!(err.contains(phrase), "{query}: {err}");
@@ -220,18 +194,8 @@ fn sql_checks_spend_nothing_and_refusals_record_nothing() {
 fn a_forbidden_column_is_a_recorded_policy_refusal() {
     let env = Env::new();
     env.setup("auto");
-    let out = env.veil(&[
-        "--as",
-        CONSUMER,
-        "job",
-        "submit",
-        "--sql",
-        "SELECT COUNT(*) AS n FROM people WHERE ssn LIKE '900%'",
-        "--dataset",
-        "people",
-        "--epsilon",
-        "0.5",
-    ]);
+    let query = "SELECT COUNT(*) AS n FROM people WHERE ssn LIKE '900%'";
+    let out = env.veil(&sql_args("submit", query, "0.5"));
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("forbidden"), "{err}");
