@@ -870,24 +870,39 @@ fn bodies_in_flight_share_a_budget_and_stalled_bodies_time_out() {
         ],
     );
     let http = Http::new(&server);
-    // A slow sender: declares 1000 bytes, sends 10, then nothing.
-    let mut slow = std::net::TcpStream::connect(&server.addr).unwrap();
-    write!(
-        slow,
-        "POST /v1/jobs/check HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {consumer}\r\n\
-         Content-Type: application/json\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{{\"manifest"
-    )
-    .unwrap();
-    let started = std::time::Instant::now();
-    let body = Some(("application/json", &b"{}"[..]));
-    // Its share is reserved once its token is checked: poll until the budget shows it.
-    let busy = loop {
-        let (status, text) = http.call("POST", "/v1/jobs/check", Some(&consumer), body);
-        if status == 503 || started.elapsed() > std::time::Duration::from_millis(1500) {
-            break (status, text);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    // A slow sender: declares 1000 bytes, sends 10, then trickles a byte per poll (at most 500)
+    // until a poll finds the budget spent, then nothing. Its share is reserved once its token is
+    // checked; a poll that happens to hold the budget at that moment makes the slow sender the
+    // one refused (the server then closes its connection), and the attempt starts again.
+    let slow_sender = || {
+        let mut slow = std::net::TcpStream::connect(&server.addr).unwrap();
+        write!(
+            slow,
+            "POST /v1/jobs/check HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {consumer}\r\n\
+             Content-Type: application/json\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{{\"manifest"
+        )
+        .unwrap();
+        slow
     };
+    let body = Some(("application/json", &b"{}"[..]));
+    let (mut slow, busy) = (0..5)
+        .find_map(|_| {
+            let mut slow = slow_sender();
+            let started = std::time::Instant::now();
+            loop {
+                let (status, text) = http.call("POST", "/v1/jobs/check", Some(&consumer), body);
+                if status == 503 {
+                    return Some((slow, (status, text)));
+                }
+                if slow.write_all(b" ").is_err()
+                    || started.elapsed() > std::time::Duration::from_secs(10)
+                {
+                    return None;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+        .expect("a slow body holding the budget within five attempts");
     assert_eq!(busy.0, 503, "{}", busy.1);
     assert!(busy.1.contains("\"code\":\"unavailable\""), "{}", busy.1);
     assert!(busy.1.contains("retry shortly"), "{}", busy.1);

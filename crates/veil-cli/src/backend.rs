@@ -3,7 +3,6 @@
 //! once over HTTP ([`crate::remote::Remote`], acting as the token's principal). Both return the
 //! same typed values, so `commands.rs` dispatches and prints each command once, and the two modes
 //! answer alike (`tests/integration/remote_cli.rs` checks every command for every role).
-
 use std::path::Path;
 
 use serde::Deserialize;

@@ -182,7 +182,8 @@ fn job_path(id: &str, tail: &str) -> String {
     format!("/v1/jobs/{}{tail}", encode(id))
 }
 
-/// The body of a submission or check: the manifest at `manifest` and its module, base64.
+/// The body of a submission or check: the manifest's text and its module, base64 (empty for a
+/// SQL job).
 fn job_body(job: &JobFiles) -> Result<Value> {
     Ok(json!({
         "manifest": job.manifest,

@@ -340,13 +340,10 @@ impl Veil {
             |m: String| failure(JobCode::Internal, "the data could not be prepared", vec![m]);
         let mut names: Vec<String> = plan.privacy_unit.iter().cloned().collect();
         names.extend(plan.columns.iter().map(|c| c.name.clone()));
-        let mut batches = self
+        let batches = self
             .block_on(veil_catalog::read_columns(&self.data_dir, record, &names))
             .map_err(|e| internal(e.to_string()))?;
-        batches = as_queried(batches).map_err(internal)?;
-        if plan.privacy_unit.is_none() {
-            batches = with_row_numbers(batches).map_err(internal)?;
-        }
+        let batches = as_queried(batches, plan.privacy_unit.is_none()).map_err(internal)?;
         let Some(schema) = batches.first().map(|b| b.schema()) else {
             return Err(internal("dataset has no batches".into()));
         };
@@ -495,16 +492,19 @@ fn gate_summary(stats: &veil_policy::BoundingStats) -> String {
     )
 }
 
-/// The batches with each column cast to the type SQL jobs read it as
-/// (`veil_policy::sql::as_queried`: DECIMAL as DOUBLE).
-fn as_queried(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, String> {
-    use datafusion::arrow::array::RecordBatchOptions;
+/// The batches as a SQL job's query reads them: each column cast to its queried type
+/// (`veil_policy::sql::as_queried`: DECIMAL as DOUBLE) and, with `row_unit`, the per-row unit
+/// column (`veil_policy::sql::ROW_UNIT`) appended, so that a dataset without a privacy unit counts
+/// each row as one unit. The row count survives even when the query names no column.
+fn as_queried(batches: Vec<RecordBatch>, row_unit: bool) -> Result<Vec<RecordBatch>, String> {
+    use datafusion::arrow::array::{RecordBatchOptions, UInt64Array};
     use datafusion::arrow::datatypes::{Field, Schema};
+    let mut next: u64 = 0;
     batches
         .into_iter()
         .map(|b| {
-            let schema = b.schema();
-            let fields: Vec<Field> = schema
+            let mut fields: Vec<Field> = b
+                .schema()
                 .fields()
                 .iter()
                 .map(|f| {
@@ -512,48 +512,26 @@ fn as_queried(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, String> {
                     f.as_ref().clone().with_data_type(t)
                 })
                 .collect();
-            let columns = b
+            let mut columns = b
                 .columns()
                 .iter()
                 .zip(&fields)
                 .map(|(c, f)| cast(c, f.data_type()))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
-            // A query may name no column at all (`COUNT(*)` on a dataset without a privacy
-            // unit): the row count must survive.
-            let options = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
+            let n = b.num_rows() as u64;
+            if row_unit {
+                fields.push(Field::new(
+                    veil_policy::sql::ROW_UNIT,
+                    DataType::UInt64,
+                    false,
+                ));
+                columns.push(Arc::new(UInt64Array::from_iter_values(next..next + n)));
+                next += n;
+            }
+            let options = RecordBatchOptions::new().with_row_count(Some(n as usize));
             RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options)
                 .map_err(|e| e.to_string())
-        })
-        .collect()
-}
-
-/// The batches with the per-row unit column (`veil_policy::sql::ROW_UNIT`) appended: a dataset
-/// without a privacy unit counts each row as one unit.
-fn with_row_numbers(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, String> {
-    use datafusion::arrow::array::UInt64Array;
-    use datafusion::arrow::datatypes::{Field, Schema};
-    let mut next: u64 = 0;
-    batches
-        .into_iter()
-        .map(|b| {
-            let n = b.num_rows() as u64;
-            let ids: ArrayRef = Arc::new(UInt64Array::from_iter_values(next..next + n));
-            next += n;
-            let mut fields: Vec<Field> = b
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone())
-                .collect();
-            fields.push(Field::new(
-                veil_policy::sql::ROW_UNIT,
-                DataType::UInt64,
-                false,
-            ));
-            let mut columns = b.columns().to_vec();
-            columns.push(ids);
-            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
         })
         .collect()
 }

@@ -10,7 +10,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-
 use serde::Deserialize;
 use serde_json::{Value, json};
 use veil_engine::{Caller, EngineError, JobState, Operation, Registered, Role, Veil};

@@ -349,19 +349,22 @@ struct Dissected {
 }
 
 impl Dissected {
-    /// Every dataset column the query reads, in first-use order, the unit aside.
-    fn columns(&self, unit: &str) -> Vec<String> {
-        let mut names: Vec<String> = Vec::new();
-        let exprs = self
-            .keys
+    /// Every row-level expression of the query: group expressions, aggregate arguments, WHERE.
+    fn row_exprs(&self) -> impl Iterator<Item = &Expr> {
+        self.keys
             .iter()
             .map(|(_, e)| e)
             .chain(self.values.iter().filter_map(|(_, r)| match r {
                 Released::Value { arg, .. } => Some(arg),
                 Released::Units => None,
             }))
-            .chain(self.filters.iter());
-        for e in exprs {
+            .chain(self.filters.iter())
+    }
+
+    /// Every dataset column the query reads, in first-use order, the unit aside.
+    fn columns(&self, unit: &str) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for e in self.row_exprs() {
             let mut refs: Vec<&Column> = e.column_refs().into_iter().collect();
             refs.sort_by(|a, b| a.name.cmp(&b.name));
             for c in refs {
@@ -832,14 +835,7 @@ fn check_counts(keys: usize, values: usize) -> Result<()> {
 /// unit to be used only in `COUNT(DISTINCT ...)`.
 fn check_columns(d: &Dissected, unit: &str, policy: &Policy) -> Result<()> {
     let unit_used = d
-        .keys
-        .iter()
-        .map(|(_, e)| e)
-        .chain(d.filters.iter())
-        .chain(d.values.iter().filter_map(|(_, r)| match r {
-            Released::Value { arg, .. } => Some(arg),
-            Released::Units => None,
-        }))
+        .row_exprs()
         .any(|e| e.column_refs().iter().any(|c| c.name == unit));
     if unit_used {
         return Err(PolicyError::Refused(format!(

@@ -158,9 +158,10 @@ pub(super) fn limit(l: &Limit) -> Result<(usize, Option<usize>)> {
 }
 
 impl Post {
-    /// Filters, sorts and cuts the released rows. Key order (the gate's) breaks ties, so the
-    /// result is a function of the released cells alone.
+    /// Filters, sorts and cuts the released rows and names the count as the query does. Key
+    /// order (the gate's) breaks ties, so the result is a function of the released cells alone.
     pub(super) fn apply(&self, release: &mut Release) {
+        release.count_name = self.count_name.clone();
         if let Some(having) = &self.having {
             release.rows.retain(|row| holds(having, row));
         }

@@ -34,10 +34,10 @@ pub async fn release<R: Rng + CryptoRng>(
     let mut release = gate::add_noise(plan, &exact, rng);
     super::spread::combine(plan, sql_of(plan)?, &mut release);
     post.apply(&mut release);
-    release.count_name = post.count_name.clone();
     Ok((release, stats))
 }
 
+/// The plan's SQL part. Requires a SQL job's plan (an aggregation error otherwise).
 fn sql_of(plan: &JobPlan) -> Result<&SqlPlan> {
     plan.sql
         .as_ref()
@@ -63,11 +63,7 @@ async fn aggregate_with_post<R: Rng + CryptoRng>(
     table: Arc<dyn TableProvider>,
     rng: &mut R,
 ) -> Result<(ExactGroups, BoundingStats, Post)> {
-    let sql = plan
-        .sql
-        .as_ref()
-        .ok_or_else(|| PolicyError::Aggregation("not a SQL job".into()))?;
-    let (contributions, post) = contributions(sql, table)?;
+    let (contributions, post) = contributions(sql_of(plan)?, table)?;
     let batches = SessionContext::new()
         .execute_logical_plan(contributions)
         .await?
