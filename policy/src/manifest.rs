@@ -767,6 +767,18 @@ pub fn precheck(
     schema: &Schema,
     consumer: &str,
 ) -> Result<JobPlan> {
+    precheck_with_lookups(policy, manifest, schema, &[], consumer)
+}
+
+/// [`precheck`] of a job whose dataset's policy declares public tables: `lookups` holds them
+/// (their current rows), for a SQL job to join.
+pub fn precheck_with_lookups(
+    policy: &Policy,
+    manifest: &JobManifest,
+    schema: &Schema,
+    lookups: &[crate::sql::Lookup],
+    consumer: &str,
+) -> Result<JobPlan> {
     // A SQL job declares nothing of what it reads and releases: that comes from its query.
     let Some(spec) = &manifest.sql else {
         return precheck_declared(policy, manifest, schema, consumer, None);
@@ -777,7 +789,7 @@ pub fn precheck(
             manifest.dataset
         )));
     }
-    let shape = crate::sql::shape(spec, &manifest.dataset, schema, policy)?;
+    let shape = crate::sql::shape(spec, &manifest.dataset, schema, policy, lookups)?;
     let derived = JobManifest {
         columns: shape.columns,
         keys: shape.keys,
@@ -785,7 +797,9 @@ pub fn precheck(
         count_weight: shape.count_weight,
         ..manifest.clone()
     };
-    precheck_declared(policy, &derived, schema, consumer, Some(shape.plan))
+    let mut plan = precheck_declared(policy, &derived, schema, consumer, Some(shape.plan))?;
+    plan.schedule.lookup_rows = shape.lookup_rows;
+    Ok(plan)
 }
 
 /// The pre-check of a manifest whose columns, keys and values are declared (a module job's, or

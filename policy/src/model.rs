@@ -143,6 +143,12 @@ pub struct Policy {
     #[serde(default)]
     pub partitions: BTreeMap<String, Vec<String>>,
     pub columns: BTreeMap<String, ColumnRule>,
+    /// Other datasets of the same holder that the holder declares public: SQL jobs on this
+    /// dataset may join them as lookup tables (docs/sql.md). Their rows are treated as public —
+    /// they shape results without noise — so only tables the holder would publish belong here.
+    /// Dataset ids once the engine has resolved them (`holder:name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public_tables: Vec<String>,
 }
 
 /// δ per job when the policy does not say.
@@ -189,6 +195,7 @@ struct RawPolicy {
     #[serde(default)]
     partitions: BTreeMap<String, Spanned<Vec<String>>>,
     columns: BTreeMap<Spanned<String>, Spanned<RawColumn>>,
+    public_tables: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -383,6 +390,35 @@ fn parse_dp(src: &Src<'_>, dp: &RawDp) -> Result<Dp> {
     })
 }
 
+/// Most public tables a policy may declare.
+pub const MAX_PUBLIC_TABLES: usize = 16;
+
+/// `public_tables`: distinct dataset names (short names or ids), at most [`MAX_PUBLIC_TABLES`].
+/// Whether each is one of the holder's datasets is the engine's check, when the policy is set.
+fn parse_public_tables(src: &Src<'_>, raw: Option<Spanned<Vec<String>>>) -> Result<Vec<String>> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    let span = raw.span();
+    let names = raw.into_inner();
+    if names.len() > MAX_PUBLIC_TABLES {
+        return src.err(
+            span,
+            "public_tables",
+            format!("at most {MAX_PUBLIC_TABLES} public tables"),
+        );
+    }
+    for (i, name) in names.iter().enumerate() {
+        if name.trim().is_empty() {
+            return src.err(span, "public_tables", "a table name is blank");
+        }
+        if names[..i].contains(name) {
+            return src.err(span, "public_tables", format!("`{name}` is listed twice"));
+        }
+    }
+    Ok(names)
+}
+
 /// `[partitions]`: per key, a non-empty list of distinct values; at most [`MAX_PUBLIC_GROUPS`]
 /// groups in all.
 fn parse_partitions(
@@ -538,6 +574,7 @@ impl Policy {
         } = parse_dp(&src, &raw.dp)?;
         let partitions = parse_partitions(&src, raw.partitions)?;
         let columns = parse_column_rules(&src, raw.columns)?;
+        let public_tables = parse_public_tables(&src, raw.public_tables)?;
 
         Ok(Policy {
             privacy_unit,
@@ -554,6 +591,7 @@ impl Policy {
             unit_count_epsilon,
             partitions,
             columns,
+            public_tables,
         })
     }
 

@@ -57,6 +57,9 @@ pub struct ScheduleRequest {
     /// The policy's bound on rows per unit (a SQL job's work is per row).
     #[serde(default = "default_rows_per_unit")]
     pub max_rows_per_unit: u32,
+    /// The rows of the public tables a SQL job joins (public), each costing a row's time.
+    #[serde(default)]
+    pub lookup_rows: u64,
 }
 
 fn default_rows_per_unit() -> u32 {
@@ -83,6 +86,7 @@ impl ScheduleRequest {
             blocks: manifest.blocks,
             sql: manifest.sql.is_some(),
             max_rows_per_unit: policy.max_rows_per_unit,
+            lookup_rows: 0,
         }
     }
 }
@@ -96,6 +100,7 @@ impl Default for ScheduleRequest {
             blocks: None,
             sql: false,
             max_rows_per_unit: default_rows_per_unit(),
+            lookup_rows: 0,
         }
     }
 }
@@ -198,11 +203,13 @@ pub fn schedule(request: &ScheduleRequest, cost: &CostModel) -> Result<Schedule>
 
 /// A SQL job's duration from public bounds alone: [`SQL_FIXED`] plus, for the policy's
 /// `max_units` units of `max_rows_per_unit` rows each, [`SQL_PER_UNIT`] per unit and
-/// [`SQL_PER_ROW`] per row, rounded up to whole milliseconds. A manifest's `time_budget_ms`
-/// replaces it (a run that takes longer releases late, as for modules).
+/// [`SQL_PER_ROW`] per row and per row of the public tables it joins, rounded up to whole
+/// milliseconds. A manifest's `time_budget_ms` replaces it (a run that takes longer releases
+/// late, as for modules).
 pub fn sql_duration(request: &ScheduleRequest) -> Duration {
     let units = u128::from(request.max_units.max(1));
-    let rows = units * u128::from(request.max_rows_per_unit.max(1));
+    let rows = units * u128::from(request.max_rows_per_unit.max(1))
+        + u128::from(request.lookup_rows);
     let nanos =
         SQL_FIXED.as_nanos() + units * SQL_PER_UNIT.as_nanos() + rows * SQL_PER_ROW.as_nanos();
     Duration::from_millis(nanos.div_ceil(1_000_000).min(u128::from(u64::MAX)) as u64)
@@ -241,6 +248,7 @@ mod tests {
             blocks: None,
             sql: false,
             max_rows_per_unit: 1,
+            lookup_rows: 0,
         }
     }
 

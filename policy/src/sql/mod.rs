@@ -42,6 +42,7 @@
 //!
 //! A unit's value that is NULL (all its rows NULL in the group) contributes 0, clamped to the
 //! bounds; `WHERE x IS NOT NULL` leaves such units out.
+mod lookup;
 mod post;
 mod provider;
 mod rewrite;
@@ -64,6 +65,7 @@ use crate::error::{PolicyError, Result};
 use crate::manifest::{Aggregate, MAX_KEY_PARTS, MAX_VALUES, ValueSpec};
 use crate::model::{ColumnClass, Policy};
 
+pub use lookup::Lookup;
 pub use rewrite::{aggregate, release};
 
 /// Longest query text accepted, in bytes.
@@ -118,6 +120,9 @@ pub struct SqlPlan {
     pub unit: String,
     /// Per released value, in the plan's order.
     pub per_unit: Vec<PerUnit>,
+    /// The public tables the query joins (dataset ids), which the run reads whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lookups: Vec<String>,
 }
 
 /// What a SQL query releases, in the terms of a module job's manifest.
@@ -126,8 +131,10 @@ pub struct Shape {
     pub keys: Vec<String>,
     pub values: Vec<ValueSpec>,
     pub count_weight: u32,
-    /// The dataset columns the query reads, the unit aside.
+    /// The dataset columns the query reads, the unit aside (lookups' columns are not among them).
     pub columns: Vec<String>,
+    /// The rows of the public tables the query joins (public; the schedule counts them).
+    pub lookup_rows: u64,
     pub plan: SqlPlan,
 }
 
@@ -141,10 +148,18 @@ pub fn table_names(dataset: &str) -> Vec<String> {
     names
 }
 
-/// Plans `spec` against a dataset with `schema` under `policy` and says what it releases.
-/// Unsupported SQL is [`PolicyError::Invalid`] (bad input: nothing recorded); a column the
-/// policy forbids, or a misuse of the privacy unit, is [`PolicyError::Refused`].
-pub fn shape(spec: &SqlSpec, dataset: &str, schema: &Schema, policy: &Policy) -> Result<Shape> {
+/// Plans `spec` against a dataset with `schema` under `policy`, with the public tables
+/// `lookups` the policy declares (their current rows), and says what it releases.
+/// Unsupported SQL, and a lookup join on columns that do not identify the lookup's rows, are
+/// [`PolicyError::Invalid`] (bad input: nothing recorded); a column the policy forbids, or a
+/// misuse of the privacy unit, is [`PolicyError::Refused`].
+pub fn shape(
+    spec: &SqlSpec,
+    dataset: &str,
+    schema: &Schema,
+    policy: &Policy,
+    lookups: &[Lookup],
+) -> Result<Shape> {
     let unit = policy
         .privacy_unit
         .clone()
@@ -152,9 +167,22 @@ pub fn shape(spec: &SqlSpec, dataset: &str, schema: &Schema, policy: &Policy) ->
     let schema = with_row_unit(schema, &unit);
     let table = MemTable::try_new(Arc::new(schema), vec![vec![]])?;
     let tables = table_names(dataset);
-    let logical = plan_query(&spec.text, tables.clone(), Arc::new(table))?;
-    let dissected = dissect(&logical, &unit)?;
+    let logical = plan_query(&spec.text, &tables, Arc::new(table), lookups)?;
+    let dissected = dissect(&logical, &unit, &tables, lookups)?;
     check_columns(&dissected, &unit, policy)?;
+    let mut joined = Vec::new();
+    let mut lookup_rows = 0;
+    for join in &dissected.sources.joins {
+        let lookup = lookups
+            .iter()
+            .find(|l| l.dataset == join.dataset)
+            .expect("sources() found it");
+        lookup::check_unique_keys(lookup, &join.keys)?;
+        if !joined.contains(&join.dataset) {
+            joined.push(join.dataset.clone());
+            lookup_rows += lookup.rows();
+        }
+    }
     let (values, per_unit) = released_values(&dissected, spec, policy)?;
     check_declared_names(&dissected, spec)?;
     let count_weight = dissected
@@ -171,11 +199,13 @@ pub fn shape(spec: &SqlSpec, dataset: &str, schema: &Schema, policy: &Policy) ->
         values,
         count_weight,
         columns: dissected.columns(&unit),
+        lookup_rows,
         plan: SqlPlan {
             text: spec.text.clone(),
             tables,
             unit,
             per_unit,
+            lookups: joined,
         },
     })
 }
@@ -221,15 +251,18 @@ fn unsupported(message: impl Into<String>) -> PolicyError {
 
 /// What every refusal of a construct adds: what is supported instead.
 const SUPPORTED: &str = "a SQL job is `SELECT <group expressions>, <aggregates> FROM <dataset> \
-     [WHERE ...] [GROUP BY ...] [HAVING ...] [ORDER BY ...] [LIMIT ...]` with COUNT(*), \
+     [JOIN <public table> ON ...] [WHERE ...] [GROUP BY ...] [HAVING ...] [ORDER BY ...] \
+     [LIMIT ...]` with COUNT(*), \
      COUNT(col), COUNT(DISTINCT <privacy unit>), SUM, AVG, MEDIAN, PERCENTILE_CONT, \
      APPROX_PERCENTILE_CONT, VARIANCE and STDDEV (docs/sql.md)";
 
-/// Parses one `SELECT` statement and plans it against `table` under the names `tables`.
+/// Parses one `SELECT` statement and plans it against `table` under the names `tables`, with
+/// the public tables `lookups`.
 fn plan_query(
     text: &str,
-    tables: Vec<String>,
+    tables: &[String],
     table: Arc<dyn datafusion::catalog::TableProvider>,
+    lookups: &[Lookup],
 ) -> Result<LogicalPlan> {
     check_size(text)?;
     let mut statements = DFParserBuilder::new(text)
@@ -259,7 +292,11 @@ fn plan_query(
             first_words(&statement.to_string())
         )));
     }
-    let provider = provider::DatasetOnly::new(tables, table);
+    let mut readable = vec![(tables.to_vec(), table)];
+    for l in lookups {
+        readable.push((table_names(&l.dataset), l.provider()?));
+    }
+    let provider = provider::DatasetOnly::new(readable);
     SqlToRel::new_with_options(&provider, ParserOptions::default())
         .sql_statement_to_plan(statement)
         .map_err(|e| unsupported(strip_prefix(&e)))
@@ -338,8 +375,11 @@ struct Dissected {
     count_name: Option<String>,
     /// The row predicates (WHERE).
     filters: Vec<Expr>,
-    /// The dataset's scan (under its alias, if the query gives one): what the rows come from.
+    /// The dataset's scan (under its alias, if the query gives one) and the lookups joined to
+    /// it: what the rows come from.
     base: LogicalPlan,
+    /// `base`, taken apart.
+    sources: lookup::Sources,
     /// Per column of the aggregate's output, the selected output it is (if selected).
     by_aggregate: Vec<Option<Output>>,
     /// Per SELECT item, the output it is.
@@ -349,7 +389,8 @@ struct Dissected {
 }
 
 impl Dissected {
-    /// Every row-level expression of the query: group expressions, aggregate arguments, WHERE.
+    /// Every row-level expression of the query: group expressions, aggregate arguments, WHERE,
+    /// join conditions.
     fn row_exprs(&self) -> impl Iterator<Item = &Expr> {
         self.keys
             .iter()
@@ -359,6 +400,12 @@ impl Dissected {
                 Released::Units => None,
             }))
             .chain(self.filters.iter())
+            .chain(self.sources.joins.iter().flat_map(|j| j.conditions.iter()))
+    }
+
+    /// Whether `c` is the dataset's privacy unit (a lookup's column of that name is not).
+    fn is_unit(&self, c: &Column, unit: &str) -> bool {
+        c.name == unit && self.sources.is_dataset_column(c)
     }
 
     /// Every dataset column the query reads, in first-use order, the unit aside.
@@ -368,7 +415,10 @@ impl Dissected {
             let mut refs: Vec<&Column> = e.column_refs().into_iter().collect();
             refs.sort_by(|a, b| a.name.cmp(&b.name));
             for c in refs {
-                if c.name != unit && !names.contains(&c.name) {
+                if self.sources.is_dataset_column(c)
+                    && c.name != unit
+                    && !names.contains(&c.name)
+                {
                     names.push(c.name.clone());
                 }
             }
@@ -390,7 +440,12 @@ pub(super) enum Output {
 
 /// Takes an accepted plan apart, or names the construct that makes it unacceptable: optional
 /// `LIMIT`, `ORDER BY` and `HAVING` (post-processing, [`post`]) around the `SELECT`.
-fn dissect(plan: &LogicalPlan, unit: &str) -> Result<Dissected> {
+fn dissect(
+    plan: &LogicalPlan,
+    unit: &str,
+    tables: &[String],
+    lookups: &[Lookup],
+) -> Result<Dissected> {
     let mut node = plan;
     let mut post = post::Post::default();
     if let LogicalPlan::Limit(l) = node {
@@ -441,7 +496,7 @@ fn dissect(plan: &LogicalPlan, unit: &str) -> Result<Dissected> {
             )));
         }
     };
-    let mut d = dissect_select(projection, aggregate, unit)?;
+    let mut d = dissect_select(projection, aggregate, unit, tables, lookups)?;
     let by_aggregate = &d.by_aggregate;
     let aggregate_output = |c: &Column| {
         aggregate
@@ -474,8 +529,11 @@ fn dissect_select(
     projection: &datafusion::logical_expr::Projection,
     aggregate: &datafusion::logical_expr::Aggregate,
     unit: &str,
+    tables: &[String],
+    lookups: &[Lookup],
 ) -> Result<Dissected> {
     let (filters, base) = row_filters(&aggregate.input)?;
+    let sources = lookup::sources(&base, tables, lookups)?;
     for e in aggregate.group_expr.iter() {
         check_row_expr(e, "GROUP BY")?;
     }
@@ -503,7 +561,7 @@ fn dissect_select(
             }
             Output::Key(index)
         } else {
-            match classify(&aggregate.aggr_expr[index - keys.len()], unit)? {
+            match classify(&aggregate.aggr_expr[index - keys.len()], unit, &sources)? {
                 Released::Units => {
                     if count_name.replace(name.clone()).is_some() {
                         return Err(unsupported(
@@ -541,6 +599,7 @@ fn dissect_select(
         count_name,
         filters,
         base,
+        sources,
         by_aggregate,
         selected,
         post: post::Post::default(),
@@ -550,7 +609,7 @@ fn dissect_select(
 /// A refusal naming the plan node the query needs.
 fn construct(node: &LogicalPlan) -> PolicyError {
     let what = match node {
-        LogicalPlan::Join(_) => "joins",
+        LogicalPlan::Join(_) => "joins other than with a public table",
         LogicalPlan::Union(_) => "UNION",
         LogicalPlan::Values(_) => "VALUES",
         LogicalPlan::Subquery(_) | LogicalPlan::SubqueryAlias(_) => "subqueries in FROM",
@@ -569,8 +628,8 @@ fn construct(node: &LogicalPlan) -> PolicyError {
     )
 }
 
-/// The row predicates between the aggregate and the dataset's scan, checked, and the scan (with
-/// its alias): only filters and a table alias may stand there.
+/// The row predicates between the aggregate and the sources, checked, and the sources (the
+/// dataset's scan with its alias, or lookup joins: [`lookup::sources`] checks them).
 fn row_filters(plan: &LogicalPlan) -> Result<(Vec<Expr>, LogicalPlan)> {
     let mut filters = Vec::new();
     let mut node = plan;
@@ -586,7 +645,9 @@ fn row_filters(plan: &LogicalPlan) -> Result<(Vec<Expr>, LogicalPlan)> {
             {
                 return Ok((filters, node.clone()));
             }
-            LogicalPlan::TableScan(_) => return Ok((filters, node.clone())),
+            LogicalPlan::TableScan(_) | LogicalPlan::Join(_) => {
+                return Ok((filters, node.clone()));
+            }
             other => return Err(construct(other)),
         }
     }
@@ -700,7 +761,7 @@ fn output_name(alias: &Option<String>, expr: &Expr) -> Result<String> {
 }
 
 /// What one aggregate expression releases, or why it is refused.
-fn classify(expr: &Expr, unit: &str) -> Result<Released> {
+fn classify(expr: &Expr, unit: &str, sources: &lookup::Sources) -> Result<Released> {
     let Expr::AggregateFunction(f) = strip_alias(expr) else {
         return Err(unsupported(format!(
             "`{expr}` is not an aggregate; {SUPPORTED}"
@@ -732,7 +793,11 @@ fn classify(expr: &Expr, unit: &str) -> Result<Released> {
     match (name.as_str(), params.args.as_slice()) {
         ("count", []) => Ok(Released::Units),
         ("count", [Expr::Literal(v, _)]) if !params.distinct && !v.is_null() => Ok(Released::Units),
-        ("count", [Expr::Column(c)]) if params.distinct && c.name == unit => Ok(Released::Units),
+        ("count", [Expr::Column(c)])
+            if params.distinct && c.name == unit && sources.is_dataset_column(c) =>
+        {
+            Ok(Released::Units)
+        }
         ("count", [_]) if params.distinct => Err(unsupported(
             "COUNT(DISTINCT ...) counts only the privacy unit (people); COUNT(DISTINCT x) of \
              another column is not supported",
@@ -836,7 +901,7 @@ fn check_counts(keys: usize, values: usize) -> Result<()> {
 fn check_columns(d: &Dissected, unit: &str, policy: &Policy) -> Result<()> {
     let unit_used = d
         .row_exprs()
-        .any(|e| e.column_refs().iter().any(|c| c.name == unit));
+        .any(|e| e.column_refs().iter().any(|c| d.is_unit(c, unit)));
     if unit_used {
         return Err(PolicyError::Refused(format!(
             "the query uses the privacy unit `{unit}` outside COUNT(DISTINCT {unit}): it may be \
@@ -872,7 +937,7 @@ fn released_values(
         };
         let bounds = match per_unit {
             PerUnit::Count => (0.0, 1.0),
-            _ => value_bounds(name, arg, spec, policy)?,
+            _ => value_bounds(name, arg, spec, policy, &d.sources)?,
         };
         let weight = spec.weights.get(name).copied().unwrap_or(1);
         values.push(ValueSpec {
@@ -910,13 +975,20 @@ fn released_values(
 /// The name of a spread's second statistic: the value's name and this suffix (never shown).
 pub const SQUARE_SUFFIX: &str = "__squares";
 
-/// A value's bounds: the manifest's `[bounds]` entry, else the policy's bounds of the column it
-/// reads directly.
-fn value_bounds(name: &str, arg: &Expr, spec: &SqlSpec, policy: &Policy) -> Result<(f64, f64)> {
+/// A value's bounds: the manifest's `[bounds]` entry, else the policy's bounds of the dataset
+/// column it reads directly.
+fn value_bounds(
+    name: &str,
+    arg: &Expr,
+    spec: &SqlSpec,
+    policy: &Policy,
+    sources: &lookup::Sources,
+) -> Result<(f64, f64)> {
     if let Some(b) = spec.bounds.get(name) {
         return Ok(*b);
     }
     if let Expr::Column(c) = strip_alias(arg)
+        && sources.is_dataset_column(c)
         && let Some(b) = policy.column_rule(&c.name).bounds
     {
         return Ok(b);

@@ -1,5 +1,5 @@
-//! What a SQL job's planner can reach: one table (the job's dataset) and DataFusion's built-in
-//! scalar and aggregate functions. No other table, no table functions, no window functions, no
+//! What a SQL job's planner can reach: the job's dataset, the public tables its policy declares
+//! (lookups) and DataFusion's built-in scalar and aggregate functions. No other table, no table functions, no window functions, no
 //! lambdas, no variables, no files: the planner answers "not found" for each, so a query naming
 //! them fails to plan before anything is read or spent.
 use std::collections::HashMap;
@@ -17,9 +17,9 @@ use datafusion::logical_expr::{AggregateUDF, HigherOrderUDF, ScalarUDF, TableSou
 
 /// The planner's view of the world for one query.
 pub(super) struct DatasetOnly {
-    /// The names the dataset answers to: its short name, then its id (`owner:name`).
-    names: Vec<String>,
-    source: Arc<dyn TableSource>,
+    /// Per table, the names it answers to (its short name, then its id `owner:name`) and its
+    /// rows: the dataset first, then the lookups.
+    tables: Vec<(Vec<String>, Arc<dyn TableSource>)>,
     scalars: HashMap<String, Arc<ScalarUDF>>,
     aggregates: HashMap<String, Arc<AggregateUDF>>,
     planners: Vec<Arc<dyn ExprPlanner>>,
@@ -27,13 +27,16 @@ pub(super) struct DatasetOnly {
 }
 
 impl DatasetOnly {
-    /// `names` are the only names a query may read (requires at least one); `provider` the
-    /// dataset's rows (an empty table with its schema when only planning).
-    pub(super) fn new(names: Vec<String>, provider: Arc<dyn TableProvider>) -> DatasetOnly {
+    /// `tables` are the only tables a query may read, each with its names (requires at least
+    /// one name each; the dataset first) and its rows (an empty table with the dataset's schema
+    /// when only planning).
+    pub(super) fn new(tables: Vec<(Vec<String>, Arc<dyn TableProvider>)>) -> DatasetOnly {
         let state = SessionStateBuilder::new().with_default_features().build();
         DatasetOnly {
-            names,
-            source: provider_as_source(provider),
+            tables: tables
+                .into_iter()
+                .map(|(names, provider)| (names, provider_as_source(provider)))
+                .collect(),
             scalars: state.scalar_functions().clone(),
             aggregates: state.aggregate_functions().clone(),
             planners: state.expr_planners().to_vec(),
@@ -44,15 +47,27 @@ impl DatasetOnly {
 
 impl ContextProvider for DatasetOnly {
     fn get_table_source(&self, name: TableReference) -> Result<Arc<dyn TableSource>> {
-        match name {
-            TableReference::Bare { table } if self.names.iter().any(|n| *n == *table) => {
-                Ok(self.source.clone())
-            }
-            other => Err(DataFusionError::Plan(format!(
-                "the query reads `{other}`; a SQL job reads only its dataset, `{}`",
-                self.names[0]
-            ))),
+        if let TableReference::Bare { table } = &name
+            && let Some((_, source)) = self
+                .tables
+                .iter()
+                .find(|(names, _)| names.iter().any(|n| n == table.as_ref()))
+        {
+            return Ok(source.clone());
         }
+        let lookups: Vec<String> = self.tables[1..]
+            .iter()
+            .map(|(names, _)| format!("`{}`", names[0]))
+            .collect();
+        let also = if lookups.is_empty() {
+            String::new()
+        } else {
+            format!(" and the public tables its policy declares ({})", lookups.join(", "))
+        };
+        Err(DataFusionError::Plan(format!(
+            "the query reads `{name}`; a SQL job reads only its dataset, `{}`{also}",
+            self.tables[0].0[0]
+        )))
     }
 
     fn get_expr_planners(&self) -> &[Arc<dyn ExprPlanner>] {

@@ -46,7 +46,7 @@ fn spec(text: &str) -> SqlSpec {
 
 fn shape_of(text: &str) -> Result<Shape> {
     let policy = Policy::from_toml(POLICY).unwrap();
-    shape(&spec(text), "clinic:people", &schema(), &policy)
+    shape(&spec(text), "clinic:people", &schema(), &policy, &[])
 }
 
 #[test]
@@ -78,7 +78,7 @@ fn derived_keys_declared_bounds_weights_and_quantiles() {
     sql.bounds.insert("k".into(), (0.0, 5.0));
     sql.weights.insert("n".into(), 3);
     sql.weights.insert("k".into(), 2);
-    let s = shape(&sql, "clinic:people", &schema(), &policy).unwrap();
+    let s = shape(&sql, "clinic:people", &schema(), &policy, &[]).unwrap();
     assert_eq!(s.keys, ["band"]);
     assert_eq!(s.count_weight, 3);
     assert_eq!(s.values[0].bounds, (0.0, 5.0));
@@ -346,7 +346,7 @@ async fn the_rewrite_gives_each_unit_one_row_per_group() {
 }
 
 async fn contributions_of(plan: &SqlPlan) -> Vec<RecordBatch> {
-    let (logical, _) = rewrite::contributions(plan, people_table()).unwrap();
+    let (logical, _) = rewrite::contributions(plan, people_table(), &[]).unwrap();
     SessionContext::new()
         .execute_logical_plan(logical)
         .await
@@ -380,7 +380,7 @@ async fn the_group_limit_keeps_a_random_choice() {
     )
     .unwrap();
     let table = Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap());
-    let (logical, _) = rewrite::contributions(plan.sql.as_ref().unwrap(), table).unwrap();
+    let (logical, _) = rewrite::contributions(plan.sql.as_ref().unwrap(), table, &[]).unwrap();
     let batches = SessionContext::new()
         .execute_logical_plan(logical)
         .await
@@ -416,7 +416,7 @@ async fn failing_row_expressions_are_null_not_errors() {
     );
     sql.bounds.insert("cast_sum".into(), (0.0, 10.0));
     sql.bounds.insert("div".into(), (0.0, 10.0));
-    let s = shape(&sql, "clinic:people", &schema(), &policy).unwrap();
+    let s = shape(&sql, "clinic:people", &schema(), &policy, &[]).unwrap();
     let batches = contributions_of(&s.plan).await;
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 4, "every (unit, group) present, values NULL → 0");
@@ -442,7 +442,7 @@ async fn having_order_and_limit_post_process_the_release() {
     let plan = precheck(&policy, &manifest, &schema(), "acme").unwrap();
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
     for _ in 0..20 {
-        let (release, _) = release(&plan, people_table(), &mut rng).await.unwrap();
+        let (release, _) = release(&plan, people_table(), &[], &mut rng).await.unwrap();
         assert!(release.rows.len() <= 5);
         for pair in release.rows.windows(2) {
             assert!(pair[0].units.value >= pair[1].units.value, "{release:?}");
@@ -457,7 +457,7 @@ async fn having_order_and_limit_post_process_the_release() {
     )
     .unwrap();
     let plan = precheck(&policy, &limited, &schema(), "acme").unwrap();
-    let (release, _) = release(&plan, people_table(), &mut rng).await.unwrap();
+    let (release, _) = release(&plan, people_table(), &[], &mut rng).await.unwrap();
     assert!(release.rows.is_empty(), "no noisy count is below -10⁶");
 }
 
@@ -477,7 +477,7 @@ async fn variance_and_stddev_are_released_as_one_cell_each() {
     assert_eq!(names, ["v", "v__squares", "sd", "sd__squares"]);
     assert_eq!(plan.values[1].hi, 2500 * 2500 * crate::fixed::SCALE);
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
-    let (release, _) = release(&plan, people_table(), &mut rng).await.unwrap();
+    let (release, _) = release(&plan, people_table(), &[], &mut rng).await.unwrap();
     for row in &release.rows {
         assert_eq!(row.values.len(), 2, "{row:?}");
         assert_eq!(row.values[0].name, "v");
@@ -491,4 +491,205 @@ async fn variance_and_stddev_are_released_as_one_cell_each() {
             assert!(c.ci95[0] >= 0.0 && c.ci95[1] <= cap + 1.0, "{c:?}");
         }
     }
+}
+
+/// A public table of education levels, as the holder's policy declares it.
+fn levels(codes: &[&str]) -> Lookup {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("level", DataType::Utf8, true),
+        Field::new("label", DataType::Utf8, false),
+        Field::new("person_id", DataType::Int64, false),
+    ]));
+    let labels: Vec<String> = codes.iter().map(|c| format!("level-{c}")).collect();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(codes.to_vec())),
+            Arc::new(StringArray::from(labels)),
+            Arc::new(Int64Array::from(vec![7; codes.len()])),
+        ],
+    )
+    .unwrap();
+    Lookup {
+        dataset: "clinic:levels".into(),
+        schema,
+        batches: vec![batch],
+    }
+}
+
+fn shape_with_levels(text: &str, lookup: &Lookup) -> Result<Shape> {
+    let policy = Policy::from_toml(POLICY).unwrap();
+    shape(
+        &spec(text),
+        "clinic:people",
+        &schema(),
+        &policy,
+        std::slice::from_ref(lookup),
+    )
+}
+
+#[test]
+fn a_lookup_join_adds_public_columns_only() {
+    let lookup = levels(&["a", "b"]);
+    for query in [
+        "SELECT l.label AS label, COUNT(*) AS n, AVG(p.income) AS mean FROM people p \
+         JOIN levels l ON p.educ = l.level GROUP BY l.label",
+        "SELECT label, COUNT(*) AS n, AVG(income) AS mean FROM people \
+         LEFT JOIN \"clinic:levels\" ON \"clinic:levels\".level = upper(people.educ) AND people.region = 'n' \
+         GROUP BY label",
+    ] {
+        let s = shape_with_levels(query, &lookup).unwrap();
+        assert_eq!(s.keys, ["label"], "{query}");
+        assert_eq!(s.plan.lookups, ["clinic:levels"], "{query}");
+        assert_eq!(s.lookup_rows, 2);
+        assert!(
+            !s.columns.contains(&"label".to_owned()) && s.columns.contains(&"income".to_owned()),
+            "only the dataset's columns are read from it: {:?}",
+            s.columns
+        );
+        assert_eq!(s.values[0].bounds, (0.0, 5000.0), "the policy's bounds");
+    }
+    // A lookup's column named like the privacy unit is the lookup's, not the unit.
+    let s = shape_with_levels(
+        "SELECT l.person_id AS code, COUNT(*) AS n FROM people p JOIN levels l \
+         ON p.educ = l.level GROUP BY l.person_id",
+        &lookup,
+    )
+    .unwrap();
+    assert_eq!(s.keys, ["code"]);
+}
+
+#[test]
+fn lookup_joins_that_could_leak_or_multiply_rows_are_refused() {
+    let lookup = levels(&["a", "b"]);
+    for (query, phrase) in [
+        (
+            "SELECT l.label AS label, COUNT(*) AS n FROM levels l JOIN people p \
+             ON p.educ = l.level GROUP BY l.label",
+            "start from the dataset",
+        ),
+        (
+            "SELECT l.label AS label, COUNT(*) AS n FROM people p RIGHT JOIN levels l \
+             ON p.educ = l.level GROUP BY l.label",
+            "right join is not supported",
+        ),
+        (
+            "SELECT l.label AS label, COUNT(*) AS n FROM people p FULL JOIN levels l \
+             ON p.educ = l.level GROUP BY l.label",
+            "full join is not supported",
+        ),
+        (
+            "SELECT l.label AS label, COUNT(*) AS n FROM people p JOIN levels l \
+             ON p.educ < l.level GROUP BY l.label",
+            "needs an equality",
+        ),
+        (
+            "SELECT l.label AS label, COUNT(*) AS n FROM people p CROSS JOIN levels l \
+             GROUP BY l.label",
+            "needs an equality",
+        ),
+        (
+            "SELECT q.educ AS e, COUNT(*) AS n FROM people p JOIN people q \
+             ON p.educ = q.educ GROUP BY q.educ",
+            "not a public table",
+        ),
+        (
+            "SELECT l.label AS label, COUNT(*) AS n FROM people p JOIN other l \
+             ON p.educ = l.level GROUP BY l.label",
+            "public tables its policy declares (`levels`)",
+        ),
+        (
+            "SELECT l.label AS label, COUNT(*) AS n FROM people p JOIN levels l \
+             ON p.educ = l.level AND random() > 0.5 GROUP BY l.label",
+            "is not available",
+        ),
+    ] {
+        match shape_with_levels(query, &lookup) {
+            Err(e @ PolicyError::Invalid { .. }) => {
+                let text = e.to_string().to_lowercase();
+                assert!(text.contains(&phrase.to_lowercase()), "{query}: {text}");
+            }
+            other => panic!("{query}: expected a refusal, got {other:?}"),
+        }
+    }
+    // Joining on the privacy unit would let a public table group people one by one.
+    match shape_with_levels(
+        "SELECT l.label AS label, COUNT(*) AS n FROM people p JOIN levels l \
+         ON p.person_id = l.person_id GROUP BY l.label",
+        &lookup,
+    ) {
+        Err(PolicyError::Refused(m)) => assert!(m.contains("privacy unit"), "{m}"),
+        other => panic!("expected a policy refusal, got {other:?}"),
+    }
+    // A key that repeats in the public table would count a person's row twice.
+    let repeated = levels(&["a", "b", "a"]);
+    let e = shape_with_levels(
+        "SELECT l.label AS label, COUNT(*) AS n FROM people p JOIN levels l \
+         ON p.educ = l.level GROUP BY l.label",
+        &repeated,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("two rows with the same `level`"), "{e}");
+    // Without the declaration there is nothing to join.
+    let e = shape_of(
+        "SELECT l.label AS label, COUNT(*) AS n FROM people p JOIN levels l \
+         ON p.educ = l.level GROUP BY l.label",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("reads only its dataset"), "{e}");
+}
+
+/// The joined run: each person's rows carry the lookup's label, one row per (person, label),
+/// and a dataset row without a match keeps a NULL label under LEFT JOIN (unclamped here: the
+/// Bounder clamps).
+#[tokio::test]
+async fn a_lookup_join_runs_per_person() {
+    let lookup = levels(&["a"]);
+    for (join, expected) in [
+        ("JOIN", vec!["1 level-a 400.0", "3 level-a 50.0"]),
+        (
+            "LEFT JOIN",
+            vec!["1 level-a 400.0", "2 NULL 0.0", "3 NULL 7010.0", "3 level-a 50.0"],
+        ),
+    ] {
+        let query = format!(
+            "SELECT l.label AS label, SUM(p.income) AS total FROM people p {join} levels l \
+             ON p.educ = l.level AND p.income IS NOT NULL GROUP BY l.label"
+        );
+        let s = shape_with_levels(&query, &lookup).unwrap();
+        let (logical, _) =
+            rewrite::contributions(&s.plan, people_table(), std::slice::from_ref(&lookup))
+                .unwrap();
+        let batches = SessionContext::new()
+            .execute_logical_plan(logical)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut rows = text_rows(&batches);
+        rows.sort();
+        // Person 2's only row has a NULL income and person 3's `b` rows no level: the inner
+        // join drops them; the left join keeps them with a NULL label.
+        assert_eq!(rows, expected, "{join}");
+    }
+}
+
+fn text_rows(batches: &[RecordBatch]) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let cols: Vec<_> = (0..b.num_columns())
+                .map(|i| datafusion::arrow::compute::cast(b.column(i), &DataType::Utf8).unwrap())
+                .collect();
+            (0..b.num_rows())
+                .map(|r| {
+                    cols.iter()
+                        .map(|c| c.as_any().downcast_ref::<StringArray>().unwrap().value(r))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
