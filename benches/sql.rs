@@ -120,7 +120,12 @@ fn speed(rt: &tokio::runtime::Runtime) {
             .map(|_| {
                 let start = Instant::now();
                 let (release, _) = rt
-                    .block_on(veil_policy::sql::release(&plan, table.clone(), &[], &mut rng))
+                    .block_on(veil_policy::sql::release(
+                        &plan,
+                        table.clone(),
+                        &[],
+                        &mut rng,
+                    ))
                     .expect("DP SQL");
                 assert_eq!(release.rows.len(), GROUPS);
                 start.elapsed()
@@ -234,7 +239,12 @@ fn accuracy(rt: &tokio::runtime::Runtime) {
         let (mut count_err, mut mean_err, mut cells, mut means) = (0.0, 0.0, 0usize, 0usize);
         for _ in 0..200 {
             let (release, _) = rt
-                .block_on(veil_policy::sql::release(&plan, table.clone(), &[], &mut rng))
+                .block_on(veil_policy::sql::release(
+                    &plan,
+                    table.clone(),
+                    &[],
+                    &mut rng,
+                ))
                 .expect("release");
             for row in &release.rows {
                 let (n, m) = truth[&row.key[0]];

@@ -35,5 +35,6 @@ pub use gate::{
 };
 pub use manifest::{
     Aggregate, DeliveredColumn, DeliveredType, JobManifest, JobPlan, Noise, precheck,
+    precheck_with_lookups,
 };
 pub use model::{Approval, ColumnClass, ColumnRule, Epsilon, Policy, document_hash};

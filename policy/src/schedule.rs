@@ -208,8 +208,8 @@ pub fn schedule(request: &ScheduleRequest, cost: &CostModel) -> Result<Schedule>
 /// late, as for modules).
 pub fn sql_duration(request: &ScheduleRequest) -> Duration {
     let units = u128::from(request.max_units.max(1));
-    let rows = units * u128::from(request.max_rows_per_unit.max(1))
-        + u128::from(request.lookup_rows);
+    let rows =
+        units * u128::from(request.max_rows_per_unit.max(1)) + u128::from(request.lookup_rows);
     let nanos =
         SQL_FIXED.as_nanos() + units * SQL_PER_UNIT.as_nanos() + rows * SQL_PER_ROW.as_nanos();
     Duration::from_millis(nanos.div_ceil(1_000_000).min(u128::from(u64::MAX)) as u64)

@@ -145,6 +145,9 @@ pub enum AuditEvent {
         /// Total δ spent by the consumer on the dataset after this job.
         #[serde(default, skip_serializing_if = "is_zero")]
         spent_delta_femto_after: u64,
+        /// The public tables a SQL job joins, each at the version it reads (absent: none).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        public_tables: Vec<TableRead>,
     },
     JobFinished {
         job: String,
@@ -172,6 +175,15 @@ const SEAL_CONTEXT: &[u8] = b"veil-audit-sealed-v2\n";
 
 /// A log entry in full, as stored and as exported to reviewers (one JSON object per line).
 ///
+/// A dataset as a job read it: its id, content version and commitment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableRead {
+    pub dataset: String,
+    pub version: u64,
+    pub commitment: String,
+}
+
 /// An entry has two parts. The **public part** ([`PublicEntry`]) is what the Merkle tree, the
 /// signature, checkpoints, proofs and receipts are built over: version, index, the entry's public
 /// time, the previous leaf, the event's kind and its public fields (job id, hashes, ε charged), and
@@ -270,6 +282,7 @@ pub fn public_fields(kind: &str) -> &'static [&'static str] {
             "rho_pico",
             "delta_conversion_femto",
             "delta_selection_femto",
+            "public_tables",
         ],
         "release_created" => &["job", "result_hash"],
         "job_refused" | "job_approved" | "job_rejected" | "job_finished" | "release_denied" => {

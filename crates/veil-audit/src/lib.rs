@@ -25,7 +25,9 @@ mod receipt;
 pub mod review;
 mod store;
 
-pub use entry::{AuditEvent, ENTRY_VERSION, Entry, PublicEntry, public_fields, sha256_hex};
+pub use entry::{
+    AuditEvent, ENTRY_VERSION, Entry, PublicEntry, TableRead, public_fields, sha256_hex,
+};
 pub use keys::{DomainKey, VerifierKey};
 pub use note::Checkpoint;
 pub use proof::{Disclosure, Proof, ProofVerdict, prove_consistency, prove_inclusion};

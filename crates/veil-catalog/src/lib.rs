@@ -165,6 +165,17 @@ pub struct CatalogEntry {
     /// A noisy count of the privacy units, only where the policy publishes one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub units: Option<NoisyUnits>,
+    /// The public tables the policy lets SQL jobs join, with their columns (never their rows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public_tables: Vec<PublicTable>,
+}
+
+/// A table its holder declared public for SQL jobs on another dataset to join (docs/sql.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublicTable {
+    /// Its dataset id.
+    pub name: String,
+    pub columns: Vec<ColumnInfo>,
 }
 
 /// A differentially private count of a dataset's privacy units (discrete Laplace, sensitivity 1),
@@ -200,6 +211,7 @@ impl DatasetRecord {
             created_at: to_the_second(&self.created_at),
             version: self.version,
             units: None,
+            public_tables: Vec::new(),
         }
     }
 }

@@ -377,12 +377,15 @@ impl Veil {
         require(holder, Operation::SetPolicy)?;
         // Another holder's dataset answers like a missing one.
         let record = self.find_dataset(holder, dataset)?;
+        let caller = holder;
         let holder = holder.name.as_str();
         let dataset = record.name.as_str();
         let text = text.to_owned();
         let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
-        let policy =
+        let mut policy =
             Policy::from_toml(&text)?.validate_against(&schema, record.privacy_unit.as_deref())?;
+        policy.public_tables =
+            self.resolve_public_tables(caller, &record.name, &policy.public_tables)?;
         self.check_max_units(&record, policy.max_units)?;
         self.check_unit_count_unchanged(dataset, &policy)?;
         let draw = self.unit_count_to_draw(&record, &policy)?;
@@ -531,9 +534,16 @@ impl Veil {
     /// rows, plus the noisy unit count where the current policy publishes one.
     pub fn catalog_entry(&self, record: &DatasetRecord) -> Result<CatalogEntry> {
         let mut entry = record.consumer_view();
-        let shown = self
-            .policy(&record.name)?
-            .is_some_and(|p| p.policy.unit_count_epsilon.is_some());
+        let policy = self.policy(&record.name)?;
+        for id in policy.iter().flat_map(|p| &p.policy.public_tables) {
+            if let Some(table) = veil_catalog::get(&self.conn, id)? {
+                entry.public_tables.push(veil_catalog::PublicTable {
+                    name: table.name,
+                    columns: table.columns,
+                });
+            }
+        }
+        let shown = policy.is_some_and(|p| p.policy.unit_count_epsilon.is_some());
         if let (true, Some(drawn)) = (shown, published_count(&self.conn, &record.name)?) {
             let half = DiscreteLaplace::for_sensitivity(1, drawn.epsilon.micro()).half_width(0.95);
             let half = u64::try_from(half).unwrap_or(u64::MAX);

@@ -33,6 +33,8 @@ pub(crate) struct RunRequest<'a> {
     pub plan: JobPlan,
     pub record: &'a DatasetRecord,
     pub wasm: &'a [u8],
+    /// The public tables a SQL job joins (none for a module job).
+    pub lookups: &'a [veil_policy::sql::Lookup],
     /// Fuel each unit gets, fixed by the job's schedule before the run.
     pub fuel_per_unit: u64,
 }
@@ -277,7 +279,7 @@ impl Veil {
     /// gate: the release, or a failure that has nothing to do with what the module did.
     pub(crate) fn execute(&mut self, req: RunRequest<'_>) -> Result<RunOutput, ExecutionFailure> {
         if req.plan.sql.is_some() {
-            return self.execute_sql(&req.plan, req.record);
+            return self.execute_sql(&req.plan, req.record, req.lookups);
         }
         let workers = self.config.workers;
         let fuel = req.fuel_per_unit;
@@ -334,6 +336,7 @@ impl Veil {
         &self,
         plan: &JobPlan,
         record: &DatasetRecord,
+        lookups: &[veil_policy::sql::Lookup],
     ) -> Result<RunOutput, ExecutionFailure> {
         let sql = plan.sql.as_ref().expect("checked by the caller");
         let internal =
@@ -351,7 +354,12 @@ impl Veil {
             .map_err(|e| internal(e.to_string()))?;
         let mut rng = noise_rng();
         let (release, stats) = self
-            .block_on(veil_policy::sql::release(plan, Arc::new(table), &mut rng))
+            .block_on(veil_policy::sql::release(
+                plan,
+                Arc::new(table),
+                lookups,
+                &mut rng,
+            ))
             .map_err(|e| failure(JobCode::Internal, "aggregation failed", vec![e.to_string()]))?;
         let holder_log = vec![format!("sql: {}", sql.text), gate_summary(&stats)];
         Ok(RunOutput {
@@ -496,7 +504,10 @@ fn gate_summary(stats: &veil_policy::BoundingStats) -> String {
 /// (`veil_policy::sql::as_queried`: DECIMAL as DOUBLE) and, with `row_unit`, the per-row unit
 /// column (`veil_policy::sql::ROW_UNIT`) appended, so that a dataset without a privacy unit counts
 /// each row as one unit. The row count survives even when the query names no column.
-fn as_queried(batches: Vec<RecordBatch>, row_unit: bool) -> Result<Vec<RecordBatch>, String> {
+pub(crate) fn as_queried(
+    batches: Vec<RecordBatch>,
+    row_unit: bool,
+) -> Result<Vec<RecordBatch>, String> {
     use datafusion::arrow::array::{RecordBatchOptions, UInt64Array};
     use datafusion::arrow::datatypes::{Field, Schema};
     let mut next: u64 = 0;

@@ -42,6 +42,7 @@ mod datasets;
 mod error;
 mod execute;
 mod jobs;
+mod lookups;
 mod principals;
 mod store;
 

@@ -111,8 +111,7 @@ pub(super) fn sources(
                     join.join_type
                 )));
             }
-            left.joins
-                .push(joined(join, &qualifier, &lookup.dataset)?);
+            left.joins.push(joined(join, &qualifier, &lookup.dataset)?);
             Ok(left)
         }
         other => match scanned(other) {
@@ -166,7 +165,11 @@ fn joined(
             right,
         }) = conjunct
         {
-            let other_side = |e: &Expr| e.column_refs().iter().all(|c| c.relation.as_ref() != Some(lookup));
+            let other_side = |e: &Expr| {
+                e.column_refs()
+                    .iter()
+                    .all(|c| c.relation.as_ref() != Some(lookup))
+            };
             match (of_lookup(left), of_lookup(right)) {
                 (Some(k), None) if other_side(right) => keys.push(k),
                 (None, Some(k)) if other_side(left) => keys.push(k),

@@ -415,10 +415,7 @@ impl Dissected {
             let mut refs: Vec<&Column> = e.column_refs().into_iter().collect();
             refs.sort_by(|a, b| a.name.cmp(&b.name));
             for c in refs {
-                if self.sources.is_dataset_column(c)
-                    && c.name != unit
-                    && !names.contains(&c.name)
-                {
+                if self.sources.is_dataset_column(c) && c.name != unit && !names.contains(&c.name) {
                     names.push(c.name.clone());
                 }
             }

@@ -62,7 +62,10 @@ impl ContextProvider for DatasetOnly {
         let also = if lookups.is_empty() {
             String::new()
         } else {
-            format!(" and the public tables its policy declares ({})", lookups.join(", "))
+            format!(
+                " and the public tables its policy declares ({})",
+                lookups.join(", ")
+            )
         };
         Err(DataFusionError::Plan(format!(
             "the query reads `{name}`; a SQL job reads only its dataset, `{}`{also}",

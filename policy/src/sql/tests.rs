@@ -629,7 +629,10 @@ fn lookup_joins_that_could_leak_or_multiply_rows_are_refused() {
         &repeated,
     )
     .unwrap_err();
-    assert!(e.to_string().contains("two rows with the same `level`"), "{e}");
+    assert!(
+        e.to_string().contains("two rows with the same `level`"),
+        "{e}"
+    );
     // Without the declaration there is nothing to join.
     let e = shape_of(
         "SELECT l.label AS label, COUNT(*) AS n FROM people p JOIN levels l \
@@ -649,7 +652,12 @@ async fn a_lookup_join_runs_per_person() {
         ("JOIN", vec!["1 level-a 400.0", "3 level-a 50.0"]),
         (
             "LEFT JOIN",
-            vec!["1 level-a 400.0", "2 NULL 0.0", "3 NULL 7010.0", "3 level-a 50.0"],
+            vec![
+                "1 level-a 400.0",
+                "2 NULL 0.0",
+                "3 NULL 7010.0",
+                "3 level-a 50.0",
+            ],
         ),
     ] {
         let query = format!(
@@ -658,8 +666,7 @@ async fn a_lookup_join_runs_per_person() {
         );
         let s = shape_with_levels(&query, &lookup).unwrap();
         let (logical, _) =
-            rewrite::contributions(&s.plan, people_table(), std::slice::from_ref(&lookup))
-                .unwrap();
+            rewrite::contributions(&s.plan, people_table(), std::slice::from_ref(&lookup)).unwrap();
         let batches = SessionContext::new()
             .execute_logical_plan(logical)
             .await

@@ -18,6 +18,8 @@ pub(super) struct Vetted {
     pub module_hash: String,
     pub manifest_hash: String,
     pub schema: SchemaRef,
+    /// A SQL job's public tables (the policy's `public_tables`, read whole), for it to join.
+    pub lookups: Vec<veil_policy::sql::Lookup>,
     /// Whether the module declares the columns it reads (so its lookups were checked).
     pub declares_columns: bool,
 }
@@ -85,6 +87,11 @@ impl Veil {
                     "a SQL job runs no module: send the manifest's `sql` without a module",
                 ));
             }
+            let lookups = self
+                .load_lookups(&stored.policy.public_tables)?
+                .into_iter()
+                .map(|(lookup, _)| lookup)
+                .collect();
             return Ok(Vetted {
                 module_hash: veil_policy::document_hash(&sql.text),
                 manifest_hash: document_hash(text),
@@ -92,6 +99,7 @@ impl Veil {
                 manifest,
                 stored,
                 schema,
+                lookups,
             });
         }
         // Validate and compile before recording anything: a bad module is bad input.
@@ -117,6 +125,7 @@ impl Veil {
             manifest,
             stored,
             schema,
+            lookups: Vec::new(),
         })
     }
 
@@ -192,7 +201,13 @@ impl Veil {
 /// caller's transaction).
 pub(super) fn verdict(conn: &Connection, vetted: &Vetted, consumer: &str) -> Result<Verdict> {
     let policy = &vetted.stored.policy;
-    let plan = match precheck(policy, &vetted.manifest, &vetted.schema, consumer) {
+    let plan = match precheck_with_lookups(
+        policy,
+        &vetted.manifest,
+        &vetted.schema,
+        &vetted.lookups,
+        consumer,
+    ) {
         Err(PolicyError::Refused(reason)) => return Ok(Verdict::Refused(JobCode::Policy, reason)),
         Err(other) => return Err(other.into()),
         Ok(plan) => Box::new(plan),

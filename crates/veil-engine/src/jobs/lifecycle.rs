@@ -251,6 +251,7 @@ impl Veil {
             plan: started.plan.clone(),
             record: &started.record,
             wasm: &wasm,
+            lookups: &started.lookups,
             fuel_per_unit: started.fuel_per_unit,
         });
         let sandbox_time = clock.elapsed();
@@ -293,7 +294,15 @@ impl Veil {
         let mut manifest = JobManifest::from_toml(&job.manifest)?;
         manifest.dataset = job.dataset.clone();
         let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
-        let plan = precheck(&stored.policy, &manifest, &schema, &job.consumer);
+        let (lookups, lookup_records): (Vec<_>, Vec<_>) = if manifest.sql.is_some() {
+            self.load_lookups(&stored.policy.public_tables)?
+                .into_iter()
+                .unzip()
+        } else {
+            Default::default()
+        };
+        let plan =
+            precheck_with_lookups(&stored.policy, &manifest, &schema, &lookups, &job.consumer);
 
         let tx = self
             .conn
@@ -359,6 +368,7 @@ impl Veil {
                 delta_conversion_femto: plan.charge.delta_conversion.0,
                 delta_selection_femto: plan.charge.delta_selection.0,
                 spent_delta_femto_after: after_delta.0,
+                public_tables: tables_read(&plan, &lookup_records),
             },
             started_at,
         )?;
@@ -367,6 +377,7 @@ impl Veil {
             job,
             record,
             plan,
+            lookups,
             fuel_per_unit: schedule.fuel_per_unit,
             release_at,
         })
@@ -457,6 +468,22 @@ impl Veil {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// The public tables a SQL job's plan joins, as the audit names them: id, version, commitment.
+fn tables_read(
+    plan: &veil_policy::JobPlan,
+    records: &[veil_catalog::DatasetRecord],
+) -> Vec<veil_audit::TableRead> {
+    let joined = plan.sql.iter().flat_map(|s| s.lookups.iter());
+    joined
+        .filter_map(|id| records.iter().find(|r| &r.name == id))
+        .map(|r| veil_audit::TableRead {
+            dataset: r.name.clone(),
+            version: r.version,
+            commitment: r.content_commitment.clone(),
+        })
+        .collect()
 }
 
 /// Records a submission's module. Only an admitted job's module is kept whole (a run needs its

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use veil_audit::{AuditEvent, AuditLog};
 use veil_policy::{
     Approval, Delta, Epsilon, JobManifest, PolicyError, Spent, document_hash,
-    model::valid_principal, precheck,
+    model::valid_principal, precheck_with_lookups,
 };
 
 use crate::access::{Caller, Operation, require};
@@ -227,6 +227,8 @@ struct StartedRun {
     job: JobInfo,
     record: veil_catalog::DatasetRecord,
     plan: veil_policy::JobPlan,
+    /// The public tables a SQL job joins, as read at the start (the versions its audit names).
+    lookups: Vec<veil_policy::sql::Lookup>,
     /// Fuel each unit gets, fixed by the schedule.
     fuel_per_unit: u64,
     /// When the outcome is committed and becomes visible, fixed at the start.
