@@ -72,6 +72,12 @@ pub enum AuditEvent {
         versions: u64,
         jobs_refused: u64,
     },
+    /// The domain evaluated its link OPRF on a holder's batch of blinded identifiers (it saw
+    /// only uniformly random points; the count says how many tokens the holder could derive).
+    LinkEvaluated {
+        holder: String,
+        elements: u64,
+    },
     PolicySet {
         dataset: String,
         holder: String,
@@ -252,6 +258,7 @@ pub fn public_fields(kind: &str) -> &'static [&'static str] {
         "dataset_registered" => &["dataset", "content_commitment", "schema_hash", "version"],
         "policy_suspended" => &["dataset", "dataset_version"],
         "dataset_removed" => &["dataset"],
+        "link_evaluated" => &["holder", "elements"],
         "policy_set" => &["dataset", "version", "policy_hash"],
         "unit_count_published" => &["dataset", "policy_version", "epsilon_micro", "noisy_units"],
         "job_submitted" => &[

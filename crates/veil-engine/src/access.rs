@@ -84,6 +84,8 @@ pub enum Operation {
     SetPolicy,
     /// Obtain the registration certificate of one's own dataset.
     ReadCertificate,
+    /// Have the domain evaluate its link OPRF on blinded identifiers (to derive join tokens).
+    EvaluateLink,
     /// Submit a job.
     SubmitJob,
     /// Approve or reject a job on one's own dataset.
@@ -104,6 +106,7 @@ impl Operation {
             | Operation::RemoveDataset
             | Operation::SetPolicy
             | Operation::ReadCertificate
+            | Operation::EvaluateLink
             | Operation::DecideJob => &[Role::Holder],
             Operation::SubmitJob | Operation::ReadBudget => &[Role::Consumer],
             Operation::ReadAudit => &[Role::Reviewer, Role::Admin],

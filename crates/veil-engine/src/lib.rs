@@ -42,6 +42,7 @@ mod datasets;
 mod error;
 mod execute;
 mod jobs;
+mod link;
 mod lookups;
 mod principals;
 mod store;
@@ -58,6 +59,7 @@ pub use access::{Caller, DatasetView, JobView, OPERATOR, Operation, Viewer, requ
 pub use codes::{ConsumerCode, ConsumerState, JobCode};
 pub use datasets::{PolicyDocument, PolicyVersion, Registered, StoredPolicy};
 pub use error::{EngineError, ErrorKind, Result};
+pub use link::{LinkEvaluation, LinkKey, parse_link_key};
 pub use jobs::lifecycle::read_job_files;
 pub use jobs::{
     BudgetLine, ConsumerJobView, JobCheck, JobInfo, JobRun, JobState, Submission, SubmitOutcome,
@@ -253,6 +255,8 @@ pub struct Veil {
     data_dir: PathBuf,
     conn: Connection,
     key: DomainKey,
+    /// The link OPRF key (`link.rs`), created with the domain key.
+    link_key: veil_link::OprfKey,
     config: EngineConfig,
     shared: Arc<Runtime>,
 }
@@ -272,10 +276,12 @@ impl Veil {
         let conn = store::open(&data_dir.join("veil.db"))?;
         finish_key_rotation(&conn, data_dir, &config.domain)?;
         let (key, _created) = DomainKey::load_or_create(&key_path(data_dir), &config.domain)?;
+        let link_key = link::load_or_create_link_key(&link::link_key_path(data_dir))?;
         let mut veil = Veil {
             data_dir: data_dir.to_owned(),
             conn,
             key,
+            link_key,
             config,
             shared,
         };

@@ -826,3 +826,31 @@ pub(crate) async fn metrics(
     )
         .into_response())
 }
+
+/// The domain's published link key, which evaluations are proved against (public).
+pub(crate) async fn link_key(State(state): State<AppState>) -> ApiResult {
+    state.with(|veil| Ok(Json(json!(veil.link_key())))).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvaluateLink {
+    /// Blinded identifiers, hex (`veil_link::Request::blinded`).
+    blinded: Vec<String>,
+}
+
+/// Evaluates a holder's batch of blinded identifiers with the link key and its proof
+/// (`veil_link`): the server sees only uniformly random points.
+pub(crate) async fn evaluate_link(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let body = authenticated_body(&state, &headers, Operation::EvaluateLink, body).await?;
+    let request: EvaluateLink = parse_body(&body)?;
+    state
+        .as_caller(&headers, Some(Operation::EvaluateLink), move |veil, who| {
+            Ok(Json(json!(veil.evaluate_link(&who, &request.blinded)?)))
+        })
+        .await
+}

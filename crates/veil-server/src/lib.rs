@@ -191,6 +191,8 @@ fn app(state: AppState) -> Router {
         .route("/v1/jobs/{id}/receipt", get(api::job_receipt))
         .route("/v1/jobs/{id}/logs", get(api::job_logs))
         .route("/v1/budget", get(api::budget))
+        .route("/v1/link/key", get(api::link_key))
+        .route("/v1/link/evaluate", post(api::evaluate_link))
         .route("/v1/audit/checkpoint", get(api::checkpoint))
         .route("/v1/audit/log", get(api::audit_log))
         .route("/v1/audit/summary", get(api::audit_summary))
