@@ -13,6 +13,7 @@ mod demo;
 mod durability;
 mod identity;
 mod languages;
+mod link;
 mod migrations;
 mod noninterference;
 mod pipeline;

@@ -132,6 +132,11 @@ pub(crate) enum DatasetCmd {
         /// Column identifying the person (privacy unit); without it each row is a unit.
         #[arg(long)]
         privacy_unit: Option<String>,
+        /// An identifier column (national ID, phone number) to link on: each value is replaced,
+        /// on this machine, by its join token from the domain's OPRF (CSV files; repeatable).
+        /// The raw identifiers never leave this machine (docs/linking.md).
+        #[arg(long = "link-key", value_name = "COLUMN")]
+        link_keys: Vec<String>,
         /// CSV column names, optionally typed: `name,...` or `name:type,...` (bool, int, float,
         /// text). Without `--header` the file has no header row; with it they replace its names.
         #[arg(long, value_name = "NAME[:TYPE],...")]

@@ -108,6 +108,10 @@ pub(crate) trait Backend {
     fn set_policy(&mut self, dataset: &str, toml: &str) -> anyhow::Result<PolicyVersion>;
     fn policy(&mut self, dataset: &str) -> anyhow::Result<PolicyDocument>;
     fn budget(&mut self) -> anyhow::Result<Vec<BudgetLine>>;
+    /// The domain's published link key.
+    fn link_key(&mut self) -> anyhow::Result<veil_engine::LinkKey>;
+    /// Has the domain evaluate a batch of blinded identifiers (hex).
+    fn evaluate_link(&mut self, blinded: &[String]) -> anyhow::Result<veil_engine::LinkEvaluation>;
 
     /// Submits a job (its manifest text and module bytes; none for a SQL job) and answers once it
     /// has settled (or is waiting for its holder).

@@ -45,6 +45,7 @@ fn dataset(cmd: DatasetCmd, b: &mut dyn Backend) -> Result<()> {
             file,
             name,
             privacy_unit,
+            link_keys,
             columns,
             header,
             no_header,
@@ -66,6 +67,13 @@ fn dataset(cmd: DatasetCmd, b: &mut dyn Backend) -> Result<()> {
                 quote,
                 trim: no_trim.then_some(false),
                 null,
+            };
+            // Identifiers are replaced by join tokens here, before the file leaves the client.
+            let staging = tempfile::tempdir()?;
+            let file = if link_keys.is_empty() {
+                file
+            } else {
+                crate::tokens::tokenize(b, &file, &link_keys, &csv.options()?, staging.path())?
             };
             output::registered(&b.register_dataset(Registration {
                 file: &file,

@@ -64,6 +64,14 @@ impl Backend for Local {
         )?)
     }
 
+    fn link_key(&mut self) -> Result<veil_engine::LinkKey> {
+        Ok(self.veil.link_key())
+    }
+
+    fn evaluate_link(&mut self, blinded: &[String]) -> Result<veil_engine::LinkEvaluation> {
+        Ok(self.veil.evaluate_link(&self.caller, blinded)?)
+    }
+
     fn remove_dataset(&mut self, name: &str) -> Result<u64> {
         Ok(self.veil.remove_dataset(&self.caller, name)?)
     }

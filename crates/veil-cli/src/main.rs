@@ -20,6 +20,7 @@ mod offline;
 mod output;
 mod release;
 mod remote;
+mod tokens;
 
 use std::path::Path;
 use std::process::ExitCode;

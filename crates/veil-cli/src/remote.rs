@@ -265,6 +265,17 @@ impl Backend for Remote {
         self.get_json(&dataset_path(dataset, "/policy"))
     }
 
+    fn link_key(&mut self) -> Result<veil_engine::LinkKey> {
+        decode(&self.get_public("/v1/link/key")?)
+    }
+
+    fn evaluate_link(&mut self, blinded: &[String]) -> Result<veil_engine::LinkEvaluation> {
+        self.send_json(
+            "/v1/link/evaluate",
+            &serde_json::json!({ "blinded": blinded }),
+        )
+    }
+
     fn budget(&mut self) -> Result<Vec<BudgetLine>> {
         Ok(self.get_json::<Budget>("/v1/budget")?.budget)
     }

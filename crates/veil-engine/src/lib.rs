@@ -59,15 +59,15 @@ pub use access::{Caller, DatasetView, JobView, OPERATOR, Operation, Viewer, requ
 pub use codes::{ConsumerCode, ConsumerState, JobCode};
 pub use datasets::{PolicyDocument, PolicyVersion, Registered, StoredPolicy};
 pub use error::{EngineError, ErrorKind, Result};
-pub use link::{LinkEvaluation, LinkKey, parse_link_key};
 pub use jobs::lifecycle::read_job_files;
 pub use jobs::{
     BudgetLine, ConsumerJobView, JobCheck, JobInfo, JobRun, JobState, Submission, SubmitOutcome,
 };
+pub use link::{LinkEvaluation, LinkKey, parse_link_key};
 pub use principals::{Principal, Role};
 pub use veil_audit::Entry as AuditEntry;
 pub use veil_catalog::DatasetRecord;
-pub use veil_catalog::{CsvFlags, CsvOptions, IngestReport};
+pub use veil_catalog::{CsvFlags, CsvOptions, Header as CsvHeader, IngestReport};
 pub use veil_policy::gate::{CellForecast, Forecast, NoisyCell, ReleasedRow, ValueForecast};
 pub use veil_policy::{Approval, Epsilon, Mean, QuantileCell, Release, ReleasedValue};
 

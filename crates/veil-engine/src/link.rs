@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use veil_audit::{AuditEvent, AuditLog};
 use veil_link::{Element, LinkError, OprfKey, PublicKey};
 
+use crate::Veil;
 use crate::access::{Caller, Operation, require};
 use crate::error::{EngineError, Result};
-use crate::Veil;
 
 /// The domain's answer to a batch of blinded identifiers (`POST /v1/link/evaluate`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,313 @@
+//! Join tokens (issue 17, docs/linking.md): identifier columns are replaced by OPRF tokens on the
+//! holder's machine, locally and against a server; the same person gets the same token from two
+//! holders; no identifier reaches the domain in any encoding; only holders may evaluate.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use base64::Engine as _;
+use datafusion::arrow::array::{Array, StringArray};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+
+use crate::common::*;
+
+const INSURER: &str = "insurer";
+
+/// National IDs of 60 people, as the clinic writes them (`YYMMDD-NNNN`).
+fn ids() -> Vec<String> {
+    (0..60)
+        .map(|i| format!("{:06}-{:04}", 850_101 + i, 1_000 + 37 * i))
+        .collect()
+}
+
+/// A CSV of `ids` with an age column; `style` rewrites how each identifier is written.
+fn csv_of(ids: &[String], style: impl Fn(&str) -> String) -> String {
+    let mut csv = String::from("national_id,age\n");
+    for (i, id) in ids.iter().enumerate() {
+        csv += &format!("{},{}\n", style(id), 20 + i % 50);
+    }
+    csv
+}
+
+fn remote(env: &Env, server: &Server, token: &str, args: &[&str]) -> Output {
+    Command::new(veil_bin())
+        .args(["--server", &server.url()])
+        .args(args)
+        .env("VEIL_TOKEN", token)
+        .env_remove("VEIL_DATA_DIR")
+        .current_dir(env.path())
+        .output()
+        .expect("run veil")
+}
+
+/// The tokens stored for dataset `id`, in row order, read straight from its Parquet file.
+fn stored_tokens(env: &Env, id: &str) -> Vec<Option<String>> {
+    let list = env.ok(&[
+        "--as",
+        id.split(':').next().unwrap(),
+        "dataset",
+        "list",
+        "--format",
+        "json",
+    ]);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let record = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == id)
+        .unwrap_or_else(|| panic!("{id} in {list}"));
+    let path = env.data_dir().join("datasets").join(format!(
+        "{}.parquet",
+        record["content_hash"].as_str().unwrap()
+    ));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let batches = rt.block_on(async {
+        SessionContext::new()
+            .read_parquet(path.to_str().unwrap(), ParquetReadOptions::default())
+            .await
+            .unwrap()
+            .select_columns(&["national_id"])
+            .unwrap()
+            .collect()
+            .await
+            .unwrap()
+    });
+    batches
+        .iter()
+        .flat_map(|b| {
+            let c = datafusion::arrow::compute::cast(
+                b.column(0),
+                &datafusion::arrow::datatypes::DataType::Utf8,
+            )
+            .unwrap();
+            let s = c.as_any().downcast_ref::<StringArray>().unwrap().clone();
+            (0..s.len())
+                .map(|i| (!s.is_null(i)).then(|| s.value(i).to_owned()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Every file under `dir`.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The ways an identifier could sit in a file: as written, normalised, without separators, as
+/// a number (decimal text, little- and big-endian 64-bit), in hex and in base64.
+fn encodings(id: &str) -> Vec<Vec<u8>> {
+    let normal = veil_link::normalise(id).unwrap();
+    let mut forms: Vec<Vec<u8>> = Vec::new();
+    for text in [id.to_owned(), normal.clone()] {
+        forms.push(text.as_bytes().to_vec());
+        forms.push(hex::encode(text.as_bytes()).into_bytes());
+        forms.push(
+            base64::engine::general_purpose::STANDARD
+                .encode(text.as_bytes())
+                .into_bytes(),
+        );
+        forms.push(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(text.as_bytes())
+                .into_bytes(),
+        );
+    }
+    if let Ok(n) = normal.parse::<i64>() {
+        forms.push(n.to_string().into_bytes());
+        forms.push(n.to_le_bytes().to_vec());
+        forms.push(n.to_be_bytes().to_vec());
+    }
+    forms
+}
+
+fn assert_absent(ids: &[String], haystacks: &[(String, Vec<u8>)]) {
+    for id in ids {
+        for form in encodings(id) {
+            for (name, bytes) in haystacks {
+                assert!(
+                    !bytes.windows(form.len()).any(|w| w == form.as_slice()),
+                    "identifier {id} found in {name} as {:?}",
+                    String::from_utf8_lossy(&form)
+                );
+            }
+        }
+    }
+}
+
+/// Two holders — one on the store's host, one against the server — register files of national
+/// IDs with `--link-key`: the same person gets one token from both, different people different
+/// tokens; no identifier appears in the data directory, the server's log or any output.
+#[test]
+fn identifiers_become_tokens_before_they_reach_the_domain() {
+    let env = Env::new();
+    env.add_parties();
+    let ids = ids();
+    let clinic_csv = env.write("clinic.csv", &csv_of(&ids, str::to_owned));
+    let local = env.ok(&[
+        "--as",
+        HOLDER,
+        "dataset",
+        "add",
+        clinic_csv.to_str().unwrap(),
+        "--name",
+        "patients",
+        "--privacy-unit",
+        "national_id",
+        "--link-key",
+        "national_id",
+    ]);
+    // The insurer holds the second half and 20 others, written its own way.
+    let insurer_token = token_for(&env, INSURER, "holder");
+    let others: Vec<String> = (0..20)
+        .map(|i| format!("{:06}-{:04}", 990_101 + i, 2_000 + i))
+        .collect();
+    let insurer_ids: Vec<String> = ids[30..].iter().chain(&others).cloned().collect();
+    let insurer_csv = env.write(
+        "claims.csv",
+        &csv_of(&insurer_ids, |id| format!(" {} ", id.replace('-', " "))),
+    );
+    let server = Server::start(&env.data_dir(), &[]);
+    let out = remote(
+        &env,
+        &server,
+        &insurer_token,
+        &[
+            "dataset",
+            "add",
+            "claims.csv",
+            "--name",
+            "claims",
+            "--link-key",
+            "national_id",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let _ = insurer_csv;
+
+    let clinic = stored_tokens(&env, "clinic:patients");
+    let insurer = stored_tokens(&env, "insurer:claims");
+    assert_eq!(clinic.len(), 60);
+    let distinct: std::collections::BTreeSet<_> = clinic.iter().flatten().collect();
+    assert_eq!(
+        distinct.len(),
+        60,
+        "different identifiers, different tokens"
+    );
+    assert!(clinic.iter().flatten().all(|t| t.len() == 64));
+    assert_eq!(
+        &clinic[30..],
+        &insurer[..30],
+        "one person, one token, however written"
+    );
+    assert!(insurer[30..].iter().flatten().all(|t| !distinct.contains(t)));
+
+    // Nothing of any identifier anywhere the domain keeps or prints.
+    let mut haystacks: Vec<(String, Vec<u8>)> = files(&env.data_dir())
+        .into_iter()
+        .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+        .collect();
+    let server_log = env.data_dir().with_extension("server.log");
+    haystacks.push((
+        "the server's log".into(),
+        std::fs::read(server_log).unwrap(),
+    ));
+    haystacks.push(("the clinic's output".into(), local.into_bytes()));
+    haystacks.push((
+        "the insurer's output".into(),
+        [out.stdout, out.stderr].concat(),
+    ));
+    haystacks.push((
+        "the audit log".into(),
+        env.ok(&["audit", "log", "--format", "json"]).into_bytes(),
+    ));
+    let all: Vec<String> = ids.iter().chain(&others).cloned().collect();
+    assert_absent(&all, &haystacks);
+
+    // Each evaluation is in the audit log, by its size.
+    let audit = env.ok(&["audit", "log", "--format", "json"]);
+    assert!(audit.contains("link_evaluated"), "{audit}");
+
+    // Another domain (another link key) gives other tokens for the same file.
+    let elsewhere = Env::new();
+    elsewhere.add_parties();
+    let copy = elsewhere.write("clinic.csv", &csv_of(&ids, str::to_owned));
+    elsewhere.ok(&[
+        "--as",
+        HOLDER,
+        "dataset",
+        "add",
+        copy.to_str().unwrap(),
+        "--name",
+        "patients",
+        "--link-key",
+        "national_id",
+    ]);
+    let other_domain = stored_tokens(&elsewhere, "clinic:patients");
+    assert!(other_domain.iter().zip(&clinic).all(|(a, b)| a != b));
+}
+
+/// Only holders may have the domain evaluate; malformed points are refused naming the element,
+/// and refusals record nothing.
+#[test]
+fn only_holders_evaluate_and_bad_points_change_nothing() {
+    let env = Env::new();
+    env.add_parties();
+    let holder = token_for(&env, HOLDER, "holder");
+    let consumer = token_for(&env, CONSUMER, "consumer");
+    let server = Server::start(&env.data_dir(), &[]);
+    let http = Http::new(&server);
+    let (status, key) = http.get("/v1/link/key", None);
+    assert_eq!(status, 200, "{key}");
+    let key: serde_json::Value = serde_json::from_str(&key).unwrap();
+    let public = veil_link::PublicKey::from_hex(key["public_key"].as_str().unwrap()).unwrap();
+
+    let request = veil_link::Request::new(&["8501011234"], &mut rand::rng()).unwrap();
+    let body = serde_json::json!({ "blinded": [request.blinded()[0].to_hex()] }).to_string();
+    let post = |token: &str, body: &str| {
+        http.call(
+            "POST",
+            "/v1/link/evaluate",
+            Some(token),
+            Some(("application/json", body.as_bytes())),
+        )
+    };
+    let before = env.ok(&["audit", "log", "--format", "json"]);
+    assert_eq!(post(&consumer, &body).0, 403, "consumers may not evaluate");
+    let identity =
+        serde_json::json!({ "blinded": [request.blinded()[0].to_hex(), "00".repeat(32)] })
+            .to_string();
+    let (status, answer) = post(&holder, &identity);
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("element 1"), "{answer}");
+    assert_eq!(
+        env.ok(&["audit", "log", "--format", "json"]),
+        before,
+        "refusals record nothing"
+    );
+
+    let (status, answer) = post(&holder, &body);
+    assert_eq!(status, 200, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let evaluation = veil_link::Evaluation {
+        elements: vec![
+            veil_link::Element::from_hex(answer["evaluated"][0].as_str().unwrap(), 0).unwrap(),
+        ],
+        proof: veil_link::Proof::from_hex(answer["proof"].as_str().unwrap()).unwrap(),
+    };
+    assert_eq!(
+        request.finish(&evaluation, &public).unwrap().len(),
+        1,
+        "the proof verifies"
+    );
+}
