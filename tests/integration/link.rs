@@ -210,7 +210,12 @@ fn identifiers_become_tokens_before_they_reach_the_domain() {
         &insurer[..30],
         "one person, one token, however written"
     );
-    assert!(insurer[30..].iter().flatten().all(|t| !distinct.contains(t)));
+    assert!(
+        insurer[30..]
+            .iter()
+            .flatten()
+            .all(|t| !distinct.contains(t))
+    );
 
     // Nothing of any identifier anywhere the domain keeps or prints.
     let mut haystacks: Vec<(String, Vec<u8>)> = files(&env.data_dir())
