@@ -140,6 +140,10 @@ pub struct DatasetRecord {
     /// replacement. Jobs and receipts record the version they read.
     #[serde(default = "first_version")]
     pub version: u64,
+    /// Columns of join tokens (`veil dataset add --link-key`, docs/linking.md): checked at
+    /// registration to hold nothing but tokens; what links to other holders' datasets join on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub link_keys: Vec<String>,
 }
 
 fn first_version() -> u64 {
@@ -165,6 +169,9 @@ pub struct CatalogEntry {
     /// A noisy count of the privacy units, only where the policy publishes one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub units: Option<NoisyUnits>,
+    /// The columns of join tokens (schema information, as the registration declared it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub link_keys: Vec<String>,
     /// The public tables the policy lets SQL jobs join, with their columns (never their rows).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub public_tables: Vec<PublicTable>,
@@ -211,6 +218,7 @@ impl DatasetRecord {
             created_at: to_the_second(&self.created_at),
             version: self.version,
             units: None,
+            link_keys: self.link_keys.clone(),
             public_tables: Vec::new(),
         }
     }
@@ -573,6 +581,41 @@ pub fn migrate_versions(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Adds link keys: the columns of join tokens a dataset was registered with (none before).
+pub fn migrate_link_keys(conn: &Connection) -> Result<()> {
+    conn.execute_batch("ALTER TABLE datasets ADD COLUMN link_keys TEXT NOT NULL DEFAULT '[]';")?;
+    Ok(())
+}
+
+/// Requires every value of the text column `name` in `batches` to be a join token (64 lowercase
+/// hex digits) or null: what `--link-key` registers. Never quotes a value (it could be the very
+/// identifier that should have been tokenised).
+pub fn check_link_key(batches: &[RecordBatch], name: &str) -> Result<()> {
+    let not_tokens = || {
+        CatalogError::BadInput(format!(
+            "link key `{name}` must hold join tokens (64 hex digits) or nothing, and some values              are not: register the file with `veil dataset add --link-key {name}`, which replaces              the identifiers by their tokens on your machine"
+        ))
+    };
+    for batch in batches {
+        let column = batch
+            .column_by_name(name)
+            .ok_or_else(|| CatalogError::BadInput(format!("link key `{name}` is not a column")))?;
+        let text =
+            datafusion::arrow::compute::cast(column, &datafusion::arrow::datatypes::DataType::Utf8)
+                .map_err(|_| not_tokens())?;
+        let text = text
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::StringArray>()
+            .ok_or_else(not_tokens)?;
+        let is_token =
+            |v: &str| v.len() == 64 && v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if text.iter().flatten().any(|v| !is_token(v)) {
+            return Err(not_tokens());
+        }
+    }
+    Ok(())
+}
+
 /// Records version `r.version` of `r.name` and its file in `dataset_versions`.
 pub fn record_version(conn: &Connection, r: &DatasetRecord) -> Result<()> {
     conn.execute(
@@ -613,8 +656,8 @@ pub fn insert(conn: &Connection, r: &DatasetRecord) -> Result<()> {
         return Err(CatalogError::Duplicate(r.name.clone()));
     }
     conn.execute(
-        "INSERT INTO datasets (name, owner, content_hash, columns, schema_hash, rows, privacy_unit, created_at, salt, content_commitment, version)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        "INSERT INTO datasets (name, owner, content_hash, columns, schema_hash, rows, privacy_unit, created_at, salt, content_commitment, version, link_keys)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             r.name,
             r.owner,
@@ -626,7 +669,8 @@ pub fn insert(conn: &Connection, r: &DatasetRecord) -> Result<()> {
             r.created_at,
             r.salt,
             r.content_commitment,
-            r.version
+            r.version,
+            serde_json::to_string(&r.link_keys).expect("names serialize")
         ],
     )?;
     record_version(conn, r)
@@ -646,10 +690,11 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
         salt: row.get(8)?,
         content_commitment: row.get(9)?,
         version: row.get(10)?,
+        link_keys: serde_json::from_str(&row.get::<_, String>(11)?).unwrap_or_default(),
     })
 }
 
-const SELECT: &str = "SELECT name, owner, content_hash, columns, schema_hash, rows, privacy_unit, created_at, salt, content_commitment, version FROM datasets";
+const SELECT: &str = "SELECT name, owner, content_hash, columns, schema_hash, rows, privacy_unit, created_at, salt, content_commitment, version, link_keys FROM datasets";
 
 /// A dataset that has not been removed, by id.
 pub fn get(conn: &Connection, name: &str) -> Result<Option<DatasetRecord>> {
@@ -676,7 +721,8 @@ pub fn id_taken(conn: &Connection, name: &str) -> Result<bool> {
 pub fn update(conn: &Connection, r: &DatasetRecord) -> Result<()> {
     let n = conn.execute(
         "UPDATE datasets SET content_hash = ?2, columns = ?3, schema_hash = ?4, rows = ?5,
-           privacy_unit = ?6, created_at = ?7, salt = ?8, content_commitment = ?9, version = ?10
+           privacy_unit = ?6, created_at = ?7, salt = ?8, content_commitment = ?9, version = ?10,
+           link_keys = ?11
          WHERE name = ?1 AND removed_at IS NULL AND version < ?10",
         params![
             r.name,
@@ -688,7 +734,8 @@ pub fn update(conn: &Connection, r: &DatasetRecord) -> Result<()> {
             r.created_at,
             r.salt,
             r.content_commitment,
-            r.version
+            r.version,
+            serde_json::to_string(&r.link_keys).expect("names serialize")
         ],
     )?;
     if n == 0 {

@@ -94,6 +94,8 @@ pub(crate) struct Registration<'a> {
     pub csv: CsvFlags,
     /// Register the file as the next version of the caller's dataset `name`.
     pub replace: bool,
+    /// Columns of join tokens (already tokenised by `tokens::tokenize`).
+    pub link_keys: &'a [String],
 }
 
 /// The operations a client may ask of the domain. Errors are the domain's answer (not found,

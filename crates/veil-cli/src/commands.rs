@@ -81,6 +81,7 @@ fn dataset(cmd: DatasetCmd, b: &mut dyn Backend) -> Result<()> {
                 privacy_unit: privacy_unit.as_deref(),
                 csv,
                 replace,
+                link_keys: &link_keys,
             })?)
         }
         DatasetCmd::Remove { name } => {

@@ -48,20 +48,15 @@ impl Backend for Local {
     }
 
     fn register_dataset(&mut self, r: Registration<'_>) -> Result<Registered> {
-        let csv = r.csv.options()?;
-        let register = if r.replace {
-            Veil::replace_dataset
-        } else {
-            Veil::register_dataset
+        let options = veil_engine::RegisterOptions {
+            privacy_unit: r.privacy_unit,
+            csv: r.csv.options()?,
+            link_keys: r.link_keys,
+            replace: r.replace,
         };
-        Ok(register(
-            &mut self.veil,
-            &self.caller,
-            r.file,
-            r.name,
-            r.privacy_unit,
-            csv,
-        )?)
+        Ok(self
+            .veil
+            .register_with(&self.caller, r.file, r.name, &options)?)
     }
 
     fn link_key(&mut self) -> Result<veil_engine::LinkKey> {

@@ -220,6 +220,10 @@ impl Backend for Remote {
                 ("trim", r.csv.trim.map(|t| t.to_string())),
                 ("null", r.csv.null),
                 ("replace", r.replace.then(|| "true".to_owned())),
+                (
+                    "link_keys",
+                    (!r.link_keys.is_empty()).then(|| r.link_keys.join(",")),
+                ),
             ])
         );
         let response = self

@@ -90,6 +90,19 @@ impl StoredPolicy {
     }
 }
 
+/// How a file is registered ([`Veil::register_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct RegisterOptions<'a> {
+    /// The column identifying people; `None`: each row is a unit.
+    pub privacy_unit: Option<&'a str>,
+    /// How to read a CSV file.
+    pub csv: CsvOptions,
+    /// Columns of join tokens (docs/linking.md), each checked to hold nothing else.
+    pub link_keys: &'a [String],
+    /// Register the file as the next version of the caller's dataset.
+    pub replace: bool,
+}
+
 impl Veil {
     /// Registers a file as dataset `name` owned by the calling holder (its id is `owner:name`). On
     /// any error nothing is left behind: no catalog row, no audit entry, no stored file.
@@ -101,7 +114,12 @@ impl Veil {
         privacy_unit: Option<&str>,
         csv: CsvOptions,
     ) -> Result<Registered> {
-        self.register(owner, file, name, privacy_unit, csv, false)
+        let options = RegisterOptions {
+            privacy_unit,
+            csv,
+            ..RegisterOptions::default()
+        };
+        self.register_with(owner, file, name, &options)
     }
 
     /// Registers a file as the next version of the caller's dataset `name`, with its own content
@@ -117,18 +135,30 @@ impl Veil {
         privacy_unit: Option<&str>,
         csv: CsvOptions,
     ) -> Result<Registered> {
-        self.register(owner, file, name, privacy_unit, csv, true)
+        let options = RegisterOptions {
+            privacy_unit,
+            csv,
+            replace: true,
+            ..RegisterOptions::default()
+        };
+        self.register_with(owner, file, name, &options)
     }
 
-    fn register(
+    /// Registers a file, or its next version, as `options` say (see [`Veil::register_dataset`]
+    /// and [`Veil::replace_dataset`]).
+    pub fn register_with(
         &mut self,
         owner: &Caller,
         file: &Path,
         name: &str,
-        privacy_unit: Option<&str>,
-        csv: CsvOptions,
-        replace: bool,
+        options: &RegisterOptions<'_>,
     ) -> Result<Registered> {
+        let RegisterOptions {
+            privacy_unit,
+            ref csv,
+            link_keys,
+            replace,
+        } = *options;
         require(owner, Operation::RegisterDataset)?;
         if !valid_principal(name) {
             return Err(bad(format!(
@@ -139,9 +169,15 @@ impl Veil {
         let previous = self.previous_version(&id, replace)?;
         let loaded = self.block_on(veil_catalog::load_file(
             file,
-            &LoadOptions { csv, format: None },
+            &LoadOptions {
+                csv: csv.clone(),
+                format: None,
+            },
         ))?;
         let (table, report) = (loaded.table, loaded.report);
+        for key in link_keys {
+            veil_catalog::check_link_key(&table.batches, key)?;
+        }
         if let Some(unit) = privacy_unit
             && table.schema.field_with_name(unit).is_err()
         {
@@ -165,6 +201,7 @@ impl Veil {
             privacy_unit: privacy_unit.map(str::to_owned),
             created_at: now(),
             version: previous.as_ref().map_or(1, |p| p.version + 1),
+            link_keys: link_keys.to_vec(),
         };
         let suspended = match &previous {
             Some(_) => self.policy_misfit(&record, &table.schema)?,
@@ -386,6 +423,7 @@ impl Veil {
             Policy::from_toml(&text)?.validate_against(&schema, record.privacy_unit.as_deref())?;
         policy.public_tables =
             self.resolve_public_tables(caller, &record.name, &policy.public_tables)?;
+        check_link_key_classes(&record, &policy)?;
         self.check_max_units(&record, policy.max_units)?;
         self.check_unit_count_unchanged(dataset, &policy)?;
         let draw = self.unit_count_to_draw(&record, &policy)?;
@@ -595,6 +633,20 @@ impl Veil {
         })
         .transpose()
     }
+}
+
+/// Link keys hold join tokens, which identify people across holders: a policy may make one the
+/// privacy unit (jobs never see it) or leave it forbidden, never deliver it to jobs.
+fn check_link_key_classes(record: &DatasetRecord, policy: &Policy) -> Result<()> {
+    for key in &record.link_keys {
+        let unit = policy.privacy_unit.as_deref() == Some(key.as_str());
+        if !unit && policy.column_rule(key).class != veil_policy::model::ColumnClass::Forbidden {
+            return Err(bad(format!(
+                "policy: field `columns.{key}`: `{key}` is a link key (join tokens identify people                  across holders); make it the privacy unit or classify it \"forbidden\""
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Draws and records a noisy count of `units` in the policy's transaction. Mechanism: discrete

@@ -57,7 +57,7 @@ use veil_sandbox::{Sandbox, SandboxConfig};
 
 pub use access::{Caller, DatasetView, JobView, OPERATOR, Operation, Viewer, require};
 pub use codes::{ConsumerCode, ConsumerState, JobCode};
-pub use datasets::{PolicyDocument, PolicyVersion, Registered, StoredPolicy};
+pub use datasets::{PolicyDocument, PolicyVersion, RegisterOptions, Registered, StoredPolicy};
 pub use error::{EngineError, ErrorKind, Result};
 pub use jobs::lifecycle::read_job_files;
 pub use jobs::{

@@ -28,12 +28,13 @@ pub(crate) const SCHEMA_VERSION: u32 = STEPS.len() as u32;
 /// Step `i` (counting from 1) brings a store from schema version `i - 1` to `i`. Append new steps;
 /// never change one that has shipped. Version 0 is a store made before versions were recorded
 /// (or a new, empty file): step 1 creates what such a store already has.
-const STEPS: [fn(&Connection) -> Result<()>; 5] = [
+const STEPS: [fn(&Connection) -> Result<()>; 6] = [
     step_1_baseline,
     step_2_published_counts,
     step_3_owner_scoped_dataset_ids,
     step_4_registration_reports,
     step_5_dataset_versions,
+    step_6_links,
 ];
 
 /// Brings the store to [`SCHEMA_VERSION`], in the caller's transaction, so a failed step leaves
@@ -176,6 +177,28 @@ fn step_5_dataset_versions(conn: &Connection) -> Result<()> {
     conn.execute_batch(
         "ALTER TABLE datasets ADD COLUMN policy_floor INTEGER NOT NULL DEFAULT 0;
          ALTER TABLE jobs ADD COLUMN dataset_version INTEGER;",
+    )?;
+    Ok(())
+}
+
+/// Version 6: link keys (columns of join tokens) and links between two holders' datasets
+/// (docs/linking.md): proposed by one holder, accepted or rejected by the other.
+fn step_6_links(conn: &Connection) -> Result<()> {
+    veil_catalog::migrate_link_keys(conn)?;
+    conn.execute_batch(
+        "CREATE TABLE links (
+             id          TEXT PRIMARY KEY,
+             seq         INTEGER NOT NULL UNIQUE,
+             left_dataset  TEXT NOT NULL,
+             left_key      TEXT NOT NULL,
+             right_dataset TEXT NOT NULL,
+             right_key     TEXT NOT NULL,
+             proposer    TEXT NOT NULL,
+             state       TEXT NOT NULL,
+             reason      TEXT,
+             created_at  TEXT NOT NULL,
+             decided_at  TEXT
+         );",
     )?;
     Ok(())
 }

@@ -213,6 +213,8 @@ pub(crate) struct UploadQuery {
     /// Register the upload as the next version of the caller's existing dataset `name`.
     #[serde(default)]
     replace: bool,
+    /// Comma-separated columns of join tokens (docs/linking.md).
+    link_keys: Option<String>,
 }
 
 impl UploadQuery {
@@ -280,26 +282,28 @@ pub(crate) async fn upload_dataset(
     let runtime = state.runtime.clone();
     let record = tokio::task::spawn_blocking(move || -> Result<Registered, ApiError> {
         let mut veil = Veil::open_with(&data_dir, runtime)?;
-        let register = if query.replace {
-            Veil::replace_dataset
-        } else {
-            Veil::register_dataset
+        let link_keys: Vec<String> = query
+            .link_keys
+            .iter()
+            .flat_map(|k| k.split(','))
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty())
+            .collect();
+        let options = veil_engine::RegisterOptions {
+            privacy_unit: query.privacy_unit.as_deref(),
+            csv,
+            link_keys: &link_keys,
+            replace: query.replace,
         };
         // Errors name the file; the caller knows it as "the upload", never by the server's path.
         let shown = file.path().display().to_string();
-        let record = register(
-            &mut veil,
-            &who,
-            file.path(),
-            &query.name,
-            query.privacy_unit.as_deref(),
-            csv,
-        )
-        .map_err(|e| {
-            let mut e = ApiError::from(e);
-            e.message = e.message.replace(&shown, "the upload");
-            e
-        })?;
+        let record = veil
+            .register_with(&who, file.path(), &query.name, &options)
+            .map_err(|e| {
+                let mut e = ApiError::from(e);
+                e.message = e.message.replace(&shown, "the upload");
+                e
+            })?;
         drop(file);
         Ok(record)
     })
