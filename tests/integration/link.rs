@@ -316,3 +316,191 @@ fn only_holders_evaluate_and_bad_points_change_nothing() {
         "the proof verifies"
     );
 }
+
+/// Registers `csv` as `holder`'s dataset `name` with `national_id` as its link key.
+fn add_linked(env: &Env, holder: &str, name: &str, csv: &str) {
+    let path = env.write(&format!("{holder}-{name}.csv"), csv);
+    env.ok(&[
+        "--as",
+        holder,
+        "dataset",
+        "add",
+        path.to_str().unwrap(),
+        "--name",
+        name,
+        "--link-key",
+        "national_id",
+    ]);
+}
+
+/// A link is proposed by one holder and accepted or rejected by the other, both in the log;
+/// only link keys link, only the other holder decides, and a link key never reaches a job.
+#[test]
+fn links_are_proposed_by_one_holder_and_decided_by_the_other() {
+    let env = Env::new();
+    env.add_parties();
+    let insurer = token_for(&env, INSURER, "holder");
+    let ids = ids();
+    add_linked(&env, HOLDER, "patients", &csv_of(&ids, str::to_owned));
+    add_linked(&env, INSURER, "claims", &csv_of(&ids[30..], str::to_owned));
+    add_linked(
+        &env,
+        INSURER,
+        "pharmacy",
+        &csv_of(&ids[..10], str::to_owned),
+    );
+
+    let propose = |dataset: &str, key: &str, other: &str, their: &str| {
+        env.veil(&[
+            "--as",
+            HOLDER,
+            "link",
+            "propose",
+            dataset,
+            "--key",
+            key,
+            "--with",
+            other,
+            "--their-key",
+            their,
+        ])
+    };
+    let refused = |out: Output, phrase: &str| {
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert!(err.contains(phrase), "{phrase}: {err}");
+    };
+    let before = env.ok(&["audit", "log", "--format", "json"]);
+    refused(
+        propose("patients", "age", "insurer:claims", "national_id"),
+        "not a link key",
+    );
+    refused(
+        propose("patients", "national_id", "insurer:claims", "age"),
+        "no dataset `insurer:claims` with link key `age`",
+    );
+    refused(
+        propose("patients", "national_id", "insurer:nothing", "national_id"),
+        "no dataset `insurer:nothing` with link key",
+    );
+    refused(
+        env.veil(&[
+            "--as",
+            CONSUMER,
+            "link",
+            "propose",
+            "patients",
+            "--key",
+            "national_id",
+            "--with",
+            "insurer:claims",
+            "--their-key",
+            "national_id",
+        ]),
+        "needs the role holder",
+    );
+    assert_eq!(
+        env.ok(&["audit", "log", "--format", "json"]),
+        before,
+        "refusals record nothing"
+    );
+
+    let out = propose("patients", "national_id", "insurer:claims", "national_id");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("link-000001  proposed"),
+        "{}",
+        text(&out.stdout)
+    );
+    refused(
+        propose("patients", "national_id", "insurer:claims", "national_id"),
+        "already have link link-000001",
+    );
+    // The proposer cannot decide its own proposal; the other holder does, once.
+    refused(
+        env.veil(&["--as", HOLDER, "link", "accept", "link-000001"]),
+        "no link `link-000001`",
+    );
+    let server = Server::start(&env.data_dir(), &[]);
+    let accepted = remote(&env, &server, &insurer, &["link", "accept", "link-000001"]);
+    assert!(accepted.status.success(), "{}", text(&accepted.stderr));
+    assert!(text(&accepted.stdout).contains("accepted"));
+    refused(
+        env.veil(&["--as", INSURER, "link", "accept", "link-000001"]),
+        "is accepted, not proposed",
+    );
+    // A second proposal, rejected with a reason.
+    propose("patients", "national_id", "insurer:pharmacy", "national_id");
+    let rejected = remote(
+        &env,
+        &server,
+        &insurer,
+        &["link", "reject", "link-000002", "--reason", "not agreed"],
+    );
+    assert!(rejected.status.success(), "{}", text(&rejected.stderr));
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&env.ok(&["--as", INSURER, "link", "list", "--format", "json"]))
+            .unwrap();
+    assert_eq!(listed[0]["state"], "accepted", "{listed}");
+    assert_eq!(listed[1]["state"], "rejected");
+    assert_eq!(listed[1]["reason"], "not agreed");
+    let remote_list = remote(
+        &env,
+        &server,
+        &insurer,
+        &["link", "list", "--format", "json"],
+    );
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&remote_list.stdout).unwrap(),
+        listed,
+        "remote answers like local"
+    );
+    let audit = env.ok(&["audit", "log", "--format", "json"]);
+    assert_eq!(audit.matches("link_proposed").count(), 2, "{audit}");
+    assert_eq!(audit.matches("link_decided").count(), 2);
+
+    // A link key may be the privacy unit or forbidden, never delivered to a job.
+    let policy = env.write(
+        "p.toml",
+        &format!(
+            "consumers = [\"{CONSUMER}\"]\napproval = \"auto\"\nmin_units_per_group = 5\nmax_groups_per_unit = 1\n\
+             [dp]\nepsilon_per_job = 1.0\nepsilon_total = 2.0\n[columns]\nage = {{ class = \"public\" }}\n\
+             national_id = {{ class = \"quasi\" }}\n"
+        ),
+    );
+    refused(
+        env.veil(&[
+            "--as",
+            HOLDER,
+            "policy",
+            "set",
+            "patients",
+            policy.to_str().unwrap(),
+        ]),
+        "is a link key",
+    );
+}
+
+/// An upload that declares a link key whose values are not tokens is refused without quoting
+/// them.
+#[test]
+fn a_link_key_of_raw_identifiers_is_refused_unquoted() {
+    let env = Env::new();
+    env.add_parties();
+    let holder = token_for(&env, HOLDER, "holder");
+    let server = Server::start(&env.data_dir(), &[]);
+    let http = Http::new(&server);
+    let csv = csv_of(&ids()[..5], str::to_owned);
+    let (status, answer) = http.call(
+        "POST",
+        "/v1/datasets?name=raw&link_keys=national_id",
+        Some(&holder),
+        Some(("text/csv", csv.as_bytes())),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("must hold join tokens"), "{answer}");
+    assert!(!answer.contains("850101"), "never quotes a value: {answer}");
+    let listing = env.ok(&["--as", HOLDER, "dataset", "list"]);
+    assert!(!listing.contains("raw"), "nothing registered: {listing}");
+}

@@ -78,6 +78,22 @@ pub enum AuditEvent {
         holder: String,
         elements: u64,
     },
+    /// A holder proposed linking its dataset (`left_dataset`) with another's on their link keys.
+    LinkProposed {
+        link: String,
+        left_dataset: String,
+        right_dataset: String,
+        proposer: String,
+    },
+    /// The right side's holder accepted or rejected a proposed link (a link between one holder's
+    /// own datasets is accepted by its proposal).
+    LinkDecided {
+        link: String,
+        holder: String,
+        accepted: bool,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        reason: String,
+    },
     PolicySet {
         dataset: String,
         holder: String,
@@ -259,6 +275,8 @@ pub fn public_fields(kind: &str) -> &'static [&'static str] {
         "policy_suspended" => &["dataset", "dataset_version"],
         "dataset_removed" => &["dataset"],
         "link_evaluated" => &["holder", "elements"],
+        "link_proposed" => &["link", "left_dataset", "right_dataset"],
+        "link_decided" => &["link", "accepted"],
         "policy_set" => &["dataset", "version", "policy_hash"],
         "unit_count_published" => &["dataset", "policy_version", "epsilon_micro", "noisy_units"],
         "job_submitted" => &[

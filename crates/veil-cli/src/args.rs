@@ -63,6 +63,9 @@ pub(crate) enum Command {
     /// The domain's signing key.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Link two holders' datasets on their link keys (docs/linking.md).
+    #[command(subcommand)]
+    Link(LinkCmd),
     /// Check job receipts.
     #[command(subcommand)]
     Receipt(ReceiptCmd),
@@ -309,6 +312,39 @@ pub(crate) enum AuditCmd {
         #[arg(long)]
         old_checkpoint: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum LinkCmd {
+    /// Propose linking your dataset with another holder's on their link keys.
+    Propose {
+        /// Your dataset.
+        dataset: String,
+        /// Its link-key column.
+        #[arg(long)]
+        key: String,
+        /// The other dataset, by id (`owner:name`).
+        #[arg(long = "with", value_name = "DATASET")]
+        other: String,
+        /// The other dataset's link-key column.
+        #[arg(long)]
+        their_key: String,
+    },
+    /// Accept a link proposed to one of your datasets.
+    Accept { link: String },
+    /// Reject a link proposed to one of your datasets.
+    Reject {
+        link: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// List the links you may see.
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Print the domain's link key (what evaluations are proved against).
+    Key,
 }
 
 #[derive(Subcommand)]

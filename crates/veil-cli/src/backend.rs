@@ -98,6 +98,16 @@ pub(crate) struct Registration<'a> {
     pub link_keys: &'a [String],
 }
 
+/// A link proposal: the caller's dataset and key, the other dataset and its key.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct LinkProposal {
+    pub dataset: String,
+    pub key: String,
+    #[serde(rename = "with")]
+    pub other: String,
+    pub their_key: String,
+}
+
 /// The operations a client may ask of the domain. Errors are the domain's answer (not found,
 /// forbidden, bad input, ...) with the same message in both modes.
 pub(crate) trait Backend {
@@ -112,6 +122,16 @@ pub(crate) trait Backend {
     fn budget(&mut self) -> anyhow::Result<Vec<BudgetLine>>;
     /// The domain's published link key.
     fn link_key(&mut self) -> anyhow::Result<veil_engine::LinkKey>;
+    /// Proposes a link (see `veil_engine::Veil::propose_link`).
+    fn propose_link(&mut self, proposal: &LinkProposal) -> anyhow::Result<veil_engine::Link>;
+    /// Accepts (`reject` = `None`) or rejects a link proposed to the caller.
+    fn decide_link(
+        &mut self,
+        link: &str,
+        reject: Option<&str>,
+    ) -> anyhow::Result<veil_engine::Link>;
+    /// The links the caller may see.
+    fn links(&mut self) -> anyhow::Result<Vec<veil_engine::Link>>;
     /// Has the domain evaluate a batch of blinded identifiers (hex).
     fn evaluate_link(&mut self, blinded: &[String]) -> anyhow::Result<veil_engine::LinkEvaluation>;
 

@@ -7,7 +7,9 @@ use anyhow::{Context, Result};
 use veil_audit::review::Decision;
 use veil_engine::{CsvFlags, Role};
 
-use crate::args::{AdminCmd, AuditCmd, Command, DatasetCmd, Format, JobCmd, KeysCmd, PolicyCmd};
+use crate::args::{
+    AdminCmd, AuditCmd, Command, DatasetCmd, Format, JobCmd, KeysCmd, LinkCmd, PolicyCmd,
+};
 use crate::backend::{Backend, JobFiles, LogQuery, ProofRequest, Registration};
 use crate::{Refused, WouldBeRefused, output, write_or_print};
 
@@ -29,6 +31,7 @@ pub(crate) fn run(command: Command, b: &mut dyn Backend) -> Result<ExitCode> {
         Command::Keys(KeysCmd::Public) => println!("{}", b.public_keys()?.public_key),
         Command::Keys(KeysCmd::First) => println!("{}", b.public_keys()?.first_public_key),
         Command::Admin(cmd) => admin(cmd, b)?,
+        Command::Link(cmd) => link(cmd, b)?,
         Command::Init
         | Command::Demo { .. }
         | Command::Serve { .. }
@@ -248,6 +251,47 @@ fn audit(cmd: AuditCmd, b: &mut dyn Backend) -> Result<()> {
         }
         AuditCmd::Verify { .. } | AuditCmd::VerifyProof { .. } => {
             unreachable!("not a client command")
+        }
+    }
+    Ok(())
+}
+
+fn link(cmd: LinkCmd, b: &mut dyn Backend) -> Result<()> {
+    let show = |link: &veil_engine::Link| {
+        println!(
+            "{}  {}  {}.{} ↔ {}.{}",
+            link.id,
+            link.state.as_str(),
+            link.left.dataset,
+            link.left.key,
+            link.right.dataset,
+            link.right.key
+        )
+    };
+    match cmd {
+        LinkCmd::Propose {
+            dataset,
+            key,
+            other,
+            their_key,
+        } => show(&b.propose_link(&crate::backend::LinkProposal {
+            dataset,
+            key,
+            other,
+            their_key,
+        })?),
+        LinkCmd::Accept { link } => show(&b.decide_link(&link, None)?),
+        LinkCmd::Reject { link, reason } => show(&b.decide_link(&link, Some(&reason))?),
+        LinkCmd::List { format } => {
+            let links = b.links()?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&links)?),
+                _ => links.iter().for_each(show),
+            }
+        }
+        LinkCmd::Key => {
+            let key = b.link_key()?;
+            println!("{}  {}", key.public_key, key.suite);
         }
     }
     Ok(())

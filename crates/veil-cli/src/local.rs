@@ -67,6 +67,20 @@ impl Backend for Local {
         Ok(self.veil.evaluate_link(&self.caller, blinded)?)
     }
 
+    fn propose_link(&mut self, p: &crate::backend::LinkProposal) -> Result<veil_engine::Link> {
+        Ok(self
+            .veil
+            .propose_link(&self.caller, &p.dataset, &p.key, &p.other, &p.their_key)?)
+    }
+
+    fn decide_link(&mut self, link: &str, reject: Option<&str>) -> Result<veil_engine::Link> {
+        Ok(self.veil.decide_link(&self.caller, link, reject)?)
+    }
+
+    fn links(&mut self) -> Result<Vec<veil_engine::Link>> {
+        Ok(self.veil.links_as(&self.caller)?)
+    }
+
     fn remove_dataset(&mut self, name: &str) -> Result<u64> {
         Ok(self.veil.remove_dataset(&self.caller, name)?)
     }

@@ -280,6 +280,29 @@ impl Backend for Remote {
         )
     }
 
+    fn propose_link(&mut self, p: &crate::backend::LinkProposal) -> Result<veil_engine::Link> {
+        self.send_json("/v1/links", &serde_json::to_value(p)?)
+    }
+
+    fn decide_link(&mut self, link: &str, reject: Option<&str>) -> Result<veil_engine::Link> {
+        let link = encode(link);
+        match reject {
+            None => self.send_json(&format!("/v1/links/{link}/accept"), &serde_json::json!({})),
+            Some(reason) => self.send_json(
+                &format!("/v1/links/{link}/reject"),
+                &serde_json::json!({ "reason": reason }),
+            ),
+        }
+    }
+
+    fn links(&mut self) -> Result<Vec<veil_engine::Link>> {
+        #[derive(serde::Deserialize)]
+        struct Links {
+            links: Vec<veil_engine::Link>,
+        }
+        Ok(self.get_json::<Links>("/v1/links")?.links)
+    }
+
     fn budget(&mut self) -> Result<Vec<BudgetLine>> {
         Ok(self.get_json::<Budget>("/v1/budget")?.budget)
     }

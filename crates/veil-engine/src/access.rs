@@ -86,6 +86,8 @@ pub enum Operation {
     ReadCertificate,
     /// Have the domain evaluate its link OPRF on blinded identifiers (to derive join tokens).
     EvaluateLink,
+    /// Propose a link from one's own dataset, or accept or reject one proposed to it.
+    ManageLinks,
     /// Submit a job.
     SubmitJob,
     /// Approve or reject a job on one's own dataset.
@@ -107,6 +109,7 @@ impl Operation {
             | Operation::SetPolicy
             | Operation::ReadCertificate
             | Operation::EvaluateLink
+            | Operation::ManageLinks
             | Operation::DecideJob => &[Role::Holder],
             Operation::SubmitJob | Operation::ReadBudget => &[Role::Consumer],
             Operation::ReadAudit => &[Role::Reviewer, Role::Admin],

@@ -43,6 +43,7 @@ mod error;
 mod execute;
 mod jobs;
 mod link;
+mod links;
 mod lookups;
 mod principals;
 mod store;
@@ -64,6 +65,7 @@ pub use jobs::{
     BudgetLine, ConsumerJobView, JobCheck, JobInfo, JobRun, JobState, Submission, SubmitOutcome,
 };
 pub use link::{LinkEvaluation, LinkKey, parse_link_key};
+pub use links::{Link, LinkSide, LinkState};
 pub use principals::{Principal, Role};
 pub use veil_audit::Entry as AuditEntry;
 pub use veil_catalog::DatasetRecord;

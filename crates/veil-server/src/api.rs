@@ -858,3 +858,78 @@ pub(crate) async fn evaluate_link(
         })
         .await
 }
+
+/// The links the caller may see.
+pub(crate) async fn links(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    state
+        .as_caller(&headers, ANYONE, |veil, who| {
+            Ok(Json(json!({ "links": veil.links_as(&who)? })))
+        })
+        .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProposeLink {
+    dataset: String,
+    key: String,
+    with: String,
+    their_key: String,
+}
+
+/// Proposes a link from the caller's dataset to another's (holders).
+pub(crate) async fn propose_link(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = authenticated_body(&state, &headers, Operation::ManageLinks, body).await?;
+    let p: ProposeLink = parse_body(&body)?;
+    let link = state
+        .as_caller(&headers, Some(Operation::ManageLinks), move |veil, who| {
+            Ok(json!(veil.propose_link(
+                &who,
+                &p.dataset,
+                &p.key,
+                &p.with,
+                &p.their_key
+            )?))
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(link)))
+}
+
+/// Accepts a link proposed to one of the caller's datasets.
+pub(crate) async fn accept_link(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    state
+        .as_caller(&headers, Some(Operation::ManageLinks), move |veil, who| {
+            Ok(Json(json!(veil.decide_link(&who, &id, None)?)))
+        })
+        .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RejectLink {
+    reason: String,
+}
+
+/// Rejects a link proposed to one of the caller's datasets (body: `{"reason": "..."}`).
+pub(crate) async fn reject_link(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> ApiResult {
+    let body = authenticated_body(&state, &headers, Operation::ManageLinks, body).await?;
+    let r: RejectLink = parse_body(&body)?;
+    state
+        .as_caller(&headers, Some(Operation::ManageLinks), move |veil, who| {
+            Ok(Json(json!(veil.decide_link(&who, &id, Some(&r.reason))?)))
+        })
+        .await
+}

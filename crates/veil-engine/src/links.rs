@@ -1,0 +1,318 @@
+//! Links between two datasets on their link keys (docs/linking.md): one holder proposes, the
+//! other accepts or rejects, both steps in the audit log. A link joins rows whose join tokens
+//! are equal: one person across both holders. Jobs on an accepted link are the next step (issue
+//! 17); this module keeps the agreement itself.
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+use veil_audit::{AuditEvent, AuditLog};
+use veil_catalog::DatasetRecord;
+
+use crate::Veil;
+use crate::access::{Caller, Operation, Viewer, require};
+use crate::error::{EngineError, Result, bad};
+use crate::store::now;
+
+/// Where a link stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// Waiting for the other holder.
+    Proposed,
+    /// Both holders agreed: jobs may use it.
+    Accepted,
+    /// The other holder refused; it cannot be used.
+    Rejected,
+}
+
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Proposed => "proposed",
+            LinkState::Accepted => "accepted",
+            LinkState::Rejected => "rejected",
+        }
+    }
+
+    fn parse(text: &str) -> Result<LinkState> {
+        match text {
+            "proposed" => Ok(LinkState::Proposed),
+            "accepted" => Ok(LinkState::Accepted),
+            "rejected" => Ok(LinkState::Rejected),
+            other => Err(EngineError::Internal(format!(
+                "unknown link state `{other}`"
+            ))),
+        }
+    }
+}
+
+/// One side of a link: a dataset and its link-key column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkSide {
+    pub dataset: String,
+    pub key: String,
+}
+
+/// A link between two datasets, as its holders and reviewers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    pub id: String,
+    /// The proposer's side.
+    pub left: LinkSide,
+    /// The side whose holder decides.
+    pub right: LinkSide,
+    pub proposer: String,
+    pub state: LinkState,
+    /// The other holder's reason, when it rejected the link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<String>,
+}
+
+const SELECT_LINK: &str = "SELECT id, left_dataset, left_key, right_dataset, right_key, proposer, \
+                           state, reason, created_at, decided_at FROM links";
+
+fn link_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Link, String)> {
+    let state: String = r.get(6)?;
+    Ok((
+        Link {
+            id: r.get(0)?,
+            left: LinkSide {
+                dataset: r.get(1)?,
+                key: r.get(2)?,
+            },
+            right: LinkSide {
+                dataset: r.get(3)?,
+                key: r.get(4)?,
+            },
+            proposer: r.get(5)?,
+            state: LinkState::Proposed,
+            reason: r.get(7)?,
+            created_at: r.get(8)?,
+            decided_at: r.get(9)?,
+        },
+        state,
+    ))
+}
+
+fn with_state((mut link, state): (Link, String)) -> Result<Link> {
+    link.state = LinkState::parse(&state)?;
+    Ok(link)
+}
+
+/// The answer for a link the caller may not see, and for one that does not exist.
+fn no_such_link(id: &str) -> EngineError {
+    EngineError::NotFound(format!("no link `{id}`"))
+}
+
+impl Veil {
+    /// Proposes a link between the caller's dataset `dataset` (column `key`) and dataset `other`
+    /// (column `other_key`), both link keys. Another holder's dataset must then accept it
+    /// ([`Veil::decide_link`]); a link between two of the caller's own datasets is accepted at
+    /// once. An unknown dataset and one without that link key answer alike.
+    pub fn propose_link(
+        &mut self,
+        holder: &Caller,
+        dataset: &str,
+        key: &str,
+        other: &str,
+        other_key: &str,
+    ) -> Result<Link> {
+        require(holder, Operation::ManageLinks)?;
+        let own = self.find_dataset(holder, dataset)?;
+        if !own.link_keys.iter().any(|k| k == key) {
+            return Err(bad(format!(
+                "`{key}` is not a link key of `{}` (its link keys: {}); register the file with \
+                 `--link-key {key}`",
+                own.name,
+                list_or_none(&own.link_keys)
+            )));
+        }
+        let theirs = veil_catalog::get(&self.conn, other)?
+            .filter(|d| d.link_keys.iter().any(|k| k == other_key))
+            .ok_or_else(|| {
+                EngineError::NotFound(format!(
+                    "no dataset `{other}` with link key `{other_key}` (name it by its id, \
+                     `owner:name`)"
+                ))
+            })?;
+        if theirs.name == own.name {
+            return Err(bad("a link joins two different datasets"));
+        }
+        self.insert_link(holder, &own, key, &theirs, other_key)
+    }
+
+    /// Records a proposal (accepted at once when one holder owns both sides) with its audit
+    /// entries. Requires no open link between the same two sides.
+    fn insert_link(
+        &mut self,
+        holder: &Caller,
+        own: &DatasetRecord,
+        key: &str,
+        theirs: &DatasetRecord,
+        their_key: &str,
+    ) -> Result<Link> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let open: Option<String> = tx
+            .query_row(
+                "SELECT id FROM links WHERE state != 'rejected' AND
+                   ((left_dataset = ?1 AND right_dataset = ?2) OR (left_dataset = ?2 AND right_dataset = ?1))",
+                params![own.name, theirs.name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(id) = open {
+            return Err(EngineError::Conflict(format!(
+                "`{}` and `{}` already have link {id}",
+                own.name, theirs.name
+            )));
+        }
+        let seq: u64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM links", [], |r| {
+            r.get(0)
+        })?;
+        let id = format!("link-{seq:06}");
+        let same_holder = theirs.owner == own.owner;
+        let state = if same_holder {
+            LinkState::Accepted
+        } else {
+            LinkState::Proposed
+        };
+        let ts = now();
+        tx.execute(
+            "INSERT INTO links (id, seq, left_dataset, left_key, right_dataset, right_key, proposer, state, created_at, decided_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![id, seq, own.name, key, theirs.name, their_key, holder.name, state.as_str(), ts, same_holder.then(|| ts.clone())],
+        )?;
+        AuditLog::append(
+            &tx,
+            &self.key,
+            AuditEvent::LinkProposed {
+                link: id.clone(),
+                left_dataset: own.name.clone(),
+                right_dataset: theirs.name.clone(),
+                proposer: holder.name.clone(),
+            },
+        )?;
+        if same_holder {
+            AuditLog::append(
+                &tx,
+                &self.key,
+                AuditEvent::LinkDecided {
+                    link: id.clone(),
+                    holder: holder.name.clone(),
+                    accepted: true,
+                    reason: String::new(),
+                },
+            )?;
+        }
+        let link = load_link(&tx, &id)?;
+        tx.commit()?;
+        Ok(link)
+    }
+
+    /// Accepts (`reject` = `None`) or rejects a proposed link, as the holder of its right side.
+    /// A link the caller may not decide answers like a missing one; one already decided is a
+    /// conflict.
+    pub fn decide_link(&mut self, holder: &Caller, id: &str, reject: Option<&str>) -> Result<Link> {
+        require(holder, Operation::ManageLinks)?;
+        if let Some(reason) = reject
+            && (reason.trim().is_empty() || reason.len() > 500)
+        {
+            return Err(bad("a rejection needs a reason of 1 to 500 characters"));
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let link = load_link(&tx, id)?;
+        let decider = veil_catalog::get(&tx, &link.right.dataset)?.map(|d| d.owner);
+        if decider.as_deref() != Some(holder.name.as_str()) {
+            return Err(no_such_link(id));
+        }
+        if link.state != LinkState::Proposed {
+            return Err(EngineError::Conflict(format!(
+                "link {id} is {}, not proposed",
+                link.state.as_str()
+            )));
+        }
+        let state = if reject.is_some() {
+            LinkState::Rejected
+        } else {
+            LinkState::Accepted
+        };
+        tx.execute(
+            "UPDATE links SET state = ?2, reason = ?3, decided_at = ?4 WHERE id = ?1",
+            params![id, state.as_str(), reject, now()],
+        )?;
+        AuditLog::append(
+            &tx,
+            &self.key,
+            AuditEvent::LinkDecided {
+                link: id.into(),
+                holder: holder.name.clone(),
+                accepted: reject.is_none(),
+                reason: reject.unwrap_or_default().into(),
+            },
+        )?;
+        let link = load_link(&tx, id)?;
+        tx.commit()?;
+        Ok(link)
+    }
+
+    /// The links `caller` may see: a holder those touching its datasets, a consumer the accepted
+    /// links between datasets it is admitted to, reviewers and admins all of them.
+    pub fn links_as(&self, caller: &Caller) -> Result<Vec<Link>> {
+        let mut stmt = self.conn.prepare(&format!("{SELECT_LINK} ORDER BY seq"))?;
+        let all = stmt
+            .query_map([], link_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut visible = Vec::new();
+        for link in all.into_iter().map(with_state) {
+            let link = link?;
+            if self.may_see_link(caller.viewer(), &link)? {
+                visible.push(link);
+            }
+        }
+        Ok(visible)
+    }
+
+    /// Whether `viewer` may see `link`.
+    fn may_see_link(&self, viewer: Viewer<'_>, link: &Link) -> Result<bool> {
+        let sides = [&link.left.dataset, &link.right.dataset];
+        let records: Vec<Option<DatasetRecord>> = sides
+            .iter()
+            .map(|d| veil_catalog::get(&self.conn, d))
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(match viewer {
+            Viewer::Holder(h) => records.iter().flatten().any(|r| r.owner == h),
+            Viewer::Consumer(_) => {
+                link.state == LinkState::Accepted
+                    && records.iter().all(|r| {
+                        r.as_ref()
+                            .is_some_and(|r| self.may_see_dataset(viewer, r).unwrap_or(false))
+                    })
+            }
+            Viewer::Auditor => true,
+        })
+    }
+}
+
+fn load_link(conn: &rusqlite::Connection, id: &str) -> Result<Link> {
+    let row = conn
+        .query_row(&format!("{SELECT_LINK} WHERE id = ?1"), [id], link_from_row)
+        .optional()?;
+    row.map(with_state).unwrap_or_else(|| Err(no_such_link(id)))
+}
+
+fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        return "none".into();
+    }
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
