@@ -89,8 +89,10 @@ fn link_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Link, String)> {
             proposer: r.get(5)?,
             state: LinkState::Proposed,
             reason: r.get(7)?,
-            created_at: r.get(8)?,
-            decided_at: r.get(9)?,
+            created_at: veil_catalog::to_the_second(&r.get::<_, String>(8)?),
+            decided_at: r
+                .get::<_, Option<String>>(9)?
+                .map(|t| veil_catalog::to_the_second(&t)),
         },
         state,
     ))
