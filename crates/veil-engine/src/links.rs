@@ -220,10 +220,11 @@ impl Veil {
     /// conflict.
     pub fn decide_link(&mut self, holder: &Caller, id: &str, reject: Option<&str>) -> Result<Link> {
         require(holder, Operation::ManageLinks)?;
-        if let Some(reason) = reject
-            && (reason.trim().is_empty() || reason.len() > 500)
-        {
-            return Err(bad("a rejection needs a reason of 1 to 500 characters"));
+        if let Some(reason) = reject {
+            if reason.trim().is_empty() {
+                return Err(bad("a rejection needs a reason: say why, in one line"));
+            }
+            crate::jobs::check_reason(reason)?;
         }
         let tx = self
             .conn

@@ -371,7 +371,7 @@ fn set_state(conn: &Connection, job: &str, state: JobState, code: Option<JobCode
 pub const MAX_REASON_CHARS: usize = 500;
 
 /// A holder's rejection reason: one line of at most [`MAX_REASON_CHARS`] characters.
-fn check_reason(reason: &str) -> Result<()> {
+pub(crate) fn check_reason(reason: &str) -> Result<()> {
     if reason.chars().count() > MAX_REASON_CHARS {
         return Err(bad(format!(
             "the reason is at most {MAX_REASON_CHARS} characters; shorten it"
