@@ -123,7 +123,7 @@ fn speed(rt: &tokio::runtime::Runtime) {
                     .block_on(veil_policy::sql::release(
                         &plan,
                         table.clone(),
-                        &[],
+                        &Default::default(),
                         &mut rng,
                     ))
                     .expect("DP SQL");
@@ -242,7 +242,7 @@ fn accuracy(rt: &tokio::runtime::Runtime) {
                 .block_on(veil_policy::sql::release(
                     &plan,
                     table.clone(),
-                    &[],
+                    &Default::default(),
                     &mut rng,
                 ))
                 .expect("release");

@@ -767,16 +767,18 @@ pub fn precheck(
     schema: &Schema,
     consumer: &str,
 ) -> Result<JobPlan> {
-    precheck_with_lookups(policy, manifest, schema, &[], consumer)
+    precheck_with_lookups(policy, manifest, schema, &Default::default(), consumer)
 }
 
-/// [`precheck`] of a job whose dataset's policy declares public tables: `lookups` holds them
-/// (their current rows), for a SQL job to join.
+/// [`precheck`] of a SQL job that may join more than its dataset: `readable` holds the public
+/// tables its policy declares (their current rows) and the linked datasets the consumer is
+/// admitted to. A query joining a linked dataset runs under both holders' policies
+/// ([`Policy::conjunction`]).
 pub fn precheck_with_lookups(
     policy: &Policy,
     manifest: &JobManifest,
     schema: &Schema,
-    lookups: &[crate::sql::Lookup],
+    readable: &crate::sql::Tables<'_>,
     consumer: &str,
 ) -> Result<JobPlan> {
     // A SQL job declares nothing of what it reads and releases: that comes from its query.
@@ -789,7 +791,7 @@ pub fn precheck_with_lookups(
             manifest.dataset
         )));
     }
-    let shape = crate::sql::shape(spec, &manifest.dataset, schema, policy, lookups)?;
+    let shape = crate::sql::shape(spec, &manifest.dataset, schema, policy, readable)?;
     let derived = JobManifest {
         columns: shape.columns,
         keys: shape.keys,
@@ -797,8 +799,19 @@ pub fn precheck_with_lookups(
         count_weight: shape.count_weight,
         ..manifest.clone()
     };
-    let mut plan = precheck_declared(policy, &derived, schema, consumer, Some(shape.plan))?;
+    let linked = shape.plan.link.as_ref().and_then(|l| {
+        readable
+            .partners
+            .iter()
+            .find(|p| p.dataset == l.partner)
+            .map(|p| p.policy.max_rows_per_unit)
+    });
+    let mut plan = precheck_declared(&shape.policy, &derived, schema, consumer, Some(shape.plan))?;
     plan.schedule.lookup_rows = shape.lookup_rows;
+    if let Some(partner_rows) = linked {
+        // A person's joined rows: each of theirs with each of the partner's.
+        plan.schedule.max_rows_per_unit = policy.max_rows_per_unit.saturating_mul(partner_rows);
+    }
     Ok(plan)
 }
 

@@ -661,6 +661,51 @@ impl Policy {
         })
     }
 
+    /// The policy of a job over a link between this dataset and another (docs/linking.md): what
+    /// both holders' policies allow. Consumers admitted by both; manual approval if either asks
+    /// for it; the larger minimum group size and the smaller per-person limits and per-job caps;
+    /// public partitions only for keys both declare alike; the units are the link's tokens
+    /// (`key`), of which there are at most both bounds together. Column rules stay this
+    /// dataset's (the other side's columns are checked against its own policy), as do
+    /// `public_tables`; each dataset's ledger is checked against its own totals by the engine,
+    /// so the totals here are only the smaller of the two.
+    pub fn conjunction(&self, other: &Policy, key: &str) -> Policy {
+        let partitions = self
+            .partitions
+            .iter()
+            .filter(|(k, v)| other.partitions.get(*k) == Some(v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Policy {
+            privacy_unit: Some(key.to_owned()),
+            consumers: self
+                .consumers
+                .iter()
+                .filter(|c| other.allows_consumer(c))
+                .cloned()
+                .collect(),
+            approval: match (self.approval, other.approval) {
+                (Approval::Auto, Approval::Auto) => Approval::Auto,
+                _ => Approval::Manual,
+            },
+            min_units_per_group: self.min_units_per_group.max(other.min_units_per_group),
+            max_groups_per_unit: self.max_groups_per_unit.min(other.max_groups_per_unit),
+            max_rows_per_unit: self.max_rows_per_unit.min(other.max_rows_per_unit),
+            max_units: self
+                .max_units
+                .saturating_add(other.max_units)
+                .min(MAX_MAX_UNITS as u64),
+            epsilon_per_job: self.epsilon_per_job.min(other.epsilon_per_job),
+            epsilon_total: self.epsilon_total.min(other.epsilon_total),
+            delta_per_job: self.delta_per_job.min(other.delta_per_job),
+            delta_total: self.delta_total.min(other.delta_total),
+            unit_count_epsilon: None,
+            partitions,
+            columns: self.columns.clone(),
+            public_tables: self.public_tables.clone(),
+        }
+    }
+
     pub fn allows_consumer(&self, consumer: &str) -> bool {
         self.consumers.iter().any(|c| c == consumer)
     }

@@ -504,3 +504,248 @@ fn a_link_key_of_raw_identifiers_is_refused_unquoted() {
     let listing = env.ok(&["--as", HOLDER, "dataset", "list"]);
     assert!(!listing.contains("raw"), "nothing registered: {listing}");
 }
+
+/// Sets `text` as `holder`'s policy on `dataset`.
+fn set_policy_of(env: &Env, holder: &str, dataset: &str, text: &str) {
+    let path = env.write(&format!("{holder}-{dataset}.toml"), text);
+    env.ok(&[
+        "--as",
+        holder,
+        "policy",
+        "set",
+        dataset,
+        path.to_str().unwrap(),
+    ]);
+}
+
+fn linked_policy(approval: &str, epsilon_total: f64, columns: &str) -> String {
+    format!(
+        "privacy_unit = \"national_id\"\nconsumers = [\"{CONSUMER}\"]\napproval = \"{approval}\"\n\
+         min_units_per_group = 5\nmax_groups_per_unit = 1\nmax_rows_per_unit = 2\nmax_units = 200\n\
+         [dp]\nepsilon_per_job = 1.0\nepsilon_total = {epsilon_total}\n[columns]\n{columns}"
+    )
+}
+
+/// The clinic's 60 patients (band A for the first 30, B for the rest) and the insurer's claims
+/// for the last 40 of them plus 20 others, two claims of 100 each per person.
+fn linked_env() -> Env {
+    let env = Env::new();
+    env.add_parties();
+    token_for(&env, INSURER, "holder");
+    let ids = ids();
+    let mut patients = String::from("national_id,band\n");
+    for (i, id) in ids.iter().enumerate() {
+        patients += &format!("{id},{}\n", if i < 30 { "A" } else { "B" });
+    }
+    let others: Vec<String> = (0..20)
+        .map(|i| format!("{:06}-{:04}", 990_101 + i, 2_000 + i))
+        .collect();
+    let mut claims = String::from("national_id,amount\n");
+    for id in ids[20..].iter().chain(&others) {
+        claims += &format!("{id},100\n{id},100\n");
+    }
+    add_linked(&env, HOLDER, "patients", &patients);
+    add_linked(&env, INSURER, "claims", &claims);
+    set_policy_of(
+        &env,
+        HOLDER,
+        "patients",
+        &linked_policy("auto", 3.0, "band = { class = \"public\" }\n"),
+    );
+    set_policy_of(
+        &env,
+        INSURER,
+        "claims",
+        &linked_policy(
+            "manual",
+            3.0,
+            "amount = { class = \"sensitive\", bounds = [0, 500] }\n",
+        ),
+    );
+    env
+}
+
+fn sql_job(env: &Env, query: &str, epsilon: &str) -> Output {
+    Command::new(veil_bin())
+        .arg("--data-dir")
+        .arg(env.data_dir())
+        .args([
+            "--as",
+            CONSUMER,
+            "job",
+            "submit",
+            "--sql",
+            query,
+            "--dataset",
+            "patients",
+            "--epsilon",
+            epsilon,
+        ])
+        .env("VEIL_INSECURE_TEST_NOISE_SEED", "7")
+        .output()
+        .expect("run veil")
+}
+
+const LINKED_QUERY: &str = "SELECT p.band AS band, COUNT(*) AS people, SUM(c.amount) AS total \
+                            FROM patients p JOIN \"insurer:claims\" c USING (national_id) \
+                            GROUP BY p.band ORDER BY band";
+
+/// A SQL job over an accepted link: refused before the link is accepted, waits for both holders'
+/// approval, is charged on both datasets in the transaction that starts it, and releases the
+/// joined answer within its intervals; the overlap is a DP count like any other.
+#[test]
+fn a_sql_job_over_a_link_runs_under_both_policies_and_budgets() {
+    let env = linked_env();
+    let before = env.ok(&["audit", "log", "--format", "json"]);
+    let out = sql_job(&env, LINKED_QUERY, "1");
+    assert!(!out.status.success(), "no accepted link yet");
+    assert!(
+        text(&out.stderr).contains("reads only its dataset"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        env.ok(&["audit", "log", "--format", "json"]),
+        before,
+        "nothing recorded"
+    );
+
+    env.ok(&[
+        "--as",
+        HOLDER,
+        "link",
+        "propose",
+        "patients",
+        "--key",
+        "national_id",
+        "--with",
+        "insurer:claims",
+        "--their-key",
+        "national_id",
+    ]);
+    env.ok(&["--as", INSURER, "link", "accept", "link-000001"]);
+
+    let out = sql_job(&env, LINKED_QUERY, "1");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let job = text(&out.stdout).trim().to_owned();
+    let status = env.ok(&["--as", CONSUMER, "job", "status", &job]);
+    assert!(
+        status.contains("awaiting"),
+        "the insurer's policy asks for approval: {status}"
+    );
+    // Both holders see it; the clinic's approval alone does not start it.
+    for holder in [HOLDER, INSURER] {
+        let queue = env.ok(&["--as", holder, "job", "list"]);
+        assert!(queue.contains(&job), "{holder}: {queue}");
+    }
+    env.ok(&["--as", HOLDER, "job", "approve", &job]);
+    let status = env.ok(&["--as", CONSUMER, "job", "status", &job]);
+    assert!(
+        status.contains("awaiting"),
+        "still waiting for the insurer: {status}"
+    );
+    env.ok(&["--as", INSURER, "job", "approve", &job]);
+
+    let result: serde_json::Value = serde_json::from_str(
+        &env.ok(&["--as", CONSUMER, "job", "result", &job, "--format", "json"]),
+    )
+    .unwrap();
+    let rows = result["rows"].as_array().unwrap();
+    // Band A: patients 20..30 have claims (10 people); band B: patients 30..60 (30 people);
+    // each claims 2 × 100.
+    for (row, (band, people, total)) in rows
+        .iter()
+        .zip([("A", 10.0, 2_000.0), ("B", 30.0, 6_000.0)])
+    {
+        assert_eq!(row["key"][0], band, "{result}");
+        let close = |cell: &serde_json::Value, exact: f64| {
+            let half =
+                (cell["ci95"][1].as_f64().unwrap() - cell["ci95"][0].as_f64().unwrap()) / 2.0;
+            (cell["value"].as_f64().unwrap() - exact).abs() <= 3.0 * half
+        };
+        assert!(close(&row["units"], people), "{row}");
+        assert!(close(&row["values"][0]["sum"], total), "{row}");
+    }
+    // Charged on both datasets, in the transaction that started it.
+    let budget = env.ok(&["--as", CONSUMER, "budget", "--format", "json"]);
+    assert!(
+        budget.contains("clinic:patients") && budget.contains("insurer:claims"),
+        "{budget}"
+    );
+    let audit = env.ok(&["audit", "log", "--format", "json"]);
+    assert!(audit.contains("job_charged"), "{audit}");
+    // Neither holder's log shows counters that would tell the overlap.
+    let log = env.ok(&["--as", HOLDER, "job", "logs", &job]);
+    assert!(log.contains("withheld") && !log.contains("units,"), "{log}");
+
+    // The overlap, as a DP count: 40 people on both sides.
+    let overlap =
+        "SELECT COUNT(*) AS overlap FROM patients p JOIN \"insurer:claims\" c USING (national_id)";
+    let out = sql_job(&env, overlap, "0.5");
+    let job = text(&out.stdout).trim().to_owned();
+    env.ok(&["--as", INSURER, "job", "approve", &job]);
+    env.ok(&["--as", HOLDER, "job", "approve", &job]);
+    let result: serde_json::Value = serde_json::from_str(
+        &env.ok(&["--as", CONSUMER, "job", "result", &job, "--format", "json"]),
+    )
+    .unwrap();
+    let cell = &result["rows"][0]["units"];
+    let half = (cell["ci95"][1].as_f64().unwrap() - cell["ci95"][0].as_f64().unwrap()) / 2.0;
+    assert!(
+        (cell["value"].as_f64().unwrap() - 40.0).abs() <= 3.0 * half,
+        "{result}"
+    );
+}
+
+/// Either holder's policy can refuse a linked job: a column the partner forbids, or the budget
+/// on the partner's side; a refused job charges neither side.
+#[test]
+fn either_policy_or_budget_refuses_a_linked_job() {
+    let env = linked_env();
+    env.ok(&[
+        "--as",
+        HOLDER,
+        "link",
+        "propose",
+        "patients",
+        "--key",
+        "national_id",
+        "--with",
+        "insurer:claims",
+        "--their-key",
+        "national_id",
+    ]);
+    env.ok(&["--as", INSURER, "link", "accept", "link-000001"]);
+    set_policy_of(
+        &env,
+        INSURER,
+        "claims",
+        &linked_policy("auto", 1.0, "amount = { class = \"forbidden\" }\n"),
+    );
+    let out = sql_job(&env, LINKED_QUERY, "0.6");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("forbidden by its holder's policy"), "{err}");
+    let sensitive = "amount = { class = \"sensitive\", bounds = [0, 500] }\n";
+    set_policy_of(
+        &env,
+        INSURER,
+        "claims",
+        &linked_policy("auto", 1.0, sensitive),
+    );
+    let first = sql_job(&env, LINKED_QUERY, "0.6");
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    // The insurer's total (1.0) has 0.4 left; the clinic's (3.0) has 2.4.
+    let out = sql_job(&env, LINKED_QUERY, "0.6");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("insurer:claims"),
+        "the refusal names the side that refuses: {err}"
+    );
+    let budget = env.ok(&["--as", CONSUMER, "budget", "--format", "json"]);
+    assert!(
+        !budget.contains("1.2"),
+        "the refused job charged neither side: {budget}"
+    );
+}

@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::common::*;
 
 /// The schema version the current code writes (`veil-engine`'s `store.rs`).
-const CURRENT: u32 = 6;
+const CURRENT: u32 = 7;
 
 /// A copy of the fixture store of `version` as the env's data directory.
 fn env_with_fixture(version: u32) -> Env {

@@ -594,7 +594,7 @@ x = { class = "sensitive", bounds = [0, 10] }
         rt.block_on(veil_policy::sql::aggregate(
             plan,
             table(neighbour),
-            &[],
+            &Default::default(),
             &mut rng,
         ))
         .unwrap()

@@ -171,6 +171,28 @@ pub enum AuditEvent {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         public_tables: Vec<TableRead>,
     },
+    /// A linked job's charge on its linked dataset, in the transaction that starts it (beside
+    /// `job_started`, which names the job's own dataset): the version and policy it reads and
+    /// the consumer's ledger on it after the job.
+    JobCharged {
+        job: String,
+        dataset: String,
+        dataset_commitment: String,
+        dataset_version: u64,
+        policy_version: u64,
+        policy_hash: String,
+        epsilon_micro: u64,
+        spent_micro_after: u64,
+        total_micro: u64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        rho_pico: u64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        delta_conversion_femto: u64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        delta_selection_femto: u64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        spent_delta_femto_after: u64,
+    },
     JobFinished {
         job: String,
         status: String,
@@ -308,6 +330,18 @@ pub fn public_fields(kind: &str) -> &'static [&'static str] {
             "delta_conversion_femto",
             "delta_selection_femto",
             "public_tables",
+        ],
+        "job_charged" => &[
+            "job",
+            "dataset",
+            "dataset_commitment",
+            "dataset_version",
+            "policy_version",
+            "policy_hash",
+            "epsilon_micro",
+            "rho_pico",
+            "delta_conversion_femto",
+            "delta_selection_femto",
         ],
         "release_created" => &["job", "result_hash"],
         "job_refused" | "job_approved" | "job_rejected" | "job_finished" | "release_denied" => {

@@ -23,6 +23,7 @@ fn job_of(event: &AuditEvent) -> Option<&str> {
         | AuditEvent::JobApproved { job, .. }
         | AuditEvent::JobRejected { job, .. }
         | AuditEvent::JobStarted { job, .. }
+        | AuditEvent::JobCharged { job, .. }
         | AuditEvent::JobFinished { job, .. }
         | AuditEvent::ReleaseCreated { job, .. }
         | AuditEvent::ReleaseDenied { job, .. } => Some(job),

@@ -301,7 +301,13 @@ impl Veil {
     fn may_see_job(&self, viewer: Viewer<'_>, job: &JobInfo) -> Result<bool> {
         Ok(match viewer {
             Viewer::Consumer(consumer) => job.consumer == consumer,
-            Viewer::Holder(holder) => self.dataset(&job.dataset)?.owner == holder,
+            Viewer::Holder(holder) => {
+                self.dataset(&job.dataset)?.owner == holder
+                    || match &job.linked_dataset {
+                        Some(linked) => self.dataset(linked)?.owner == holder,
+                        None => false,
+                    }
+            }
             Viewer::Auditor => true,
         })
     }

@@ -35,6 +35,8 @@ pub(crate) struct RunRequest<'a> {
     pub wasm: &'a [u8],
     /// The public tables a SQL job joins (none for a module job).
     pub lookups: &'a [veil_policy::sql::Lookup],
+    /// A linked SQL job's linked dataset.
+    pub partner: Option<&'a crate::links::LinkedPartner>,
     /// Fuel each unit gets, fixed by the job's schedule before the run.
     pub fuel_per_unit: u64,
 }
@@ -279,7 +281,7 @@ impl Veil {
     /// gate: the release, or a failure that has nothing to do with what the module did.
     pub(crate) fn execute(&mut self, req: RunRequest<'_>) -> Result<RunOutput, ExecutionFailure> {
         if req.plan.sql.is_some() {
-            return self.execute_sql(&req.plan, req.record, req.lookups);
+            return self.execute_sql(&req.plan, req.record, req.lookups, req.partner);
         }
         let workers = self.config.workers;
         let fuel = req.fuel_per_unit;
@@ -337,37 +339,75 @@ impl Veil {
         plan: &JobPlan,
         record: &DatasetRecord,
         lookups: &[veil_policy::sql::Lookup],
+        partner: Option<&crate::links::LinkedPartner>,
     ) -> Result<RunOutput, ExecutionFailure> {
         let sql = plan.sql.as_ref().expect("checked by the caller");
         let internal =
             |m: String| failure(JobCode::Internal, "the data could not be prepared", vec![m]);
         let mut names: Vec<String> = plan.privacy_unit.iter().cloned().collect();
         names.extend(plan.columns.iter().map(|c| c.name.clone()));
-        let batches = self
-            .block_on(veil_catalog::read_columns(&self.data_dir, record, &names))
-            .map_err(|e| internal(e.to_string()))?;
-        let batches = as_queried(batches, plan.privacy_unit.is_none()).map_err(internal)?;
-        let Some(schema) = batches.first().map(|b| b.schema()) else {
-            return Err(internal("dataset has no batches".into()));
+        let table = self
+            .queried_table(record, &names, plan.privacy_unit.is_none())
+            .map_err(internal)?;
+        let partners = match (partner, &sql.link) {
+            (Some(p), Some(link)) => {
+                let mut names = vec![link.partner_key.clone()];
+                names.extend(link.partner_columns.iter().cloned());
+                let table = self
+                    .queried_table(&p.record, &names, false)
+                    .map_err(internal)?;
+                vec![veil_policy::sql::Partner {
+                    table,
+                    ..p.partner.clone()
+                }]
+            }
+            _ => Vec::new(),
         };
-        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
-            .map_err(|e| internal(e.to_string()))?;
+        let readable = veil_policy::sql::Tables {
+            lookups,
+            partners: &partners,
+        };
         let mut rng = noise_rng();
         let (release, stats) = self
-            .block_on(veil_policy::sql::release(
-                plan,
-                Arc::new(table),
-                lookups,
-                &mut rng,
-            ))
+            .block_on(veil_policy::sql::release(plan, table, &readable, &mut rng))
             .map_err(|e| failure(JobCode::Internal, "aggregation failed", vec![e.to_string()]))?;
-        let holder_log = vec![format!("sql: {}", sql.text), gate_summary(&stats)];
+        let mut holder_log = vec![format!("sql: {}", sql.text)];
+        match &sql.link {
+            // The counters of a linked job describe both holders' data (how many people the two
+            // share): no holder may read them.
+            Some(link) => holder_log.push(format!(
+                "linked with `{}` ({:?} coverage): the gate's counters are withheld, since they \
+                 describe both holders' data",
+                link.partner, link.coverage
+            )),
+            None => holder_log.push(gate_summary(&stats)),
+        }
         Ok(RunOutput {
             release,
             units: stats.units,
             unit_faults: 0,
             holder_log,
         })
+    }
+
+    /// The columns `names` of `record` as a SQL job reads them (checking the content hash), in
+    /// memory; with `row_unit`, the per-row unit appended.
+    fn queried_table(
+        &self,
+        record: &DatasetRecord,
+        names: &[String],
+        row_unit: bool,
+    ) -> Result<Arc<dyn datafusion::catalog::TableProvider>, String> {
+        let batches = self
+            .block_on(veil_catalog::read_columns(&self.data_dir, record, names))
+            .map_err(|e| e.to_string())?;
+        let batches = as_queried(batches, row_unit)?;
+        let Some(schema) = batches.first().map(|b| b.schema()) else {
+            return Err("dataset has no batches".into());
+        };
+        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(table))
     }
 
     /// The job's module, compiled (from the cache when it was compiled before).

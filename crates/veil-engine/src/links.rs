@@ -319,3 +319,58 @@ fn list_or_none(names: &[String]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// A dataset linked to a job's dataset, with what the job needs of it beside the planner's view.
+pub(crate) struct LinkedPartner {
+    pub partner: veil_policy::sql::Partner,
+    pub record: DatasetRecord,
+    pub policy: crate::datasets::StoredPolicy,
+}
+
+impl Veil {
+    /// The datasets linked to `dataset` by accepted links whose current policy admits
+    /// `consumer`: what a SQL job on `dataset` may join. Planned against their schemas only
+    /// (empty tables): nothing of their rows is read before a job starts.
+    pub(crate) fn partners_for(&self, consumer: &str, dataset: &str) -> Result<Vec<LinkedPartner>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "{SELECT_LINK} WHERE state = 'accepted' AND (left_dataset = ?1 OR right_dataset = ?1)
+             ORDER BY seq"
+        ))?;
+        let links = stmt
+            .query_map([dataset], link_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut partners = Vec::new();
+        for (link, _) in links {
+            let (ours, theirs) = if link.left.dataset == dataset {
+                (link.left, link.right)
+            } else {
+                (link.right, link.left)
+            };
+            let Some(record) = veil_catalog::get(&self.conn, &theirs.dataset)? else {
+                continue;
+            };
+            let Some(policy) = self.policy(&record.name)? else {
+                continue;
+            };
+            if !policy.policy.allows_consumer(consumer) {
+                continue;
+            }
+            let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
+            let queried = std::sync::Arc::new(veil_policy::sql::queried_schema(&schema));
+            let table = datafusion::datasource::MemTable::try_new(queried, vec![vec![]])
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
+            partners.push(LinkedPartner {
+                partner: veil_policy::sql::Partner {
+                    dataset: record.name.clone(),
+                    key: ours.key,
+                    partner_key: theirs.key,
+                    policy: policy.policy.clone(),
+                    table: std::sync::Arc::new(table),
+                },
+                record,
+                policy,
+            });
+        }
+        Ok(partners)
+    }
+}

@@ -28,13 +28,14 @@ pub(crate) const SCHEMA_VERSION: u32 = STEPS.len() as u32;
 /// Step `i` (counting from 1) brings a store from schema version `i - 1` to `i`. Append new steps;
 /// never change one that has shipped. Version 0 is a store made before versions were recorded
 /// (or a new, empty file): step 1 creates what such a store already has.
-const STEPS: [fn(&Connection) -> Result<()>; 6] = [
+const STEPS: [fn(&Connection) -> Result<()>; 7] = [
     step_1_baseline,
     step_2_published_counts,
     step_3_owner_scoped_dataset_ids,
     step_4_registration_reports,
     step_5_dataset_versions,
     step_6_links,
+    step_7_linked_jobs,
 ];
 
 /// Brings the store to [`SCHEMA_VERSION`], in the caller's transaction, so a failed step leaves
@@ -198,6 +199,21 @@ fn step_6_links(conn: &Connection) -> Result<()> {
              reason      TEXT,
              created_at  TEXT NOT NULL,
              decided_at  TEXT
+         );",
+    )?;
+    Ok(())
+}
+
+/// Version 7: jobs over a link (the linked dataset they also read and are charged on) and the
+/// holders' approvals of them (a linked job waiting for approval needs both holders').
+fn step_7_linked_jobs(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "ALTER TABLE jobs ADD COLUMN linked_dataset TEXT;
+         CREATE TABLE job_approvals (
+             job     TEXT NOT NULL,
+             holder  TEXT NOT NULL,
+             at      TEXT NOT NULL,
+             PRIMARY KEY (job, holder)
          );",
     )?;
     Ok(())

@@ -22,7 +22,8 @@ use datafusion::datasource::MemTable;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, JoinType, LogicalPlan, Operator};
 
-use super::{SUPPORTED, check_row_expr, unsupported};
+use super::linked::{LinkJoin, link_join};
+use super::{SUPPORTED, Tables, check_row_expr, unsupported};
 use crate::error::Result;
 
 /// A public table, as a SQL job may join it: its dataset id and its rows as queries read them.
@@ -60,38 +61,59 @@ pub(super) struct Joined {
     pub conditions: Vec<Expr>,
 }
 
-/// The sources of an accepted query, taken apart: the dataset's scan (its qualifier) and the
-/// lookups joined to it.
+/// The sources of an accepted query, taken apart: the dataset's scan (its qualifier), the
+/// lookups joined to it and the linked dataset, if the query joins one.
 pub(super) struct Sources {
     /// How the query's columns name the dataset: its alias, else the name it was read by.
     pub dataset: TableReference,
     pub joins: Vec<Joined>,
+    pub link: Option<LinkJoin>,
 }
 
 impl Sources {
-    /// Whether `c` is a column of the dataset (not of a lookup).
+    /// Whether `c` is a column of the dataset (not of a lookup or the linked dataset).
     pub(super) fn is_dataset_column(&self, c: &Column) -> bool {
         c.relation.as_ref().is_none_or(|r| *r == self.dataset)
+    }
+
+    /// Whether `c` is a column of the linked dataset.
+    pub(super) fn is_partner_column(&self, c: &Column) -> bool {
+        self.link
+            .as_ref()
+            .is_some_and(|l| c.relation.as_ref() == Some(&l.qualifier))
     }
 }
 
 /// Takes the `FROM` clause apart: the dataset's scan, or `<sources> [INNER|LEFT] JOIN <lookup>`
-/// with equalities on the lookup's columns. `dataset_names` are the names the dataset answers
-/// to; `lookups` the public tables the query may join.
+/// with equalities on the lookup's columns, or `<sources> [INNER|LEFT|FULL] JOIN <partner>` on
+/// the link keys (at most one). `dataset_names` are the names the dataset answers to; `tables`
+/// what else the query may join.
 pub(super) fn sources(
     plan: &LogicalPlan,
     dataset_names: &[String],
-    lookups: &[Lookup],
+    tables: &Tables<'_>,
 ) -> Result<Sources> {
     match plan {
         LogicalPlan::Join(join) => {
-            let mut left = sources(&join.left, dataset_names, lookups)?;
+            let mut left = sources(&join.left, dataset_names, tables)?;
             let (qualifier, dataset) = scanned(&join.right).ok_or_else(|| {
                 unsupported(format!(
-                    "a join's right side must be a public table, not a subquery or another \
-                     join; {SUPPORTED}"
+                    "a join's right side must be a public table or a linked dataset, not a \
+                     subquery or another join; {SUPPORTED}"
                 ))
             })?;
+            if let Some(partner) = tables
+                .partners
+                .iter()
+                .find(|p| super::table_names(&p.dataset).contains(&dataset))
+            {
+                if left.link.is_some() {
+                    return Err(unsupported("a job joins at most one linked dataset"));
+                }
+                left.link = Some(link_join(join, &left.dataset, &qualifier, partner)?);
+                return Ok(left);
+            }
+            let lookups = tables.lookups;
             let Some(lookup) = lookups
                 .iter()
                 .find(|l| super::table_names(&l.dataset).contains(&dataset))
@@ -118,6 +140,7 @@ pub(super) fn sources(
             Some((qualifier, table)) if dataset_names.contains(&table) => Ok(Sources {
                 dataset: qualifier,
                 joins: Vec::new(),
+                link: None,
             }),
             Some((_, table)) => Err(unsupported(format!(
                 "the query reads `{table}` first; start FROM the dataset (`FROM {} JOIN {table} \

@@ -42,6 +42,7 @@
 //!
 //! A unit's value that is NULL (all its rows NULL in the group) contributes 0, clamped to the
 //! bounds; `WHERE x IS NOT NULL` leaves such units out.
+mod linked;
 mod lookup;
 mod post;
 mod provider;
@@ -65,7 +66,40 @@ use crate::error::{PolicyError, Result};
 use crate::manifest::{Aggregate, MAX_KEY_PARTS, MAX_VALUES, ValueSpec};
 use crate::model::{ColumnClass, Policy};
 
+pub use linked::{Coverage, Partner};
 pub use lookup::Lookup;
+
+/// What a SQL job may read besides its dataset: the public tables its policy declares and the
+/// datasets linked to it that the consumer is admitted to.
+#[derive(Clone, Copy, Default)]
+pub struct Tables<'a> {
+    pub lookups: &'a [Lookup],
+    pub partners: &'a [Partner],
+}
+
+/// How a SQL job reads a linked dataset (docs/linking.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SqlLink {
+    /// The linked dataset's id.
+    pub partner: String,
+    pub coverage: Coverage,
+    /// The job dataset's link key (the job's privacy unit) and the partner's.
+    pub key: String,
+    pub partner_key: String,
+    /// The partner's columns the query reads, its key aside.
+    pub partner_columns: Vec<String>,
+}
+
+/// The schema of `schema` as queries read it ([`as_queried`] for every column).
+pub fn queried_schema(schema: &Schema) -> Schema {
+    Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_data_type(as_queried(f.data_type())))
+            .collect::<Vec<_>>(),
+    )
+}
 pub use rewrite::{aggregate, release};
 
 /// Longest query text accepted, in bytes.
@@ -123,10 +157,13 @@ pub struct SqlPlan {
     /// The public tables the query joins (dataset ids), which the run reads whole.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lookups: Vec<String>,
+    /// The linked dataset the query joins, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<SqlLink>,
 }
 
 /// What a SQL query releases, in the terms of a module job's manifest.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Shape {
     pub keys: Vec<String>,
     pub values: Vec<ValueSpec>,
@@ -135,6 +172,9 @@ pub struct Shape {
     pub columns: Vec<String>,
     /// The rows of the public tables the query joins (public; the schedule counts them).
     pub lookup_rows: u64,
+    /// The policy the job runs under: the dataset's, or with a linked dataset the conjunction of
+    /// both holders' policies ([`Policy::conjunction`]).
+    pub policy: Policy,
     pub plan: SqlPlan,
 }
 
@@ -158,17 +198,32 @@ pub fn shape(
     dataset: &str,
     schema: &Schema,
     policy: &Policy,
-    lookups: &[Lookup],
+    readable: &Tables<'_>,
 ) -> Result<Shape> {
-    let unit = policy
+    let lookups = readable.lookups;
+    let mut unit = policy
         .privacy_unit
         .clone()
         .unwrap_or_else(|| ROW_UNIT.to_owned());
-    let schema = with_row_unit(schema, &unit);
-    let table = MemTable::try_new(Arc::new(schema), vec![vec![]])?;
+    let table_schema = with_row_unit(schema, &unit);
+    let table = MemTable::try_new(Arc::new(table_schema), vec![vec![]])?;
     let tables = table_names(dataset);
-    let logical = plan_query(&spec.text, &tables, Arc::new(table), lookups)?;
-    let dissected = dissect(&logical, &unit, &tables, lookups)?;
+    let logical = plan_query(&spec.text, &tables, Arc::new(table), readable)?;
+    let mut dissected = dissect(&logical, &unit, &tables, readable)?;
+    // A linked query's unit is the link key (the token): one person across both datasets.
+    let mut policy = policy.clone();
+    if let Some(link) = dissected.sources.link.clone() {
+        let partner = readable
+            .partners
+            .iter()
+            .find(|p| p.dataset == link.partner)
+            .expect("sources() found it");
+        policy = policy.conjunction(&partner.policy, &link.key);
+        unit = link.key.clone();
+        dissected = dissect(&logical, &unit, &tables, readable)?;
+        check_partner_columns(&dissected, &link, &partner.policy)?;
+    }
+    let policy = &policy;
     check_columns(&dissected, &unit, policy)?;
     let mut joined = Vec::new();
     let mut lookup_rows = 0;
@@ -183,7 +238,14 @@ pub fn shape(
             lookup_rows += lookup.rows();
         }
     }
-    let (values, per_unit) = released_values(&dissected, spec, policy)?;
+    let partner_policy = dissected.sources.link.as_ref().and_then(|l| {
+        readable
+            .partners
+            .iter()
+            .find(|p| p.dataset == l.partner)
+            .map(|p| &p.policy)
+    });
+    let (values, per_unit) = released_values(&dissected, spec, policy, partner_policy)?;
     check_declared_names(&dissected, spec)?;
     let count_weight = dissected
         .count_name
@@ -200,12 +262,20 @@ pub fn shape(
         count_weight,
         columns: dissected.columns(&unit),
         lookup_rows,
+        policy: policy.clone(),
         plan: SqlPlan {
             text: spec.text.clone(),
             tables,
-            unit,
             per_unit,
             lookups: joined,
+            link: dissected.sources.link.as_ref().map(|l| SqlLink {
+                partner: l.partner.clone(),
+                coverage: l.coverage,
+                key: l.key.clone(),
+                partner_key: l.partner_key.clone(),
+                partner_columns: dissected.partner_columns(&l.partner_key),
+            }),
+            unit,
         },
     })
 }
@@ -262,7 +332,7 @@ fn plan_query(
     text: &str,
     tables: &[String],
     table: Arc<dyn datafusion::catalog::TableProvider>,
-    lookups: &[Lookup],
+    readable: &Tables<'_>,
 ) -> Result<LogicalPlan> {
     check_size(text)?;
     let mut statements = DFParserBuilder::new(text)
@@ -292,11 +362,14 @@ fn plan_query(
             first_words(&statement.to_string())
         )));
     }
-    let mut readable = vec![(tables.to_vec(), table)];
-    for l in lookups {
-        readable.push((table_names(&l.dataset), l.provider()?));
+    let mut sources = vec![(tables.to_vec(), table)];
+    for l in readable.lookups {
+        sources.push((table_names(&l.dataset), l.provider()?));
     }
-    let provider = provider::DatasetOnly::new(readable);
+    for p in readable.partners {
+        sources.push((table_names(&p.dataset), p.table.clone()));
+    }
+    let provider = provider::DatasetOnly::new(sources);
     SqlToRel::new_with_options(&provider, ParserOptions::default())
         .sql_statement_to_plan(statement)
         .map_err(|e| unsupported(strip_prefix(&e)))
@@ -403,9 +476,33 @@ impl Dissected {
             .chain(self.sources.joins.iter().flat_map(|j| j.conditions.iter()))
     }
 
-    /// Whether `c` is the dataset's privacy unit (a lookup's column of that name is not).
+    /// Whether `c` is the dataset's privacy unit (a lookup's column of that name is not), or
+    /// the linked dataset's link key (the same person's token).
     fn is_unit(&self, c: &Column, unit: &str) -> bool {
-        c.name == unit && self.sources.is_dataset_column(c)
+        (c.name == unit && self.sources.is_dataset_column(c))
+            || self
+                .sources
+                .link
+                .as_ref()
+                .is_some_and(|l| self.sources.is_partner_column(c) && c.name == l.partner_key)
+    }
+
+    /// Every column of the linked dataset the query reads, in first-use order, its key aside.
+    fn partner_columns(&self, partner_key: &str) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for e in self.row_exprs() {
+            let mut refs: Vec<&Column> = e.column_refs().into_iter().collect();
+            refs.sort_by(|a, b| a.name.cmp(&b.name));
+            for c in refs {
+                if self.sources.is_partner_column(c)
+                    && c.name != partner_key
+                    && !names.contains(&c.name)
+                {
+                    names.push(c.name.clone());
+                }
+            }
+        }
+        names
     }
 
     /// Every dataset column the query reads, in first-use order, the unit aside.
@@ -441,7 +538,7 @@ fn dissect(
     plan: &LogicalPlan,
     unit: &str,
     tables: &[String],
-    lookups: &[Lookup],
+    readable: &Tables<'_>,
 ) -> Result<Dissected> {
     let mut node = plan;
     let mut post = post::Post::default();
@@ -493,7 +590,7 @@ fn dissect(
             )));
         }
     };
-    let mut d = dissect_select(projection, aggregate, unit, tables, lookups)?;
+    let mut d = dissect_select(projection, aggregate, unit, tables, readable)?;
     let by_aggregate = &d.by_aggregate;
     let aggregate_output = |c: &Column| {
         aggregate
@@ -527,10 +624,10 @@ fn dissect_select(
     aggregate: &datafusion::logical_expr::Aggregate,
     unit: &str,
     tables: &[String],
-    lookups: &[Lookup],
+    readable: &Tables<'_>,
 ) -> Result<Dissected> {
     let (filters, base) = row_filters(&aggregate.input)?;
-    let sources = lookup::sources(&base, tables, lookups)?;
+    let sources = lookup::sources(&base, tables, readable)?;
     for e in aggregate.group_expr.iter() {
         check_row_expr(e, "GROUP BY")?;
     }
@@ -915,11 +1012,27 @@ fn check_columns(d: &Dissected, unit: &str, policy: &Policy) -> Result<()> {
     Ok(())
 }
 
+/// Requires every column the query reads from the linked dataset to be one its holder's policy
+/// lets jobs read.
+fn check_partner_columns(d: &Dissected, link: &linked::LinkJoin, partner: &Policy) -> Result<()> {
+    for name in d.partner_columns(&link.partner_key) {
+        if partner.column_rule(&name).class == ColumnClass::Forbidden {
+            return Err(PolicyError::Refused(format!(
+                "column `{name}` of `{}` is forbidden by its holder's policy",
+                link.partner
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The released values as a manifest would declare them, with each one's per-unit aggregate.
+/// `partner` is the linked dataset's policy, for the bounds of its columns.
 fn released_values(
     d: &Dissected,
     spec: &SqlSpec,
     policy: &Policy,
+    partner: Option<&Policy>,
 ) -> Result<(Vec<ValueSpec>, Vec<PerUnit>)> {
     let mut values = Vec::new();
     let mut per_units = Vec::new();
@@ -934,7 +1047,7 @@ fn released_values(
         };
         let bounds = match per_unit {
             PerUnit::Count => (0.0, 1.0),
-            _ => value_bounds(name, arg, spec, policy, &d.sources)?,
+            _ => value_bounds(name, arg, spec, (policy, partner), &d.sources)?,
         };
         let weight = spec.weights.get(name).copied().unwrap_or(1);
         values.push(ValueSpec {
@@ -978,17 +1091,23 @@ fn value_bounds(
     name: &str,
     arg: &Expr,
     spec: &SqlSpec,
-    policy: &Policy,
+    (policy, partner): (&Policy, Option<&Policy>),
     sources: &lookup::Sources,
 ) -> Result<(f64, f64)> {
     if let Some(b) = spec.bounds.get(name) {
         return Ok(*b);
     }
-    if let Expr::Column(c) = strip_alias(arg)
-        && sources.is_dataset_column(c)
-        && let Some(b) = policy.column_rule(&c.name).bounds
-    {
-        return Ok(b);
+    if let Expr::Column(c) = strip_alias(arg) {
+        let owner = if sources.is_dataset_column(c) {
+            Some(policy)
+        } else if sources.is_partner_column(c) {
+            partner
+        } else {
+            None
+        };
+        if let Some(b) = owner.and_then(|p| p.column_rule(&c.name).bounds) {
+            return Ok(b);
+        }
     }
     Err(unsupported(format!(
         "`{name}` needs bounds: the policy gives none for `{arg}`; declare them in the \

@@ -17,7 +17,7 @@ use rand::{CryptoRng, Rng};
 
 use super::post::Post;
 use super::rows::total;
-use super::{Lookup, PerUnit, Released, SqlPlan, dissect, plan_query};
+use super::{PerUnit, Released, SqlPlan, Tables, dissect, plan_query};
 use crate::Release;
 use crate::error::{PolicyError, Result};
 use crate::gate::{self, Bounder, BoundingStats, ExactGroups, GateContribution};
@@ -29,10 +29,10 @@ use crate::manifest::JobPlan;
 pub async fn release<R: Rng + CryptoRng>(
     plan: &JobPlan,
     table: Arc<dyn TableProvider>,
-    lookups: &[Lookup],
+    readable: &Tables<'_>,
     rng: &mut R,
 ) -> Result<(Release, BoundingStats)> {
-    let (exact, stats, post) = aggregate_with_post(plan, table, lookups, rng).await?;
+    let (exact, stats, post) = aggregate_with_post(plan, table, readable, rng).await?;
     let mut release = gate::add_noise(plan, &exact, rng);
     super::spread::combine(plan, sql_of(plan)?, &mut release);
     post.apply(&mut release);
@@ -53,10 +53,10 @@ fn sql_of(plan: &JobPlan) -> Result<&SqlPlan> {
 pub async fn aggregate<R: Rng + CryptoRng>(
     plan: &JobPlan,
     table: Arc<dyn TableProvider>,
-    lookups: &[Lookup],
+    readable: &Tables<'_>,
     rng: &mut R,
 ) -> Result<(ExactGroups, BoundingStats)> {
-    let (exact, stats, _) = aggregate_with_post(plan, table, lookups, rng).await?;
+    let (exact, stats, _) = aggregate_with_post(plan, table, readable, rng).await?;
     Ok((exact, stats))
 }
 
@@ -64,10 +64,10 @@ pub async fn aggregate<R: Rng + CryptoRng>(
 async fn aggregate_with_post<R: Rng + CryptoRng>(
     plan: &JobPlan,
     table: Arc<dyn TableProvider>,
-    lookups: &[Lookup],
+    readable: &Tables<'_>,
     rng: &mut R,
 ) -> Result<(ExactGroups, BoundingStats, Post)> {
-    let (contributions, post) = contributions(sql_of(plan)?, table, lookups)?;
+    let (contributions, post) = contributions(sql_of(plan)?, table, readable)?;
     let batches = SessionContext::new()
         .execute_logical_plan(contributions)
         .await?
@@ -80,24 +80,28 @@ async fn aggregate_with_post<R: Rng + CryptoRng>(
 
 /// The plan of one row per (unit, group): `unit`, the key parts `k0..` as text and the values
 /// `v0..` as Float64, each the unit's own aggregate of its rows in the group (see the module
-/// docs of `sql`), ordered by unit. `lookups` must hold every table in `sql.lookups`.
+/// docs of `sql`), ordered by unit. `readable` must hold every table in `sql.lookups` and the
+/// partner of `sql.link`.
 pub(super) fn contributions(
     sql: &SqlPlan,
     table: Arc<dyn TableProvider>,
-    lookups: &[Lookup],
+    readable: &Tables<'_>,
 ) -> Result<(LogicalPlan, Post)> {
-    let logical = plan_query(&sql.text, &sql.tables, table, lookups)?;
-    let dissected = dissect(&logical, &sql.unit, &sql.tables, lookups)?;
+    let logical = plan_query(&sql.text, &sql.tables, table, readable)?;
+    let dissected = dissect(&logical, &sql.unit, &sql.tables, readable)?;
     // The dataset's rows under the query's filters, made total (see `rows`).
     let mut input = LogicalPlanBuilder::from(dissected.base.clone());
     for predicate in &dissected.filters {
         input = input.filter(total(predicate.clone())?)?;
     }
     let input = input.build()?;
-    let unit = Expr::Column(Column::new(
-        Some(dissected.sources.dataset.clone()),
-        sql.unit.clone(),
-    ));
+    let unit = match &dissected.sources.link {
+        Some(link) => super::linked::unit_expr(&dissected.sources.dataset, link),
+        None => Expr::Column(Column::new(
+            Some(dissected.sources.dataset.clone()),
+            sql.unit.clone(),
+        )),
+    };
     let mut rows = vec![unit.alias("__unit")];
     for (i, (_, e)) in dissected.keys.iter().enumerate() {
         rows.push(total(e.clone())?.alias(format!("__k{i}")));

@@ -46,7 +46,13 @@ fn spec(text: &str) -> SqlSpec {
 
 fn shape_of(text: &str) -> Result<Shape> {
     let policy = Policy::from_toml(POLICY).unwrap();
-    shape(&spec(text), "clinic:people", &schema(), &policy, &[])
+    shape(
+        &spec(text),
+        "clinic:people",
+        &schema(),
+        &policy,
+        &Tables::default(),
+    )
 }
 
 #[test]
@@ -78,7 +84,14 @@ fn derived_keys_declared_bounds_weights_and_quantiles() {
     sql.bounds.insert("k".into(), (0.0, 5.0));
     sql.weights.insert("n".into(), 3);
     sql.weights.insert("k".into(), 2);
-    let s = shape(&sql, "clinic:people", &schema(), &policy, &[]).unwrap();
+    let s = shape(
+        &sql,
+        "clinic:people",
+        &schema(),
+        &policy,
+        &Tables::default(),
+    )
+    .unwrap();
     assert_eq!(s.keys, ["band"]);
     assert_eq!(s.count_weight, 3);
     assert_eq!(s.values[0].bounds, (0.0, 5.0));
@@ -346,7 +359,7 @@ async fn the_rewrite_gives_each_unit_one_row_per_group() {
 }
 
 async fn contributions_of(plan: &SqlPlan) -> Vec<RecordBatch> {
-    let (logical, _) = rewrite::contributions(plan, people_table(), &[]).unwrap();
+    let (logical, _) = rewrite::contributions(plan, people_table(), &Tables::default()).unwrap();
     SessionContext::new()
         .execute_logical_plan(logical)
         .await
@@ -380,7 +393,8 @@ async fn the_group_limit_keeps_a_random_choice() {
     )
     .unwrap();
     let table = Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap());
-    let (logical, _) = rewrite::contributions(plan.sql.as_ref().unwrap(), table, &[]).unwrap();
+    let (logical, _) =
+        rewrite::contributions(plan.sql.as_ref().unwrap(), table, &Tables::default()).unwrap();
     let batches = SessionContext::new()
         .execute_logical_plan(logical)
         .await
@@ -416,7 +430,14 @@ async fn failing_row_expressions_are_null_not_errors() {
     );
     sql.bounds.insert("cast_sum".into(), (0.0, 10.0));
     sql.bounds.insert("div".into(), (0.0, 10.0));
-    let s = shape(&sql, "clinic:people", &schema(), &policy, &[]).unwrap();
+    let s = shape(
+        &sql,
+        "clinic:people",
+        &schema(),
+        &policy,
+        &Tables::default(),
+    )
+    .unwrap();
     let batches = contributions_of(&s.plan).await;
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 4, "every (unit, group) present, values NULL → 0");
@@ -442,7 +463,9 @@ async fn having_order_and_limit_post_process_the_release() {
     let plan = precheck(&policy, &manifest, &schema(), "acme").unwrap();
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
     for _ in 0..20 {
-        let (release, _) = release(&plan, people_table(), &[], &mut rng).await.unwrap();
+        let (release, _) = release(&plan, people_table(), &Tables::default(), &mut rng)
+            .await
+            .unwrap();
         assert!(release.rows.len() <= 5);
         for pair in release.rows.windows(2) {
             assert!(pair[0].units.value >= pair[1].units.value, "{release:?}");
@@ -457,7 +480,9 @@ async fn having_order_and_limit_post_process_the_release() {
     )
     .unwrap();
     let plan = precheck(&policy, &limited, &schema(), "acme").unwrap();
-    let (release, _) = release(&plan, people_table(), &[], &mut rng).await.unwrap();
+    let (release, _) = release(&plan, people_table(), &Tables::default(), &mut rng)
+        .await
+        .unwrap();
     assert!(release.rows.is_empty(), "no noisy count is below -10⁶");
 }
 
@@ -477,7 +502,9 @@ async fn variance_and_stddev_are_released_as_one_cell_each() {
     assert_eq!(names, ["v", "v__squares", "sd", "sd__squares"]);
     assert_eq!(plan.values[1].hi, 2500 * 2500 * crate::fixed::SCALE);
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
-    let (release, _) = release(&plan, people_table(), &[], &mut rng).await.unwrap();
+    let (release, _) = release(&plan, people_table(), &Tables::default(), &mut rng)
+        .await
+        .unwrap();
     for row in &release.rows {
         assert_eq!(row.values.len(), 2, "{row:?}");
         assert_eq!(row.values[0].name, "v");
@@ -524,7 +551,10 @@ fn shape_with_levels(text: &str, lookup: &Lookup) -> Result<Shape> {
         "clinic:people",
         &schema(),
         &policy,
-        std::slice::from_ref(lookup),
+        &Tables {
+            lookups: std::slice::from_ref(lookup),
+            ..Tables::default()
+        },
     )
 }
 
@@ -665,8 +695,15 @@ async fn a_lookup_join_runs_per_person() {
              ON p.educ = l.level AND p.income IS NOT NULL GROUP BY l.label"
         );
         let s = shape_with_levels(&query, &lookup).unwrap();
-        let (logical, _) =
-            rewrite::contributions(&s.plan, people_table(), std::slice::from_ref(&lookup)).unwrap();
+        let (logical, _) = rewrite::contributions(
+            &s.plan,
+            people_table(),
+            &Tables {
+                lookups: std::slice::from_ref(&lookup),
+                ..Tables::default()
+            },
+        )
+        .unwrap();
         let batches = SessionContext::new()
             .execute_logical_plan(logical)
             .await

@@ -20,14 +20,43 @@ pub(super) struct Vetted {
     pub schema: SchemaRef,
     /// A SQL job's public tables (the policy's `public_tables`, read whole), for it to join.
     pub lookups: Vec<veil_policy::sql::Lookup>,
+    /// A SQL job's linked datasets the consumer is admitted to (schemas only), for it to join.
+    pub partners: Vec<crate::links::LinkedPartner>,
     /// Whether the module declares the columns it reads (so its lookups were checked).
     pub declares_columns: bool,
 }
 
-/// What the pre-check and the consumer's ledger say about a vetted job.
+/// What the pre-check and the consumer's ledgers say about a vetted job.
 pub(super) enum Verdict {
-    Admitted { plan: Box<JobPlan>, after: Spent },
+    Admitted {
+        plan: Box<JobPlan>,
+        /// The consumer's ledger on the job's dataset after the job.
+        after: Spent,
+        /// A linked job's linked dataset, and the consumer's ledger on it after the job.
+        linked: Option<(String, Spent)>,
+    },
     Refused(JobCode, String),
+}
+
+impl Verdict {
+    /// Whether the job needs its holders' approval: either dataset's policy asks for it.
+    pub(super) fn approval(&self, vetted: &Vetted) -> Approval {
+        let partner = match self {
+            Verdict::Admitted {
+                linked: Some((dataset, _)),
+                ..
+            } => vetted
+                .partners
+                .iter()
+                .find(|p| &p.record.name == dataset)
+                .map(|p| p.policy.policy.approval),
+            _ => None,
+        };
+        match (vetted.stored.policy.approval, partner) {
+            (Approval::Manual, _) | (_, Some(Approval::Manual)) => Approval::Manual,
+            _ => Approval::Auto,
+        }
+    }
 }
 
 /// The answer to `veil job check` (`POST /v1/jobs/check`): whether the job would be admitted and,
@@ -92,6 +121,7 @@ impl Veil {
                 .into_iter()
                 .map(|(lookup, _)| lookup)
                 .collect();
+            let partners = self.partners_for(consumer, &manifest.dataset)?;
             return Ok(Vetted {
                 module_hash: veil_policy::document_hash(&sql.text),
                 manifest_hash: document_hash(text),
@@ -100,6 +130,7 @@ impl Veil {
                 stored,
                 schema,
                 lookups,
+                partners,
             });
         }
         // Validate and compile before recording anything: a bad module is bad input.
@@ -126,6 +157,7 @@ impl Veil {
             stored,
             schema,
             lookups: Vec::new(),
+            partners: Vec::new(),
         })
     }
 
@@ -163,7 +195,7 @@ impl Veil {
                 check.refusal = Some(reason);
                 format!("refused ({code})")
             }
-            Verdict::Admitted { plan, after } => {
+            Verdict::Admitted { plan, after, .. } => {
                 let (eps, delta) = after.totals();
                 let eps_total =
                     jobs_epsilon_total(&tx, &vetted.manifest.dataset, &vetted.stored.policy)?;
@@ -197,15 +229,21 @@ impl Veil {
     }
 }
 
-/// The pre-check of a vetted job and, if it passes, the consumer's ledger after it (read in the
-/// caller's transaction).
+/// The pre-check of a vetted job and, if it passes, the consumer's ledgers after it (read in
+/// the caller's transaction): on the job's dataset and, for a linked job, on the linked one.
 pub(super) fn verdict(conn: &Connection, vetted: &Vetted, consumer: &str) -> Result<Verdict> {
     let policy = &vetted.stored.policy;
+    let partners: Vec<veil_policy::sql::Partner> =
+        vetted.partners.iter().map(|p| p.partner.clone()).collect();
+    let readable = veil_policy::sql::Tables {
+        lookups: &vetted.lookups,
+        partners: &partners,
+    };
     let plan = match precheck_with_lookups(
         policy,
         &vetted.manifest,
         &vetted.schema,
-        &vetted.lookups,
+        &readable,
         consumer,
     ) {
         Err(PolicyError::Refused(reason)) => return Ok(Verdict::Refused(JobCode::Policy, reason)),
@@ -213,18 +251,48 @@ pub(super) fn verdict(conn: &Connection, vetted: &Vetted, consumer: &str) -> Res
         Ok(plan) => Box::new(plan),
     };
     let dataset = &vetted.manifest.dataset;
+    let after = match charge_after(conn, consumer, dataset, policy, &plan)? {
+        Ok(after) => after,
+        Err(reason) => return Ok(Verdict::Refused(JobCode::Budget, reason)),
+    };
+    let linked_dataset = plan.sql.as_ref().and_then(|s| s.link.as_ref());
+    let linked = match linked_dataset {
+        None => None,
+        Some(link) => {
+            let partner = vetted
+                .partners
+                .iter()
+                .find(|p| p.record.name == link.partner)
+                .ok_or_else(|| EngineError::Internal("linked dataset vanished".into()))?;
+            match charge_after(conn, consumer, &link.partner, &partner.policy.policy, &plan)? {
+                Ok(after) => Some((link.partner.clone(), after)),
+                Err(reason) => return Ok(Verdict::Refused(JobCode::Budget, reason)),
+            }
+        }
+    };
+    Ok(Verdict::Admitted {
+        plan,
+        after,
+        linked,
+    })
+}
+
+/// The consumer's ledger on `dataset` after `plan`'s charge, or why its budget there refuses it.
+pub(super) fn charge_after(
+    conn: &Connection,
+    consumer: &str,
+    dataset: &str,
+    policy: &veil_policy::Policy,
+    plan: &JobPlan,
+) -> Result<std::result::Result<Spent, String>> {
     let used = spent(conn, consumer, dataset)?;
-    match used.admit(
-        &plan.charge,
-        jobs_epsilon_total(conn, dataset, policy)?,
-        policy.delta_total,
-    ) {
-        Ok(after) => Ok(Verdict::Admitted { plan, after }),
-        Err(why) => Ok(Verdict::Refused(
-            JobCode::Budget,
-            format!("{why} for `{consumer}` on `{dataset}`"),
-        )),
-    }
+    Ok(used
+        .admit(
+            &plan.charge,
+            jobs_epsilon_total(conn, dataset, policy)?,
+            policy.delta_total,
+        )
+        .map_err(|why| format!("{why} for `{consumer}` on `{dataset}`")))
 }
 
 /// Requires every column the module declares it reads to be one the manifest delivers: a lookup

@@ -114,12 +114,19 @@ impl Veil {
             r.get(0)
         })?;
         let job = format!("job-{seq:06}");
-        // The state the job has unless the pre-check below refuses it.
-        let admitted = match vetted.stored.policy.approval {
+        let verdict = verdict(&tx, &vetted, consumer)?;
+        // The state the job has unless the pre-check refused it.
+        let admitted = match verdict.approval(&vetted) {
             Approval::Manual => JobState::AwaitingApproval,
             Approval::Auto => JobState::Queued,
         };
-        let verdict = verdict(&tx, &vetted, consumer)?;
+        let linked_dataset = match &verdict {
+            Verdict::Admitted {
+                linked: Some((dataset, _)),
+                ..
+            } => Some(dataset.clone()),
+            _ => None,
+        };
         // A SQL job's algorithm is its query's text.
         let algorithm = match &vetted.manifest.sql {
             Some(sql) => sql.text.as_bytes(),
@@ -129,9 +136,9 @@ impl Veil {
         let ts = now();
         let manifest = &vetted.manifest;
         tx.execute(
-            "INSERT INTO jobs (id, seq, consumer, dataset, manifest, manifest_hash, module_hash, epsilon_micro, policy_version, state, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
-            params![job, seq, consumer, manifest.dataset, text, vetted.manifest_hash, vetted.module_hash, manifest.epsilon.micro(), vetted.stored.version, admitted.as_str(), ts],
+            "INSERT INTO jobs (id, seq, consumer, dataset, manifest, manifest_hash, module_hash, epsilon_micro, policy_version, state, created_at, updated_at, linked_dataset)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
+            params![job, seq, consumer, manifest.dataset, text, vetted.manifest_hash, vetted.module_hash, manifest.epsilon.micro(), vetted.stored.version, admitted.as_str(), ts, linked_dataset],
         )?;
         AuditLog::append(
             &tx,
@@ -160,7 +167,11 @@ impl Veil {
     /// CLI's way. The service queues it with [`Veil::approve`].
     pub fn approve_job(&mut self, holder: &Caller, job: &str) -> Result<JobState> {
         self.approve(holder, job)?;
-        Ok(self.run_job(job)?.state)
+        // A linked job may still wait for the other holder.
+        match self.job(job)?.state {
+            JobState::Queued => Ok(self.run_job(job)?.state),
+            other => Ok(other),
+        }
     }
 
     /// Approves a job waiting for `holder` (the dataset's owner): it is queued for a worker.
@@ -184,11 +195,9 @@ impl Veil {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let job = load_job(&tx, job_id)?;
-        let owner = veil_catalog::get(&tx, &job.dataset)?
-            .map(|d| d.owner)
-            .unwrap_or_default();
+        let owners = job_holders(&tx, &job)?;
         // Another holder's job answers like a missing one.
-        if owner != holder {
+        if !owners.iter().any(|o| o == holder) {
             return Err(no_such_job(job_id));
         }
         if job.state != JobState::AwaitingApproval {
@@ -216,7 +225,19 @@ impl Veil {
                 )?;
             }
             None => {
-                set_state(&tx, job_id, JobState::Queued, None)?;
+                // A linked job waits for every holder it reads.
+                tx.execute(
+                    "INSERT OR IGNORE INTO job_approvals (job, holder, at) VALUES (?1, ?2, ?3)",
+                    params![job_id, holder, now()],
+                )?;
+                let approved: u64 = tx.query_row(
+                    "SELECT COUNT(*) FROM job_approvals WHERE job = ?1",
+                    [job_id],
+                    |r| r.get(0),
+                )?;
+                if approved >= owners.len() as u64 {
+                    set_state(&tx, job_id, JobState::Queued, None)?;
+                }
                 AuditLog::append(
                     &tx,
                     &self.key,
@@ -252,6 +273,7 @@ impl Veil {
             record: &started.record,
             wasm: &wasm,
             lookups: &started.lookups,
+            partner: started.partner.as_ref(),
             fuel_per_unit: started.fuel_per_unit,
         });
         let sandbox_time = clock.elapsed();
@@ -301,8 +323,19 @@ impl Veil {
         } else {
             Default::default()
         };
+        let mut partners = if manifest.sql.is_some() {
+            self.partners_for(&job.consumer, &job.dataset)?
+        } else {
+            Vec::new()
+        };
+        let planned: Vec<veil_policy::sql::Partner> =
+            partners.iter().map(|p| p.partner.clone()).collect();
+        let readable = veil_policy::sql::Tables {
+            lookups: &lookups,
+            partners: &planned,
+        };
         let plan =
-            precheck_with_lookups(&stored.policy, &manifest, &schema, &lookups, &job.consumer);
+            precheck_with_lookups(&stored.policy, &manifest, &schema, &readable, &job.consumer);
 
         let tx = self
             .conn
@@ -339,6 +372,29 @@ impl Veil {
                 }
             },
         };
+        // A linked job is charged on the linked dataset too, in this same transaction.
+        let partner = match plan.sql.as_ref().and_then(|s| s.link.as_ref()) {
+            None => None,
+            Some(link) => {
+                let at = partners
+                    .iter()
+                    .position(|p| p.record.name == link.partner)
+                    .ok_or_else(|| internal("linked dataset vanished"))?;
+                let p = partners.swap_remove(at);
+                match super::check::charge_after(
+                    &tx,
+                    &job.consumer,
+                    &p.record.name,
+                    &p.policy.policy,
+                    &plan,
+                )? {
+                    Ok(after) => Some((p, after)),
+                    Err(reason) => {
+                        return Err(refuse(tx, &self.key, job_id, JobCode::Budget, reason)?);
+                    }
+                }
+            }
+        };
         let schedule = veil_policy::schedule::schedule(&plan.schedule, &self.config.cost_model())
             .map_err(|e| EngineError::Internal(format!("schedule: {e}")))?;
         let started_at = to_the_millisecond(time::OffsetDateTime::now_utc());
@@ -372,12 +428,22 @@ impl Veil {
             },
             started_at,
         )?;
+        if let Some((p, after)) = &partner {
+            debit_on(&tx, &job.consumer, &p.record.name, after)?;
+            AuditLog::append_at(
+                &tx,
+                &self.key,
+                linked_charge(job_id, &manifest, &plan, p, after),
+                started_at,
+            )?;
+        }
         tx.commit()?;
         Ok(StartedRun {
             job,
             record,
             plan,
             lookups,
+            partner: partner.map(|(p, _)| p),
             fuel_per_unit: schedule.fuel_per_unit,
             release_at,
         })
@@ -467,6 +533,48 @@ impl Veil {
         )?;
         tx.commit()?;
         Ok(())
+    }
+}
+
+/// The holders a job reads: its dataset's, and a linked job's linked dataset's (once if one holder
+/// owns both).
+fn job_holders(conn: &Connection, job: &JobInfo) -> Result<Vec<String>> {
+    let mut owners = Vec::new();
+    for dataset in std::iter::once(&job.dataset).chain(&job.linked_dataset) {
+        let owner = veil_catalog::get(conn, dataset)?
+            .map(|d| d.owner)
+            .unwrap_or_default();
+        if !owners.contains(&owner) {
+            owners.push(owner);
+        }
+    }
+    Ok(owners)
+}
+
+/// The linked dataset's share of a linked job's start: its version and policy, and the
+/// consumer's ledger on it after the job.
+fn linked_charge(
+    job: &str,
+    manifest: &JobManifest,
+    plan: &veil_policy::JobPlan,
+    partner: &crate::links::LinkedPartner,
+    after: &Spent,
+) -> AuditEvent {
+    let (after_epsilon, after_delta) = after.totals();
+    AuditEvent::JobCharged {
+        job: job.into(),
+        dataset: partner.record.name.clone(),
+        dataset_commitment: partner.record.content_commitment.clone(),
+        dataset_version: partner.record.version,
+        policy_version: partner.policy.version,
+        policy_hash: partner.policy.hash.clone(),
+        epsilon_micro: manifest.epsilon.micro(),
+        spent_micro_after: after_epsilon.micro(),
+        total_micro: partner.policy.policy.epsilon_total.micro(),
+        rho_pico: plan.charge.rho,
+        delta_conversion_femto: plan.charge.delta_conversion.0,
+        delta_selection_femto: plan.charge.delta_selection.0,
+        spent_delta_femto_after: after_delta.0,
     }
 }
 

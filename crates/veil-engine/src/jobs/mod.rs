@@ -97,6 +97,9 @@ pub struct JobInfo {
     /// When the job's outcome becomes visible: fixed at its start from public values only (the
     /// manifest's time budget and the policy's `max_units`), whatever the module does.
     pub release_at: Option<String>,
+    /// The linked dataset a SQL job over a link also reads and is charged on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linked_dataset: Option<String>,
 }
 
 /// What a consumer may learn about a job: a coarse state and a generic reason code — never module
@@ -116,6 +119,9 @@ pub struct ConsumerJobView {
     pub created_at: String,
     /// Once started: when the outcome becomes visible (fixed at the start, see [`JobInfo`]).
     pub release_at: Option<String>,
+    /// The linked dataset the job's query joins (the consumer's own query names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linked_dataset: Option<String>,
 }
 
 impl JobInfo {
@@ -144,6 +150,7 @@ impl JobInfo {
             epsilon: self.epsilon,
             created_at: veil_catalog::to_the_second(&self.created_at),
             release_at: self.release_at.clone(),
+            linked_dataset: self.linked_dataset.clone(),
         }
     }
 }
@@ -197,7 +204,7 @@ pub struct BudgetLine {
     pub delta_total: String,
 }
 
-const JOB_COLUMNS: &str = "id, consumer, dataset, state, code, module_hash, manifest_hash, manifest, epsilon_micro, policy_version, result_hash, created_at, updated_at, release_at";
+const JOB_COLUMNS: &str = "id, consumer, dataset, state, code, module_hash, manifest_hash, manifest, epsilon_micro, policy_version, result_hash, created_at, updated_at, release_at, linked_dataset";
 
 fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(JobInfo, String)> {
     let state: String = r.get(3)?;
@@ -217,6 +224,7 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(JobInfo, String)> {
             created_at: r.get(11)?,
             updated_at: r.get(12)?,
             release_at: r.get(13)?,
+            linked_dataset: r.get(14)?,
         },
         state,
     ))
@@ -229,6 +237,8 @@ struct StartedRun {
     plan: veil_policy::JobPlan,
     /// The public tables a SQL job joins, as read at the start (the versions its audit names).
     lookups: Vec<veil_policy::sql::Lookup>,
+    /// A linked job's linked dataset, charged at the start.
+    partner: Option<crate::links::LinkedPartner>,
     /// Fuel each unit gets, fixed by the schedule.
     fuel_per_unit: u64,
     /// When the outcome is committed and becomes visible, fixed at the start.
@@ -238,6 +248,11 @@ struct StartedRun {
 /// Writes the consumer's ledger line on the job's dataset as `after` (the sums including this
 /// job's charge), in the start transaction.
 fn debit(conn: &Connection, job: &JobInfo, after: &Spent) -> Result<()> {
+    debit_on(conn, &job.consumer, &job.dataset, after)
+}
+
+/// Writes `consumer`'s ledger line on `dataset` as `after`, in the caller's transaction.
+fn debit_on(conn: &Connection, consumer: &str, dataset: &str, after: &Spent) -> Result<()> {
     conn.execute(
         "INSERT INTO budget (consumer, dataset, spent_micro, rho_pico, delta_conversion_femto, delta_selection_femto)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -245,8 +260,8 @@ fn debit(conn: &Connection, job: &JobInfo, after: &Spent) -> Result<()> {
            rho_pico = excluded.rho_pico, delta_conversion_femto = excluded.delta_conversion_femto,
            delta_selection_femto = excluded.delta_selection_femto",
         params![
-            job.consumer,
-            job.dataset,
+            consumer,
+            dataset,
             after.epsilon_pure.micro(),
             after.rho,
             after.delta_conversion.0,

@@ -62,10 +62,11 @@ impl Veil {
         self.query_jobs("consumer = ?1", &[consumer])
     }
 
-    /// Jobs on the datasets `holder` owns.
+    /// Jobs on the datasets `holder` owns, linked jobs on either side included.
     pub(crate) fn jobs_on_datasets_of(&self, holder: &str) -> Result<Vec<JobInfo>> {
         self.query_jobs(
-            "dataset IN (SELECT name FROM datasets WHERE owner = ?1)",
+            "dataset IN (SELECT name FROM datasets WHERE owner = ?1)
+               OR linked_dataset IN (SELECT name FROM datasets WHERE owner = ?1)",
             &[holder],
         )
     }
