@@ -489,3 +489,95 @@ fn public_tables_are_the_holders_own_and_joined_on_unique_keys() {
     }
     assert_eq!(env.snapshot(), before, "refused joins changed nothing");
 }
+
+/// Two datasets of one holder about the same people join on their privacy unit through a link
+/// the holder proposes (accepted at once): the job counts each person once across both, and is
+/// charged on both datasets.
+#[test]
+fn one_holders_datasets_join_on_their_privacy_unit() {
+    let env = Env::new();
+    // Tight row bounds: a linked job is scheduled for each person's rows on one side times
+    // theirs on the other.
+    env.setup_with_policy(
+        &policy("auto").replace("max_units = 500", "max_units = 500\nmax_rows_per_unit = 2"),
+    );
+    // Visits: the first 100 people, each with 3 visits costing 40.
+    let mut visits = String::from("person_id,cost\n");
+    for id in 0..100 {
+        visits += &format!("{id},40\n{id},40\n{id},40\n");
+    }
+    let path = env.write("visits.csv", &visits);
+    env.ok(&[
+        "--as",
+        HOLDER,
+        "dataset",
+        "add",
+        path.to_str().unwrap(),
+        "--name",
+        "visits",
+        "--privacy-unit",
+        "person_id",
+    ]);
+    let visits_policy = policy("auto")
+        .replace(
+            "min_units_per_group = 20",
+            "min_units_per_group = 5\nmax_rows_per_unit = 3",
+        )
+        .split("[columns]")
+        .next()
+        .unwrap()
+        .to_owned()
+        + "[columns]\ncost = { class = \"sensitive\", bounds = [0, 200] }\n";
+    let p = env.write("visits.toml", &visits_policy);
+    env.ok(&[
+        "--as",
+        HOLDER,
+        "policy",
+        "set",
+        "visits",
+        p.to_str().unwrap(),
+    ]);
+    let linked = env.ok(&[
+        "--as",
+        HOLDER,
+        "link",
+        "propose",
+        "people",
+        "--key",
+        "person_id",
+        "--with",
+        "clinic:visits",
+        "--their-key",
+        "person_id",
+    ]);
+    assert!(
+        linked.contains("accepted"),
+        "one holder's link is accepted at once: {linked}"
+    );
+    let query = "SELECT p.educ AS educ, COUNT(*) AS people, SUM(v.cost) AS spent \
+                 FROM people p JOIN visits v USING (person_id) GROUP BY p.educ ORDER BY educ";
+    let job = submit_sql(&env, 5, query, "1");
+    let result = result_of(&env, &job);
+    let rows = result["rows"].as_array().unwrap();
+    // People 0..100 have visits, 3 of 40 each: 50 with educ 12 (even ids, one row in
+    // `people`: 120 each) and 50 with educ 16 (odd ids, two rows: the join pairs each with every
+    // visit, 240 each, clamped to the bounds' 200) — ordinary SQL, bounded per person.
+    for (row, (educ, people, spent)) in rows
+        .iter()
+        .zip([("12", 50.0, 6_000.0), ("16", 50.0, 10_000.0)])
+    {
+        assert_eq!(row["key"][0], educ, "{result}");
+        let close = |cell: &serde_json::Value, exact: f64| {
+            let half =
+                (cell["ci95"][1].as_f64().unwrap() - cell["ci95"][0].as_f64().unwrap()) / 2.0;
+            (cell["value"].as_f64().unwrap() - exact).abs() <= 3.0 * half
+        };
+        assert!(close(&row["units"], people), "{row}");
+        assert!(close(&row["values"][0]["sum"], spent), "{row}");
+    }
+    let budget = env.ok(&["--as", CONSUMER, "budget", "--format", "json"]);
+    assert!(
+        budget.contains("clinic:people") && budget.contains("clinic:visits"),
+        "{budget}"
+    );
+}

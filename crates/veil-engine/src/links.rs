@@ -112,7 +112,8 @@ impl Veil {
     /// Proposes a link between the caller's dataset `dataset` (column `key`) and dataset `other`
     /// (column `other_key`), both link keys. Another holder's dataset must then accept it
     /// ([`Veil::decide_link`]); a link between two of the caller's own datasets is accepted at
-    /// once. An unknown dataset and one without that link key answer alike.
+    /// once, and may also join on their privacy units (one holder's datasets about the same
+    /// people, docs/sql.md). An unknown dataset and one without that key answer alike.
     pub fn propose_link(
         &mut self,
         holder: &Caller,
@@ -123,7 +124,13 @@ impl Veil {
     ) -> Result<Link> {
         require(holder, Operation::ManageLinks)?;
         let own = self.find_dataset(holder, dataset)?;
-        if !own.link_keys.iter().any(|k| k == key) {
+        let theirs = veil_catalog::get(&self.conn, other)?.filter(|d| {
+            d.link_keys.iter().any(|k| k == other_key)
+                || (d.owner == own.owner && d.privacy_unit.as_deref() == Some(other_key))
+        });
+        let same_holder = theirs.as_ref().is_some_and(|d| d.owner == own.owner);
+        let own_unit = same_holder && own.privacy_unit.as_deref() == Some(key);
+        if !own.link_keys.iter().any(|k| k == key) && !own_unit {
             return Err(bad(format!(
                 "`{key}` is not a link key of `{}` (its link keys: {}); register the file with \
                  `--link-key {key}`",
@@ -131,14 +138,12 @@ impl Veil {
                 list_or_none(&own.link_keys)
             )));
         }
-        let theirs = veil_catalog::get(&self.conn, other)?
-            .filter(|d| d.link_keys.iter().any(|k| k == other_key))
-            .ok_or_else(|| {
-                EngineError::NotFound(format!(
-                    "no dataset `{other}` with link key `{other_key}` (name it by its id, \
+        let theirs = theirs.ok_or_else(|| {
+            EngineError::NotFound(format!(
+                "no dataset `{other}` with link key `{other_key}` (name it by its id, \
                      `owner:name`)"
-                ))
-            })?;
+            ))
+        })?;
         if theirs.name == own.name {
             return Err(bad("a link joins two different datasets"));
         }
