@@ -635,6 +635,78 @@ x = { class = "sensitive", bounds = [0, 10] }
         }
     }
 
+    /// The partner of a linked job (docs/linking.md): tokens 10..40 with 1–3 rows each, and with
+    /// `neighbour` person 5 — already in D's table — added to the intersection with 50 rows.
+    fn partner(neighbour: bool) -> veil_policy::sql::Partner {
+        let mut ids: Vec<i64> = (10..40i64)
+            .flat_map(|p| vec![p; 1 + (p % 3) as usize])
+            .collect();
+        if neighbour {
+            ids.extend([5; 50]);
+        }
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(ids))]).unwrap();
+        veil_policy::sql::Partner {
+            dataset: "other:claims".into(),
+            key: "id".into(),
+            partner_key: "id".into(),
+            policy: Policy::from_toml(POLICY).unwrap(),
+            table: Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap()),
+        }
+    }
+
+    /// The overlap count of a linked job is audited like a count: one person added to the
+    /// intersection (with 50 rows on the partner's side) moves it by at most one.
+    #[test]
+    fn the_overlap_count_meets_its_epsilon() {
+        let query = "SELECT COUNT(*) AS overlap FROM t JOIN \"other:claims\" c USING (id)";
+        let manifest = JobManifest::from_toml(&format!(
+            "dataset = \"t\"\nsql = '{query}'\nepsilon = 1.0\n"
+        ))
+        .unwrap();
+        let policy = Policy::from_toml(POLICY).unwrap();
+        let planned = partner(false);
+        let readable = veil_policy::sql::Tables {
+            partners: std::slice::from_ref(&planned),
+            ..Default::default()
+        };
+        let plan =
+            veil_policy::precheck_with_lookups(&policy, &manifest, &schema(), &readable, "acme")
+                .unwrap();
+        let exact = |neighbour: bool| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let partner = partner(neighbour);
+            let readable = veil_policy::sql::Tables {
+                partners: std::slice::from_ref(&partner),
+                ..Default::default()
+            };
+            let mut rng = ChaCha20Rng::seed_from_u64(1);
+            rt.block_on(veil_policy::sql::aggregate(
+                &plan,
+                table(false),
+                &readable,
+                &mut rng,
+            ))
+            .unwrap()
+            .0
+        };
+        let (a, b) = (exact(false), exact(true));
+        assert_eq!(
+            b.groups[&Vec::<String>::new()].units,
+            a.groups[&Vec::<String>::new()].units + 1
+        );
+        let audit = audit_exact(970, &plan, &a, &b, 0.0, count_feature);
+        assert!(
+            audit.passes(),
+            "proven ε {} > {}",
+            audit.proven,
+            audit.claimed
+        );
+    }
+
     /// Negative control: the same query aggregated over rows, without per-person bounding (what
     /// a rewrite that forgot the (unit, group) step would release), is caught.
     #[test]

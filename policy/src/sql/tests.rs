@@ -9,6 +9,7 @@ use rand::SeedableRng;
 use super::*;
 use crate::manifest::{JobManifest, precheck};
 use crate::model::Policy;
+use crate::sql::{Coverage, Partner};
 
 const POLICY: &str = r#"
 privacy_unit = "person_id"
@@ -736,4 +737,129 @@ fn text_rows(batches: &[RecordBatch]) -> Vec<String> {
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// The insurer's claims, linked to `people` on `person_id` ↔ `token`.
+fn claims_partner() -> Partner {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("token", DataType::Int64, true),
+        Field::new("amount", DataType::Float64, true),
+        Field::new("diagnosis", DataType::Utf8, true),
+    ]));
+    let policy = Policy::from_toml(
+        r#"
+privacy_unit = "token"
+consumers = ["acme"]
+approval = "manual"
+min_units_per_group = 9
+max_groups_per_unit = 3
+max_rows_per_unit = 4
+[dp]
+epsilon_per_job = 0.5
+epsilon_total = 2.0
+[columns]
+amount = { class = "sensitive", bounds = [0, 900] }
+diagnosis = { class = "forbidden" }
+"#,
+    )
+    .unwrap();
+    Partner {
+        dataset: "insurer:claims".into(),
+        key: "person_id".into(),
+        partner_key: "token".into(),
+        policy,
+        table: Arc::new(MemTable::try_new(schema, vec![vec![]]).unwrap()),
+    }
+}
+
+fn shape_linked(text: &str) -> Result<Shape> {
+    let policy = Policy::from_toml(POLICY).unwrap();
+    let partner = claims_partner();
+    shape(
+        &spec(text),
+        "clinic:people",
+        &schema(),
+        &policy,
+        &Tables {
+            partners: std::slice::from_ref(&partner),
+            ..Tables::default()
+        },
+    )
+}
+
+#[test]
+fn a_linked_query_runs_under_both_policies() {
+    for (join, coverage) in [
+        ("JOIN", Coverage::Inner),
+        ("LEFT JOIN", Coverage::Left),
+        ("FULL JOIN", Coverage::Full),
+    ] {
+        let s = shape_linked(&format!(
+            "SELECT p.educ AS educ, COUNT(*) AS n, SUM(c.amount) AS paid FROM people p \
+             {join} \"insurer:claims\" c ON p.person_id = c.token GROUP BY p.educ"
+        ))
+        .unwrap();
+        let link = s.plan.link.as_ref().unwrap();
+        assert_eq!(link.coverage, coverage);
+        assert_eq!(link.partner, "insurer:claims");
+        assert_eq!(link.partner_columns, ["amount"]);
+        assert_eq!(s.columns, ["educ"], "the job dataset's columns only");
+        assert_eq!(s.plan.unit, "person_id");
+        assert_eq!(s.values[0].bounds, (0.0, 900.0), "the partner's bounds");
+        // The conjunction: the stricter of each limit, manual if either is.
+        assert_eq!(s.policy.min_units_per_group, 9);
+        assert_eq!(s.policy.max_groups_per_unit, 1);
+        assert_eq!(s.policy.epsilon_per_job.as_f64(), 0.5);
+        assert_eq!(s.policy.approval, crate::model::Approval::Manual);
+    }
+}
+
+#[test]
+fn linked_queries_that_could_leak_are_refused() {
+    for (query, phrase) in [
+        (
+            "SELECT COUNT(*) AS n FROM people p JOIN \"insurer:claims\" c \
+             ON p.person_id = c.token AND c.amount > 10",
+            "joins on its link key and nothing else",
+        ),
+        (
+            "SELECT COUNT(*) AS n FROM people p JOIN \"insurer:claims\" c ON p.educ = c.diagnosis",
+            "joins on its link key and nothing else",
+        ),
+        (
+            "SELECT COUNT(*) AS n FROM people p RIGHT JOIN \"insurer:claims\" c \
+             ON p.person_id = c.token",
+            "right join of a linked dataset",
+        ),
+        (
+            "SELECT COUNT(*) AS n FROM people p JOIN \"insurer:claims\" c \
+             ON p.person_id = c.token JOIN \"insurer:claims\" d ON p.person_id = d.token",
+            "at most one linked dataset",
+        ),
+    ] {
+        match shape_linked(query) {
+            Err(e @ PolicyError::Invalid { .. }) => {
+                let text = e.to_string().to_lowercase();
+                assert!(text.contains(&phrase.to_lowercase()), "{query}: {text}");
+            }
+            other => panic!("{query}: expected a refusal, got {other:?}"),
+        }
+    }
+    for (query, phrase) in [
+        (
+            "SELECT c.token AS t, COUNT(*) AS n FROM people p JOIN \"insurer:claims\" c \
+             ON p.person_id = c.token GROUP BY c.token",
+            "privacy unit",
+        ),
+        (
+            "SELECT c.diagnosis AS d, COUNT(*) AS n FROM people p JOIN \"insurer:claims\" c \
+             ON p.person_id = c.token GROUP BY c.diagnosis",
+            "forbidden by its holder's policy",
+        ),
+    ] {
+        match shape_linked(query) {
+            Err(PolicyError::Refused(m)) => assert!(m.contains(phrase), "{query}: {m}"),
+            other => panic!("{query}: expected a policy refusal, got {other:?}"),
+        }
+    }
 }
