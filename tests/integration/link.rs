@@ -749,3 +749,126 @@ fn either_policy_or_budget_refuses_a_linked_job() {
         "the refused job charged neither side: {budget}"
     );
 }
+
+/// Kills the server at random points while linked jobs start: after every restart, each job
+/// started has been charged on both datasets or on neither — `job_started` and `job_charged`
+/// come together — and each ledger equals the sum of its entries' charges.
+#[test]
+fn a_kill_during_linked_starts_charges_both_sides_or_neither() {
+    use rand::{Rng, SeedableRng};
+    let env = linked_env();
+    let columns = "amount = { class = \"sensitive\", bounds = [0, 500] }\n";
+    set_policy_of(
+        &env,
+        INSURER,
+        "claims",
+        &linked_policy("auto", 50.0, columns),
+    );
+    set_policy_of(
+        &env,
+        HOLDER,
+        "patients",
+        &linked_policy("auto", 50.0, "band = { class = \"public\" }\n"),
+    );
+    env.ok(&[
+        "--as",
+        HOLDER,
+        "link",
+        "propose",
+        "patients",
+        "--key",
+        "national_id",
+        "--with",
+        "insurer:claims",
+        "--their-key",
+        "national_id",
+    ]);
+    env.ok(&["--as", INSURER, "link", "accept", "link-000001"]);
+    let consumer = token_for(&env, CONSUMER, "consumer");
+    let manifest = format!("dataset = \"patients\"\nsql = '{LINKED_QUERY}'\nepsilon = 0.05\n");
+    let body = serde_json::json!({ "manifest": manifest }).to_string();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x11c);
+    let mut server = Server::start(&env.data_dir(), &[("VEIL_WORKERS", "2")]);
+    let mut started_total = 0;
+    for round in 0..12 {
+        let (url, token, body) = (server.url(), consumer.clone(), body.clone());
+        let submitter = std::thread::spawn(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            for _ in 0..5 {
+                let sent = agent
+                    .post(format!("{url}/v1/jobs"))
+                    .header("Authorization", format!("Bearer {token}"))
+                    .header("Content-Type", "application/json")
+                    .send(body.as_bytes());
+                if sent.is_err() {
+                    return;
+                }
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(0..300)));
+        server.kill();
+        let _ = submitter.join();
+        server = Server::start(&env.data_dir(), &[("VEIL_WORKERS", "2")]);
+        started_total = both_or_neither(&env, round);
+    }
+    assert!(server.terminate().success());
+    assert!(
+        started_total >= 10,
+        "only {started_total} linked jobs started"
+    );
+}
+
+/// Checks that every started linked job was charged on both sides and that each ledger is the
+/// sum of its charges; answers how many jobs started.
+fn both_or_neither(env: &Env, round: usize) -> usize {
+    let audit = env.ok(&["audit", "log", "--format", "json"]);
+    let mut started = std::collections::BTreeMap::new();
+    let mut charged = std::collections::BTreeMap::new();
+    for line in audit.lines() {
+        let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+        let event = &entry["event"];
+        let target = match event["kind"].as_str() {
+            Some("job_started") => &mut started,
+            Some("job_charged") => &mut charged,
+            _ => continue,
+        };
+        target.insert(
+            event["job"].as_str().unwrap().to_owned(),
+            (
+                event["dataset"].as_str().unwrap().to_owned(),
+                event["epsilon_micro"].as_u64().unwrap(),
+            ),
+        );
+    }
+    let jobs = |m: &std::collections::BTreeMap<String, (String, u64)>| {
+        m.keys().cloned().collect::<Vec<_>>()
+    };
+    assert_eq!(
+        jobs(&started),
+        jobs(&charged),
+        "round {round}: a start without its second charge"
+    );
+    let conn = rusqlite::Connection::open(env.data_dir().join("veil.db")).unwrap();
+    for (events, dataset) in [(&started, "clinic:patients"), (&charged, "insurer:claims")] {
+        let sum: u64 = events
+            .values()
+            .filter(|(d, _)| d == dataset)
+            .map(|(_, e)| e)
+            .sum();
+        let ledger: u64 = conn
+            .query_row(
+                "SELECT COALESCE(SUM(spent_micro), 0) FROM budget WHERE consumer = ?1 AND dataset = ?2",
+                [CONSUMER, dataset],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            ledger, sum,
+            "round {round}: the ledger on {dataset} disagrees with the log"
+        );
+    }
+    started.len()
+}
