@@ -146,18 +146,21 @@ fn link_and_count(people: usize, key: &OprfKey, threads: usize) {
     let (_, left) = run(&side(0), key, threads);
     let (_, right) = run(&side(people / 2), key, threads);
     let tokenise = clock.elapsed();
-    let schema = Arc::new(Schema::new(vec![Field::new(
-        "token",
-        DataType::Utf8,
-        false,
-    )]));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("token", DataType::Utf8, false),
+        Field::new("band", DataType::Utf8, false),
+    ]));
     let table = |tokens: &[Token]| -> Arc<MemTable> {
         let batches = tokens
             .chunks(1 << 16)
             .map(|c| {
                 let hex: Vec<String> = c.iter().map(Token::to_hex).collect();
-                RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(hex))])
-                    .unwrap()
+                let band = StringArray::from(vec!["a"; c.len()]);
+                RecordBatch::try_new(
+                    schema.clone(),
+                    vec![Arc::new(StringArray::from(hex)), Arc::new(band)],
+                )
+                .unwrap()
             })
             .collect();
         Arc::new(MemTable::try_new(schema.clone(), vec![batches]).unwrap())
@@ -165,7 +168,8 @@ fn link_and_count(people: usize, key: &OprfKey, threads: usize) {
     let policy = veil_policy::Policy::from_toml(&format!(
         "privacy_unit = \"token\"\nconsumers = [\"bench\"]\napproval = \"auto\"\n\
          min_units_per_group = 1\nmax_groups_per_unit = 1\nmax_rows_per_unit = 1\n\
-         max_units = {people}\n[dp]\nepsilon_per_job = 1.0\nepsilon_total = 10.0\n[columns]\n"
+         max_units = {people}\n[dp]\nepsilon_per_job = 1.0\nepsilon_total = 10.0\n[columns]\n\
+         band = {{ class = \"public\" }}\n"
     ))
     .unwrap();
     let partner = |t: Arc<MemTable>| veil_policy::sql::Partner {

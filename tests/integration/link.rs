@@ -872,3 +872,73 @@ fn both_or_neither(env: &Env, round: usize) -> usize {
     }
     started.len()
 }
+
+/// Either holder may revoke a link: a job over it that has not started is refused when it would
+/// start, charging nothing, and no new job can join it.
+#[test]
+fn a_revoked_link_can_no_longer_be_joined() {
+    let env = linked_env();
+    env.ok(&[
+        "--as",
+        HOLDER,
+        "link",
+        "propose",
+        "patients",
+        "--key",
+        "national_id",
+        "--with",
+        "insurer:claims",
+        "--their-key",
+        "national_id",
+    ]);
+    env.ok(&["--as", INSURER, "link", "accept", "link-000001"]);
+    let out = sql_job(&env, LINKED_QUERY, "0.5");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let job = text(&out.stdout).trim().to_owned();
+    let revoked = env.ok(&[
+        "--as",
+        INSURER,
+        "link",
+        "revoke",
+        "link-000001",
+        "--reason",
+        "the agreement ended",
+    ]);
+    assert!(revoked.contains("revoked"), "{revoked}");
+    let again = env.veil(&[
+        "--as",
+        HOLDER,
+        "link",
+        "revoke",
+        "link-000001",
+        "--reason",
+        "x",
+    ]);
+    assert!(
+        text(&again.stderr).contains("not in force"),
+        "{}",
+        text(&again.stderr)
+    );
+    env.ok(&["--as", HOLDER, "job", "approve", &job]);
+    // The last approval starts the job (local mode), and the start refuses it.
+    let started = env.veil(&["--as", INSURER, "job", "approve", &job]);
+    assert!(!started.status.success());
+    assert!(
+        text(&started.stderr).contains("link it joins was revoked"),
+        "{}",
+        text(&started.stderr)
+    );
+    let status = env.ok(&["--as", CONSUMER, "job", "status", &job]);
+    assert!(status.contains("refused"), "{status}");
+    let budget = env.ok(&["--as", CONSUMER, "budget", "--format", "json"]);
+    assert!(!budget.contains("0.5"), "nothing charged: {budget}");
+    let out = sql_job(&env, LINKED_QUERY, "0.5");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("reads only its dataset"),
+        "{}",
+        text(&out.stderr)
+    );
+    let audit = env.ok(&["audit", "log", "--format", "json"]);
+    assert!(audit.contains("link_revoked"), "{audit}");
+}

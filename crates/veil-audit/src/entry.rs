@@ -94,6 +94,13 @@ pub enum AuditEvent {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         reason: String,
     },
+    /// A holder of either side ended a link (or the proposer withdrew it): jobs can no longer
+    /// join it; those waiting to start are refused when they would start.
+    LinkRevoked {
+        link: String,
+        holder: String,
+        reason: String,
+    },
     PolicySet {
         dataset: String,
         holder: String,
@@ -299,6 +306,7 @@ pub fn public_fields(kind: &str) -> &'static [&'static str] {
         "link_evaluated" => &["holder", "elements"],
         "link_proposed" => &["link", "left_dataset", "right_dataset"],
         "link_decided" => &["link", "accepted"],
+        "link_revoked" => &["link"],
         "policy_set" => &["dataset", "version", "policy_hash"],
         "unit_count_published" => &["dataset", "policy_version", "epsilon_micro", "noisy_units"],
         "job_submitted" => &[

@@ -338,6 +338,12 @@ pub(crate) enum LinkCmd {
         #[arg(long)]
         reason: String,
     },
+    /// End a link touching one of your datasets (or withdraw your proposal).
+    Revoke {
+        link: String,
+        #[arg(long)]
+        reason: String,
+    },
     /// List the links you may see.
     List {
         #[arg(long, value_enum, default_value_t = Format::Table)]

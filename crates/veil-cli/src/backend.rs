@@ -132,6 +132,8 @@ pub(crate) trait Backend {
     ) -> anyhow::Result<veil_engine::Link>;
     /// The links the caller may see.
     fn links(&mut self) -> anyhow::Result<Vec<veil_engine::Link>>;
+    /// Ends a link touching one of the caller's datasets.
+    fn revoke_link(&mut self, link: &str, reason: &str) -> anyhow::Result<veil_engine::Link>;
     /// Has the domain evaluate a batch of blinded identifiers (hex).
     fn evaluate_link(&mut self, blinded: &[String]) -> anyhow::Result<veil_engine::LinkEvaluation>;
 

@@ -282,6 +282,7 @@ fn link(cmd: LinkCmd, b: &mut dyn Backend) -> Result<()> {
         })?),
         LinkCmd::Accept { link } => show(&b.decide_link(&link, None)?),
         LinkCmd::Reject { link, reason } => show(&b.decide_link(&link, Some(&reason))?),
+        LinkCmd::Revoke { link, reason } => show(&b.revoke_link(&link, &reason)?),
         LinkCmd::List { format } => {
             let links = b.links()?;
             match format {

@@ -81,6 +81,10 @@ impl Backend for Local {
         Ok(self.veil.links_as(&self.caller)?)
     }
 
+    fn revoke_link(&mut self, link: &str, reason: &str) -> Result<veil_engine::Link> {
+        Ok(self.veil.revoke_link(&self.caller, link, reason)?)
+    }
+
     fn remove_dataset(&mut self, name: &str) -> Result<u64> {
         Ok(self.veil.remove_dataset(&self.caller, name)?)
     }

@@ -295,6 +295,13 @@ impl Backend for Remote {
         }
     }
 
+    fn revoke_link(&mut self, link: &str, reason: &str) -> Result<veil_engine::Link> {
+        self.send_json(
+            &format!("/v1/links/{}/revoke", encode(link)),
+            &serde_json::json!({ "reason": reason }),
+        )
+    }
+
     fn links(&mut self) -> Result<Vec<veil_engine::Link>> {
         #[derive(serde::Deserialize)]
         struct Links {

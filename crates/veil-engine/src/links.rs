@@ -22,6 +22,8 @@ pub enum LinkState {
     Accepted,
     /// The other holder refused; it cannot be used.
     Rejected,
+    /// A holder of either side ended it (or the proposer withdrew it); it cannot be used.
+    Revoked,
 }
 
 impl LinkState {
@@ -30,6 +32,7 @@ impl LinkState {
             LinkState::Proposed => "proposed",
             LinkState::Accepted => "accepted",
             LinkState::Rejected => "rejected",
+            LinkState::Revoked => "revoked",
         }
     }
 
@@ -38,6 +41,7 @@ impl LinkState {
             "proposed" => Ok(LinkState::Proposed),
             "accepted" => Ok(LinkState::Accepted),
             "rejected" => Ok(LinkState::Rejected),
+            "revoked" => Ok(LinkState::Revoked),
             other => Err(EngineError::Internal(format!(
                 "unknown link state `{other}`"
             ))),
@@ -165,7 +169,7 @@ impl Veil {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let open: Option<String> = tx
             .query_row(
-                "SELECT id FROM links WHERE state != 'rejected' AND
+                "SELECT id FROM links WHERE state IN ('proposed', 'accepted') AND
                    ((left_dataset = ?1 AND right_dataset = ?2) OR (left_dataset = ?2 AND right_dataset = ?1))",
                 params![own.name, theirs.name],
                 |r| r.get(0),
@@ -262,6 +266,49 @@ impl Veil {
                 holder: holder.name.clone(),
                 accepted: reject.is_none(),
                 reason: reject.unwrap_or_default().into(),
+            },
+        )?;
+        let link = load_link(&tx, id)?;
+        tx.commit()?;
+        Ok(link)
+    }
+
+    /// Ends a proposed or accepted link, as the holder of either side, with a reason: no job can
+    /// join it from now on, and jobs over it that have not started are refused when they would.
+    pub fn revoke_link(&mut self, holder: &Caller, id: &str, reason: &str) -> Result<Link> {
+        require(holder, Operation::ManageLinks)?;
+        if reason.trim().is_empty() {
+            return Err(bad("revoking a link needs a reason: say why, in one line"));
+        }
+        crate::jobs::check_reason(reason)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let link = load_link(&tx, id)?;
+        let mut owners = Vec::new();
+        for side in [&link.left.dataset, &link.right.dataset] {
+            owners.extend(veil_catalog::get(&tx, side)?.map(|d| d.owner));
+        }
+        if !owners.iter().any(|o| o == &holder.name) {
+            return Err(no_such_link(id));
+        }
+        if !matches!(link.state, LinkState::Proposed | LinkState::Accepted) {
+            return Err(EngineError::Conflict(format!(
+                "link {id} is {}, not in force",
+                link.state.as_str()
+            )));
+        }
+        tx.execute(
+            "UPDATE links SET state = 'revoked', reason = ?2, decided_at = ?3 WHERE id = ?1",
+            params![id, reason, now()],
+        )?;
+        AuditLog::append(
+            &tx,
+            &self.key,
+            AuditEvent::LinkRevoked {
+                link: id.into(),
+                holder: holder.name.clone(),
+                reason: reason.into(),
             },
         )?;
         let link = load_link(&tx, id)?;

@@ -933,3 +933,19 @@ pub(crate) async fn reject_link(
         })
         .await
 }
+
+/// Revokes a link touching one of the caller's datasets (body: `{"reason": "..."}`).
+pub(crate) async fn revoke_link(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> ApiResult {
+    let body = authenticated_body(&state, &headers, Operation::ManageLinks, body).await?;
+    let r: RejectLink = parse_body(&body)?;
+    state
+        .as_caller(&headers, Some(Operation::ManageLinks), move |veil, who| {
+            Ok(Json(json!(veil.revoke_link(&who, &id, &r.reason)?)))
+        })
+        .await
+}

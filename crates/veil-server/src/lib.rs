@@ -196,6 +196,7 @@ fn app(state: AppState) -> Router {
         .route("/v1/links", get(api::links).post(api::propose_link))
         .route("/v1/links/{id}/accept", post(api::accept_link))
         .route("/v1/links/{id}/reject", post(api::reject_link))
+        .route("/v1/links/{id}/revoke", post(api::revoke_link))
         .route("/v1/audit/checkpoint", get(api::checkpoint))
         .route("/v1/audit/log", get(api::audit_log))
         .route("/v1/audit/summary", get(api::audit_summary))

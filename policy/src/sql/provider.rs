@@ -55,16 +55,17 @@ impl ContextProvider for DatasetOnly {
         {
             return Ok(source.clone());
         }
-        let lookups: Vec<String> = self.tables[1..]
+        let others: Vec<String> = self.tables[1..]
             .iter()
-            .map(|(names, _)| format!("`{}`", names[0]))
+            .map(|(names, _)| format!("`{}`", names.last().unwrap_or(&names[0])))
             .collect();
-        let also = if lookups.is_empty() {
+        let also = if others.is_empty() {
             String::new()
         } else {
             format!(
-                " and the public tables its policy declares ({})",
-                lookups.join(", ")
+                " and the tables it may join: its policy's public tables and the datasets \
+                 linked to it ({})",
+                others.join(", ")
             )
         };
         Err(DataFusionError::Plan(format!(

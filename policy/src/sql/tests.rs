@@ -627,7 +627,7 @@ fn lookup_joins_that_could_leak_or_multiply_rows_are_refused() {
         (
             "SELECT l.label AS label, COUNT(*) AS n FROM people p JOIN other l \
              ON p.educ = l.level GROUP BY l.label",
-            "public tables its policy declares (`levels`)",
+            "the datasets linked to it (`clinic:levels`)",
         ),
         (
             "SELECT l.label AS label, COUNT(*) AS n FROM people p JOIN levels l \

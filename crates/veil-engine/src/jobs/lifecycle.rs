@@ -358,7 +358,8 @@ impl Veil {
             // version (a column's type changed): the reason depends on the schema, not on rows.
             Err(e @ PolicyError::Invalid { .. }) if manifest.sql.is_some() => {
                 let reason = format!(
-                    "the query no longer applies to the current version of `{}`: {e}",
+                    "the query no longer applies to the current version of `{}` (or a link it \
+                     joins was revoked, or a table it joins is gone): {e}",
                     job.dataset
                 );
                 return Err(refuse(tx, &self.key, job_id, JobCode::Policy, reason)?);
