@@ -67,6 +67,7 @@ fn plan(states: &[String], values: Vec<GateValue>, count_weight: u32) -> Arc<Job
         public_groups: Some(states.iter().map(|s| vec![s.clone()]).collect()),
         schedule: Default::default(),
         sql: None,
+        join: None,
     })
 }
 

@@ -32,5 +32,6 @@ pub fn income_by_education(aggregate: Aggregate) -> Arc<JobPlan> {
         public_groups: None,
         schedule: Default::default(),
         sql: None,
+        join: None,
     })
 }

@@ -1052,6 +1052,7 @@ mod tests {
             public_groups: None,
             schedule: Default::default(),
             sql: None,
+            join: None,
         })
     }
 

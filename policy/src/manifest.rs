@@ -90,6 +90,22 @@ pub struct JobManifest {
     /// are derived from the query by the pre-check ([`crate::sql::shape`]). `None`: a module job.
     #[serde(default)]
     pub sql: Option<SqlSpec>,
+    /// A module job over a link (`[join]`, docs/linking.md): the linked dataset, the columns of
+    /// it the module reads (delivered as `joined.<name>`) and which people the job covers.
+    #[serde(default)]
+    pub join: Option<JoinSpec>,
+}
+
+/// The prefix a module job over a link sees the linked dataset's columns under.
+pub const JOINED_PREFIX: &str = "joined.";
+
+/// A module job's `[join]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinSpec {
+    /// The linked dataset's id.
+    pub dataset: String,
+    pub columns: Vec<String>,
+    pub coverage: crate::sql::Coverage,
 }
 
 /// Longest `purpose` a manifest may state, in characters (it is shown to holders and reviewers).
@@ -116,6 +132,15 @@ struct RawManifest {
     noise: Option<Spanned<String>>,
     delta: Option<Spanned<f64>>,
     output: Option<Spanned<RawOutput>>,
+    join: Option<Spanned<RawJoin>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJoin {
+    dataset: String,
+    columns: Spanned<Vec<String>>,
+    coverage: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -202,7 +227,17 @@ impl JobManifest {
             noise: Noise::Laplace,
             delta,
             sql: None,
+            join: None,
         };
+        if let (Some(join), Some(_)) = (&raw.join, &raw.sql) {
+            return invalid(
+                text,
+                join.span(),
+                "join",
+                "a SQL job joins a linked dataset in its query (`JOIN ... USING (key)`), not in \
+                 `[join]`",
+            );
+        }
         match (&raw.module, &raw.sql) {
             (Some(_), None) => module_job(text, raw, common),
             (None, Some(_)) => sql_job(text, raw, common),
@@ -303,7 +338,35 @@ fn module_job(text: &str, raw: RawManifest, mut common: JobManifest) -> Result<J
     common.module = module.into_inner();
     common.keys = keys;
     common.blocks = blocks;
+    common.join = raw.join.map(|j| parse_join(text, j)).transpose()?;
     Ok(common)
+}
+
+/// `[join]`: the linked dataset, the columns the module reads of it, and the coverage
+/// (`inner`, the default; `left`; `full`).
+fn parse_join(text: &str, raw: Spanned<RawJoin>) -> Result<JoinSpec> {
+    let raw = raw.into_inner();
+    let coverage = match raw.coverage {
+        None => crate::sql::Coverage::Inner,
+        Some(c) => match c.get_ref().as_str() {
+            "inner" => crate::sql::Coverage::Inner,
+            "left" => crate::sql::Coverage::Left,
+            "full" => crate::sql::Coverage::Full,
+            other => {
+                return invalid(
+                    text,
+                    c.span(),
+                    "join.coverage",
+                    format!("`{other}` is not one of \"inner\", \"left\", \"full\""),
+                );
+            }
+        },
+    };
+    Ok(JoinSpec {
+        dataset: raw.dataset,
+        columns: parse_columns(text, raw.columns)?,
+        coverage,
+    })
 }
 
 /// The SQL job's fields of `raw` on top of `common`; what the query reads and releases is
@@ -749,6 +812,32 @@ pub struct JobPlan {
     /// A SQL job's query and how each value is aggregated per unit; `None`: a module job.
     #[serde(default)]
     pub sql: Option<SqlPlan>,
+    /// A module job over a link: how its units are formed from both datasets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<ModuleJoin>,
+}
+
+/// How a module job over a link reads the linked dataset (docs/linking.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModuleJoin {
+    pub partner: String,
+    pub coverage: crate::sql::Coverage,
+    /// The job dataset's link key (the job's unit) and the partner's.
+    pub key: String,
+    pub partner_key: String,
+    /// The partner's columns, delivered as `joined.<name>` after the job dataset's.
+    pub columns: Vec<DeliveredColumn>,
+}
+
+impl JobPlan {
+    /// The linked dataset the job also reads and is charged on, if it runs over a link.
+    pub fn linked_dataset(&self) -> Option<&str> {
+        match (&self.join, &self.sql) {
+            (Some(j), _) => Some(&j.partner),
+            (None, Some(sql)) => sql.link.as_ref().map(|l| l.partner.as_str()),
+            _ => None,
+        }
+    }
 }
 
 impl JobPlan {
@@ -783,7 +872,10 @@ pub fn precheck_with_lookups(
 ) -> Result<JobPlan> {
     // A SQL job declares nothing of what it reads and releases: that comes from its query.
     let Some(spec) = &manifest.sql else {
-        return precheck_declared(policy, manifest, schema, consumer, None);
+        return match &manifest.join {
+            Some(join) => precheck_module_join(policy, manifest, schema, join, readable, consumer),
+            None => precheck_declared(policy, manifest, schema, consumer, None),
+        };
     };
     if !policy.allows_consumer(consumer) {
         return Err(PolicyError::Refused(format!(
@@ -813,6 +905,84 @@ pub fn precheck_with_lookups(
         plan.schedule.max_rows_per_unit = policy.max_rows_per_unit.saturating_mul(partner_rows);
     }
     Ok(plan)
+}
+
+/// The pre-check of a module job over a link: the linked dataset must be one the consumer may
+/// join (in `readable.partners`); the job runs under both policies ([`Policy::conjunction`]),
+/// its columns checked against its dataset's policy and its `[join]` columns against the
+/// partner's, each clamped to its own holder's bounds.
+fn precheck_module_join(
+    policy: &Policy,
+    manifest: &JobManifest,
+    schema: &Schema,
+    join: &JoinSpec,
+    readable: &crate::sql::Tables<'_>,
+    consumer: &str,
+) -> Result<JobPlan> {
+    let Some(partner) = readable.partners.iter().find(|p| p.dataset == join.dataset) else {
+        return Err(PolicyError::Invalid {
+            what: WHAT,
+            location: Location {
+                line: None,
+                field: "join.dataset".into(),
+            },
+            message: format!(
+                "`{}` is not linked to `{}` by an accepted link you may use (docs/linking.md)",
+                join.dataset, manifest.dataset
+            ),
+        });
+    };
+    let effective = policy.conjunction(&partner.policy, &partner.key);
+    let mut plan = precheck_declared(&effective, manifest, schema, consumer, None)?;
+    let partner_schema = partner.table.schema();
+    let mut columns = Vec::new();
+    for name in &join.columns {
+        if name == &partner.partner_key {
+            return Err(PolicyError::Refused(format!(
+                "column `{name}` of `{}` is its link key; modules never see unit identifiers",
+                join.dataset
+            )));
+        }
+        let field = partner_schema.field_with_name(name).map_err(|_| {
+            PolicyError::Refused(format!("`{}` has no column `{name}`", join.dataset))
+        })?;
+        let rule = partner.policy.column_rule(name);
+        if rule.class == ColumnClass::Forbidden {
+            return Err(PolicyError::Refused(format!(
+                "column `{name}` of `{}` is forbidden by its holder's policy",
+                join.dataset
+            )));
+        }
+        columns.push(DeliveredColumn {
+            name: name.clone(),
+            ty: delivered_type(name, field.data_type())?,
+            clamp: rule.bounds,
+        });
+    }
+    plan.join = Some(ModuleJoin {
+        partner: partner.dataset.clone(),
+        coverage: join.coverage,
+        key: partner.key.clone(),
+        partner_key: partner.partner_key.clone(),
+        columns,
+    });
+    Ok(plan)
+}
+
+/// The type a module receives a column of type `t` as.
+fn delivered_type(name: &str, t: &DataType) -> Result<DeliveredType> {
+    Ok(match t {
+        DataType::Boolean => DeliveredType::Bool,
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => DeliveredType::Float,
+        DataType::Decimal128(_, _) | DataType::Decimal256(_, _) => DeliveredType::Float,
+        t if is_numeric(t) => DeliveredType::Int,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DeliveredType::Text,
+        other => {
+            return Err(PolicyError::Refused(format!(
+                "column `{name}` has type {other}, which modules cannot receive yet"
+            )));
+        }
+    })
 }
 
 /// The pre-check of a manifest whose columns, keys and values are declared (a module job's, or
@@ -854,19 +1024,10 @@ fn precheck_declared(
                 "column `{name}` is forbidden by the policy"
             )));
         }
-        let ty = match field.data_type() {
-            // A query reads any column type; only modules need one of the ABI's.
-            _ if sql.is_some() => DeliveredType::Text,
-            DataType::Boolean => DeliveredType::Bool,
-            DataType::Float16 | DataType::Float32 | DataType::Float64 => DeliveredType::Float,
-            DataType::Decimal128(_, _) | DataType::Decimal256(_, _) => DeliveredType::Float,
-            t if is_numeric(t) => DeliveredType::Int,
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DeliveredType::Text,
-            other => {
-                return Err(PolicyError::Refused(format!(
-                    "column `{name}` has type {other}, which modules cannot receive yet"
-                )));
-            }
+        // A query reads any column type; only modules need one of the ABI's.
+        let ty = match sql {
+            Some(_) => DeliveredType::Text,
+            None => delivered_type(name, field.data_type())?,
         };
         columns.push(DeliveredColumn {
             name: name.clone(),
@@ -962,6 +1123,7 @@ fn precheck_declared(
         public_groups,
         schedule: crate::schedule::ScheduleRequest::for_job(manifest, policy),
         sql,
+        join: None,
     })
 }
 

@@ -942,3 +942,129 @@ fn a_revoked_link_can_no_longer_be_joined() {
     let audit = env.ok(&["audit", "log", "--format", "json"]);
     assert!(audit.contains("link_revoked"), "{audit}");
 }
+
+/// A module job over a link: each person's rows of both datasets reach the module together (the
+/// linked dataset's columns as `joined.<name>`), only for the people its coverage takes, under
+/// both policies and charged on both datasets.
+#[test]
+fn a_module_job_over_a_link_sees_both_sides_rows_of_each_person() {
+    let env = linked_env();
+    let columns = "amount = { class = \"sensitive\", bounds = [0, 500] }\n";
+    // The probe's one group, declared public by both holders (so no δ and no threshold).
+    let public = "[partitions]\nseen = [\"band,joined.amount\"]\n";
+    set_policy_of(
+        &env,
+        INSURER,
+        "claims",
+        &(linked_policy("auto", 3.0, columns) + public),
+    );
+    let band = "band = { class = \"public\" }\n";
+    set_policy_of(
+        &env,
+        HOLDER,
+        "patients",
+        &(linked_policy("auto", 3.0, band) + public),
+    );
+    env.ok(&[
+        "--as",
+        HOLDER,
+        "link",
+        "propose",
+        "patients",
+        "--key",
+        "national_id",
+        "--with",
+        "insurer:claims",
+        "--their-key",
+        "national_id",
+    ]);
+    env.ok(&["--as", INSURER, "link", "accept", "link-000001"]);
+    // column_probe emits, per person, its row count to the group named by the columns it sees.
+    for (coverage, people, rows_per_person) in [("inner", 40.0, 3.0), ("full", 80.0, 0.0)] {
+        let manifest = env.write(
+            &format!("probe-{coverage}.toml"),
+            &format!(
+                "dataset = \"patients\"\nmodule = \"modules/column_probe.wasm\"\ncolumns = [\"band\"]\n\
+                 epsilon = 0.5\n[join]\ndataset = \"insurer:claims\"\ncolumns = [\"amount\"]\n\
+                 coverage = \"{coverage}\"\n[output]\nkeys = [\"seen\"]\n\
+                 values = [{{ name = \"rows\", bounds = [0, 4], aggregate = \"mean\" }}]\n"
+            ),
+        );
+        let out = Command::new(veil_bin())
+            .arg("--data-dir")
+            .arg(env.data_dir())
+            .args([
+                "--as",
+                CONSUMER,
+                "job",
+                "submit",
+                manifest.to_str().unwrap(),
+            ])
+            .env("VEIL_INSECURE_TEST_NOISE_SEED", "3")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{coverage}: {}", text(&out.stderr));
+        let job = text(&out.stdout).trim().to_owned();
+        let result: serde_json::Value = serde_json::from_str(
+            &env.ok(&["--as", CONSUMER, "job", "result", &job, "--format", "json"]),
+        )
+        .unwrap();
+        let row = &result["rows"][0];
+        assert_eq!(row["key"][0], "band,joined.amount", "{result}");
+        let cell = &row["units"];
+        let half = (cell["ci95"][1].as_f64().unwrap() - cell["ci95"][0].as_f64().unwrap()) / 2.0;
+        assert!(
+            (cell["value"].as_f64().unwrap() - people).abs() <= 3.0 * half,
+            "{coverage}: {result}"
+        );
+        if rows_per_person > 0.0 {
+            // People on both sides: 1 patient row and 2 claims each, together.
+            let mean = &row["values"][0]["mean"];
+            assert!(
+                mean["ci95"][0].as_f64().unwrap() <= rows_per_person + 0.5,
+                "{result}"
+            );
+            assert!(
+                mean["ci95"][1].as_f64().unwrap() >= rows_per_person - 0.5,
+                "{result}"
+            );
+        }
+    }
+    let budget = env.ok(&["--as", CONSUMER, "budget", "--format", "json"]);
+    assert!(
+        budget.contains("insurer:claims"),
+        "charged on both: {budget}"
+    );
+    // The module saw both holders' rows: neither holder reads its log or the counters.
+    for holder in [HOLDER, INSURER] {
+        let log = env.ok(&["--as", holder, "job", "logs", "job-000001"]);
+        assert!(
+            log.contains("withheld") && !log.contains("gate:"),
+            "{holder}: {log}"
+        );
+    }
+    // A column the partner forbids, or its link key, never reaches the module.
+    for (column, phrase) in [("national_id", "link key"), ("nothing", "no column")] {
+        let manifest = env.write(
+            "bad.toml",
+            &format!(
+                "dataset = \"patients\"\nmodule = \"modules/column_probe.wasm\"\ncolumns = [\"band\"]\n\
+                 epsilon = 0.5\n[join]\ndataset = \"insurer:claims\"\ncolumns = [\"{column}\"]\n\
+                 [output]\nkeys = [\"seen\"]\nvalues = [{{ name = \"rows\", bounds = [0, 4] }}]\n"
+            ),
+        );
+        let out = env.veil(&[
+            "--as",
+            CONSUMER,
+            "job",
+            "submit",
+            manifest.to_str().unwrap(),
+        ]);
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains(phrase),
+            "{column}: {}",
+            text(&out.stderr)
+        );
+    }
+}

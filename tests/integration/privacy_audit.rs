@@ -131,6 +131,7 @@ fn plan(noise: Noise, values: Vec<GateValue>, public: Option<Vec<Vec<String>>>) 
         public_groups: public,
         schedule: Default::default(),
         sql: None,
+        join: None,
     }
 }
 

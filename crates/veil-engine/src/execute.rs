@@ -283,6 +283,29 @@ impl Veil {
         if req.plan.sql.is_some() {
             return self.execute_sql(&req.plan, req.record, req.lookups, req.partner);
         }
+        let Some(partner) = req.plan.join.as_ref().map(|j| j.partner.clone()) else {
+            return self.execute_module(req);
+        };
+        // A module over a link sees both holders' rows: what it logs, and the counters that
+        // describe the joined data (how many people the two share), are for neither holder.
+        let withheld = vec![format!(
+            "linked with `{partner}`: the module's log and the counters are withheld, since \
+             they describe both holders' data"
+        )];
+        match self.execute_module(req) {
+            Ok(run) => Ok(RunOutput {
+                holder_log: withheld,
+                ..run
+            }),
+            Err(failure) => Err(ExecutionFailure {
+                holder_log: withheld,
+                ..failure
+            }),
+        }
+    }
+
+    /// [`Veil::execute`] of a module job: the per-unit (or per-block) run and the gate.
+    fn execute_module(&mut self, req: RunRequest<'_>) -> Result<RunOutput, ExecutionFailure> {
         let workers = self.config.workers;
         let fuel = req.fuel_per_unit;
         let module = self.load_module(req.wasm)?;
@@ -291,11 +314,24 @@ impl Veil {
             columns,
             ranges,
             notes: prep_notes,
-        } = self.prepare_units(&plan, req.record)?;
+        } = self.prepare_units(&plan, req.record, req.partner)?;
+        let joined_names: Vec<String> = plan
+            .join
+            .iter()
+            .flat_map(|j| &j.columns)
+            .map(|c| format!("{}{}", veil_policy::manifest::JOINED_PREFIX, c.name))
+            .collect();
         let abi_columns: Vec<(&str, ColumnType)> = plan
             .columns
             .iter()
             .map(|c| (c.name.as_str(), abi_type(c.ty)))
+            .chain(
+                plan.join
+                    .iter()
+                    .flat_map(|j| &j.columns)
+                    .zip(&joined_names)
+                    .map(|(c, name)| (name.as_str(), abi_type(c.ty))),
+            )
             .collect();
 
         if let Some(sample_aggregate) = SampleAggregate::for_plan(&plan) {
@@ -431,26 +467,55 @@ impl Veil {
         Ok(module)
     }
 
-    /// Reads the delivered columns (checking the content hash), groups rows by privacy unit,
+    /// The unit column and `columns` of `record` in one batch (checking the content hash).
+    fn read_batch(
+        &self,
+        record: &veil_catalog::DatasetRecord,
+        unit: Option<&String>,
+        columns: &[veil_policy::DeliveredColumn],
+    ) -> Result<RecordBatch, String> {
+        let mut names: Vec<String> = unit.into_iter().cloned().collect();
+        names.extend(columns.iter().map(|c| c.name.clone()));
+        let batches = self
+            .block_on(veil_catalog::read_columns(&self.data_dir, record, &names))
+            .map_err(|e| e.to_string())?;
+        let Some(first) = batches.first() else {
+            return Err("dataset has no batches".into());
+        };
+        concat_batches(&first.schema(), &batches).map_err(|e| e.to_string())
+    }
+
+    /// Reads the delivered columns (checking the content hash) — for a job over a link, both
+    /// datasets' rows of each person ([`crate::linked_rows`]) — groups rows by privacy unit,
     /// drops rows without a unit, caps each unit's rows and casts and clamps each column.
     fn prepare_units(
         &self,
         plan: &JobPlan,
         record: &veil_catalog::DatasetRecord,
+        partner: Option<&crate::links::LinkedPartner>,
     ) -> Result<Prepared, ExecutionFailure> {
-        let mut names: Vec<String> = plan.privacy_unit.iter().cloned().collect();
-        names.extend(plan.columns.iter().map(|c| c.name.clone()));
         let internal =
             |m: String| failure(JobCode::Internal, "the data could not be prepared", vec![m]);
-        let batches = self
-            .block_on(veil_catalog::read_columns(&self.data_dir, record, &names))
-            .map_err(|e| internal(e.to_string()))?;
-        let Some(first) = batches.first() else {
-            return Err(internal("dataset has no batches".into()));
-        };
-        let batch =
-            concat_batches(&first.schema(), &batches).map_err(|e| internal(e.to_string()))?;
-        let has_unit = plan.privacy_unit.is_some();
+        let (batch, delivered): (RecordBatch, Vec<&veil_policy::DeliveredColumn>) =
+            match (&plan.join, partner) {
+                (Some(join), Some(p)) => {
+                    let ours = self
+                        .read_batch(record, Some(&join.key), &plan.columns)
+                        .map_err(internal)?;
+                    let theirs = self
+                        .read_batch(&p.record, Some(&join.partner_key), &join.columns)
+                        .map_err(internal)?;
+                    let batch = crate::linked_rows::joined_rows(&ours, &theirs, join.coverage)
+                        .map_err(internal)?;
+                    (batch, plan.columns.iter().chain(&join.columns).collect())
+                }
+                _ => (
+                    self.read_batch(record, plan.privacy_unit.as_ref(), &plan.columns)
+                        .map_err(internal)?,
+                    plan.columns.iter().collect(),
+                ),
+            };
+        let has_unit = plan.privacy_unit.is_some() || plan.join.is_some();
         let grouped = units_of(batch, has_unit).map_err(internal)?;
         // Holder-only notes about the data's preparation (they describe the data).
         let mut prep_notes = Vec::new();
@@ -469,9 +534,8 @@ impl Veil {
             ));
         }
         let offset = usize::from(has_unit);
-        let columns: Vec<Column> = plan
-            .columns
-            .iter()
+        let columns: Vec<Column> = delivered
+            .into_iter()
             .enumerate()
             .map(|(i, c)| prepare_column(batch.column(i + offset), c.ty, c.clamp))
             .collect::<Result<_, _>>()

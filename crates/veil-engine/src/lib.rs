@@ -43,6 +43,7 @@ mod error;
 mod execute;
 mod jobs;
 mod link;
+mod linked_rows;
 mod links;
 mod lookups;
 mod principals;

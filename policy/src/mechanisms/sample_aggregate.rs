@@ -177,6 +177,7 @@ mod tests {
             public_groups: Some(vec![vec![]]),
             schedule: Default::default(),
             sql: None,
+            join: None,
         }
     }
 

@@ -133,6 +133,10 @@ impl Veil {
                 partners,
             });
         }
+        let partners = match &manifest.join {
+            Some(_) => self.partners_for(consumer, &manifest.dataset)?,
+            None => Vec::new(),
+        };
         // Validate and compile before recording anything: a bad module is bad input.
         let compiled = self.sandbox()?.compile(wasm)?;
         if compiled.is_component() && manifest.blocks.is_none() {
@@ -143,7 +147,7 @@ impl Veil {
             ));
         }
         if let Some(declared) = compiled.declared_columns() {
-            check_declared_columns(declared, &manifest)?;
+            check_declared_columns(declared, &delivered_names(&manifest))?;
         }
         // A time budget too short for the policy's bound on units is bad input, told before
         // anything is recorded (it depends on public values only).
@@ -157,7 +161,7 @@ impl Veil {
             stored,
             schema,
             lookups: Vec::new(),
-            partners: Vec::new(),
+            partners,
         })
     }
 
@@ -255,17 +259,16 @@ pub(super) fn verdict(conn: &Connection, vetted: &Vetted, consumer: &str) -> Res
         Ok(after) => after,
         Err(reason) => return Ok(Verdict::Refused(JobCode::Budget, reason)),
     };
-    let linked_dataset = plan.sql.as_ref().and_then(|s| s.link.as_ref());
-    let linked = match linked_dataset {
+    let linked = match plan.linked_dataset() {
         None => None,
-        Some(link) => {
+        Some(linked) => {
             let partner = vetted
                 .partners
                 .iter()
-                .find(|p| p.record.name == link.partner)
+                .find(|p| p.record.name == linked)
                 .ok_or_else(|| EngineError::Internal("linked dataset vanished".into()))?;
-            match charge_after(conn, consumer, &link.partner, &partner.policy.policy, &plan)? {
-                Ok(after) => Some((link.partner.clone(), after)),
+            match charge_after(conn, consumer, linked, &partner.policy.policy, &plan)? {
+                Ok(after) => Some((linked.to_owned(), after)),
                 Err(reason) => return Ok(Verdict::Refused(JobCode::Budget, reason)),
             }
         }
@@ -295,12 +298,27 @@ pub(super) fn charge_after(
         .map_err(|why| format!("{why} for `{consumer}` on `{dataset}`")))
 }
 
-/// Requires every column the module declares it reads to be one the manifest delivers: a lookup
-/// of any other would find nothing, silently, once the job runs.
-fn check_declared_columns(declared: &[String], manifest: &JobManifest) -> Result<()> {
+/// The names a module job's columns are delivered under: the manifest's `columns`, then a job
+/// over a link's `[join]` columns as `joined.<name>`.
+fn delivered_names(manifest: &JobManifest) -> Vec<String> {
+    let mut names = manifest.columns.clone();
+    if let Some(join) = &manifest.join {
+        names.extend(
+            join.columns
+                .iter()
+                .map(|c| format!("{}{c}", veil_policy::manifest::JOINED_PREFIX)),
+        );
+    }
+    names
+}
+
+/// Requires every column the module declares it reads to be one the manifest delivers (named
+/// as [`delivered_names`] gives them): a lookup of any other would find nothing, silently, once
+/// the job runs.
+fn check_declared_columns(declared: &[String], delivered: &[String]) -> Result<()> {
     let missing: Vec<&str> = declared
         .iter()
-        .filter(|c| !manifest.columns.contains(c))
+        .filter(|c| !delivered.contains(c))
         .map(String::as_str)
         .collect();
     if missing.is_empty() {
@@ -311,11 +329,10 @@ fn check_declared_columns(declared: &[String], manifest: &JobManifest) -> Result
          `columns` (it delivers: {})",
         quoted_list("column", &missing),
         if missing.len() == 1 { "it" } else { "them" },
-        if manifest.columns.is_empty() {
+        if delivered.is_empty() {
             "none".to_owned()
         } else {
-            manifest
-                .columns
+            delivered
                 .iter()
                 .map(|c| format!("`{c}`"))
                 .collect::<Vec<_>>()

@@ -323,7 +323,7 @@ impl Veil {
         } else {
             Default::default()
         };
-        let mut partners = if manifest.sql.is_some() {
+        let mut partners = if manifest.sql.is_some() || manifest.join.is_some() {
             self.partners_for(&job.consumer, &job.dataset)?
         } else {
             Vec::new()
@@ -356,7 +356,9 @@ impl Veil {
             }
             // A query checked at submission no longer plans against the dataset's current
             // version (a column's type changed): the reason depends on the schema, not on rows.
-            Err(e @ PolicyError::Invalid { .. }) if manifest.sql.is_some() => {
+            Err(e @ PolicyError::Invalid { .. })
+                if manifest.sql.is_some() || manifest.join.is_some() =>
+            {
                 let reason = format!(
                     "the query no longer applies to the current version of `{}` (or a link it \
                      joins was revoked, or a table it joins is gone): {e}",
@@ -374,12 +376,12 @@ impl Veil {
             },
         };
         // A linked job is charged on the linked dataset too, in this same transaction.
-        let partner = match plan.sql.as_ref().and_then(|s| s.link.as_ref()) {
+        let partner = match plan.linked_dataset().map(str::to_owned) {
             None => None,
-            Some(link) => {
+            Some(linked) => {
                 let at = partners
                     .iter()
-                    .position(|p| p.record.name == link.partner)
+                    .position(|p| p.record.name == linked)
                     .ok_or_else(|| internal("linked dataset vanished"))?;
                 let p = partners.swap_remove(at);
                 match super::check::charge_after(
