@@ -666,6 +666,27 @@ fn a_sql_job_over_a_link_runs_under_both_policies_and_budgets() {
         assert!(close(&row["units"], people), "{row}");
         assert!(close(&row["values"][0]["sum"], total), "{row}");
     }
+    // Each holder gets its own receipt of the release, verified offline.
+    let key = env.ok(&["keys", "public"]);
+    for holder in [HOLDER, INSURER] {
+        let receipt = env.path().join(format!("{holder}-receipt.json"));
+        env.ok(&[
+            "--as",
+            holder,
+            "job",
+            "receipt",
+            &job,
+            "--out",
+            receipt.to_str().unwrap(),
+        ]);
+        env.ok(&[
+            "receipt",
+            "verify",
+            receipt.to_str().unwrap(),
+            "--public-key",
+            key.trim(),
+        ]);
+    }
     // Charged on both datasets, in the transaction that started it.
     let budget = env.ok(&["--as", CONSUMER, "budget", "--format", "json"]);
     assert!(

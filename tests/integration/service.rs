@@ -106,7 +106,8 @@ fn every_endpoint_checks_token_role_and_ownership() {
         ("POST", format!("/v1/jobs/{job}/reject"), Some(("application/json", reject_body.as_bytes())),
                                                                              [401, 401, 409, 404, 403, 403, 403, 403]),
         ("GET", format!("/v1/jobs/{job}/result"), None,                      [401, 401, 403, 404, 200, 404, 403, 403]),
-        ("GET", format!("/v1/jobs/{job}/receipt"), None,                     [401, 401, 403, 404, 200, 404, 403, 403]),
+        // Receipts: the consumer's, and each holder's record of what was released about its data.
+        ("GET", format!("/v1/jobs/{job}/receipt"), None,                     [401, 401, 200, 404, 200, 404, 403, 403]),
         ("GET", format!("/v1/jobs/{job}/logs"), None,                        [401, 401, 200, 404, 403, 404, 403, 403]),
         ("GET", "/v1/budget".into(), None,                                   [401, 401, 403, 403, 200, 200, 403, 403]),
         ("GET", "/v1/audit/log".into(), None,                                [401, 401, 403, 403, 403, 403, 200, 200]),

@@ -394,9 +394,21 @@ impl Veil {
             .map_err(|e| EngineError::Internal(e.to_string()))
     }
 
-    /// The signed receipt of job `id`, for its consumer ([`Veil::released_job_for`]).
+    /// The signed receipt of job `id`: for its consumer, and for the holder of each dataset it
+    /// read (a job over a link has two), who may see the job at all ([`Veil::find_job`]) — each
+    /// holder gets its own record of what was released about its data.
     pub fn job_receipt(&self, caller: &Caller, id: &str) -> Result<veil_audit::Receipt> {
-        self.released_job_for(caller, id)?;
+        if caller.role == Role::Holder {
+            let job = self.find_job(caller, id)?;
+            if job.state != JobState::Released {
+                return Err(EngineError::Conflict(format!(
+                    "job {id} has no receipt: it is {}",
+                    job.state
+                )));
+            }
+        } else {
+            self.released_job_for(caller, id)?;
+        }
         let text = self.stored_result(id)?;
         Ok(veil_audit::issue_receipt(&self.conn, &self.key, id, &text)?)
     }
