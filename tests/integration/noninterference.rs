@@ -288,3 +288,142 @@ fn the_release_time_is_fixed_at_the_start_whatever_the_module_does() {
         );
     }
 }
+
+/// The same guard for a job over a link (docs/linking.md): the neighbour adds one person to the
+/// intersection of two holders' datasets — a patient with no claims gets two — and a consumer's
+/// whole session over HTTP (catalog, links, submission, the running job, result, receipt,
+/// budget, every proof) must be byte-for-byte the same except the noisy cells and commitments.
+mod linked {
+    use super::*;
+
+    const QUERY: &str = "SELECT p.band AS band, COUNT(*) AS people, SUM(c.amount) AS paid \
+                         FROM patients p JOIN \\\"insurer:claims\\\" c USING (national_id) GROUP BY p.band";
+
+    fn ids() -> Vec<String> {
+        (0..60)
+            .map(|i| format!("{:06}-{:04}", 850_101 + i, 1_000 + 37 * i))
+            .collect()
+    }
+
+    fn policy(columns: &str) -> String {
+        format!(
+            "privacy_unit = \"national_id\"\nconsumers = [\"{CONSUMER}\"]\napproval = \"auto\"\n\
+             min_units_per_group = 5\nmax_groups_per_unit = 1\nmax_rows_per_unit = 3\nmax_units = 200\n\
+             [dp]\nepsilon_per_job = 1.0\nepsilon_total = 3.0\n[partitions]\nband = [\"A\", \"B\"]\n\
+             [columns]\n{columns}"
+        )
+    }
+
+    fn add(env: &Env, holder: &str, name: &str, csv: &str, columns: &str) {
+        let file = env.write(&format!("{name}.csv"), csv);
+        env.ok(&[
+            "--as",
+            holder,
+            "dataset",
+            "add",
+            file.to_str().unwrap(),
+            "--name",
+            name,
+            "--privacy-unit",
+            "national_id",
+            "--link-key",
+            "national_id",
+        ]);
+        let p = env.write(&format!("{name}.toml"), &policy(columns));
+        env.ok(&["--as", holder, "policy", "set", name, p.to_str().unwrap()]);
+    }
+
+    fn session(with_target: bool) -> Transcript {
+        let env = Env::new();
+        env.add_parties();
+        token_for(&env, "insurer", "holder");
+        let consumer = token_for(&env, CONSUMER, "consumer");
+        let ids = ids();
+        let mut patients = String::from("national_id,band\n");
+        for (i, id) in ids.iter().enumerate() {
+            patients += &format!("{id},{}\n", if i < 30 { "A" } else { "B" });
+        }
+        let mut claims = String::from("national_id,amount\n");
+        let claimants = ids[20..].iter().chain(with_target.then(|| &ids[5]));
+        for id in claimants {
+            claims += &format!("{id},100\n{id},100\n");
+        }
+        add(
+            &env,
+            HOLDER,
+            "patients",
+            &patients,
+            "band = { class = \"public\" }\n",
+        );
+        add(
+            &env,
+            "insurer",
+            "claims",
+            &claims,
+            "amount = { class = \"sensitive\", bounds = [0, 500] }\n",
+        );
+        env.ok(&[
+            "--as",
+            HOLDER,
+            "link",
+            "propose",
+            "patients",
+            "--key",
+            "national_id",
+            "--with",
+            "insurer:claims",
+            "--their-key",
+            "national_id",
+        ]);
+        env.ok(&["--as", "insurer", "link", "accept", "link-000001"]);
+        let server = Server::start(&env.data_dir(), &[("VEIL_INSECURE_TEST_NOISE_SEED", "7")]);
+        let http = Http::new(&server);
+        let seen: std::cell::RefCell<Transcript> = Default::default();
+        let mut get = |what: &str, path: &str| {
+            let (status, body) = http.get(path, Some(&consumer));
+            seen.borrow_mut()
+                .push((what.to_owned(), status, body.clone()));
+            (status, body)
+        };
+        get("catalog", "/v1/datasets");
+        get("links", "/v1/links");
+        get("budget before", "/v1/budget");
+        let manifest = format!(
+            "dataset = \"patients\"\nsql = \"{QUERY}\"\nepsilon = 0.5\ntime_budget_ms = 400\n"
+        );
+        let body = serde_json::json!({ "manifest": manifest }).to_string();
+        let (status, submitted) = http.call(
+            "POST",
+            "/v1/jobs",
+            Some(&consumer),
+            Some(("application/json", body.as_bytes())),
+        );
+        assert_eq!(status, 201, "{submitted}");
+        seen.borrow_mut()
+            .push(("submitted".into(), status, submitted.clone()));
+        let job = serde_json::from_str::<Value>(&submitted).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (_, done) = get("released", &format!("/v1/jobs/{job}?wait=30"));
+        assert!(done.contains("released"), "{done}");
+        get("result", &format!("/v1/jobs/{job}/result"));
+        get("receipt", &format!("/v1/jobs/{job}/receipt"));
+        get("jobs", "/v1/jobs");
+        get("budget after", "/v1/budget");
+        let (_, checkpoint) = get("checkpoint", "/v1/audit/checkpoint");
+        prove_everything(&mut get, &checkpoint, "after");
+        get("logs", &format!("/v1/jobs/{job}/logs"));
+        get("missing job", "/v1/jobs/job-999999");
+        seen.into_inner()
+    }
+
+    #[test]
+    fn a_consumer_cannot_tell_whether_a_person_is_in_the_intersection() {
+        let (a, b) = (normalised(&session(false)), normalised(&session(true)));
+        assert_eq!(a.len(), b.len(), "the sessions differ in length");
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x, y, "the consumer can tell the neighbours apart");
+        }
+    }
+}
