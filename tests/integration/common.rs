@@ -492,3 +492,12 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Whether a released cell's value lies within three half-widths of its 95% interval of `exact`:
+/// a check that several cells of one seeded release can all pass (a miss has probability below
+/// 10⁻³ per cell), where the 95% coverage itself is tested on many releases elsewhere.
+pub fn near(cell: &serde_json::Value, exact: f64) -> bool {
+    let bound = |i: usize| cell["ci95"][i].as_f64().expect("a cell with an interval");
+    let half = (bound(1) - bound(0)) / 2.0;
+    (cell["value"].as_f64().expect("a noisy value") - exact).abs() <= 3.0 * half
+}

@@ -505,6 +505,25 @@ fn a_link_key_of_raw_identifiers_is_refused_unquoted() {
     assert!(!listing.contains("raw"), "nothing registered: {listing}");
 }
 
+/// Links the clinic's `patients` with the insurer's `claims` (link-000001): proposed by the
+/// clinic, accepted by the insurer.
+fn link_patients_with_claims(env: &Env) {
+    env.ok(&[
+        "--as",
+        HOLDER,
+        "link",
+        "propose",
+        "patients",
+        "--key",
+        "national_id",
+        "--with",
+        "insurer:claims",
+        "--their-key",
+        "national_id",
+    ]);
+    env.ok(&["--as", INSURER, "link", "accept", "link-000001"]);
+}
+
 /// Sets `text` as `holder`'s policy on `dataset`.
 fn set_policy_of(env: &Env, holder: &str, dataset: &str, text: &str) {
     let path = env.write(&format!("{holder}-{dataset}.toml"), text);
@@ -610,20 +629,7 @@ fn a_sql_job_over_a_link_runs_under_both_policies_and_budgets() {
         "nothing recorded"
     );
 
-    env.ok(&[
-        "--as",
-        HOLDER,
-        "link",
-        "propose",
-        "patients",
-        "--key",
-        "national_id",
-        "--with",
-        "insurer:claims",
-        "--their-key",
-        "national_id",
-    ]);
-    env.ok(&["--as", INSURER, "link", "accept", "link-000001"]);
+    link_patients_with_claims(&env);
 
     let out = sql_job(&env, LINKED_QUERY, "1");
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -658,13 +664,8 @@ fn a_sql_job_over_a_link_runs_under_both_policies_and_budgets() {
         .zip([("A", 10.0, 2_000.0), ("B", 30.0, 6_000.0)])
     {
         assert_eq!(row["key"][0], band, "{result}");
-        let close = |cell: &serde_json::Value, exact: f64| {
-            let half =
-                (cell["ci95"][1].as_f64().unwrap() - cell["ci95"][0].as_f64().unwrap()) / 2.0;
-            (cell["value"].as_f64().unwrap() - exact).abs() <= 3.0 * half
-        };
-        assert!(close(&row["units"], people), "{row}");
-        assert!(close(&row["values"][0]["sum"], total), "{row}");
+        assert!(near(&row["units"], people), "{row}");
+        assert!(near(&row["values"][0]["sum"], total), "{row}");
     }
     // Each holder gets its own receipt of the release, verified offline.
     let key = env.ok(&["keys", "public"]);
@@ -710,12 +711,7 @@ fn a_sql_job_over_a_link_runs_under_both_policies_and_budgets() {
         &env.ok(&["--as", CONSUMER, "job", "result", &job, "--format", "json"]),
     )
     .unwrap();
-    let cell = &result["rows"][0]["units"];
-    let half = (cell["ci95"][1].as_f64().unwrap() - cell["ci95"][0].as_f64().unwrap()) / 2.0;
-    assert!(
-        (cell["value"].as_f64().unwrap() - 40.0).abs() <= 3.0 * half,
-        "{result}"
-    );
+    assert!(near(&result["rows"][0]["units"], 40.0), "{result}");
 }
 
 /// Either holder's policy can refuse a linked job: a column the partner forbids, or the budget
@@ -723,20 +719,7 @@ fn a_sql_job_over_a_link_runs_under_both_policies_and_budgets() {
 #[test]
 fn either_policy_or_budget_refuses_a_linked_job() {
     let env = linked_env();
-    env.ok(&[
-        "--as",
-        HOLDER,
-        "link",
-        "propose",
-        "patients",
-        "--key",
-        "national_id",
-        "--with",
-        "insurer:claims",
-        "--their-key",
-        "national_id",
-    ]);
-    env.ok(&["--as", INSURER, "link", "accept", "link-000001"]);
+    link_patients_with_claims(&env);
     set_policy_of(
         &env,
         INSURER,
@@ -791,20 +774,7 @@ fn a_kill_during_linked_starts_charges_both_sides_or_neither() {
         "patients",
         &linked_policy("auto", 50.0, "band = { class = \"public\" }\n"),
     );
-    env.ok(&[
-        "--as",
-        HOLDER,
-        "link",
-        "propose",
-        "patients",
-        "--key",
-        "national_id",
-        "--with",
-        "insurer:claims",
-        "--their-key",
-        "national_id",
-    ]);
-    env.ok(&["--as", INSURER, "link", "accept", "link-000001"]);
+    link_patients_with_claims(&env);
     let consumer = token_for(&env, CONSUMER, "consumer");
     let manifest = format!("dataset = \"patients\"\nsql = '{LINKED_QUERY}'\nepsilon = 0.05\n");
     let body = serde_json::json!({ "manifest": manifest }).to_string();
@@ -899,20 +869,7 @@ fn both_or_neither(env: &Env, round: usize) -> usize {
 #[test]
 fn a_revoked_link_can_no_longer_be_joined() {
     let env = linked_env();
-    env.ok(&[
-        "--as",
-        HOLDER,
-        "link",
-        "propose",
-        "patients",
-        "--key",
-        "national_id",
-        "--with",
-        "insurer:claims",
-        "--their-key",
-        "national_id",
-    ]);
-    env.ok(&["--as", INSURER, "link", "accept", "link-000001"]);
+    link_patients_with_claims(&env);
     let out = sql_job(&env, LINKED_QUERY, "0.5");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let job = text(&out.stdout).trim().to_owned();
@@ -986,20 +943,7 @@ fn a_module_job_over_a_link_sees_both_sides_rows_of_each_person() {
         "patients",
         &(linked_policy("auto", 3.0, band) + public),
     );
-    env.ok(&[
-        "--as",
-        HOLDER,
-        "link",
-        "propose",
-        "patients",
-        "--key",
-        "national_id",
-        "--with",
-        "insurer:claims",
-        "--their-key",
-        "national_id",
-    ]);
-    env.ok(&["--as", INSURER, "link", "accept", "link-000001"]);
+    link_patients_with_claims(&env);
     // column_probe emits, per person, its row count to the group named by the columns it sees.
     for (coverage, people, rows_per_person) in [("inner", 40.0, 3.0), ("full", 80.0, 0.0)] {
         let manifest = env.write(
@@ -1032,12 +976,7 @@ fn a_module_job_over_a_link_sees_both_sides_rows_of_each_person() {
         .unwrap();
         let row = &result["rows"][0];
         assert_eq!(row["key"][0], "band,joined.amount", "{result}");
-        let cell = &row["units"];
-        let half = (cell["ci95"][1].as_f64().unwrap() - cell["ci95"][0].as_f64().unwrap()) / 2.0;
-        assert!(
-            (cell["value"].as_f64().unwrap() - people).abs() <= 3.0 * half,
-            "{coverage}: {result}"
-        );
+        assert!(near(&row["units"], people), "{coverage}: {result}");
         if rows_per_person > 0.0 {
             // People on both sides: 1 patient row and 2 claims each, together.
             let mean = &row["values"][0]["mean"];

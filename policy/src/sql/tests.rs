@@ -328,23 +328,7 @@ async fn the_rewrite_gives_each_unit_one_row_per_group() {
         "SELECT educ, SUM(income) AS total, AVG(income) AS mean FROM people GROUP BY educ",
     )
     .unwrap();
-    let plan = contributions_of(&s.plan).await;
-    let rows: Vec<String> = plan
-        .iter()
-        .flat_map(|b| {
-            let cols: Vec<_> = (0..b.num_columns())
-                .map(|i| datafusion::arrow::compute::cast(b.column(i), &DataType::Utf8).unwrap())
-                .collect();
-            (0..b.num_rows())
-                .map(|r| {
-                    cols.iter()
-                        .map(|c| c.as_any().downcast_ref::<StringArray>().unwrap().value(r))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let rows = text_rows(&contributions_of(&s.plan).await);
     let mut sorted = rows.clone();
     sorted.sort();
     assert_eq!(
