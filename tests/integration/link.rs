@@ -1028,3 +1028,28 @@ fn a_module_job_over_a_link_sees_both_sides_rows_of_each_person() {
         );
     }
 }
+
+/// A holder's evaluations are capped per hour: a batch beyond the cap is refused as busy before
+/// anything is evaluated or recorded.
+#[test]
+fn link_evaluations_are_capped_per_holder_and_hour() {
+    let env = Env::new();
+    env.add_parties();
+    let config = veil_engine::EngineConfig::builder()
+        .max_link_evaluations_per_hour(3)
+        .build();
+    let mut veil = veil_engine::Veil::open(&env.data_dir(), config).unwrap();
+    let request = veil_link::Request::new(&["a", "b"], &mut rand::rng()).unwrap();
+    let blinded: Vec<String> = request.blinded().iter().map(|e| e.to_hex()).collect();
+    veil.evaluate_link(&holder(), &blinded).unwrap();
+    let entries = veil.audit_entries().unwrap().len();
+    match veil.evaluate_link(&holder(), &blinded) {
+        Err(veil_engine::EngineError::Busy(m)) => assert!(m.contains("at most 3"), "{m}"),
+        other => panic!("expected busy, got {other:?}"),
+    }
+    assert_eq!(
+        veil.audit_entries().unwrap().len(),
+        entries,
+        "nothing recorded"
+    );
+}

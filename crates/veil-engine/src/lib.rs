@@ -84,6 +84,7 @@ pub struct EngineConfig {
     picos_per_fuel: u64,
     max_open_jobs: u64,
     max_refused_per_hour: u64,
+    max_link_evaluations_per_hour: u64,
     domain: String,
 }
 
@@ -102,6 +103,7 @@ impl Default for EngineConfig {
             picos_per_fuel: 5_000,
             max_open_jobs: 64,
             max_refused_per_hour: 100,
+            max_link_evaluations_per_hour: 20_000_000,
             domain: "veil.local/audit".into(),
         }
     }
@@ -170,6 +172,15 @@ impl EngineConfigBuilder {
     /// Default 100 (at least 1).
     pub fn max_refused_per_hour(mut self, n: u64) -> Self {
         self.0.max_refused_per_hour = n.max(1);
+        self
+    }
+    /// Identifiers one holder may have the domain evaluate (to join tokens) within an hour; a
+    /// batch beyond it is answered [`EngineError::Busy`] before anything is evaluated. Every
+    /// evaluation is audited, but only a cap slows a holder who tokenises guessed identifiers to
+    /// test them against others' tokens. Default 20,000,000 (a 10-million-row file twice an
+    /// hour; at least 1).
+    pub fn max_link_evaluations_per_hour(mut self, n: u64) -> Self {
+        self.0.max_link_evaluations_per_hour = n.max(1);
         self
     }
     /// Jobs one consumer may have queued, awaiting approval or running at once; more are refused

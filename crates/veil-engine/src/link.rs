@@ -92,13 +92,31 @@ impl Veil {
             .map(|(i, text)| Element::from_hex(text, i))
             .collect::<std::result::Result<Vec<_>, LinkError>>()
             .map_err(link_bad_input)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let hour_ago = crate::jobs::rfc3339(time::OffsetDateTime::now_utc() - time::Duration::HOUR);
+        let recent: u64 = tx.query_row(
+            "SELECT COALESCE(SUM(elements), 0) FROM link_evaluations WHERE holder = ?1 AND at > ?2",
+            rusqlite::params![caller.name, hour_ago],
+            |r| r.get(0),
+        )?;
+        let cap = self.config.max_link_evaluations_per_hour;
+        if recent + elements.len() as u64 > cap {
+            return Err(EngineError::Busy(format!(
+                "`{}` had {recent} identifiers evaluated in the last hour (at most {cap}); send \
+                 the rest later",
+                caller.name
+            )));
+        }
         let evaluation = self
             .link_key
             .evaluate(&elements, &mut rand::rng())
             .map_err(link_bad_input)?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO link_evaluations (holder, at, elements) VALUES (?1, ?2, ?3)",
+            rusqlite::params![caller.name, crate::store::now(), elements.len() as u64],
+        )?;
         AuditLog::append(
             &tx,
             &self.key,

@@ -204,8 +204,9 @@ fn step_6_links(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Version 7: jobs over a link (the linked dataset they also read and are charged on) and the
-/// holders' approvals of them (a linked job waiting for approval needs both holders').
+/// Version 7: jobs over a link (the linked dataset they also read and are charged on), the
+/// holders' approvals of them (a linked job waiting for approval needs both holders'), and the
+/// link evaluations each holder asked for (their hourly cap).
 fn step_7_linked_jobs(conn: &Connection) -> Result<()> {
     conn.execute_batch(
         "ALTER TABLE jobs ADD COLUMN linked_dataset TEXT;
@@ -214,7 +215,13 @@ fn step_7_linked_jobs(conn: &Connection) -> Result<()> {
              holder  TEXT NOT NULL,
              at      TEXT NOT NULL,
              PRIMARY KEY (job, holder)
-         );",
+         );
+         CREATE TABLE link_evaluations (
+             holder   TEXT NOT NULL,
+             at       TEXT NOT NULL,
+             elements INTEGER NOT NULL
+         );
+         CREATE INDEX link_evaluations_by_holder ON link_evaluations (holder, at);",
     )?;
     Ok(())
 }

@@ -441,7 +441,7 @@ fn to_the_millisecond(t: time::OffsetDateTime) -> time::OffsetDateTime {
         .expect("a valid millisecond")
 }
 
-fn rfc3339(t: time::OffsetDateTime) -> String {
+pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .expect("UTC time formats")
 }
