@@ -1,7 +1,11 @@
 //! Pipeline benchmark over 1,000,000 generated rows: throughput of each stage and end to end.
 //!
 //! Run with `cargo bench -p veil-benches` (release profile). Set `VEIL_BENCH_ROWS` to change the
-//! size. Results are recorded by hand in benches/README.md.
+//! size and `VEIL_BENCH_PEOPLE` the number of people (default: half the rows, 2 rows each).
+//! The last stage runs the same question as a module job and as a DP SQL job on the same data
+//! and compares their run times (the engine's `JobRun::sandbox_time`: scan, grouping, the
+//! module or the query, the gate — not the wait for the scheduled release).
+//! Results are recorded by hand in benches/README.md.
 mod gate_plan;
 
 use std::fmt::Write as _;
@@ -49,10 +53,14 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let people = rows / 2;
+    let people: u64 = std::env::var("VEIL_BENCH_PEOPLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(rows / 2)
+        .clamp(1, rows);
     let dir = tempfile::tempdir().expect("tempdir");
     println!(
-        "Veil pipeline benchmark: {rows} rows, {people} people (2 rows each), {} cores",
+        "Veil pipeline benchmark: {rows} rows, {people} people, {} cores",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -62,7 +70,7 @@ fn main() {
     let mut csv = String::with_capacity(rows as usize * 24);
     csv.push_str("person_id,educ,weekly_income\n");
     for i in 0..rows {
-        let person = i / 2;
+        let person = i % people;
         let _ = writeln!(
             csv,
             "{person},{},{}.{:02}",
@@ -73,7 +81,12 @@ fn main() {
     }
     let csv_path = dir.path().join("bench.csv");
     std::fs::write(&csv_path, csv).expect("write csv");
-    std::fs::write(dir.path().join("policy.toml"), POLICY).expect("write policy");
+    let per_person = rows.div_ceil(people);
+    let policy = POLICY.replace(
+        "max_groups_per_unit = 1",
+        &format!("max_groups_per_unit = 1\nmax_units = {people}\nmax_rows_per_unit = {per_person}"),
+    );
+    std::fs::write(dir.path().join("policy.toml"), policy).expect("write policy");
     std::fs::write(dir.path().join("job.toml"), MANIFEST).expect("write manifest");
     std::fs::write(
         dir.path().join("income_by_education.wasm"),
@@ -194,4 +207,30 @@ fn main() {
         rate(rows, e2e),
         outcome.state
     );
+    module_against_sql(&mut veil, dir.path());
+}
+
+/// The same question — mean weekly income and people by education — as a module job and as a
+/// DP SQL job, run by the engine; prints each run's time and their ratio.
+fn module_against_sql(veil: &mut Veil, dir: &std::path::Path) {
+    let consumer = Caller::new("bench", Role::Consumer);
+    let sql = "dataset = \"bench\"\nsql = 'SELECT educ AS education, COUNT(*) AS people, \
+               AVG(weekly_income) AS weekly_income FROM bench GROUP BY educ'\nepsilon = 1.0\n\
+               [bounds]\nweekly_income = [0, 5000]\n";
+    let module = std::fs::read(dir.join("income_by_education.wasm")).expect("module");
+    let mut times = Vec::new();
+    for (name, text, wasm) in [
+        ("module job", MANIFEST, module.as_slice()),
+        ("DP SQL job", sql, &[]),
+    ] {
+        let job = veil.submit(&consumer, text, wasm).expect("submit").job;
+        let run = veil.run_job(&job).expect("run");
+        let secs = run.sandbox_time.as_secs_f64();
+        println!(
+            "{name:<11} {secs:>8.3} s  {:>12} units ({:?})",
+            run.units, run.state
+        );
+        times.push(secs);
+    }
+    println!("module job / DP SQL job: {:.1}×", times[0] / times[1]);
 }
