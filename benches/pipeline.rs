@@ -26,7 +26,7 @@ max_groups_per_unit = 1
 epsilon_per_job = 1.0
 epsilon_total = 100.0
 [columns]
-educ = { class = "public", bounds = [0, 20] }
+educ = { class = "public", bounds = [0, 40] }
 weekly_income = { class = "sensitive", bounds = [0, 10000] }
 "#;
 
@@ -58,6 +58,12 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(rows / 2)
         .clamp(1, rows);
+    // Education levels (the groups): `VEIL_BENCH_GROUPS`, default 13, at most 32.
+    let groups: u64 = std::env::var("VEIL_BENCH_GROUPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(13)
+        .clamp(1, 32);
     let dir = tempfile::tempdir().expect("tempdir");
     println!(
         "Veil pipeline benchmark: {rows} rows, {people} people, {} cores",
@@ -74,7 +80,7 @@ fn main() {
         let _ = writeln!(
             csv,
             "{person},{},{}.{:02}",
-            8 + person % 13,
+            8 + person % groups,
             300 + (person * 7919) % 2500,
             i % 100
         );
@@ -208,6 +214,58 @@ fn main() {
         outcome.state
     );
     module_against_sql(&mut veil, dir.path());
+    sql_against_plain(&mut veil, &dir.path().join("data"));
+}
+
+/// The DP SQL job against the plain DataFusion query it rewrites, on the same registered
+/// Parquet file in the same run: medians of 3 (the DP runs are the engine's run times).
+fn sql_against_plain(veil: &mut Veil, data_dir: &std::path::Path) {
+    let consumer = Caller::new("bench", Role::Consumer);
+    let sql = "dataset = \"bench\"\nsql = 'SELECT educ AS education, COUNT(*) AS people, \
+               AVG(weekly_income) AS weekly_income FROM bench GROUP BY educ'\nepsilon = 1.0\n\
+               [bounds]\nweekly_income = [0, 5000]\n";
+    let record = veil.dataset("holder:bench").expect("dataset");
+    let parquet = data_dir
+        .join("datasets")
+        .join(format!("{}.parquet", record.content_hash));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let plain = median(
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                rt.block_on(async {
+                    let ctx = datafusion::prelude::SessionContext::new();
+                    ctx.register_parquet("t", parquet.to_str().unwrap(), Default::default())
+                        .await
+                        .unwrap();
+                    ctx.sql("SELECT educ, COUNT(*), AVG(weekly_income) FROM t GROUP BY educ")
+                        .await
+                        .unwrap()
+                        .collect()
+                        .await
+                        .unwrap()
+                });
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    );
+    let dp = median(
+        (0..3)
+            .map(|_| {
+                let job = veil.submit(&consumer, sql, &[]).expect("submit").job;
+                veil.run_job(&job).expect("run").sandbox_time.as_secs_f64()
+            })
+            .collect(),
+    );
+    println!(
+        "plain DataFusion {plain:>8.3} s, DP SQL job {dp:>8.3} s (both from the Parquet file): \
+         {:.1}×",
+        dp / plain
+    );
 }
 
 /// The same question — mean weekly income and people by education — as a module job and as a
