@@ -739,7 +739,31 @@ fn either_policy_or_budget_refuses_a_linked_job() {
     );
     let first = sql_job(&env, LINKED_QUERY, "0.6");
     assert!(first.status.success(), "{}", text(&first.stderr));
-    // The insurer's total (1.0) has 0.4 left; the clinic's (3.0) has 2.4.
+    // The insurer's total (1.0) has 0.4 left; the clinic's (3.0) has 2.4. The check shows
+    // what a job would leave on both.
+    let check = env.ok(&[
+        "--as",
+        CONSUMER,
+        "job",
+        "check",
+        "--sql",
+        LINKED_QUERY,
+        "--dataset",
+        "patients",
+        "--epsilon",
+        "0.3",
+        "--json",
+    ]);
+    let check: serde_json::Value = serde_json::from_str(&check).unwrap();
+    assert_eq!(check["linked"]["dataset"], "insurer:claims", "{check}");
+    assert!(
+        (check["linked"]["epsilon_left_after"].as_f64().unwrap() - 0.1).abs() < 1e-9,
+        "{check}"
+    );
+    assert!(
+        (check["epsilon_left_after"].as_f64().unwrap() - 2.1).abs() < 1e-9,
+        "{check}"
+    );
     let out = sql_job(&env, LINKED_QUERY, "0.6");
     assert!(!out.status.success());
     let err = text(&out.stderr);

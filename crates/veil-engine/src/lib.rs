@@ -63,7 +63,8 @@ pub use datasets::{PolicyDocument, PolicyVersion, RegisterOptions, Registered, S
 pub use error::{EngineError, ErrorKind, Result};
 pub use jobs::lifecycle::read_job_files;
 pub use jobs::{
-    BudgetLine, ConsumerJobView, JobCheck, JobInfo, JobRun, JobState, Submission, SubmitOutcome,
+    BudgetLine, ConsumerJobView, JobCheck, JobInfo, JobRun, JobState, LinkedLeft, Submission,
+    SubmitOutcome,
 };
 pub use link::{LinkEvaluation, LinkKey, parse_link_key};
 pub use links::{Link, LinkSide, LinkState};

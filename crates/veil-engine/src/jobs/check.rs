@@ -83,9 +83,20 @@ pub struct JobCheck {
     pub epsilon_left_after: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta_left_after: Option<f64>,
+    /// A job over a link: the linked dataset and ε and δ the consumer would have left on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linked: Option<LinkedLeft>,
     /// What could not be checked before the run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+}
+
+/// What a job over a link would leave of the consumer's budget on the linked dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkedLeft {
+    pub dataset: String,
+    pub epsilon_left_after: f64,
+    pub delta_left_after: f64,
 }
 
 impl Veil {
@@ -184,6 +195,7 @@ impl Veil {
             forecast: None,
             epsilon_left_after: None,
             delta_left_after: None,
+            linked: None,
             notes: Vec::new(),
         };
         if !vetted.declares_columns {
@@ -199,7 +211,27 @@ impl Veil {
                 check.refusal = Some(reason);
                 format!("refused ({code})")
             }
-            Verdict::Admitted { plan, after, .. } => {
+            Verdict::Admitted {
+                plan,
+                after,
+                linked,
+            } => {
+                if let Some((dataset, after)) = linked
+                    && let Some(p) = vetted.partners.iter().find(|p| p.record.name == dataset)
+                {
+                    let (eps, delta) = after.totals();
+                    let total = jobs_epsilon_total(&tx, &dataset, &p.policy.policy)?;
+                    check.linked = Some(LinkedLeft {
+                        epsilon_left_after: total.saturating_sub(eps).as_f64(),
+                        delta_left_after: p
+                            .policy
+                            .policy
+                            .delta_total
+                            .saturating_sub(delta)
+                            .as_f64(),
+                        dataset,
+                    });
+                }
                 let (eps, delta) = after.totals();
                 let eps_total =
                     jobs_epsilon_total(&tx, &vetted.manifest.dataset, &vetted.stored.policy)?;

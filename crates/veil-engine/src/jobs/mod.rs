@@ -21,7 +21,7 @@ use crate::{EngineError, Result, Veil};
 
 mod check;
 pub(crate) mod lifecycle;
-pub use check::JobCheck;
+pub use check::{JobCheck, LinkedLeft};
 mod recovery;
 mod views;
 
