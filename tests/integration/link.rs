@@ -565,21 +565,16 @@ fn linked_env() -> Env {
     }
     add_linked(&env, HOLDER, "patients", &patients);
     add_linked(&env, INSURER, "claims", &claims);
-    set_policy_of(
-        &env,
-        HOLDER,
-        "patients",
-        &linked_policy("auto", 3.0, "band = { class = \"public\" }\n"),
-    );
+    // Both holders declare the bands public, so both groups are always released (no threshold).
+    let bands = "[partitions]\nband = [\"A\", \"B\"]\n";
+    let patients_policy = linked_policy("auto", 3.0, "band = { class = \"public\" }\n") + bands;
+    set_policy_of(&env, HOLDER, "patients", &patients_policy);
+    let amount = "amount = { class = \"sensitive\", bounds = [0, 500] }\n";
     set_policy_of(
         &env,
         INSURER,
         "claims",
-        &linked_policy(
-            "manual",
-            3.0,
-            "amount = { class = \"sensitive\", bounds = [0, 500] }\n",
-        ),
+        &(linked_policy("manual", 3.0, amount) + bands),
     );
     env
 }
@@ -657,6 +652,7 @@ fn a_sql_job_over_a_link_runs_under_both_policies_and_budgets() {
     )
     .unwrap();
     let rows = result["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "both public bands are released: {result}");
     // Band A: patients 20..30 have claims (10 people); band B: patients 30..60 (30 people);
     // each claims 2 × 100.
     for (row, (band, people, total)) in rows
@@ -1076,4 +1072,55 @@ fn link_evaluations_are_capped_per_holder_and_hour() {
         entries,
         "nothing recorded"
     );
+}
+
+/// A Parquet file's link key is tokenised on the holder's machine too, and registered as
+/// Parquet with tokens in the identifiers' place.
+#[test]
+fn a_parquet_files_identifiers_become_tokens_too() {
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let env = Env::new();
+    env.add_parties();
+    let ids = ids();
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("national_id", DataType::Utf8, true),
+        Field::new("age", DataType::Int64, false),
+    ]));
+    let batch = datafusion::arrow::array::RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            std::sync::Arc::new(StringArray::from(ids.clone())),
+            std::sync::Arc::new(Int64Array::from_iter_values(0..ids.len() as i64)),
+        ],
+    )
+    .unwrap();
+    let path = env.path().join("patients.parquet");
+    let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&path).unwrap(),
+        schema,
+        None,
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    env.ok(&[
+        "--as",
+        HOLDER,
+        "dataset",
+        "add",
+        path.to_str().unwrap(),
+        "--name",
+        "patients",
+        "--link-key",
+        "national_id",
+    ]);
+    let tokens = stored_tokens(&env, "clinic:patients");
+    assert_eq!(tokens.len(), ids.len());
+    assert!(tokens.iter().flatten().all(|t| t.len() == 64), "{tokens:?}");
+    let haystacks: Vec<(String, Vec<u8>)> = files(&env.data_dir())
+        .into_iter()
+        .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+        .collect();
+    assert_absent(&ids, &haystacks);
 }

@@ -554,6 +554,11 @@ fn one_holders_datasets_join_on_their_privacy_unit() {
     let job = submit_sql(&env, 5, query, "1");
     let result = result_of(&env, &job);
     let rows = result["rows"].as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        2,
+        "both education groups are released: {result}"
+    );
     // People 0..100 have visits, 3 of 40 each: 50 with educ 12 (even ids, one row in
     // `people`: 120 each) and 50 with educ 16 (odd ids, two rows: the join pairs each with every
     // visit, 240 each, clamped to the bounds' 200) — ordinary SQL, bounded per person.

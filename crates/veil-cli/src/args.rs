@@ -136,7 +136,8 @@ pub(crate) enum DatasetCmd {
         #[arg(long)]
         privacy_unit: Option<String>,
         /// An identifier column (national ID, phone number) to link on: each value is replaced,
-        /// on this machine, by its join token from the domain's OPRF (CSV files; repeatable).
+        /// on this machine, by its join token from the domain's OPRF (repeatable; a Parquet or
+        /// Arrow IPC file is registered as Parquet).
         /// The raw identifiers never leave this machine (docs/linking.md).
         #[arg(long = "link-key", value_name = "COLUMN")]
         link_keys: Vec<String>,

@@ -1,5 +1,5 @@
-//! `veil dataset add --link-key COL`: the holder's side of join tokens (`veil_link`). Before the
-//! file leaves this machine, each identifier in a link-key column is normalised, hashed to the
+//! `veil dataset add --link-key COL`: the holder's side of join tokens (`veil_link`), for CSV,
+//! Parquet and Arrow IPC files. Before the file leaves this machine, each identifier in a link-key column is normalised, hashed to the
 //! group and blinded; the domain evaluates the blinded points in batches (in local mode the
 //! engine in this process, in remote mode the server), the proof of each batch is checked
 //! against the domain's published link key, and the identifier is replaced by its token in a
@@ -7,7 +7,14 @@
 //! domain's store, logs or Parquet files.
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result, bail};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use veil_engine::{CsvHeader as Header, CsvOptions};
 use veil_link::{Element, Evaluation, MAX_BATCH, Proof, PublicKey, Request, normalise};
 
@@ -18,9 +25,10 @@ fn rows_per_batch(link_columns: usize) -> usize {
     (MAX_BATCH / link_columns.max(1)).max(1)
 }
 
-/// A copy of the CSV `file` with each `link_keys` column's identifiers replaced by tokens, in
-/// `dir`; the copy keeps the file's name, delimiter, quoting and header. Empty identifiers (null
-/// tokens, or nothing left after normalisation) stay empty: they link to nothing.
+/// A copy of `file` with each `link_keys` column's identifiers replaced by tokens, in `dir`: a
+/// CSV file stays CSV (same name, delimiter, quoting and header); a Parquet or Arrow IPC file
+/// becomes a Parquet file. Empty identifiers (nulls, null tokens, or nothing left after
+/// normalisation) stay empty: they link to nothing.
 pub(crate) fn tokenize(
     backend: &mut dyn Backend,
     file: &Path,
@@ -28,19 +36,11 @@ pub(crate) fn tokenize(
     csv: &CsvOptions,
     dir: &Path,
 ) -> Result<PathBuf> {
-    let is_csv = file
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("csv") || e.eq_ignore_ascii_case("tsv"));
-    if !is_csv {
-        bail!(
-            "--link-key needs a CSV file: {} is not one (export the table as CSV, or register \
-             it without --link-key)",
-            file.display()
-        );
-    }
     let key = PublicKey::from_hex(&backend.link_key()?.public_key)
         .context("the domain's link key is not a ristretto255 point")?;
+    if let Some(batches) = read_columnar(file)? {
+        return tokenize_columnar(backend, &key, file, batches, link_keys, dir);
+    }
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(csv.delimiter)
         .quote(csv.quote)
@@ -68,6 +68,96 @@ pub(crate) fn tokenize(
     write_tokenized(backend, &key, &mut chunk, &indices, csv, &null, &mut writer)?;
     writer.flush()?;
     Ok(out_path)
+}
+
+/// The rows of a Parquet or Arrow IPC file (told by their first bytes, as the catalog tells
+/// them), or `None` for any other file (read as CSV).
+fn read_columnar(file: &Path) -> Result<Option<Vec<RecordBatch>>> {
+    use std::io::Read;
+    let mut head = [0u8; 6];
+    let n = std::fs::File::open(file)
+        .with_context(|| format!("opening {}", file.display()))?
+        .read(&mut head)?;
+    let open = || std::fs::File::open(file).with_context(|| format!("opening {}", file.display()));
+    if n >= 4 && &head[..4] == b"PAR1" {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(open()?)
+            .and_then(|b| b.build())
+            .with_context(|| format!("{} is not a valid Parquet file", file.display()))?;
+        return Ok(Some(reader.collect::<Result<Vec<_>, _>>()?));
+    }
+    if n == 6 && &head == b"ARROW1" {
+        let reader = datafusion::arrow::ipc::reader::FileReader::try_new(open()?, None)
+            .with_context(|| format!("{} is not a valid Arrow IPC file", file.display()))?;
+        return Ok(Some(reader.collect::<Result<Vec<_>, _>>()?));
+    }
+    Ok(None)
+}
+
+/// `batches` with each link-key column replaced by its tokens (text), written as Parquet in
+/// `dir`.
+fn tokenize_columnar(
+    backend: &mut dyn Backend,
+    key: &PublicKey,
+    file: &Path,
+    batches: Vec<RecordBatch>,
+    link_keys: &[String],
+    dir: &Path,
+) -> Result<PathBuf> {
+    let Some(first) = batches.first() else {
+        bail!("{} has no rows", file.display());
+    };
+    let schema = first.schema();
+    let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let indices = link_indices(&names, link_keys)?;
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| match indices.contains(&i) {
+            true => Field::new(f.name(), DataType::Utf8, true),
+            false => f.as_ref().clone(),
+        })
+        .collect();
+    let out_schema = Arc::new(Schema::new(fields));
+    let stem = file.file_stem().context("the file has no name")?;
+    let out_path = dir.join(stem).with_extension("parquet");
+    let out = std::fs::File::create(&out_path)?;
+    let mut writer = ArrowWriter::try_new(out, out_schema.clone(), None)?;
+    for batch in &batches {
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        for &col in &indices {
+            columns[col] = tokenized_column(backend, key, batch.column(col))?;
+        }
+        writer.write(&RecordBatch::try_new(out_schema.clone(), columns)?)?;
+    }
+    writer.close()?;
+    Ok(out_path)
+}
+
+/// A column of identifiers as their tokens, in round trips of at most `MAX_BATCH`.
+fn tokenized_column(
+    backend: &mut dyn Backend,
+    key: &PublicKey,
+    column: &ArrayRef,
+) -> Result<ArrayRef> {
+    let text = cast(column, &DataType::Utf8)?;
+    let text = text
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .context("identifiers read as text")?;
+    let normal: Vec<Option<String>> = text.iter().map(|v| v.and_then(normalise)).collect();
+    let mut tokens: Vec<Option<String>> = vec![None; normal.len()];
+    let present: Vec<usize> = (0..normal.len()).filter(|&i| normal[i].is_some()).collect();
+    for chunk in present.chunks(MAX_BATCH) {
+        let ids: Vec<String> = chunk
+            .iter()
+            .map(|&i| normal[i].clone().unwrap_or_default())
+            .collect();
+        for (&i, token) in chunk.iter().zip(tokens_of(backend, key, &ids)?) {
+            tokens[i] = Some(token);
+        }
+    }
+    Ok(Arc::new(StringArray::from(tokens)))
 }
 
 /// The file's column names: its header row (copied to `writer`), or `--columns`.
