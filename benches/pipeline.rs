@@ -233,25 +233,27 @@ fn sql_against_plain(veil: &mut Veil, data_dir: &std::path::Path) {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let plain = median(
-        (0..3)
-            .map(|_| {
-                let t = Instant::now();
-                rt.block_on(async {
-                    let ctx = datafusion::prelude::SessionContext::new();
-                    ctx.register_parquet("t", parquet.to_str().unwrap(), Default::default())
-                        .await
-                        .unwrap();
-                    ctx.sql("SELECT educ, COUNT(*), AVG(weekly_income) FROM t GROUP BY educ")
-                        .await
-                        .unwrap()
-                        .collect()
-                        .await
-                        .unwrap()
-                });
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
+    let time_plain = |query: &str| {
+        median(
+            (0..3)
+                .map(|_| {
+                    let t = Instant::now();
+                    rt.block_on(async {
+                        let ctx = datafusion::prelude::SessionContext::new();
+                        ctx.register_parquet("t", parquet.to_str().unwrap(), Default::default())
+                            .await
+                            .unwrap();
+                        ctx.sql(query).await.unwrap().collect().await.unwrap()
+                    });
+                    t.elapsed().as_secs_f64()
+                })
+                .collect(),
+        )
+    };
+    let plain = time_plain("SELECT educ, COUNT(*), AVG(weekly_income) FROM t GROUP BY educ");
+    // The plain query that counts people as the DP job does (each person once per group).
+    let distinct = time_plain(
+        "SELECT educ, COUNT(DISTINCT person_id), AVG(weekly_income) FROM t GROUP BY educ",
     );
     let dp = median(
         (0..3)
@@ -262,9 +264,10 @@ fn sql_against_plain(veil: &mut Veil, data_dir: &std::path::Path) {
             .collect(),
     );
     println!(
-        "plain DataFusion {plain:>8.3} s, DP SQL job {dp:>8.3} s (both from the Parquet file): \
-         {:.1}×",
-        dp / plain
+        "plain DataFusion {plain:>8.3} s (COUNT(DISTINCT person): {distinct:.3} s), DP SQL job \
+         {dp:>8.3} s (all from the Parquet file): {:.1}× ({:.1}× the distinct count)",
+        dp / plain,
+        dp / distinct
     );
 }
 

@@ -197,6 +197,13 @@ fn identifiers_become_tokens_before_they_reach_the_domain() {
 
     let clinic = stored_tokens(&env, "clinic:patients");
     let insurer = stored_tokens(&env, "insurer:claims");
+    // Neither holder can reach the other's tokens: the other's dataset answers like a missing
+    // one, over HTTP as on the host, and no API returns rows.
+    let http = Http::new(&server);
+    let (status, _) = http.get("/v1/datasets/clinic:patients", Some(&insurer_token));
+    assert_eq!(status, 404, "the insurer cannot see the clinic's dataset");
+    let listing = env.ok(&["--as", INSURER, "dataset", "list", "--format", "json"]);
+    assert!(!listing.contains("clinic:patients") && !listing.contains(&clinic[0].clone().unwrap()));
     assert_eq!(clinic.len(), 60);
     let distinct: std::collections::BTreeSet<_> = clinic.iter().flatten().collect();
     assert_eq!(
