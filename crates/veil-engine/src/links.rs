@@ -354,6 +354,20 @@ impl Veil {
     }
 }
 
+/// Whether an accepted link joins datasets `a` and `b` (either way round), read in the caller's
+/// transaction.
+pub(crate) fn accepted_between(conn: &rusqlite::Connection, a: &str, b: &str) -> Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM links WHERE state = 'accepted' AND
+               ((left_dataset = ?1 AND right_dataset = ?2) OR (left_dataset = ?2 AND right_dataset = ?1))",
+            params![a, b],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
 fn load_link(conn: &rusqlite::Connection, id: &str) -> Result<Link> {
     let row = conn
         .query_row(&format!("{SELECT_LINK} WHERE id = ?1"), [id], link_from_row)

@@ -379,6 +379,14 @@ impl Veil {
         let partner = match plan.linked_dataset().map(str::to_owned) {
             None => None,
             Some(linked) => {
+                // Re-read under the write lock: the link may have been revoked since the plan.
+                if !crate::links::accepted_between(&tx, &job.dataset, &linked)? {
+                    let reason = format!(
+                        "the link between `{}` and `{linked}` was revoked before the job started",
+                        job.dataset
+                    );
+                    return Err(refuse(tx, &self.key, job_id, JobCode::Policy, reason)?);
+                }
                 let at = partners
                     .iter()
                     .position(|p| p.record.name == linked)
