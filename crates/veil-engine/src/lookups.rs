@@ -37,6 +37,26 @@ impl Veil {
             .collect()
     }
 
+    /// The public tables of `declared` (dataset ids) that the query `sql` names, as SQL jobs read
+    /// them ([`Veil::load_lookups`]): a query that joins none reads none.
+    pub(crate) fn lookups_for(
+        &self,
+        declared: &[String],
+        sql: &str,
+    ) -> Result<Vec<(Lookup, DatasetRecord)>> {
+        let named = veil_policy::sql::referenced_tables(sql);
+        let wanted: Vec<String> = declared
+            .iter()
+            .filter(|id| {
+                veil_policy::sql::table_names(id)
+                    .iter()
+                    .any(|n| named.contains(n))
+            })
+            .cloned()
+            .collect();
+        self.load_lookups(&wanted)
+    }
+
     /// The public tables `ids` as SQL jobs read them (every column, DECIMAL as DOUBLE), with
     /// their records (for the version and commitment the audit names). A table removed since
     /// the policy named it is left out: a query joining it then fails to plan, saying which

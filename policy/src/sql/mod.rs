@@ -90,6 +90,34 @@ pub struct SqlLink {
     pub partner_columns: Vec<String>,
 }
 
+/// The names of the tables a query's text reads (as written, unquoted), or none when it does not
+/// parse (planning then says why). Lets the engine read only the public tables a query names.
+pub fn referenced_tables(text: &str) -> Vec<String> {
+    use std::ops::ControlFlow;
+    let Ok(statements) = DFParserBuilder::new(text)
+        .with_recursion_limit(MAX_SQL_NESTING * 2)
+        .build()
+        .and_then(|mut p| p.parse_statements())
+    else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    for statement in statements {
+        if let DfStatement::Statement(s) = statement {
+            let _ = datafusion::sql::sqlparser::ast::visit_relations(&*s, |name| {
+                let parts: Vec<String> = name
+                    .0
+                    .iter()
+                    .filter_map(|p| p.as_ident().map(|i| i.value.clone()))
+                    .collect();
+                names.push(parts.join("."));
+                ControlFlow::<()>::Continue(())
+            });
+        }
+    }
+    names
+}
+
 /// The schema of `schema` as queries read it ([`as_queried`] for every column).
 pub fn queried_schema(schema: &Schema) -> Schema {
     Schema::new(

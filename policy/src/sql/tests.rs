@@ -847,3 +847,18 @@ fn linked_queries_that_could_leak_are_refused() {
         }
     }
 }
+
+/// The engine reads only the public tables a query names.
+#[test]
+fn referenced_tables_are_read_from_the_query_text() {
+    assert_eq!(
+        referenced_tables(
+            "SELECT l.label AS label, COUNT(*) AS n FROM people p \
+             JOIN \"clinic:levels\" l ON p.educ = l.level LEFT JOIN regions r USING (region) \
+             GROUP BY l.label"
+        ),
+        ["people", "clinic:levels", "regions"]
+    );
+    assert!(referenced_tables("SELEKT (( nope").is_empty());
+    assert_eq!(referenced_tables("SELECT COUNT(*) AS n FROM people"), ["people"]);
+}

@@ -128,7 +128,7 @@ impl Veil {
                 ));
             }
             let lookups = self
-                .load_lookups(&stored.policy.public_tables)?
+                .lookups_for(&stored.policy.public_tables, &sql.text)?
                 .into_iter()
                 .map(|(lookup, _)| lookup)
                 .collect();

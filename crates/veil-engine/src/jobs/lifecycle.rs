@@ -316,12 +316,12 @@ impl Veil {
         let mut manifest = JobManifest::from_toml(&job.manifest)?;
         manifest.dataset = job.dataset.clone();
         let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
-        let (lookups, lookup_records): (Vec<_>, Vec<_>) = if manifest.sql.is_some() {
-            self.load_lookups(&stored.policy.public_tables)?
+        let (lookups, lookup_records): (Vec<_>, Vec<_>) = match &manifest.sql {
+            Some(sql) => self
+                .lookups_for(&stored.policy.public_tables, &sql.text)?
                 .into_iter()
-                .unzip()
-        } else {
-            Default::default()
+                .unzip(),
+            None => Default::default(),
         };
         let mut partners = if manifest.sql.is_some() || manifest.join.is_some() {
             self.partners_for(&job.consumer, &job.dataset)?
