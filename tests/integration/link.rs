@@ -690,6 +690,27 @@ fn a_sql_job_over_a_link_runs_under_both_policies_and_budgets() {
             "--public-key",
             key.trim(),
         ]);
+        // It proves the linked side's charge too: its dataset, version and policy.
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&receipt).unwrap()).unwrap();
+        assert_eq!(doc["facts"]["linked"]["dataset"], "insurer:claims", "{doc}");
+        assert_eq!(doc["proofs"].as_array().unwrap().len(), 4);
+        // A receipt whose linked facts were altered no longer verifies.
+        let mut forged = doc.clone();
+        forged["facts"]["linked"]["dataset"] = "insurer:other".into();
+        let forged_path = env.path().join(format!("{holder}-forged.json"));
+        std::fs::write(&forged_path, forged.to_string()).unwrap();
+        let out = env.veil(&[
+            "receipt",
+            "verify",
+            forged_path.to_str().unwrap(),
+            "--public-key",
+            key.trim(),
+        ]);
+        assert!(
+            !out.status.success(),
+            "a forged linked fact must not verify"
+        );
     }
     // Charged on both datasets, in the transaction that started it.
     let budget = env.ok(&["--as", CONSUMER, "budget", "--format", "json"]);

@@ -32,7 +32,8 @@ pub use keys::{DomainKey, VerifierKey};
 pub use note::Checkpoint;
 pub use proof::{Disclosure, Proof, ProofVerdict, prove_consistency, prove_inclusion};
 pub use receipt::{
-    Certificate, CertificateFacts, Receipt, ReceiptFacts, issue_certificate, issue_receipt,
+    Certificate, CertificateFacts, LinkedFacts, Receipt, ReceiptFacts, issue_certificate,
+    issue_receipt,
 };
 pub use store::{AuditLog, export_lines};
 

@@ -48,6 +48,21 @@ pub struct ReceiptFacts {
     pub released_at: String,
     /// The signed checkpoint the proofs lead to.
     pub checkpoint: String,
+    /// A job over a link: the linked dataset it read and was charged on, from its `job_charged`
+    /// entry (a fourth proof). Absent for every other job, so their receipts keep their form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linked: Option<LinkedFacts>,
+}
+
+/// What a job over a link's `job_charged` entry establishes about the linked dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkedFacts {
+    pub dataset: String,
+    pub dataset_commitment: String,
+    pub dataset_version: u64,
+    pub policy_version: u64,
+    pub policy_hash: String,
 }
 
 /// A signed job receipt (see the module docs).
@@ -57,7 +72,8 @@ pub struct Receipt {
     pub facts: ReceiptFacts,
     /// Hex Ed25519 signature of the domain key over the facts.
     pub signature: String,
-    /// Inclusion proofs of the `job_submitted`, `job_started` and `release_created` entries.
+    /// Inclusion proofs of the `job_submitted`, `job_started` and `release_created` entries, and
+    /// for a job over a link of its `job_charged` entry.
     pub proofs: Vec<Proof>,
     /// The released result, exactly as stored (its SHA-256 is `facts.result_hash`).
     pub result: String,
@@ -81,6 +97,7 @@ fn job_facts(
     submitted: &PublicEntry,
     started: &PublicEntry,
     released: &PublicEntry,
+    charged: Option<&PublicEntry>,
     checkpoint: String,
 ) -> Option<ReceiptFacts> {
     let kinds = (submitted.kind(), started.kind(), released.kind());
@@ -91,6 +108,17 @@ fn job_facts(
     if started.text("job") != Some(job) || released.text("job") != Some(job) {
         return None;
     }
+    let linked = match charged {
+        None => None,
+        Some(c) if c.kind() == "job_charged" && c.text("job") == Some(job) => Some(LinkedFacts {
+            dataset: c.text("dataset")?.to_owned(),
+            dataset_commitment: c.text("dataset_commitment")?.to_owned(),
+            dataset_version: c.number("dataset_version").max(1),
+            policy_version: c.number("policy_version"),
+            policy_hash: c.text("policy_hash")?.to_owned(),
+        }),
+        Some(_) => return None,
+    };
     let text = |e: &PublicEntry, f: &str| e.text(f).map(str::to_owned);
     Some(ReceiptFacts {
         job: job.to_owned(),
@@ -111,6 +139,7 @@ fn job_facts(
         log_index: released.index,
         released_at: released.time.clone(),
         checkpoint,
+        linked,
     })
 }
 
@@ -132,8 +161,12 @@ pub fn issue_receipt(
     let submitted = find(|e, j| matches!(e, AuditEvent::JobSubmitted { job, .. } if job == j))?;
     let started = find(|e, j| matches!(e, AuditEvent::JobStarted { job, .. } if job == j))?;
     let released = find(|e, j| matches!(e, AuditEvent::ReleaseCreated { job, .. } if job == j))?;
-    let proofs = [submitted, started, released]
+    let charged = entries
         .iter()
+        .find(|e| matches!(&e.event, AuditEvent::JobCharged { job: j, .. } if j == job));
+    let proofs = [Some(submitted), Some(started), Some(released), charged]
+        .into_iter()
+        .flatten()
         .map(|e| prove_inclusion(conn, key, e.index, Some(size), Disclosure::Public))
         .collect::<Result<Vec<_>, _>>()?;
     let Some(Proof::Inclusion { checkpoint, .. }) = proofs.first() else {
@@ -143,6 +176,7 @@ pub fn issue_receipt(
         &submitted.public(),
         &started.public(),
         &released.public(),
+        charged.map(|c| c.public()).as_ref(),
         checkpoint.clone(),
     )
     .ok_or_else(|| {
@@ -175,10 +209,15 @@ impl Receipt {
                 "the result does not hash to the receipt's result hash",
             ));
         }
-        if self.proofs.len() != 3 {
+        let expected = 3 + usize::from(f.linked.is_some());
+        if self.proofs.len() != expected {
             return Err(bad(
                 None,
-                "a receipt carries exactly three inclusion proofs",
+                format!(
+                    "this receipt carries {expected} inclusion proofs (three, and a fourth for a \
+                     job over a link), not {}",
+                    self.proofs.len()
+                ),
             ));
         }
         let mut entries: Vec<PublicEntry> = Vec::new();
@@ -197,10 +236,13 @@ impl Receipt {
                 _ => return Err(bad(None, "receipt proofs must be inclusion proofs")),
             }
         }
-        let [submitted, started, released] = &entries[..] else {
-            unreachable!("three proofs checked above");
+        let (submitted, started, released, charged) = match &entries[..] {
+            [a, b, c] => (a, b, c, None),
+            [a, b, c, d] => (a, b, c, Some(d)),
+            _ => unreachable!("three or four proofs checked above"),
         };
-        if job_facts(submitted, started, released, f.checkpoint.clone()).as_ref() != Some(f) {
+        let derived = job_facts(submitted, started, released, charged, f.checkpoint.clone());
+        if derived.as_ref() != Some(f) {
             return Err(bad(
                 Some(released.index),
                 "a logged entry disagrees with the receipt (job, module, data, policy, charge or \

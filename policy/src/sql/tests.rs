@@ -860,5 +860,8 @@ fn referenced_tables_are_read_from_the_query_text() {
         ["people", "clinic:levels", "regions"]
     );
     assert!(referenced_tables("SELEKT (( nope").is_empty());
-    assert_eq!(referenced_tables("SELECT COUNT(*) AS n FROM people"), ["people"]);
+    assert_eq!(
+        referenced_tables("SELECT COUNT(*) AS n FROM people"),
+        ["people"]
+    );
 }
