@@ -891,19 +891,9 @@ pub fn precheck_with_lookups(
         count_weight: shape.count_weight,
         ..manifest.clone()
     };
-    let linked = shape.plan.link.as_ref().and_then(|l| {
-        readable
-            .partners
-            .iter()
-            .find(|p| p.dataset == l.partner)
-            .map(|p| p.policy.max_rows_per_unit)
-    });
     let mut plan = precheck_declared(&shape.policy, &derived, schema, consumer, Some(shape.plan))?;
     plan.schedule.lookup_rows = shape.lookup_rows;
-    if let Some(partner_rows) = linked {
-        // A person's joined rows: each of theirs with each of the partner's.
-        plan.schedule.max_rows_per_unit = policy.max_rows_per_unit.saturating_mul(partner_rows);
-    }
+    plan.schedule.max_rows_per_unit = shape.rows_per_unit;
     Ok(plan)
 }
 

@@ -622,10 +622,7 @@ pub(crate) fn as_queried(
                 .schema()
                 .fields()
                 .iter()
-                .map(|f| {
-                    let t = veil_policy::sql::as_queried(f.data_type());
-                    f.as_ref().clone().with_data_type(t)
-                })
+                .map(|f| veil_policy::sql::queried_field(f))
                 .collect();
             let mut columns = b
                 .columns()

@@ -230,10 +230,7 @@ impl Veil {
     pub fn decide_link(&mut self, holder: &Caller, id: &str, reject: Option<&str>) -> Result<Link> {
         require(holder, Operation::ManageLinks)?;
         if let Some(reason) = reject {
-            if reason.trim().is_empty() {
-                return Err(bad("a rejection needs a reason: say why, in one line"));
-            }
-            crate::jobs::check_reason(reason)?;
+            check_given_reason(reason, "a rejection")?;
         }
         let tx = self
             .conn
@@ -277,10 +274,7 @@ impl Veil {
     /// join it from now on, and jobs over it that have not started are refused when they would.
     pub fn revoke_link(&mut self, holder: &Caller, id: &str, reason: &str) -> Result<Link> {
         require(holder, Operation::ManageLinks)?;
-        if reason.trim().is_empty() {
-            return Err(bad("revoking a link needs a reason: say why, in one line"));
-        }
-        crate::jobs::check_reason(reason)?;
+        check_given_reason(reason, "revoking a link")?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -368,6 +362,32 @@ pub(crate) fn accepted_between(conn: &rusqlite::Connection, a: &str, b: &str) ->
         .is_some())
 }
 
+/// The tables a job names besides its dataset: the tables its query reads, or a module job's
+/// `[join]` dataset. What [`Veil::partners_for`] and [`Veil::lookups_for`] may read.
+pub(crate) fn tables_named(manifest: &veil_policy::JobManifest) -> Vec<String> {
+    match (&manifest.sql, &manifest.join) {
+        (Some(sql), _) => veil_policy::sql::referenced_tables(&sql.text),
+        (None, Some(join)) => vec![join.dataset.clone()],
+        (None, None) => Vec::new(),
+    }
+}
+
+/// Requires a reason for `what` that says something and passes the job reasons' check (one line,
+/// at most 500 characters).
+fn check_given_reason(reason: &str, what: &str) -> Result<()> {
+    if reason.trim().is_empty() {
+        return Err(bad(format!("{what} needs a reason: say why, in one line")));
+    }
+    crate::jobs::check_reason(reason)
+}
+
+/// Whether dataset `id` is among `named` (by its id or its short name).
+pub(crate) fn names_any(id: &str, named: &[String]) -> bool {
+    veil_policy::sql::table_names(id)
+        .iter()
+        .any(|n| named.contains(n))
+}
+
 fn load_link(conn: &rusqlite::Connection, id: &str) -> Result<Link> {
     let row = conn
         .query_row(&format!("{SELECT_LINK} WHERE id = ?1"), [id], link_from_row)
@@ -397,7 +417,17 @@ impl Veil {
     /// The datasets linked to `dataset` by accepted links whose current policy admits
     /// `consumer`: what a SQL job on `dataset` may join. Planned against their schemas only
     /// (empty tables): nothing of their rows is read before a job starts.
-    pub(crate) fn partners_for(&self, consumer: &str, dataset: &str) -> Result<Vec<LinkedPartner>> {
+    /// Only the datasets `named` names (as [`tables_named`] gives them) are considered, so a
+    /// job reads the schemas of just the datasets it joins.
+    pub(crate) fn partners_for(
+        &self,
+        consumer: &str,
+        dataset: &str,
+        named: &[String],
+    ) -> Result<Vec<LinkedPartner>> {
+        if named.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut stmt = self.conn.prepare(&format!(
             "{SELECT_LINK} WHERE state = 'accepted' AND (left_dataset = ?1 OR right_dataset = ?1)
              ORDER BY seq"
@@ -412,6 +442,9 @@ impl Veil {
             } else {
                 (link.right, link.left)
             };
+            if !names_any(&theirs.dataset, named) {
+                continue;
+            }
             let Some(record) = veil_catalog::get(&self.conn, &theirs.dataset)? else {
                 continue;
             };

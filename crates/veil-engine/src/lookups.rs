@@ -37,21 +37,17 @@ impl Veil {
             .collect()
     }
 
-    /// The public tables of `declared` (dataset ids) that the query `sql` names, as SQL jobs read
-    /// them ([`Veil::load_lookups`]): a query that joins none reads none.
+    /// The public tables of `declared` (dataset ids) among the tables a SQL job's query names
+    /// (`named`, [`crate::links::tables_named`]), as SQL jobs read them ([`Veil::load_lookups`]):
+    /// a query that joins none reads none.
     pub(crate) fn lookups_for(
         &self,
         declared: &[String],
-        sql: &str,
+        named: &[String],
     ) -> Result<Vec<(Lookup, DatasetRecord)>> {
-        let named = veil_policy::sql::referenced_tables(sql);
         let wanted: Vec<String> = declared
             .iter()
-            .filter(|id| {
-                veil_policy::sql::table_names(id)
-                    .iter()
-                    .any(|n| named.contains(n))
-            })
+            .filter(|id| crate::links::names_any(id, named))
             .cloned()
             .collect();
         self.load_lookups(&wanted)
@@ -75,16 +71,7 @@ impl Veil {
                 crate::execute::as_queried(batches, false).map_err(EngineError::Internal)?;
             let schema = match batches.first() {
                 Some(b) => b.schema(),
-                None => std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(
-                    schema
-                        .fields()
-                        .iter()
-                        .map(|f| {
-                            let t = veil_policy::sql::as_queried(f.data_type());
-                            f.as_ref().clone().with_data_type(t)
-                        })
-                        .collect::<Vec<_>>(),
-                )),
+                None => std::sync::Arc::new(veil_policy::sql::queried_schema(&schema)),
             };
             lookups.push((
                 Lookup {

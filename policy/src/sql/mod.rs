@@ -124,10 +124,16 @@ pub fn queried_schema(schema: &Schema) -> Schema {
         schema
             .fields()
             .iter()
-            .map(|f| f.as_ref().clone().with_data_type(as_queried(f.data_type())))
+            .map(|f| queried_field(f))
             .collect::<Vec<_>>(),
     )
 }
+
+/// A column as queries read it ([`as_queried`]).
+pub fn queried_field(field: &Field) -> Field {
+    field.clone().with_data_type(as_queried(field.data_type()))
+}
+
 pub use rewrite::{aggregate, release};
 
 /// Longest query text accepted, in bytes.
@@ -200,6 +206,9 @@ pub struct Shape {
     pub columns: Vec<String>,
     /// The rows of the public tables the query joins (public; the schedule counts them).
     pub lookup_rows: u64,
+    /// The most rows one person can have in the query's input (public; the schedule counts
+    /// them): the policy's `max_rows_per_unit`, times the partner's over a link.
+    pub rows_per_unit: u32,
     /// The policy the job runs under: the dataset's, or with a linked dataset the conjunction of
     /// both holders' policies ([`Policy::conjunction`]).
     pub policy: Policy,
@@ -239,17 +248,24 @@ pub fn shape(
     let logical = plan_query(&spec.text, &tables, Arc::new(table), readable)?;
     let mut dissected = dissect(&logical, &unit, &tables, readable)?;
     // A linked query's unit is the link key (the token): one person across both datasets.
+    let own_rows = policy.max_rows_per_unit;
     let mut policy = policy.clone();
-    if let Some(link) = dissected.sources.link.clone() {
-        let partner = readable
+    let mut rows_per_unit = own_rows;
+    let link = dissected.sources.link.clone();
+    let partner = link.as_ref().map(|l| {
+        readable
             .partners
             .iter()
-            .find(|p| p.dataset == link.partner)
-            .expect("sources() found it");
+            .find(|p| p.dataset == l.partner)
+            .expect("sources() found it")
+    });
+    if let (Some(link), Some(partner)) = (&link, partner) {
         policy = policy.conjunction(&partner.policy, &link.key);
         unit = link.key.clone();
         dissected = dissect(&logical, &unit, &tables, readable)?;
-        check_partner_columns(&dissected, &link, &partner.policy)?;
+        check_partner_columns(&dissected, link, &partner.policy)?;
+        // A person's joined rows: each of theirs with each of the partner's.
+        rows_per_unit = own_rows.saturating_mul(partner.policy.max_rows_per_unit);
     }
     let policy = &policy;
     check_columns(&dissected, &unit, policy)?;
@@ -266,13 +282,7 @@ pub fn shape(
             lookup_rows += lookup.rows();
         }
     }
-    let partner_policy = dissected.sources.link.as_ref().and_then(|l| {
-        readable
-            .partners
-            .iter()
-            .find(|p| p.dataset == l.partner)
-            .map(|p| &p.policy)
-    });
+    let partner_policy = partner.map(|p| &p.policy);
     let (values, per_unit) = released_values(&dissected, spec, policy, partner_policy)?;
     check_declared_names(&dissected, spec)?;
     let count_weight = dissected
@@ -290,6 +300,7 @@ pub fn shape(
         count_weight,
         columns: dissected.columns(&unit),
         lookup_rows,
+        rows_per_unit,
         policy: policy.clone(),
         plan: SqlPlan {
             text: spec.text.clone(),
@@ -311,10 +322,10 @@ pub fn shape(
 /// The schema a query is planned against: the dataset's, with DECIMAL columns read as DOUBLE
 /// ([`as_queried`]) and the per-row unit column added when the dataset has no privacy unit.
 fn with_row_unit(schema: &Schema, unit: &str) -> Schema {
-    let mut fields: Vec<Field> = schema
+    let mut fields: Vec<Field> = queried_schema(schema)
         .fields()
         .iter()
-        .map(|f| f.as_ref().clone().with_data_type(as_queried(f.data_type())))
+        .map(|f| f.as_ref().clone())
         .collect();
     if unit == ROW_UNIT {
         fields.push(Field::new(

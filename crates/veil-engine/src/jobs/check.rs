@@ -119,6 +119,8 @@ impl Veil {
             ))
         })?;
         let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
+        let named = crate::links::tables_named(&manifest);
+        let partners = self.partners_for(consumer, &manifest.dataset, &named)?;
         if let Some(sql) = &manifest.sql {
             // The query itself is planned and checked by the pre-check (bad SQL is bad input
             // there, before anything is recorded); its text is the job's algorithm.
@@ -128,11 +130,10 @@ impl Veil {
                 ));
             }
             let lookups = self
-                .lookups_for(&stored.policy.public_tables, &sql.text)?
+                .lookups_for(&stored.policy.public_tables, &named)?
                 .into_iter()
                 .map(|(lookup, _)| lookup)
                 .collect();
-            let partners = self.partners_for(consumer, &manifest.dataset)?;
             return Ok(Vetted {
                 module_hash: veil_policy::document_hash(&sql.text),
                 manifest_hash: document_hash(text),
@@ -144,10 +145,6 @@ impl Veil {
                 partners,
             });
         }
-        let partners = match &manifest.join {
-            Some(_) => self.partners_for(consumer, &manifest.dataset)?,
-            None => Vec::new(),
-        };
         // Validate and compile before recording anything: a bad module is bad input.
         let compiled = self.sandbox()?.compile(wasm)?;
         if compiled.is_component() && manifest.blocks.is_none() {

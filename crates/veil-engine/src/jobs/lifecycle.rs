@@ -316,18 +316,15 @@ impl Veil {
         let mut manifest = JobManifest::from_toml(&job.manifest)?;
         manifest.dataset = job.dataset.clone();
         let schema = veil_catalog::schema_of(&self.data_dir, &record)?;
+        let named = crate::links::tables_named(&manifest);
         let (lookups, lookup_records): (Vec<_>, Vec<_>) = match &manifest.sql {
-            Some(sql) => self
-                .lookups_for(&stored.policy.public_tables, &sql.text)?
+            Some(_) => self
+                .lookups_for(&stored.policy.public_tables, &named)?
                 .into_iter()
                 .unzip(),
             None => Default::default(),
         };
-        let mut partners = if manifest.sql.is_some() || manifest.join.is_some() {
-            self.partners_for(&job.consumer, &job.dataset)?
-        } else {
-            Vec::new()
-        };
+        let mut partners = self.partners_for(&job.consumer, &job.dataset, &named)?;
         let planned: Vec<veil_policy::sql::Partner> =
             partners.iter().map(|p| p.partner.clone()).collect();
         let readable = veil_policy::sql::Tables {
