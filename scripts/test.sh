@@ -15,6 +15,9 @@ command -v clang >/dev/null 2>&1 || missing+=(clang)
 command -v wasm-ld >/dev/null 2>&1 || missing+=(lld)
 # python3 -m venv holds componentize-py, which builds the Python example guests.
 python3 -m venv --help >/dev/null 2>&1 && python3 -c "import ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
+# Headless Chromium and its driver run the web console's browser tests (tests/console).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq
@@ -37,6 +40,17 @@ if ! "$api_tools/bin/schemathesis" --version 2>/dev/null | grep -q "version $sch
   "$api_tools/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
 fi
 export VEIL_SCHEMATHESIS="$api_tools/bin/schemathesis"
+
+# The Python client's tests and the console's browser tests (tests/integration/clients.rs) run
+# pytest from a venv holding clients/python/requirements-test.txt; reinstalled when that changes.
+client_tools="$target_dir/client-tools"
+requirements=clients/python/requirements-test.txt
+if ! cmp -s "$requirements" "$client_tools/requirements-test.txt"; then
+  python3 -m venv "$client_tools"
+  "$client_tools/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$client_tools/requirements-test.txt"
+fi
+export VEIL_CLIENT_TOOLS="$client_tools"
 
 # The integration tests drive the real `veil` binary.
 cargo build -p veil-cli

@@ -8,6 +8,7 @@ mod audit;
 mod bad_input;
 mod blocks;
 mod check;
+mod clients;
 mod crash;
 mod demo;
 mod durability;
