@@ -94,6 +94,9 @@ pub enum Operation {
     DecideJob,
     /// Read one's own budget.
     ReadBudget,
+    /// Read the consumers' ledgers and the policy history of a dataset: its owner's own, or any
+    /// for reviewers and admins (what the holder's console shows beside its approval queue).
+    ReadLedgers,
     /// Read the whole audit log, its summary, its export and the metrics.
     ReadAudit,
     /// Create, list, revoke principals and reissue their tokens.
@@ -113,6 +116,7 @@ impl Operation {
             | Operation::DecideJob => &[Role::Holder],
             Operation::SubmitJob | Operation::ReadBudget => &[Role::Consumer],
             Operation::ReadAudit => &[Role::Reviewer, Role::Admin],
+            Operation::ReadLedgers => &[Role::Holder, Role::Reviewer, Role::Admin],
             Operation::ManagePrincipals => &[Role::Admin],
         }
     }

@@ -57,6 +57,18 @@ pub struct PolicyDocument {
     pub toml: String,
 }
 
+/// One version in a dataset's policy history (`GET /v1/datasets/{name}/policy/versions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRevision {
+    pub version: u64,
+    /// SHA-256 of the text.
+    pub hash: String,
+    pub holder: String,
+    /// When it was set (RFC 3339).
+    pub created_at: String,
+    pub toml: String,
+}
+
 /// The answer to setting a policy: which version it became.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyVersion {
@@ -595,6 +607,33 @@ impl Veil {
             });
         }
         Ok(entry)
+    }
+
+    /// Every policy version of a dataset `caller` may read the ledgers of (its owner, reviewers,
+    /// admins), oldest first.
+    pub fn policy_history_as(
+        &self,
+        caller: &Caller,
+        reference: &str,
+    ) -> Result<Vec<PolicyRevision>> {
+        require(caller, Operation::ReadLedgers)?;
+        let dataset = self.find_dataset(caller, reference)?.name;
+        let mut stmt = self.conn.prepare(
+            "SELECT version, hash, holder, created_at, toml FROM policies WHERE dataset = ?1
+             ORDER BY version",
+        )?;
+        let revisions = stmt
+            .query_map([&dataset], |r| {
+                Ok(PolicyRevision {
+                    version: r.get(0)?,
+                    hash: r.get(1)?,
+                    holder: r.get(2)?,
+                    created_at: r.get(3)?,
+                    toml: r.get(4)?,
+                })
+            })?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(revisions)
     }
 
     /// The current policy of a dataset (by id), if one has been set.

@@ -59,12 +59,14 @@ use veil_sandbox::{Sandbox, SandboxConfig};
 
 pub use access::{Caller, DatasetView, JobView, OPERATOR, Operation, Viewer, require};
 pub use codes::{ConsumerCode, ConsumerState, JobCode};
-pub use datasets::{PolicyDocument, PolicyVersion, RegisterOptions, Registered, StoredPolicy};
+pub use datasets::{
+    PolicyDocument, PolicyRevision, PolicyVersion, RegisterOptions, Registered, StoredPolicy,
+};
 pub use error::{EngineError, ErrorKind, Result};
 pub use jobs::lifecycle::read_job_files;
 pub use jobs::{
-    BudgetLine, ConsumerJobView, JobCheck, JobInfo, JobRun, JobState, LinkedLeft, Submission,
-    SubmitOutcome,
+    BudgetLine, ConsumerBudget, ConsumerJobView, JobCheck, JobInfo, JobRun, JobState, LinkedLeft,
+    Submission, SubmitOutcome,
 };
 pub use link::{LinkEvaluation, LinkKey, parse_link_key};
 pub use links::{Link, LinkSide, LinkState};

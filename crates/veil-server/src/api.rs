@@ -346,6 +346,36 @@ pub(crate) async fn policy(
         .await
 }
 
+/// Every policy version of a dataset, oldest first (its owner, reviewers, admins).
+pub(crate) async fn policy_versions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    state
+        .as_caller(&headers, Some(Operation::ReadLedgers), move |veil, who| {
+            Ok(Json(
+                json!({ "versions": veil.policy_history_as(&who, &name)? }),
+            ))
+        })
+        .await
+}
+
+/// Every consumer's ledger on a dataset (its owner, reviewers, admins).
+pub(crate) async fn dataset_budgets(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    state
+        .as_caller(&headers, Some(Operation::ReadLedgers), move |veil, who| {
+            Ok(Json(
+                json!({ "budgets": veil.dataset_budgets_as(&who, &name)? }),
+            ))
+        })
+        .await
+}
+
 /// Sets a new policy version from the TOML request body, as the dataset's owner.
 pub(crate) async fn set_policy(
     State(state): State<AppState>,

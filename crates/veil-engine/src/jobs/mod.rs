@@ -204,6 +204,15 @@ pub struct BudgetLine {
     pub delta_total: String,
 }
 
+/// One consumer's ledger line on a dataset, for the dataset's owner (`GET
+/// /v1/datasets/{name}/budgets`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsumerBudget {
+    pub consumer: String,
+    #[serde(flatten)]
+    pub line: BudgetLine,
+}
+
 const JOB_COLUMNS: &str = "id, consumer, dataset, state, code, module_hash, manifest_hash, manifest, epsilon_micro, policy_version, result_hash, created_at, updated_at, release_at, linked_dataset";
 
 fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(JobInfo, String)> {

@@ -117,21 +117,62 @@ impl Veil {
             if !p.policy.allows_consumer(consumer) && used == Spent::default() {
                 continue;
             }
-            let (eps, delta) = used.totals();
-            let for_jobs = jobs_epsilon_total(&self.conn, &d.name, &p.policy)?;
-            let published = crate::datasets::published_count(&self.conn, &d.name)?;
-            out.push(BudgetLine {
-                dataset: d.name,
-                spent: eps.to_string(),
-                remaining: for_jobs.saturating_sub(eps).to_string(),
-                published: published.map(|p| p.epsilon.to_string()),
-                total: p.policy.epsilon_total.to_string(),
-                per_job_cap: p.policy.epsilon_per_job.to_string(),
-                delta_spent: delta.to_string(),
-                delta_remaining: p.policy.delta_total.saturating_sub(delta).to_string(),
-                delta_total: p.policy.delta_total.to_string(),
-            });
+            out.push(self.budget_line(&d.name, &p.policy, used)?);
         }
         Ok(out)
+    }
+
+    /// Every consumer's ledger on one dataset (those the policy admits, and those that spent on
+    /// it under an earlier policy), for its owner, reviewers and admins. ε charges are functions
+    /// of manifests and policies, never of the data.
+    pub fn dataset_budgets_as(
+        &self,
+        caller: &Caller,
+        reference: &str,
+    ) -> Result<Vec<ConsumerBudget>> {
+        require(caller, Operation::ReadLedgers)?;
+        let dataset = self.find_dataset(caller, reference)?.name;
+        let Some(p) = self.policy(&dataset)? else {
+            return Ok(Vec::new());
+        };
+        let mut consumers: Vec<String> = self
+            .conn
+            .prepare("SELECT consumer FROM budget WHERE dataset = ?1")?
+            .query_map([&dataset], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        consumers.extend(p.policy.consumers.iter().cloned());
+        consumers.sort();
+        consumers.dedup();
+        consumers
+            .into_iter()
+            .map(|consumer| {
+                let used = spent(&self.conn, &consumer, &dataset)?;
+                let line = self.budget_line(&dataset, &p.policy, used)?;
+                Ok(ConsumerBudget { consumer, line })
+            })
+            .collect()
+    }
+
+    /// One ledger line: what `used` leaves of `policy`'s budget on `dataset`.
+    fn budget_line(
+        &self,
+        dataset: &str,
+        policy: &veil_policy::Policy,
+        used: Spent,
+    ) -> Result<BudgetLine> {
+        let (eps, delta) = used.totals();
+        let for_jobs = jobs_epsilon_total(&self.conn, dataset, policy)?;
+        let published = crate::datasets::published_count(&self.conn, dataset)?;
+        Ok(BudgetLine {
+            dataset: dataset.to_owned(),
+            spent: eps.to_string(),
+            remaining: for_jobs.saturating_sub(eps).to_string(),
+            published: published.map(|p| p.epsilon.to_string()),
+            total: policy.epsilon_total.to_string(),
+            per_job_cap: policy.epsilon_per_job.to_string(),
+            delta_spent: delta.to_string(),
+            delta_remaining: policy.delta_total.saturating_sub(delta).to_string(),
+            delta_total: policy.delta_total.to_string(),
+        })
     }
 }
