@@ -33,7 +33,7 @@ fn workspace() -> PathBuf {
 
 /// Runs pytest on `suite` against a fresh server whose admin token the suite gets in
 /// `VEIL_ADMIN_TOKEN`; fails with pytest's output.
-fn pytest_against_a_server(suite: &Path, extra: &[(&str, String)]) {
+fn pytest_against_a_server(suite: &Path) {
     let python = client_tools().join("bin/python");
     let env = Env::new();
     env.ok(&["init"]);
@@ -48,7 +48,6 @@ fn pytest_against_a_server(suite: &Path, extra: &[(&str, String)]) {
         .env("VEIL_URL", server.url())
         .env("VEIL_ADMIN_TOKEN", admin)
         .env("VEIL_MODULES", env.path().join("modules"))
-        .envs(extra.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("run pytest");
     assert!(
@@ -62,5 +61,20 @@ fn pytest_against_a_server(suite: &Path, extra: &[(&str, String)]) {
 
 #[test]
 fn the_python_client_passes_its_suite_against_a_real_server() {
-    pytest_against_a_server(&workspace().join("clients/python/tests"), &[]);
+    pytest_against_a_server(&workspace().join("clients/python/tests"));
+}
+
+/// The web console in headless Chromium: a holder approves a job, a consumer reads the release
+/// with its intervals, a reviewer verifies the checkpoint in the page and sees a tampered one
+/// rejected, and a consumer's pages never show another consumer's job (DOM and network).
+#[test]
+fn the_web_console_works_for_each_party_in_a_real_browser() {
+    for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} is missing: run scripts/test.sh (it installs Debian's chromium and \
+             chromium-driver)"
+        );
+    }
+    pytest_against_a_server(&workspace().join("tests/console"));
 }

@@ -185,3 +185,13 @@ def test_the_budget_shows_what_was_spent(world, released):
     (line,) = [b for b in world.consumer.budget() if b.dataset == world.dataset]
     assert float(line.spent) >= 0.5 and float(line.total) == 5.0
     assert abs(float(line.spent) + float(line.remaining) - float(line.total)) < 1e-9
+
+
+def test_the_holder_reads_its_policy_history_and_consumers_ledgers(world, released):
+    versions = world.holder.policy_versions(world.dataset)
+    assert [v["version"] for v in versions] == [1] and "epsilon_total = 5.0" in versions[0]["toml"]
+    ledgers = world.holder.dataset_budgets(world.dataset)
+    assert set(ledgers) == {"researcher", "other-lab"}
+    assert ledgers["researcher"].spent == next(b.spent for b in world.consumer.budget() if b.dataset == world.dataset)
+    with pytest.raises(veil_client.Forbidden):
+        world.consumer.dataset_budgets(world.dataset)

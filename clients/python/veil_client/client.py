@@ -157,6 +157,15 @@ class Client:
                                body=toml_text.encode(), content_type="application/toml")
         return json.loads(raw)
 
+    def policy_versions(self, dataset: str) -> list[dict]:
+        """Every policy version of one's own dataset, oldest first (holder, reviewer, admin)."""
+        return self._json("GET", f"/v1/datasets/{self._quote(dataset)}/policy/versions")["versions"]
+
+    def dataset_budgets(self, dataset: str) -> dict[str, BudgetLine]:
+        """Each consumer's ledger on one's own dataset, by consumer (holder, reviewer, admin)."""
+        lines = self._json("GET", f"/v1/datasets/{self._quote(dataset)}/budgets")["budgets"]
+        return {b["consumer"]: BudgetLine.from_api(b) for b in lines}
+
     def approve(self, job_id: str) -> Job:
         return Job.from_api(self._json("POST", f"/v1/jobs/{self._quote(job_id)}/approve", {}))
 

@@ -30,6 +30,7 @@
 
 mod api;
 mod config;
+mod console;
 mod error;
 mod limits;
 mod telemetry;
@@ -181,6 +182,11 @@ fn app(state: AppState) -> Router {
             "/v1/datasets/{name}/policy",
             get(api::policy).put(api::set_policy),
         )
+        .route(
+            "/v1/datasets/{name}/policy/versions",
+            get(api::policy_versions),
+        )
+        .route("/v1/datasets/{name}/budgets", get(api::dataset_budgets))
         .route("/v1/datasets/{name}/certificate", get(api::certificate))
         .route("/v1/jobs", get(api::jobs).post(api::submit_job))
         .route("/v1/jobs/check", post(api::check_job))
@@ -216,6 +222,9 @@ fn app(state: AppState) -> Router {
             post(api::reissue_token),
         )
         .route("/metrics", get(api::metrics))
+        .route("/", get(console::root))
+        .route("/console/", get(console::index))
+        .route("/console/{*path}", get(console::file))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(body_limit)
