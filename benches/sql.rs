@@ -6,7 +6,8 @@
 //! `SELECT grp, COUNT(*), AVG(x) ... GROUP BY grp` on the same in-memory table; "DP SQL" is the
 //! whole SQL job after planning: the rewrite to one row per (person, group), the gate's bounding,
 //! exact aggregation and noise (`veil_policy::sql::release`). For scale, the plain query with
-//! `COUNT(DISTINCT person_id)` too, which pays for the same per-person grouping. Each figure is the median of 3 runs.
+//! `COUNT(DISTINCT person_id)` too, which pays for the same per-person grouping. Each figure is
+//! the median of 3 runs.
 //!
 //! Accuracy (when `../shared/data/census2000.csv` exists, or `VEIL_CENSUS`): count and mean of
 //! log weekly income by state at ε = 1 over 200 releases through the SQL path, with the states as
