@@ -245,7 +245,13 @@ pub fn shape(
     let table_schema = with_row_unit(schema, &unit);
     let table = MemTable::try_new(Arc::new(table_schema), vec![vec![]])?;
     let tables = table_names(dataset);
-    let logical = plan_query(&spec.text, &tables, Arc::new(table), readable)?;
+    let logical = plan_query(
+        &spec.text,
+        &tables,
+        Arc::new(table),
+        readable,
+        &policy.public_tables,
+    )?;
     let mut dissected = dissect(&logical, &unit, &tables, readable)?;
     // A linked query's unit is the link key (the token): one person across both datasets.
     let own_rows = policy.max_rows_per_unit;
@@ -366,12 +372,14 @@ const SUPPORTED: &str = "a SQL job is `SELECT <group expressions>, <aggregates> 
      APPROX_PERCENTILE_CONT, VARIANCE and STDDEV (docs/sql.md)";
 
 /// Parses one `SELECT` statement and plans it against `table` under the names `tables`, with
-/// the public tables `lookups`.
+/// the public tables `lookups`. `declared` (the policy's public tables) only names them in the
+/// error for a table the query may not read.
 fn plan_query(
     text: &str,
     tables: &[String],
     table: Arc<dyn datafusion::catalog::TableProvider>,
     readable: &Tables<'_>,
+    declared: &[String],
 ) -> Result<LogicalPlan> {
     check_size(text)?;
     let mut statements = DFParserBuilder::new(text)
@@ -408,7 +416,7 @@ fn plan_query(
     for p in readable.partners {
         sources.push((table_names(&p.dataset), p.table.clone()));
     }
-    let provider = provider::DatasetOnly::new(sources);
+    let provider = provider::DatasetOnly::new(sources, declared);
     SqlToRel::new_with_options(&provider, ParserOptions::default())
         .sql_statement_to_plan(statement)
         .map_err(|e| unsupported(strip_prefix(&e)))

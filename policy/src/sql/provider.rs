@@ -24,13 +24,26 @@ pub(super) struct DatasetOnly {
     aggregates: HashMap<String, Arc<AggregateUDF>>,
     planners: Vec<Arc<dyn ExprPlanner>>,
     options: ConfigOptions,
+    /// The tables a query may join (ids: the policy's public tables, linked datasets), named
+    /// when it reads another.
+    joinable: Vec<String>,
 }
 
 impl DatasetOnly {
     /// `tables` are the only tables a query may read, each with its names (requires at least
     /// one name each; the dataset first) and its rows (an empty table with the dataset's schema
-    /// when only planning).
-    pub(super) fn new(tables: Vec<(Vec<String>, Arc<dyn TableProvider>)>) -> DatasetOnly {
+    /// when only planning). `declared` are the policy's public tables, named with the others
+    /// in the error for a table a query may not read; it grants nothing (only `tables` are
+    /// reachable).
+    pub(super) fn new(
+        tables: Vec<(Vec<String>, Arc<dyn TableProvider>)>,
+        declared: &[String],
+    ) -> DatasetOnly {
+        let joinable = tables[1..]
+            .iter()
+            .map(|(names, _)| names.last().unwrap_or(&names[0]).clone())
+            .chain(declared.iter().cloned())
+            .collect();
         let state = SessionStateBuilder::new().with_default_features().build();
         DatasetOnly {
             tables: tables
@@ -41,6 +54,7 @@ impl DatasetOnly {
             aggregates: state.aggregate_functions().clone(),
             planners: state.expr_planners().to_vec(),
             options: state.config_options().as_ref().clone(),
+            joinable,
         }
     }
 }
@@ -55,22 +69,10 @@ impl ContextProvider for DatasetOnly {
         {
             return Ok(source.clone());
         }
-        let others: Vec<String> = self.tables[1..]
-            .iter()
-            .map(|(names, _)| format!("`{}`", names.last().unwrap_or(&names[0])))
-            .collect();
-        let also = if others.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " and the tables it may join: its policy's public tables and the datasets \
-                 linked to it ({})",
-                others.join(", ")
-            )
-        };
-        Err(DataFusionError::Plan(format!(
-            "the query reads `{name}`; a SQL job reads only its dataset, `{}`{also}",
-            self.tables[0].0[0]
+        Err(DataFusionError::Plan(not_readable(
+            &name.to_string(),
+            &self.tables[0].0[0],
+            &self.joinable,
         )))
     }
 
@@ -117,4 +119,28 @@ impl ContextProvider for DatasetOnly {
     fn udwf_names(&self) -> Vec<String> {
         Vec::new()
     }
+}
+
+/// The error for a query that reads `name`: what a SQL job on `dataset` may read instead —
+/// the tables it may join (`joinable`: its policy's public tables and the linked datasets it
+/// names), by short name.
+fn not_readable(name: &str, dataset: &str, joinable: &[String]) -> String {
+    let mut names: Vec<String> = joinable
+        .iter()
+        .map(|id| format!("`{}`", super::table_names(id)[0]))
+        .collect();
+    names.sort();
+    names.dedup();
+    let joins = if names.is_empty() {
+        " (its policy declares no public tables to join)".to_owned()
+    } else {
+        format!(
+            ", and the tables it may join: {} (its policy's public tables and linked datasets)",
+            names.join(", ")
+        )
+    };
+    format!(
+        "the query reads `{name}`; a SQL job reads only its dataset, `{dataset}`{joins}; \
+         check the table's name (docs/sql.md; linked datasets: docs/linking.md)"
+    )
 }

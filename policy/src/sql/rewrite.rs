@@ -87,7 +87,8 @@ pub(super) fn contributions(
     table: Arc<dyn TableProvider>,
     readable: &Tables<'_>,
 ) -> Result<(LogicalPlan, Post)> {
-    let logical = plan_query(&sql.text, &sql.tables, table, readable)?;
+    let lookups: Vec<String> = readable.lookups.iter().map(|l| l.dataset.clone()).collect();
+    let logical = plan_query(&sql.text, &sql.tables, table, readable, &lookups)?;
     let dissected = dissect(&logical, &sql.unit, &sql.tables, readable)?;
     // The dataset's rows under the query's filters, made total (see `rows`).
     let mut input = LogicalPlanBuilder::from(dissected.base.clone());

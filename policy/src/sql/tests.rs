@@ -611,7 +611,7 @@ fn lookup_joins_that_could_leak_or_multiply_rows_are_refused() {
         (
             "SELECT l.label AS label, COUNT(*) AS n FROM people p JOIN other l \
              ON p.educ = l.level GROUP BY l.label",
-            "the datasets linked to it (`clinic:levels`)",
+            "the tables it may join: `levels`",
         ),
         (
             "SELECT l.label AS label, COUNT(*) AS n FROM people p JOIN levels l \
@@ -655,6 +655,39 @@ fn lookup_joins_that_could_leak_or_multiply_rows_are_refused() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("reads only its dataset"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("its policy declares no public tables to join"),
+        "{e}"
+    );
+}
+
+/// A misspelt public table is refused with the tables the policy declares, so the consumer
+/// can fix the name (not only the tables the query happened to name).
+#[test]
+fn a_misspelt_public_table_names_the_declared_ones() {
+    let policy = Policy::from_toml(&format!(
+        "public_tables = [\"clinic:levels\", \"clinic:regions\"]\n{POLICY}"
+    ))
+    .unwrap();
+    let e = shape(
+        &spec(
+            "SELECT l.label AS label, COUNT(*) AS n FROM people p JOIN levls l \
+             ON p.educ = l.level GROUP BY l.label",
+        ),
+        "clinic:people",
+        &schema(),
+        &policy,
+        &Tables::default(),
+    )
+    .unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("the query reads `levls`"), "{text}");
+    assert!(
+        text.contains("the tables it may join: `levels`, `regions`"),
+        "{text}"
+    );
+    assert!(matches!(e, PolicyError::Invalid { .. }), "bad input: {e:?}");
 }
 
 /// The joined run: each person's rows carry the lookup's label, one row per (person, label),
