@@ -37,4 +37,6 @@ pub use manifest::{
     Aggregate, DeliveredColumn, DeliveredType, JobManifest, JobPlan, Noise, precheck,
     precheck_with_lookups,
 };
-pub use model::{Approval, ColumnClass, ColumnRule, Epsilon, Policy, document_hash};
+pub use model::{
+    Approval, ColumnClass, ColumnRule, Epsilon, Policy, consumer_view_of_text, document_hash,
+};

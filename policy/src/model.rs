@@ -711,6 +711,27 @@ impl Policy {
     }
 }
 
+/// The policy text `text` as the admitted consumer `consumer` is shown it: the `consumers`
+/// list cut to that consumer alone, everything else byte for byte, so that consumers of one
+/// dataset do not learn each other's names from the policy they read. Requires `text` to be a
+/// stored (valid) policy; a text without a `consumers` list is returned unchanged.
+pub fn consumer_view_of_text(text: &str, consumer: &str) -> String {
+    #[derive(Deserialize)]
+    struct ConsumersOnly {
+        consumers: Spanned<Vec<String>>,
+    }
+    let Ok(parsed) = toml::from_str::<ConsumersOnly>(text) else {
+        return text.to_owned();
+    };
+    let span = parsed.consumers.span();
+    let only = toml::Value::String(consumer.to_owned());
+    format!(
+        "{}[{only}] # other admitted consumers are not shown{}",
+        &text[..span.start],
+        &text[span.end..]
+    )
+}
+
 /// SHA-256 of a document's exact bytes, hex: how policies and manifests are identified.
 pub fn document_hash(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
@@ -746,6 +767,30 @@ mod tests {
             let bytes = m.mutate(EXAMPLE.as_bytes());
             let _ = Policy::from_toml(&String::from_utf8_lossy(&bytes));
         }
+    }
+
+    /// A consumer reads the policy with only its own name in `consumers`; the rest is the
+    /// holder's text, and it still parses to the same rules for that consumer.
+    #[test]
+    fn a_consumer_sees_only_its_own_name() {
+        let text = EXAMPLE.replace(
+            "consumers = [\"acme\"]",
+            "consumers = [\n  \"acme\",\n  \"rival-co\", # since May\n] # two buyers",
+        );
+        let full = Policy::from_toml(&text).unwrap();
+        let shown = consumer_view_of_text(&text, "acme");
+        assert!(!shown.contains("rival-co"), "{shown}");
+        assert!(!shown.contains("since May"), "{shown}");
+        assert!(shown.contains("consumers = [\"acme\"]"), "{shown}");
+        let seen = Policy::from_toml(&shown).unwrap();
+        assert_eq!(seen.consumers, ["acme"]);
+        assert_eq!(
+            seen.columns, full.columns,
+            "every other rule as the holder wrote it"
+        );
+        assert_eq!(seen.epsilon_per_job, full.epsilon_per_job);
+        let tail = |t: &str| t[t.find("approval").unwrap()..].to_owned();
+        assert_eq!(tail(&shown), tail(&text), "the rest byte for byte");
     }
 
     pub(crate) const EXAMPLE: &str = r#"

@@ -92,3 +92,49 @@ fn tokens_are_shown_once_stored_hashed_and_authenticate_their_principal() {
         text(&out.stderr)
     );
 }
+
+/// Consumers of one dataset do not learn each other's names: each reads the policy with the
+/// `consumers` list cut to itself, in local and remote mode alike; the holder reads it whole,
+/// and the hash shown is always the holder's text's (the one receipts name).
+#[test]
+fn consumers_read_the_policy_without_each_others_names() {
+    const RIVAL: &str = "rival-co";
+    let env = Env::new();
+    let text = policy("auto").replace(
+        &format!("consumers = [\"{CONSUMER}\"]"),
+        &format!("consumers = [\"{CONSUMER}\", \"{RIVAL}\"]"),
+    );
+    env.setup_with_policy(&text);
+    env.ok(&["admin", "add-principal", RIVAL, "--role", "consumer"]);
+    let holder = env.ok(&["--as", HOLDER, "policy", "show", "people"]);
+    assert!(
+        holder.contains(RIVAL) && holder.contains(CONSUMER),
+        "{holder}"
+    );
+    let hash = |shown: &str| shown.split("sha256 ").nth(1).map(|t| t[..64].to_owned());
+    for (me, other) in [(CONSUMER, RIVAL), (RIVAL, CONSUMER)] {
+        let shown = env.ok(&["--as", me, "policy", "show", "people"]);
+        assert!(!shown.contains(other), "{me} sees {other}: {shown}");
+        assert!(
+            shown.contains(&format!("consumers = [\"{me}\"]")),
+            "{shown}"
+        );
+        assert!(shown.contains("weekly_income"), "the rules stay: {shown}");
+        assert_eq!(hash(&shown), hash(&holder), "the holder's text's hash");
+    }
+
+    let server = Server::start(&env.data_dir(), &[]);
+    let http = Http::new(&server);
+    let token = token_for(&env, CONSUMER, "consumer");
+    let (status, body) = http.get("/v1/datasets/people/policy", Some(&token));
+    assert_eq!(status, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["consumers_withheld"], true, "{doc}");
+    assert!(!body.contains(RIVAL), "{body}");
+    let token = token_for(&env, HOLDER, "holder");
+    let (_, body) = http.get("/v1/datasets/people/policy", Some(&token));
+    assert!(
+        body.contains(RIVAL) && !body.contains("consumers_withheld"),
+        "{body}"
+    );
+}

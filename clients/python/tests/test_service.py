@@ -195,3 +195,11 @@ def test_the_holder_reads_its_policy_history_and_consumers_ledgers(world, releas
     assert ledgers["researcher"].spent == next(b.spent for b in world.consumer.budget() if b.dataset == world.dataset)
     with pytest.raises(veil_client.Forbidden):
         world.consumer.dataset_budgets(world.dataset)
+
+
+def test_a_consumer_reads_the_policy_without_other_consumers(world):
+    mine = world.consumer.policy(world.dataset)
+    assert mine.consumers_withheld and "other-lab" not in mine.toml and "researcher" in mine.toml
+    whole = world.holder.policy(world.dataset)
+    assert not whole.consumers_withheld and "other-lab" in whole.toml
+    assert mine.hash == whole.hash

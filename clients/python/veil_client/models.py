@@ -61,10 +61,14 @@ class Policy:
     hash: str
     holder: str
     toml: str
+    #: True in a consumer's copy: ``toml`` lists only that consumer, so it does not hash to
+    #: ``hash`` (the holder's full text, as receipts name it).
+    consumers_withheld: bool = False
 
     @staticmethod
     def from_api(d: dict) -> "Policy":
-        return Policy(d["dataset"], d["version"], d["hash"], d["holder"], d["toml"])
+        return Policy(d["dataset"], d["version"], d["hash"], d["holder"], d["toml"],
+                      bool(d.get("consumers_withheld", False)))
 
 
 @dataclass(frozen=True)

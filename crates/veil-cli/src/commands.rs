@@ -131,6 +131,9 @@ fn policy(cmd: PolicyCmd, b: &mut dyn Backend) -> Result<()> {
                 "# policy version {} of `{}`, set by {} (sha256 {})",
                 p.version, p.dataset, p.holder, p.hash
             );
+            if p.consumers_withheld {
+                println!("# (the hash is of the holder's text, which also names other consumers)");
+            }
             print!("{}", p.toml);
         }
     }

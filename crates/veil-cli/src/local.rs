@@ -103,7 +103,7 @@ impl Backend for Local {
     }
 
     fn policy(&mut self, dataset: &str) -> Result<PolicyDocument> {
-        Ok(self.veil.policy_as(&self.caller, dataset)?.document())
+        Ok(self.veil.policy_as(&self.caller, dataset)?)
     }
 
     fn budget(&mut self) -> Result<Vec<BudgetLine>> {

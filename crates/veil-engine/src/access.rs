@@ -23,7 +23,7 @@ use veil_catalog::{CatalogEntry, DatasetRecord};
 
 use veil_policy::Release;
 
-use crate::datasets::StoredPolicy;
+use crate::datasets::PolicyDocument;
 use crate::jobs::{ConsumerJobView, JobInfo, JobState, no_such_job};
 
 use crate::principals::{Principal, Role};
@@ -294,11 +294,21 @@ impl Veil {
         self.dataset_view(caller, record)
     }
 
-    /// The current policy of a dataset `caller` may see; [`EngineError::NotFound`] if it has none.
-    pub fn policy_as(&self, caller: &Caller, reference: &str) -> Result<StoredPolicy> {
+    /// The current policy of a dataset `caller` may see, as it may see it: a consumer reads it
+    /// with the `consumers` list cut to itself (admitted consumers do not learn each other's
+    /// names; `hash` stays that of the holder's text, which receipts and the audit name).
+    /// [`EngineError::NotFound`] if it has none.
+    pub fn policy_as(&self, caller: &Caller, reference: &str) -> Result<PolicyDocument> {
         let id = self.find_dataset(caller, reference)?.name;
-        self.policy(&id)?
-            .ok_or_else(|| EngineError::NotFound(format!("dataset `{id}` has no policy yet")))
+        let stored = self
+            .policy(&id)?
+            .ok_or_else(|| EngineError::NotFound(format!("dataset `{id}` has no policy yet")))?;
+        let mut document = stored.document();
+        if let Viewer::Consumer(consumer) = caller.viewer() {
+            document.toml = veil_policy::consumer_view_of_text(&document.toml, consumer);
+            document.consumers_withheld = true;
+        }
+        Ok(document)
     }
 
     /// Whether `viewer` may see `job`: its consumer, the owner of its dataset, an auditor.

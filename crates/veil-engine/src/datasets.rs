@@ -53,8 +53,12 @@ pub struct PolicyDocument {
     pub hash: String,
     /// Who set it: the dataset's owner.
     pub holder: String,
-    /// The policy as its holder wrote it (TOML).
+    /// The policy as its holder wrote it (TOML); for a consumer, with the `consumers` list cut
+    /// to that consumer (so `hash` is not the hash of this text).
     pub toml: String,
+    /// Set for a consumer's view: other admitted consumers' names were cut from `toml`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub consumers_withheld: bool,
 }
 
 /// One version in a dataset's policy history (`GET /v1/datasets/{name}/policy/versions`).
@@ -89,6 +93,7 @@ impl StoredPolicy {
             hash: self.hash.clone(),
             holder: self.holder.clone(),
             toml: self.text.clone(),
+            consumers_withheld: false,
         }
     }
 

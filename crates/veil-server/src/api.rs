@@ -341,7 +341,7 @@ pub(crate) async fn policy(
 ) -> ApiResult {
     state
         .as_caller(&headers, ANYONE, move |veil, who| {
-            Ok(Json(json!(veil.policy_as(&who, &name)?.document())))
+            Ok(Json(json!(veil.policy_as(&who, &name)?)))
         })
         .await
 }
