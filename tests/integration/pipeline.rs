@@ -431,11 +431,16 @@ fn median_and_quantile_values_come_from_a_noisy_histogram() {
 #[test]
 fn rows_beyond_the_policy_cap_are_not_delivered() {
     let env = Env::new();
-    // Odd-numbered people have two yearly rows; the policy lets one of them through.
-    env.setup_with_policy(&policy("manual").replace(
-        "max_groups_per_unit = 1",
-        "max_groups_per_unit = 1\nmax_rows_per_unit = 1",
-    ));
+    // Odd-numbered people have two yearly rows; the policy lets one of them through. (Its
+    // max_units makes room for all 603 rows at one per unit, as SQL jobs read every row.)
+    env.setup_with_policy(
+        &policy("manual")
+            .replace(
+                "max_groups_per_unit = 1",
+                "max_groups_per_unit = 1\nmax_rows_per_unit = 1",
+            )
+            .replace("max_units = 500", "max_units = 1000"),
+    );
     let out = submit(&env, &income_manifest(0.5), "income.toml");
     let job = text(&out.stdout).trim().to_owned();
     env.ok(&["--as", HOLDER, "job", "approve", &job]);

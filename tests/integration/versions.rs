@@ -289,3 +289,26 @@ fn versions_and_removal_work_the_same_over_http() {
         text(&out.stderr)
     );
 }
+
+/// SQL jobs read every row and are scheduled for `max_units × max_rows_per_unit` rows: a policy
+/// under which the dataset has more is refused (it would make SQL jobs release late, a timing
+/// channel), saying which value fits, and changes nothing.
+#[test]
+fn a_policy_must_schedule_for_every_row() {
+    let env = Env::new();
+    env.setup("auto");
+    let before = env.snapshot();
+    // 603 rows of 402 people; 500 units of one row each are too few rows.
+    let tight = policy("auto").replace("max_units = 500", "max_units = 500\nmax_rows_per_unit = 1");
+    let out = env.set_policy("tight.toml", &tight);
+    assert!(!out.status.success());
+    let msg = text(&out.stderr);
+    assert!(
+        msg.contains("has 603 rows") && msg.contains("max_rows_per_unit to at least 2"),
+        "{msg}"
+    );
+    assert_eq!(env.snapshot(), before, "a refused policy changes nothing");
+    let fitting = tight.replace("max_rows_per_unit = 1", "max_rows_per_unit = 2");
+    let out = env.set_policy("fitting.toml", &fitting);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

@@ -276,7 +276,7 @@ impl Veil {
             .and_then(|p| p.validate_against(schema, record.privacy_unit.as_deref()));
         match fits {
             Err(e) => Ok(Some(e.to_string())),
-            Ok(policy) => match self.check_max_units(record, policy.max_units) {
+            Ok(policy) => match self.check_public_bounds(record, &policy) {
                 Err(e) => Ok(Some(e.to_string())),
                 Ok(()) => Ok(None),
             },
@@ -441,7 +441,7 @@ impl Veil {
         policy.public_tables =
             self.resolve_public_tables(caller, &record.name, &policy.public_tables)?;
         check_link_key_classes(&record, &policy)?;
-        self.check_max_units(&record, policy.max_units)?;
+        self.check_public_bounds(&record, &policy)?;
         self.check_unit_count_unchanged(dataset, &policy)?;
         let draw = self.unit_count_to_draw(&record, &policy)?;
         let warnings = self.policy_warnings(dataset, &policy)?;
@@ -519,9 +519,16 @@ impl Veil {
             .collect())
     }
 
-    /// Refuses a policy whose public bound on privacy units the dataset exceeds: jobs are scheduled
-    /// for `max_units` units, so more would make them release late. The message is for the owner,
-    /// who may know the count.
+    /// Refuses a policy whose public bounds the dataset exceeds: jobs are scheduled for
+    /// `max_units` units and SQL jobs (which read every row) for `max_units × max_rows_per_unit`
+    /// rows, so more would make them release late — a timing channel. The messages are for the
+    /// owner, who may know the counts.
+    fn check_public_bounds(&self, record: &DatasetRecord, policy: &Policy) -> Result<()> {
+        self.check_max_units(record, policy.max_units)?;
+        check_max_rows(record, policy)
+    }
+
+    /// Refuses a policy whose public bound on privacy units the dataset exceeds.
     fn check_max_units(&self, record: &DatasetRecord, max_units: u64) -> Result<()> {
         if record.rows <= max_units {
             return Ok(());
@@ -770,4 +777,22 @@ fn count_distinct(batches: &[datafusion::arrow::array::RecordBatch]) -> Result<u
         }
     }
     Ok(seen.len() as u64)
+}
+
+/// Refuses a policy under which the dataset has more rows than SQL jobs are scheduled for
+/// (`max_units × max_rows_per_unit`; module jobs sample each unit's rows down to the cap, SQL
+/// jobs read them all).
+fn check_max_rows(record: &DatasetRecord, policy: &Policy) -> Result<()> {
+    let per_unit = u64::from(policy.max_rows_per_unit.max(1));
+    let scheduled = policy.max_units.saturating_mul(per_unit);
+    if record.rows <= scheduled {
+        return Ok(());
+    }
+    let needed = record.rows.div_ceil(policy.max_units.max(1));
+    Err(bad(format!(
+        "`{}` has {} rows but SQL jobs are scheduled for at most max_units × max_rows_per_unit = \
+         {} × {} = {scheduled}: set max_rows_per_unit to at least {needed}, or raise max_units \
+         (both are public; module jobs see at most max_rows_per_unit rows of a unit)",
+        record.name, record.rows, policy.max_units, per_unit
+    )))
 }
