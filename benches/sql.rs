@@ -43,7 +43,9 @@ fn schema() -> Arc<Schema> {
     ]))
 }
 
-/// `rows` rows of `people` people, each person in one group, in two partitions (one per core).
+/// `rows` rows of `people` people, each person in one group, in batches of 65,536 rows over two
+/// partitions (one per core): the layout the engine gives a SQL job's table
+/// (`veil_catalog::READ_BATCH_ROWS`, and `spread_over_cores` in `veil-engine`'s `execute.rs`).
 fn synthetic(rows: usize, people: usize) -> Arc<MemTable> {
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     let names: Vec<String> = (0..GROUPS).map(|g| format!("g{g:02}")).collect();

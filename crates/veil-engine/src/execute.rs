@@ -441,7 +441,7 @@ impl Veil {
         let Some(schema) = batches.first().map(|b| b.schema()) else {
             return Err("dataset has no batches".into());
         };
-        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
+        let table = datafusion::datasource::MemTable::try_new(schema, spread_over_cores(batches))
             .map_err(|e| e.to_string())?;
         Ok(Arc::new(table))
     }
@@ -884,6 +884,19 @@ impl BlockRun<'_> {
         }
         (done, log)
     }
+}
+
+/// `batches` dealt round-robin into one partition per core: DataFusion scans a memory table's
+/// partitions in parallel but never splits one, so a single partition ran a SQL job on one core
+/// (about twice as slow on 2 cores, `benches/sql.rs`).
+fn spread_over_cores(batches: Vec<RecordBatch>) -> Vec<Vec<RecordBatch>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut partitions = vec![Vec::new(); cores.min(batches.len()).max(1)];
+    let n = partitions.len();
+    for (i, batch) in batches.into_iter().enumerate() {
+        partitions[i % n].push(batch);
+    }
+    partitions
 }
 
 #[cfg(test)]
