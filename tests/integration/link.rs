@@ -1152,3 +1152,34 @@ fn a_parquet_files_identifiers_become_tokens_too() {
         .collect();
     assert_absent(&ids, &haystacks);
 }
+
+/// A SQL job over a link reads every joined row and is scheduled for `max_rows_per_unit` rows
+/// of a person on each side: a policy under which one token has more rows is refused (it would
+/// make such jobs release late, a timing channel), saying which value fits, and changes nothing.
+#[test]
+fn a_policy_must_schedule_for_each_tokens_rows() {
+    let env = linked_env();
+    let before = env.snapshot();
+    let amount = "amount = { class = \"sensitive\", bounds = [0, 500] }\n";
+    // Two claims per person; 120 rows in all fit 200 units of one row.
+    let one_row = linked_policy("manual", 3.0, amount)
+        .replace("max_rows_per_unit = 2", "max_rows_per_unit = 1");
+    let path = env.write("one-row.toml", &one_row);
+    let out = env.veil(&[
+        "--as",
+        INSURER,
+        "policy",
+        "set",
+        "claims",
+        path.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let msg = text(&out.stderr);
+    assert!(
+        msg.contains("a join token of `national_id`")
+            && msg.contains("has 2 rows")
+            && msg.contains("max_rows_per_unit to at least 2"),
+        "{msg}"
+    );
+    assert_eq!(env.snapshot(), before, "a refused policy changes nothing");
+}

@@ -525,7 +525,35 @@ impl Veil {
     /// owner, who may know the counts.
     fn check_public_bounds(&self, record: &DatasetRecord, policy: &Policy) -> Result<()> {
         self.check_max_units(record, policy.max_units)?;
-        check_max_rows(record, policy)
+        check_max_rows(record, policy)?;
+        self.check_rows_per_token(record, policy.max_rows_per_unit)
+    }
+
+    /// Refuses a policy under which one join token has more rows than `max_rows_per_unit`: a
+    /// SQL job over a link reads every joined row and is scheduled for at most
+    /// `max_rows_per_unit` rows of a person on each side (`policy/src/sql/mod.rs`, `shape`).
+    fn check_rows_per_token(&self, record: &DatasetRecord, max_rows_per_unit: u32) -> Result<()> {
+        if record.rows <= u64::from(max_rows_per_unit) {
+            return Ok(());
+        }
+        for key in &record.link_keys {
+            let batches = self.block_on(veil_catalog::read_columns(
+                &self.data_dir,
+                record,
+                std::slice::from_ref(key),
+            ))?;
+            let most = most_rows_of_one_value(&batches)?;
+            if most > u64::from(max_rows_per_unit) {
+                return Err(bad(format!(
+                    "a join token of `{key}` in `{}` has {most} rows but the policy's \
+                     max_rows_per_unit is {max_rows_per_unit}: set max_rows_per_unit to at \
+                     least {most} (SQL jobs over a link are scheduled for that many rows of a \
+                     person on each side)",
+                    record.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Refuses a policy whose public bound on privacy units the dataset exceeds.
@@ -759,10 +787,22 @@ pub(crate) fn published_count(conn: &Connection, dataset: &str) -> Result<Option
 
 /// Distinct non-null values of the first column of `batches`.
 fn count_distinct(batches: &[datafusion::arrow::array::RecordBatch]) -> Result<u64> {
+    Ok(rows_per_value(batches)?.len() as u64)
+}
+
+/// The most rows any one non-null value of the first column has (0 without any).
+fn most_rows_of_one_value(batches: &[datafusion::arrow::array::RecordBatch]) -> Result<u64> {
+    Ok(rows_per_value(batches)?.into_values().max().unwrap_or(0))
+}
+
+/// How many rows each non-null value of the first column of `batches` has, by its text.
+fn rows_per_value(
+    batches: &[datafusion::arrow::array::RecordBatch],
+) -> Result<std::collections::HashMap<String, u64>> {
     use datafusion::arrow::array::{Array, StringArray};
     use datafusion::arrow::compute::cast;
     use datafusion::arrow::datatypes::DataType;
-    let mut seen = std::collections::HashSet::new();
+    let mut rows = std::collections::HashMap::new();
     for batch in batches {
         let column = cast(batch.column(0), &DataType::Utf8)
             .map_err(|e| EngineError::Internal(e.to_string()))?;
@@ -772,11 +812,11 @@ fn count_distinct(batches: &[datafusion::arrow::array::RecordBatch]) -> Result<u
             .ok_or_else(|| EngineError::Internal("cast to Utf8".into()))?;
         for i in 0..column.len() {
             if column.is_valid(i) {
-                seen.insert(column.value(i).to_owned());
+                *rows.entry(column.value(i).to_owned()).or_insert(0) += 1;
             }
         }
     }
-    Ok(seen.len() as u64)
+    Ok(rows)
 }
 
 /// Refuses a policy under which the dataset has more rows than SQL jobs are scheduled for
