@@ -770,15 +770,15 @@ pub fn list(conn: &Connection) -> Result<Vec<DatasetRecord>> {
 pub const READ_BATCH_ROWS: usize = 65_536;
 
 /// Reads the stored dataset's `columns` (and nothing else), checking its content hash first so a
-/// job never runs on bytes other than the registered ones. Batches hold up to
-/// [`READ_BATCH_ROWS`] rows.
+/// job never runs on bytes other than the registered ones: the file is read once, and the bytes
+/// that were hashed are the bytes decoded (no second read a swapped file could slip into).
+/// Batches hold up to [`READ_BATCH_ROWS`] rows.
 pub async fn read_columns(
     data_dir: &Path,
     record: &DatasetRecord,
     columns: &[String],
 ) -> Result<Vec<RecordBatch>> {
-    let path = dataset_path(data_dir, &record.content_hash);
-    let bytes = fs::read(&path)?;
+    let bytes = fs::read(dataset_path(data_dir, &record.content_hash))?;
     if hex::encode(Sha256::digest(&bytes)) != record.content_hash {
         return Err(CatalogError::Read(format!(
             "stored file for `{}` does not match its content hash",
@@ -787,14 +787,29 @@ pub async fn read_columns(
     }
     let ctx =
         SessionContext::new_with_config(SessionConfig::new().with_batch_size(READ_BATCH_ROWS));
+    let url = in_memory_file(&ctx, bytes).await?;
     let df = ctx
-        .read_parquet(
-            path.to_str().expect("data dir paths are UTF-8"),
-            ParquetReadOptions::default(),
-        )
+        .read_parquet(&url, ParquetReadOptions::default())
         .await?;
     let df = df.select(columns.iter().map(ident).collect::<Vec<_>>())?;
     Ok(df.collect().await?)
+}
+
+/// Puts `bytes` in an in-memory object store registered with `ctx` and returns the URL
+/// DataFusion reads it by (so its scan still runs in parallel over the file's ranges).
+async fn in_memory_file(ctx: &SessionContext, bytes: Vec<u8>) -> Result<String> {
+    use datafusion::execution::object_store::ObjectStoreUrl;
+    use datafusion::object_store::{ObjectStoreExt, PutPayload, memory::InMemory, path};
+    const STORE: &str = "memory://";
+    const FILE: &str = "dataset.parquet";
+    let store = InMemory::new();
+    store
+        .put(&path::Path::from(FILE), PutPayload::from(bytes))
+        .await
+        .map_err(|e| CatalogError::Read(e.to_string()))?;
+    let url = ObjectStoreUrl::parse(STORE)?;
+    ctx.register_object_store(url.as_ref(), Arc::new(store));
+    Ok(format!("{STORE}/{FILE}"))
 }
 
 /// The Arrow schema of a registered dataset, rebuilt from the stored Parquet footer.
