@@ -714,14 +714,14 @@ impl Policy {
 /// The policy text `text` as the admitted consumer `consumer` is shown it: the `consumers`
 /// list cut to that consumer alone, everything else byte for byte, so that consumers of one
 /// dataset do not learn each other's names from the policy they read. Requires `text` to be a
-/// stored (valid) policy; a text without a `consumers` list is returned unchanged.
+/// stored (valid) policy; one that does not parse is not shown at all (fails closed).
 pub fn consumer_view_of_text(text: &str, consumer: &str) -> String {
     #[derive(Deserialize)]
     struct ConsumersOnly {
         consumers: Spanned<Vec<String>>,
     }
     let Ok(parsed) = toml::from_str::<ConsumersOnly>(text) else {
-        return text.to_owned();
+        return "# this policy's text cannot be shown; ask its holder\n".to_owned();
     };
     let span = parsed.consumers.span();
     let only = toml::Value::String(consumer.to_owned());
@@ -791,6 +791,8 @@ mod tests {
         assert_eq!(seen.epsilon_per_job, full.epsilon_per_job);
         let tail = |t: &str| t[t.find("approval").unwrap()..].to_owned();
         assert_eq!(tail(&shown), tail(&text), "the rest byte for byte");
+        let broken = consumer_view_of_text("consumers = [\"acme\", \"rival-co\"", "acme");
+        assert!(!broken.contains("rival-co"), "fails closed: {broken}");
     }
 
     pub(crate) const EXAMPLE: &str = r#"

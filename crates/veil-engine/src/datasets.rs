@@ -533,16 +533,19 @@ impl Veil {
     /// SQL job over a link reads every joined row and is scheduled for at most
     /// `max_rows_per_unit` rows of a person on each side (`policy/src/sql/mod.rs`, `shape`).
     fn check_rows_per_token(&self, record: &DatasetRecord, max_rows_per_unit: u32) -> Result<()> {
-        if record.rows <= u64::from(max_rows_per_unit) {
+        if record.rows <= u64::from(max_rows_per_unit) || record.link_keys.is_empty() {
             return Ok(());
         }
-        for key in &record.link_keys {
-            let batches = self.block_on(veil_catalog::read_columns(
-                &self.data_dir,
-                record,
-                std::slice::from_ref(key),
-            ))?;
-            let most = most_rows_of_one_value(&batches)?;
+        let batches = self.block_on(veil_catalog::read_columns(
+            &self.data_dir,
+            record,
+            &record.link_keys,
+        ))?;
+        for (index, key) in record.link_keys.iter().enumerate() {
+            let most = rows_per_value(&batches, index)?
+                .into_values()
+                .max()
+                .unwrap_or(0);
             if most > u64::from(max_rows_per_unit) {
                 return Err(bad(format!(
                     "a join token of `{key}` in `{}` has {most} rows but the policy's \
@@ -787,24 +790,20 @@ pub(crate) fn published_count(conn: &Connection, dataset: &str) -> Result<Option
 
 /// Distinct non-null values of the first column of `batches`.
 fn count_distinct(batches: &[datafusion::arrow::array::RecordBatch]) -> Result<u64> {
-    Ok(rows_per_value(batches)?.len() as u64)
+    Ok(rows_per_value(batches, 0)?.len() as u64)
 }
 
-/// The most rows any one non-null value of the first column has (0 without any).
-fn most_rows_of_one_value(batches: &[datafusion::arrow::array::RecordBatch]) -> Result<u64> {
-    Ok(rows_per_value(batches)?.into_values().max().unwrap_or(0))
-}
-
-/// How many rows each non-null value of the first column of `batches` has, by its text.
+/// How many rows each non-null value of column `index` of `batches` has, by its text.
 fn rows_per_value(
     batches: &[datafusion::arrow::array::RecordBatch],
+    index: usize,
 ) -> Result<std::collections::HashMap<String, u64>> {
     use datafusion::arrow::array::{Array, StringArray};
     use datafusion::arrow::compute::cast;
     use datafusion::arrow::datatypes::DataType;
     let mut rows = std::collections::HashMap::new();
     for batch in batches {
-        let column = cast(batch.column(0), &DataType::Utf8)
+        let column = cast(batch.column(index), &DataType::Utf8)
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         let column = column
             .as_any()
