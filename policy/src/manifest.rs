@@ -894,6 +894,8 @@ pub fn precheck_with_lookups(
     let mut plan = precheck_declared(&shape.policy, &derived, schema, consumer, Some(shape.plan))?;
     plan.schedule.lookup_rows = shape.lookup_rows;
     plan.schedule.max_rows_per_unit = shape.rows_per_unit;
+    // A time budget too short for the query's bounds is bad input, before anything is recorded.
+    crate::schedule::sql_schedule(&plan.schedule)?;
     Ok(plan)
 }
 

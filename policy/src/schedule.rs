@@ -140,7 +140,7 @@ impl CostModel {
 pub fn schedule(request: &ScheduleRequest, cost: &CostModel) -> Result<Schedule> {
     if request.sql {
         return Ok(Schedule {
-            duration: request.time_budget.unwrap_or_else(|| sql_duration(request)),
+            duration: sql_schedule(request)?,
             fuel_per_unit: 0,
         });
     }
@@ -204,8 +204,7 @@ pub fn schedule(request: &ScheduleRequest, cost: &CostModel) -> Result<Schedule>
 /// A SQL job's duration from public bounds alone: [`SQL_FIXED`] plus, for the policy's
 /// `max_units` units of `max_rows_per_unit` rows each, [`SQL_PER_UNIT`] per unit and
 /// [`SQL_PER_ROW`] per row and per row of the public tables it joins, rounded up to whole
-/// milliseconds. A manifest's `time_budget_ms` replaces it (a run that takes longer releases
-/// late, as for modules).
+/// milliseconds. A manifest's `time_budget_ms` may only lengthen it ([`sql_schedule`]).
 pub fn sql_duration(request: &ScheduleRequest) -> Duration {
     let units = u128::from(request.max_units.max(1));
     let rows =
@@ -213,6 +212,33 @@ pub fn sql_duration(request: &ScheduleRequest) -> Duration {
     let nanos =
         SQL_FIXED.as_nanos() + units * SQL_PER_UNIT.as_nanos() + rows * SQL_PER_ROW.as_nanos();
     Duration::from_millis(nanos.div_ceil(1_000_000).min(u128::from(u64::MAX)) as u64)
+}
+
+/// A SQL job's duration: its `time_budget_ms` when that covers [`sql_duration`], else the bound
+/// itself. A shorter budget is refused, naming the one that would do: the run could outlast it
+/// and release late by a time that grows with the rows — what a consumer must never observe.
+pub fn sql_schedule(request: &ScheduleRequest) -> Result<Duration> {
+    let needed = sql_duration(request);
+    match request.time_budget {
+        Some(budget) if budget < needed => Err(PolicyError::Invalid {
+            what: "manifest",
+            location: Location {
+                line: None,
+                field: "time_budget_ms".into(),
+            },
+            message: format!(
+                "time_budget_ms = {} is shorter than a SQL job over up to {} privacy units (the \
+                 policy's max_units) of up to {} rows each may take: set time_budget_ms to at \
+                 least {}, or leave it out",
+                budget.as_millis(),
+                request.max_units,
+                request.max_rows_per_unit,
+                needed.as_millis()
+            ),
+        }),
+        Some(budget) => Ok(budget),
+        None => Ok(needed),
+    }
 }
 
 impl Schedule {
@@ -264,6 +290,13 @@ mod tests {
         assert_eq!(
             schedule(&r, &cost()).unwrap().duration,
             Duration::from_millis(500)
+        );
+        // A shorter budget would let the run outlast it by a time that depends on the rows.
+        r.time_budget = Some(Duration::from_millis(89));
+        let text = schedule(&r, &cost()).unwrap_err().to_string();
+        assert!(
+            text.contains("time_budget_ms = 89") && text.contains("at least 90"),
+            "{text}"
         );
     }
 

@@ -184,6 +184,24 @@ fn sql_checks_spend_nothing_and_refusals_record_nothing() {
         let err = text(&out.stderr);
         assert!(err.contains(phrase), "{query}: {err}");
     }
+    // A time budget shorter than the query's bounds allow: the run could outlast it and be
+    // released late by a time that grows with the rows.
+    let manifest = env.write(
+        "short.toml",
+        &format!("dataset = \"people\"\nsql = \"{QUERY}\"\nepsilon = 0.5\ntime_budget_ms = 5\n"),
+    );
+    let out = env.veil(&[
+        "--as",
+        CONSUMER,
+        "job",
+        "submit",
+        manifest.to_str().unwrap(),
+    ]);
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("time_budget_ms = 5") && err.contains("at least"),
+        "{err}"
+    );
     assert_eq!(env.snapshot(), before, "refused SQL changed nothing");
     let budget = env.ok(&["--as", CONSUMER, "budget"]);
     assert!(!budget.contains("0.5"), "nothing spent: {budget}");
