@@ -847,6 +847,7 @@ fn check_row_expr(expr: &Expr, clause: &str) -> Result<()> {
             rows::ALLOWED_FUNCTIONS.join(", ")
         )));
     }
+    rows::check_text_growth(expr).map_err(|e| unsupported(format!("{clause}: {e}")))?;
     if expr.is_volatile() {
         return Err(unsupported(format!(
             "`{expr}` in {clause} is not deterministic (random(), uuid(), ...): a released \
