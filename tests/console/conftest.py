@@ -15,6 +15,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.support.ui import WebDriverWait
 
 import veil_client
@@ -113,7 +114,9 @@ class Console:
 
     def __init__(self, driver, url):
         self.driver, self.url = driver, url
-        self.wait = WebDriverWait(driver, 20)
+        # Pages re-render as their data arrives, so an element found a moment ago may be gone:
+        # waits look again instead of failing on a stale reference.
+        self.wait = WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException,))
 
     def sign_in(self, party):
         self.driver.get(self.url + "/console/")
