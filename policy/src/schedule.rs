@@ -165,20 +165,13 @@ pub fn schedule(request: &ScheduleRequest, cost: &CostModel) -> Result<Schedule>
             .min(u128::from(cost.max_fuel_per_unit)) as u64;
             if fuel < MIN_FUEL_PER_UNIT {
                 let needed = fixed + per_fuel_total(MIN_FUEL_PER_UNIT);
-                return Err(PolicyError::Invalid {
-                    what: "manifest",
-                    location: Location {
-                        line: None,
-                        field: "time_budget_ms".into(),
-                    },
-                    message: format!(
-                        "time_budget_ms = {} is too short for up to {units} privacy units (the \
+                return Err(budget_too_short(format!(
+                    "time_budget_ms = {} is too short for up to {units} privacy units (the \
                      policy's max_units): each would get {fuel} fuel, at least {MIN_FUEL_PER_UNIT} \
                      are needed; set time_budget_ms to at least {}",
-                        budget.as_millis(),
-                        needed.as_millis() + 1
-                    ),
-                });
+                    budget.as_millis(),
+                    needed.as_millis() + 1
+                )));
             }
             Ok(Schedule {
                 duration: budget,
@@ -220,24 +213,29 @@ pub fn sql_duration(request: &ScheduleRequest) -> Duration {
 pub fn sql_schedule(request: &ScheduleRequest) -> Result<Duration> {
     let needed = sql_duration(request);
     match request.time_budget {
-        Some(budget) if budget < needed => Err(PolicyError::Invalid {
-            what: "manifest",
-            location: Location {
-                line: None,
-                field: "time_budget_ms".into(),
-            },
-            message: format!(
-                "time_budget_ms = {} is shorter than a SQL job over up to {} privacy units (the \
-                 policy's max_units) of up to {} rows each may take: set time_budget_ms to at \
-                 least {}, or leave it out",
-                budget.as_millis(),
-                request.max_units,
-                request.max_rows_per_unit,
-                needed.as_millis()
-            ),
-        }),
+        Some(budget) if budget < needed => Err(budget_too_short(format!(
+            "time_budget_ms = {} is shorter than a SQL job over up to {} privacy units (the \
+             policy's max_units) of up to {} rows each may take: set time_budget_ms to at least \
+             {}, or leave it out",
+            budget.as_millis(),
+            request.max_units,
+            request.max_rows_per_unit,
+            needed.as_millis()
+        ))),
         Some(budget) => Ok(budget),
         None => Ok(needed),
+    }
+}
+
+/// The bad-input error for a manifest's `time_budget_ms` that the schedule cannot honour.
+fn budget_too_short(message: String) -> PolicyError {
+    PolicyError::Invalid {
+        what: "manifest",
+        location: Location {
+            line: None,
+            field: "time_budget_ms".into(),
+        },
+        message,
     }
 }
 

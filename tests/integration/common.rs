@@ -118,6 +118,12 @@ impl Env {
             self.ok(&["admin", "add-principal", name, "--role", role]);
         }
     }
+    /// Writes the job manifest `text` to `file` and submits it as the consumer; the command's
+    /// output, for callers that expect it to fail.
+    pub fn submit_manifest(&self, file: &str, text: &str) -> Output {
+        let path = self.write(file, text);
+        self.veil(&["--as", CONSUMER, "job", "submit", path.to_str().unwrap()])
+    }
     /// Writes `text` to `file` and sets it as the holder's policy on `people`; the command's
     /// output, for callers that expect it to fail.
     pub fn set_policy(&self, file: &str, text: &str) -> Output {

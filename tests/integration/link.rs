@@ -1053,7 +1053,7 @@ fn a_module_job_over_a_link_sees_both_sides_rows_of_each_person() {
     }
     // A column the partner forbids, or its link key, never reaches the module.
     for (column, phrase) in [("national_id", "link key"), ("nothing", "no column")] {
-        let manifest = env.write(
+        let out = env.submit_manifest(
             "bad.toml",
             &format!(
                 "dataset = \"patients\"\nmodule = \"modules/column_probe.wasm\"\ncolumns = [\"band\"]\n\
@@ -1061,13 +1061,6 @@ fn a_module_job_over_a_link_sees_both_sides_rows_of_each_person() {
                  [output]\nkeys = [\"seen\"]\nvalues = [{{ name = \"rows\", bounds = [0, 4] }}]\n"
             ),
         );
-        let out = env.veil(&[
-            "--as",
-            CONSUMER,
-            "job",
-            "submit",
-            manifest.to_str().unwrap(),
-        ]);
         assert!(!out.status.success());
         assert!(
             text(&out.stderr).contains(phrase),

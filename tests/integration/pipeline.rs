@@ -4,11 +4,6 @@ use serde_json::Value;
 
 use crate::common::*;
 
-fn submit(env: &Env, manifest: &str, name: &str) -> std::process::Output {
-    let path = env.write(name, manifest);
-    env.veil(&["--as", CONSUMER, "job", "submit", path.to_str().unwrap()])
-}
-
 fn result_json(env: &Env, job: &str) -> Value {
     serde_json::from_str(&env.ok(&["--as", CONSUMER, "job", "result", job, "--format", "json"]))
         .unwrap()
@@ -30,7 +25,7 @@ fn end_to_end_release_with_small_group_withheld() {
 
     // ε = 1 makes count noise of scale 2: the 2 graduates would need noise of +18 to pass the
     // threshold of 20 (probability 0.5·e^-9, about 6e-5), so the withheld group is reliably withheld.
-    let out = submit(&env, &income_manifest(1.0), "income.toml");
+    let out = env.submit_manifest("income.toml", &income_manifest(1.0));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let job = text(&out.stdout).trim().to_owned();
     assert_eq!(
@@ -130,13 +125,13 @@ fn over_budget_is_refused_before_running_and_changes_no_budget() {
     let env = Env::new();
     env.setup("auto");
     assert!(
-        submit(&env, &income_manifest(1.0), "a.toml")
+        env.submit_manifest("a.toml", &income_manifest(1.0))
             .status
             .success()
     );
     let before = env.ok(&["--as", CONSUMER, "budget", "--format", "json"]);
     // 1.0 spent of 1.5: a second ε = 1.0 job must be refused.
-    let out = submit(&env, &income_manifest(1.0), "b.toml");
+    let out = env.submit_manifest("b.toml", &income_manifest(1.0));
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(err.contains("only ε = 0.5 of 1.5 remains"), "{err}");
@@ -157,7 +152,7 @@ fn over_budget_is_refused_before_running_and_changes_no_budget() {
             && !log.contains(&format!("\"kind\":\"job_started\",\"job\":\"{job}\""))
     );
     // A job above the per-job cap is refused too, also before running.
-    let out = submit(&env, &income_manifest(1.2), "c.toml");
+    let out = env.submit_manifest("c.toml", &income_manifest(1.2));
     assert_eq!(out.status.code(), Some(3));
     assert!(
         text(&out.stderr).contains("caps each job"),
@@ -170,7 +165,7 @@ fn over_budget_is_refused_before_running_and_changes_no_budget() {
 fn manual_approval_flow_and_holder_only_logs() {
     let env = Env::new();
     env.setup("manual");
-    let out = submit(&env, &income_manifest(0.5), "m.toml");
+    let out = env.submit_manifest("m.toml", &income_manifest(0.5));
     assert!(out.status.success());
     let job = text(&out.stdout).trim().to_owned();
     assert!(
@@ -217,7 +212,7 @@ fn manual_approval_flow_and_holder_only_logs() {
     );
 
     // A rejected job is never run or charged.
-    let job2 = text(&submit(&env, &income_manifest(0.5), "m2.toml").stdout)
+    let job2 = text(&env.submit_manifest("m2.toml", &income_manifest(0.5)).stdout)
         .trim()
         .to_owned();
     env.ok(&[
@@ -243,10 +238,9 @@ fn forbidden_and_unit_columns_never_reach_the_module() {
     let env = Env::new();
     env.setup("auto");
     // Asking for the forbidden column is refused before anything runs.
-    let out = submit(
-        &env,
-        &manifest_for("modules/column_probe.wasm", &["educ", "ssn"], 1, 0.3),
+    let out = env.submit_manifest(
         "f.toml",
+        &manifest_for("modules/column_probe.wasm", &["educ", "ssn"], 1, 0.3),
     );
     assert_eq!(out.status.code(), Some(3));
     assert!(
@@ -255,17 +249,15 @@ fn forbidden_and_unit_columns_never_reach_the_module() {
         text(&out.stderr)
     );
     // So is the privacy unit itself.
-    let out = submit(
-        &env,
-        &manifest_for("modules/column_probe.wasm", &["person_id"], 1, 0.3),
+    let out = env.submit_manifest(
         "u.toml",
+        &manifest_for("modules/column_probe.wasm", &["person_id"], 1, 0.3),
     );
     assert_eq!(out.status.code(), Some(3));
     // The probe names the columns it can see in its group key: only the requested, allowed ones.
-    let out = submit(
-        &env,
-        &manifest_for("modules/column_probe.wasm", &["educ", "state"], 1, 0.3),
+    let out = env.submit_manifest(
         "p.toml",
+        &manifest_for("modules/column_probe.wasm", &["educ", "state"], 1, 0.3),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let job = text(&out.stdout).trim().to_owned();
@@ -365,7 +357,7 @@ fn median_and_quantile_values_come_from_a_noisy_histogram() {
         r#"{ name = "p90_income", bounds = [0, 2000], aggregate = "quantile", quantile = 0.9 }"#,
     );
     for (manifest, name, q) in [(&median, "median_income", 0.5), (&p90, "p90_income", 0.9)] {
-        let out = submit(&env, manifest, "quantile.toml");
+        let out = env.submit_manifest("quantile.toml", manifest);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let job = text(&out.stdout).trim().to_owned();
         let r = result_json(&env, &job);
@@ -415,11 +407,7 @@ fn median_and_quantile_values_come_from_a_noisy_histogram() {
         );
     }
     // A quantile needs its q.
-    let bad = submit(
-        &env,
-        &p90.replace(", quantile = 0.9", ""),
-        "bad_quantile.toml",
-    );
+    let bad = env.submit_manifest("bad_quantile.toml", &p90.replace(", quantile = 0.9", ""));
     assert_eq!(bad.status.code(), Some(1));
     assert!(
         text(&bad.stderr).contains("needs `quantile = q`"),
@@ -441,7 +429,7 @@ fn rows_beyond_the_policy_cap_are_not_delivered() {
             )
             .replace("max_units = 500", "max_units = 1000"),
     );
-    let out = submit(&env, &income_manifest(0.5), "income.toml");
+    let out = env.submit_manifest("income.toml", &income_manifest(0.5));
     let job = text(&out.stdout).trim().to_owned();
     env.ok(&["--as", HOLDER, "job", "approve", &job]);
     let logs = env.ok(&["--as", HOLDER, "job", "logs", &job]);

@@ -186,17 +186,10 @@ fn sql_checks_spend_nothing_and_refusals_record_nothing() {
     }
     // A time budget shorter than the query's bounds allow: the run could outlast it and be
     // released late by a time that grows with the rows.
-    let manifest = env.write(
+    let out = env.submit_manifest(
         "short.toml",
         &format!("dataset = \"people\"\nsql = \"{QUERY}\"\nepsilon = 0.5\ntime_budget_ms = 5\n"),
     );
-    let out = env.veil(&[
-        "--as",
-        CONSUMER,
-        "job",
-        "submit",
-        manifest.to_str().unwrap(),
-    ]);
     let err = text(&out.stderr);
     assert!(
         !out.status.success() && err.contains("time_budget_ms = 5") && err.contains("at least"),
